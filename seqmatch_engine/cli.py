@@ -1,0 +1,199 @@
+"""Command line: python -m seqmatch_engine experts|distill|evaluate|export|runs|presets ..."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from . import paths
+from .config import ConfigError, RunConfig, apply_overrides, as_static, load_config_file, load_preset, preset_names
+from .data import DatasetError
+from .runs import RunError, RunFolder, list_runs
+from .seqmatch import Distiller, Event
+from .storage import StorageError
+
+DEFAULT_PRESET = "cpu-demo"
+
+
+class ProgressBars:
+    """An observer drawing one tqdm bar per phase on stderr."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+        self.key: tuple | None = None
+
+    def _bar(self, key: tuple, total: int, description: str) -> tqdm:
+        if self.key != key:
+            self.close()
+            self.bar = tqdm(total=total, desc=description, unit="it", dynamic_ncols=True, file=sys.stderr)
+            self.key = key
+        return self.bar
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar, self.key = None, None
+
+    def __call__(self, event: Event) -> None:
+        if event.kind == "phase":
+            self.close()
+            tqdm.write(f"[{event.data['name']}]" + (f" {event.data['message']}" if "message" in event.data else ""),
+                       file=sys.stderr)
+        elif event.kind == "progress":
+            task = event.data["task"]
+            bar = self._bar((task, event.stage), event.data["total"],
+                            f"experts S{event.stage + 1}" if task == "experts" else task)
+            bar.n = event.data["done"]
+            bar.refresh()
+        elif event.kind == "iteration":
+            bar = self._bar(("distil", event.stage), event.data["total"], f"distilling S{event.stage + 1}")
+            bar.n = event.iteration
+            bar.set_postfix(loss=f"{event.data['loss']:.4f}", lr=f"{event.data['lr']:.4g}",
+                            t=event.data["start_epoch"], refresh=True)
+        elif event.kind == "selection":
+            tqdm.write(f"  S{event.stage + 1} it {event.iteration}: val acc {100 * event.data['val_accuracy']:.2f} % "
+                       f"(best {100 * event.data['best_accuracy']:.2f} % at it {event.data['best_iteration']})",
+                       file=sys.stderr)
+        elif event.kind in ("done", "error"):
+            self.close()
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    raw = load_config_file(args.config) if args.config else load_preset(args.preset)
+    config = RunConfig.from_dict(apply_overrides(raw, args.set or []))
+    return as_static(config) if getattr(args, "static", False) else config
+
+
+def format_accuracy(result: dict) -> str:
+    lines = [f"method {result['method']}  IPC {result['ipc']}  learned lrs {', '.join(f'{x:.4g}' for x in result['lrs'])}"]
+    for name in ("synthetic", "random_real"):
+        for arch, acc in result.get(name, {}).items():
+            lines.append(f"{name:12s} {arch:9s} {100 * acc['mean']:6.2f} ± {100 * acc['std']:.2f} %  "
+                         f"({len(acc['values'])} nets)")
+    return "\n".join(lines)
+
+
+def cmd_experts(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    run = RunFolder.create(paths.runs_root(args.home), config)
+    distiller = Distiller(run, paths.experts_root(args.home), ProgressBars())
+    from .prepare import prepare_data
+
+    distiller.data = prepare_data(config.data, config.seed, distiller.device)
+    experts = distiller.stage1_experts()
+    run.delete()
+    print(f"{len(experts)} stage-1 experts x {experts.shape[1] - 1} epochs cached under {paths.experts_root(args.home)}")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    if args.resume:
+        run = RunFolder.open(Path(args.resume))
+    else:
+        run = RunFolder.create(paths.runs_root(args.home), config_from_args(args))
+    print(f"run folder: {run.path}", file=sys.stderr)
+    distiller = Distiller(run, paths.experts_root(args.home), ProgressBars())
+    result = distiller.run()
+    for message in run.status().get("messages", []):
+        print(f"{message['level']}: {message['text']}", file=sys.stderr)
+    if result is None:
+        print(f"stopped; resume with: python -m seqmatch_engine distill --resume {run.path}")
+        return 1
+    print(format_accuracy(result))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    run = RunFolder.open(Path(args.run))
+    config = run.config()
+    subsets = run.subsets()
+    if len(subsets) < len(config.distill.subsets):
+        raise RunError(f"run {run.id} has {len(subsets)} of {len(config.distill.subsets)} subsets; "
+                       f"finish it first: python -m seqmatch_engine distill --resume {run.path}")
+    changes = {k: v for k, v in (("num_nets", args.nets), ("epochs", args.epochs),
+                                 ("architectures", args.arch)) if v}
+    config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, **changes))
+    distiller = Distiller(run, paths.experts_root(args.home), ProgressBars())
+    distiller.config = config
+    from .prepare import prepare_data
+
+    distiller.data = prepare_data(config.data, config.seed, distiller.device)
+    print(format_accuracy(distiller.final_evaluation(subsets)))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    folder = RunFolder.open(Path(args.run)).export(Path(args.out) if args.out else None)
+    print(f"exported to {folder}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    for run in list_runs(paths.runs_root(args.home)):
+        status, result = run.status(), run.eval()
+        acc = result["synthetic"]["convnet"]["mean"] if result and "convnet" in result.get("synthetic", {}) else None
+        print(f"{run.id:45s} {status.get('state', '?'):8s} {status.get('phase', ''):18s} "
+              f"{'' if acc is None else f'{100 * acc:.2f} %'}")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    for name in preset_names():
+        print(name)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m seqmatch_engine", description=__doc__)
+    parser.add_argument("--home", type=Path, default=None,
+                        help="folder holding runs/ and experts/ (default: $SEQMATCH_HOME or the current folder)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--preset", default=DEFAULT_PRESET, help=f"one of: {', '.join(preset_names())}")
+        sub.add_argument("--config", help="a JSON config file (instead of a preset)")
+        sub.add_argument("--set", action="append", metavar="KEY=VALUE",
+                         help="override a setting, e.g. --set distill.syn_steps=20 (repeatable)")
+
+    sub = commands.add_parser("experts", help="train and cache the stage-1 expert trajectories")
+    with_config(sub)
+    sub.set_defaults(func=cmd_experts)
+    sub = commands.add_parser("distill", help="distil a set (SeqMatch, or static MTT with --static) and evaluate it")
+    with_config(sub)
+    sub.add_argument("--static", action="store_true", help="static MTT: one subset with the same total IPC")
+    sub.add_argument("--resume", metavar="RUN", help="continue a stopped or killed run folder")
+    sub.set_defaults(func=cmd_distill)
+    sub = commands.add_parser("evaluate", help="re-evaluate a finished run")
+    sub.add_argument("run")
+    sub.add_argument("--nets", type=int)
+    sub.add_argument("--epochs", type=int)
+    sub.add_argument("--arch", nargs="+", help="convnet resnet18 vgg11 alexnet")
+    sub.set_defaults(func=cmd_evaluate)
+    sub = commands.add_parser("export", help="write a run's set as safetensors + PNG grids")
+    sub.add_argument("run")
+    sub.add_argument("--out")
+    sub.set_defaults(func=cmd_export)
+    commands.add_parser("runs", help="list runs").set_defaults(func=cmd_runs)
+    commands.add_parser("presets", help="list presets").set_defaults(func=cmd_presets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DatasetError, RunError, StorageError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; resume with `distill --resume RUN`", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

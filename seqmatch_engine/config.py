@@ -1,0 +1,307 @@
+"""Validated run configuration: one dataclass tree, strict parsing, presets.
+
+Every setting of a run lives here. `RunConfig.from_dict` rejects unknown keys and
+impossible values with a `ConfigError` that names the dotted field and the fix.
+Static MTT is a SeqMatch run with a single subset (K = 1).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from .paths import PRESETS_DIR
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or impossible."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion-mnist-small"  # a name from data.DATASET_NAMES
+    root: str | None = None               # data root; None: $SEQMATCH_DATA_ROOT or ~/.cache/seqmatch/data
+    download: bool = False                # fetch through torchvision when missing (needs internet)
+    zca: bool = False                     # ZCA whitening (eps 0.1) fitted on the training split
+    train_per_class: int | None = None    # cap on real training images per class (CPU presets)
+    val_per_class: int = 50               # validation images per class carved from the training data
+
+
+@dataclass
+class ModelConfig:
+    width: int = 128           # channels of every conv block
+    depth: int | None = None   # conv blocks; None: 3 for images up to 32 px, 4 for 64 px
+
+
+@dataclass
+class ExpertConfig:
+    num_experts: int = 10      # trajectories per stage
+    epochs: int = 50           # real-data epochs of stage-1 experts (epoch 0 is saved too)
+    stage_epochs: int = 20     # real-data epochs of retrained stage-k experts (k >= 2)
+    lr: float = 0.01           # plain SGD, no momentum (lr_teacher)
+    batch_size: int = 256
+    augment: bool = True       # DSA on real batches
+
+
+@dataclass
+class SubsetConfig:
+    ipc: int                   # images per class of this subset
+    interval: tuple[int, int]  # start epochs t are drawn from [a, b - expert_epochs)
+    iterations: int = 500      # outer iterations spent on this subset
+    lr_init: float = 0.01      # initial learned student lr (alpha_k)
+
+
+@dataclass
+class DistillConfig:
+    subsets: list[SubsetConfig] = field(default_factory=lambda: [SubsetConfig(10, (0, 20))])
+    expert_source: str = "retrained"  # "retrained" (authors' code) or "window" of the stage-1 experts
+    syn_steps: int = 20               # N: differentiable student steps per outer iteration
+    expert_epochs: int = 2            # M: target is M expert epochs after the start
+    batch_syn: int | None = None      # student minibatch; None: classes * ipc_k
+    lr_img: float = 1000.0            # SGD lr on pixels
+    lr_lr: float = 1e-5               # SGD lr on the learned student lr
+    momentum: float = 0.5             # momentum of both optimisers
+    init: str = "real"                # "real" images of the class or "noise"
+    max_lr: float = 1.0               # a learned lr above this counts as exploding
+    select_every: int = 100           # validation evaluation interval (keeps the best S_k); 0: off
+    snapshot_every: int = 10          # resumable checkpoint + timeline snapshot interval
+    publish_every: int = 1            # images sent to observers every this many iterations
+
+
+@dataclass
+class EvalConfig:
+    epochs: int = 1000           # epochs per curriculum stage (lr x0.1 at the midpoint)
+    num_nets: int = 5            # nets for the final test accuracy (mean +- std)
+    select_nets: int = 1         # nets per validation evaluation during distillation
+    batch_size: int = 256
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: bool = True
+    architectures: list[str] = field(default_factory=lambda: ["convnet"])
+    baseline: bool = True        # also evaluate a random real subset of the same IPC
+
+
+@dataclass
+class RunConfig:
+    name: str = ""
+    seed: int = 0
+    device: str = "auto"         # "auto", "cpu", "cuda", "cuda:1", ...
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    experts: ExpertConfig = field(default_factory=ExpertConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def ipc(self) -> int:
+        """Total images per class over all subsets."""
+        return sum(s.ipc for s in self.distill.subsets)
+
+    @property
+    def method(self) -> str:
+        return "mtt" if len(self.distill.subsets) == 1 else "seqmatch"
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":
+        config = _build(cls, raw, "")
+        validate(config)
+        return config
+
+
+ARCHITECTURES = ("convnet", "resnet18", "vgg11", "alexnet")
+EXPERT_SOURCES = ("retrained", "window")
+INITS = ("real", "noise")
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    """Build dataclass `cls` from a dict, rejecting unknown keys and wrong types."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'}: expected an object, got {type(raw).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"{where + '.' if where else ''}{unknown[0]}: unknown setting; "
+                          f"known settings here: {', '.join(sorted(names))}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in raw:
+            values[f.name] = _coerce(hints[f.name], raw[f.name], f"{where}.{f.name}" if where else f.name)
+    try:
+        return cls(**values)
+    except TypeError as error:
+        missing = str(error).split("argument")[-1].strip(": '")
+        raise ConfigError(f"{where or 'config'}: missing required setting {missing}") from None
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin, args = get_origin(hint), get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return value if isinstance(value, hint) else _build(hint, value, where)
+    if args and type(None) in args:
+        if value is None:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where}: expected a pair [start, end], got {value!r}")
+        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected text, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {hint}")
+
+
+def _require(ok: bool, where: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{where}: {message}")
+
+
+def validate(config: RunConfig) -> None:
+    """Reject impossible values; each message names the field and how to fix it."""
+    from .data import DATASET_NAMES
+
+    d, m, e, s, v = config.data, config.model, config.experts, config.distill, config.eval
+    _require(d.dataset in DATASET_NAMES, "data.dataset",
+             f"unknown dataset {d.dataset!r}; choose one of {', '.join(DATASET_NAMES)}")
+    _require(d.train_per_class is None or d.train_per_class >= 1, "data.train_per_class", "must be >= 1 or null")
+    _require(d.val_per_class >= 0, "data.val_per_class", "must be >= 0")
+    _require(m.width >= 1, "model.width", "must be >= 1")
+    _require(m.depth is None or 1 <= m.depth <= 6, "model.depth", "must be between 1 and 6, or null for automatic")
+    _require(e.num_experts >= 1, "experts.num_experts", "must be >= 1")
+    _require(e.epochs >= 1, "experts.epochs", "must be >= 1")
+    _require(e.stage_epochs >= 1, "experts.stage_epochs", "must be >= 1")
+    _require(e.lr > 0, "experts.lr", "must be > 0")
+    _require(e.batch_size >= 1, "experts.batch_size", "must be >= 1")
+    _require(len(s.subsets) >= 1, "distill.subsets", "needs at least one subset")
+    _require(s.expert_source in EXPERT_SOURCES, "distill.expert_source",
+             f"must be one of {', '.join(EXPERT_SOURCES)}")
+    _require(s.init in INITS, "distill.init", f"must be one of {', '.join(INITS)}")
+    _require(s.syn_steps >= 1, "distill.syn_steps", "must be >= 1")
+    _require(s.expert_epochs >= 1, "distill.expert_epochs", "must be >= 1")
+    _require(s.batch_syn is None or s.batch_syn >= 1, "distill.batch_syn", "must be >= 1 or null")
+    _require(s.lr_img > 0, "distill.lr_img", "must be > 0")
+    _require(s.lr_lr >= 0, "distill.lr_lr", "must be >= 0")
+    _require(0 <= s.momentum < 1, "distill.momentum", "must be in [0, 1)")
+    _require(s.max_lr > 0, "distill.max_lr", "must be > 0")
+    _require(s.select_every >= 0, "distill.select_every", "must be >= 0 (0 turns selection off)")
+    _require(s.snapshot_every >= 1, "distill.snapshot_every", "must be >= 1")
+    _require(s.publish_every >= 1, "distill.publish_every", "must be >= 1")
+    for k, sub in enumerate(s.subsets):
+        where = f"distill.subsets[{k}]"
+        _require(sub.ipc >= 1, f"{where}.ipc", "must be >= 1 image per class")
+        _require(sub.iterations >= 0, f"{where}.iterations", "must be >= 0")
+        _require(sub.lr_init > 0, f"{where}.lr_init", "must be > 0")
+        a, b = sub.interval
+        horizon = expert_horizon(config, k)
+        _require(0 <= a and b - s.expert_epochs > a, f"{where}.interval",
+                 f"[{a}, {b}) leaves no start epoch: need 0 <= start and start + expert_epochs "
+                 f"({s.expert_epochs}) < end")
+        _require(b <= horizon + 1, f"{where}.interval",
+                 f"ends at epoch {b} but its experts have only {horizon} epochs; "
+                 f"lower the end or raise {'experts.epochs' if k == 0 or s.expert_source == 'window' else 'experts.stage_epochs'}")
+    _require(v.epochs >= 1, "eval.epochs", "must be >= 1")
+    _require(v.num_nets >= 1, "eval.num_nets", "must be >= 1")
+    _require(v.select_nets >= 1, "eval.select_nets", "must be >= 1")
+    _require(v.batch_size >= 1, "eval.batch_size", "must be >= 1")
+    _require(len(v.architectures) >= 1, "eval.architectures", "needs at least one architecture")
+    for arch in v.architectures:
+        _require(arch in ARCHITECTURES, "eval.architectures", f"unknown {arch!r}; choose from {', '.join(ARCHITECTURES)}")
+
+
+def expert_horizon(config: RunConfig, stage: int) -> int:
+    """Number of real-data epochs in the trajectories that stage `stage` (0-based) matches."""
+    if stage == 0 or config.distill.expert_source == "window":
+        return config.experts.epochs
+    return config.experts.stage_epochs
+
+
+def split_ipc(ipc: int, num_subsets: int) -> list[int]:
+    """Split IPC into `num_subsets` near-equal parts, larger first: 50, 3 -> [17, 17, 16]."""
+    if num_subsets < 1:
+        raise ConfigError("number of subsets: must be >= 1")
+    if ipc < num_subsets:
+        raise ConfigError(f"IPC {ipc} cannot be split into {num_subsets} subsets: each subset needs at least "
+                          f"one image per class; use at most {ipc} subsets or raise IPC to {num_subsets}")
+    base, extra = divmod(ipc, num_subsets)
+    return [base + (1 if k < extra else 0) for k in range(num_subsets)]
+
+
+def as_static(config: RunConfig) -> RunConfig:
+    """The static MTT counterpart of a run: one subset with the same total IPC and stage-1 interval."""
+    first = config.distill.subsets[0]
+    iterations = sum(s.iterations for s in config.distill.subsets)
+    static = dataclasses.replace(config.distill, subsets=[
+        SubsetConfig(ipc=config.ipc, interval=first.interval, iterations=iterations, lr_init=first.lr_init)])
+    name = f"{config.name}-mtt" if config.name else "mtt"
+    return dataclasses.replace(config, name=name, distill=static)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `dotted.key=value` overrides (value parsed as JSON, else kept as text) to a raw dict."""
+    raw = json.loads(json.dumps(raw))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. distill.syn_steps=20")
+        key, text = item.split("=", 1)
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key}: {part} is not a group of settings")
+        node[parts[-1]] = value
+    return raw
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The raw dict of a preset in assets/presets/ (validate with RunConfig.from_dict)."""
+    path = PRESETS_DIR / f"{name}.json"
+    if not path.is_file():
+        raise ConfigError(f"preset {name!r} not found in {PRESETS_DIR}; available: {', '.join(preset_names())}")
+    return json.loads(path.read_text())
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """The raw dict of a JSON config file, with a clear message when it is not one."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path.resolve()} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"config file {path.resolve()} is not valid JSON: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path.resolve()}: expected a JSON object at the top level")
+    return raw

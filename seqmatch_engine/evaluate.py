@@ -1,0 +1,127 @@
+"""The evaluation protocol: train fresh nets on U_1, U_2, ..., U_K in order, then test.
+
+Each curriculum stage trains on the union of the subsets so far with that subset's learned
+lr: SGD momentum 0.9, weight decay 5e-4, DSA, `epochs` epochs with one x0.1 decay at the
+midpoint and a fresh optimiser per stage. Static MTT is a one-stage curriculum.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .augment import DSA_OPERATIONS, augment
+from .config import EvalConfig
+from .matching import draw_minibatches
+from .models import ConvNetSpec, build_eval_net
+from .seeding import make_generator
+
+ProgressFn = Callable[[int, int], None]  # (done, total)
+
+
+@dataclass(frozen=True)
+class CurriculumStage:
+    """Train on `images` (n, C, H, W) with `labels` (n,) at learning rate `lr`."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    lr: float
+
+
+def curriculum_from_subsets(subsets: list[tuple[torch.Tensor, torch.Tensor]], lrs: list[float]) -> list[CurriculumStage]:
+    """Stages U_1 = S_1, U_2 = S_1 + S_2, ... from per-subset (images, labels) and lrs."""
+    stages = []
+    for k, lr in enumerate(lrs):
+        images = torch.cat([s[0] for s in subsets[:k + 1]])
+        labels = torch.cat([s[1] for s in subsets[:k + 1]])
+        stages.append(CurriculumStage(images.detach(), labels, float(lr)))
+    return stages
+
+
+def train_curriculum(net: nn.Module, stages: list[CurriculumStage], config: EvalConfig,
+                     generator: torch.Generator) -> nn.Module:
+    """Train `net` in place through `stages` in order (see module docstring)."""
+    operations = DSA_OPERATIONS if config.augment else None
+    net.train()
+    for stage in stages:
+        optimizer = torch.optim.SGD(net.parameters(), lr=stage.lr, momentum=config.momentum,
+                                    weight_decay=config.weight_decay)
+        for epoch in range(config.epochs):
+            if epoch == config.epochs // 2 and epoch > 0:
+                for group in optimizer.param_groups:
+                    group["lr"] = stage.lr * 0.1
+            steps = -(-len(stage.images) // config.batch_size)
+            for rows in draw_minibatches(generator, len(stage.images), config.batch_size, steps):
+                rows = rows.to(stage.images.device)
+                x = stage.images[rows]
+                if operations:
+                    x = augment(x, generator, operations)
+                loss = F.cross_entropy(net(x), stage.labels[rows])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+    return net
+
+
+@torch.no_grad()
+def accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    """Top-1 accuracy of `net` on images (N, C, H, W)."""
+    net.eval()
+    correct = sum(int((net(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
+                  for i in range(0, len(images), batch_size))
+    net.train()
+    return correct / max(len(images), 1)
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Accuracies of several independently trained nets."""
+
+    values: list[float]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        return statistics.pstdev(self.values) if len(self.values) > 1 else 0.0
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean, "std": self.std, "values": self.values}
+
+    def __str__(self) -> str:
+        return f"{100 * self.mean:.2f} ± {100 * self.std:.2f} %"
+
+
+def evaluate_curriculum(stages: list[CurriculumStage], spec: ConvNetSpec, config: EvalConfig, arch: str,
+                        num_nets: int, test_images: torch.Tensor, test_labels: torch.Tensor, seed: int,
+                        tag: str, progress: ProgressFn | None = None) -> Accuracy:
+    """Train `num_nets` fresh `arch` nets through `stages` and measure accuracy on the test tensors."""
+    values = []
+    for i in range(num_nets):
+        generator = make_generator(seed, "eval", tag, arch, i)
+        net = build_eval_net(arch, spec, generator, test_images.device)
+        train_curriculum(net, stages, config, generator)
+        values.append(accuracy(net, test_images, test_labels))
+        if progress:
+            progress(i + 1, num_nets)
+    return Accuracy(values)
+
+
+def random_real_subset(train_images: torch.Tensor, train_labels: torch.Tensor, num_classes: int, ipc: int,
+                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """`ipc` random real images per class: images (C*ipc, ...), labels (C*ipc,) grouped by class."""
+    rows = []
+    for c in range(num_classes):
+        candidates = torch.nonzero(train_labels.cpu() == c).flatten()
+        if len(candidates) < ipc:
+            raise ValueError(f"class {c} has {len(candidates)} training images, fewer than IPC {ipc}; "
+                             f"lower the IPC or raise data.train_per_class")
+        rows.append(candidates[torch.randperm(len(candidates), generator=generator)[:ipc]])
+    rows = torch.cat(rows).to(train_images.device)
+    return train_images[rows].clone(), train_labels[rows].clone()

@@ -1,0 +1,207 @@
+"""A run is a folder on disk; `RunFolder` is the only code that reads or writes one.
+
+    runs/<id>/config.json       validated RunConfig
+              status.json       phase, stage, iteration, state (running/done/failed/stopped), messages
+              metrics.jsonl     one record per outer iteration / evaluation
+              transform.safetensors   normalisation (+ZCA) for turning model inputs into pixels
+              checkpoint.safetensors  everything needed to resume the current stage
+              subsets/S<k>.safetensors  finished subsets: images, labels, lr
+              snapshots/S<k>_<it>.safetensors  timeline of images and lr
+              eval.json         final accuracies
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import paths
+from .config import RunConfig
+from .imaging import image_grid, save_png
+from .prepare import PixelTransform
+from .storage import (append_jsonl, read_json, read_jsonl, read_tensors, write_json,
+                      write_tensors)
+
+
+class RunError(ValueError):
+    """A run folder is missing, foreign or incomplete."""
+
+
+@dataclass(frozen=True)
+class Subset:
+    """A learned subset S_k: images (n, C, H, W) as model inputs, labels (n,), its lr."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    lr: float
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_-]+", "-", text).strip("-")[:40]
+
+
+class RunFolder:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    # -- creation and discovery -------------------------------------------------------------
+    @classmethod
+    def create(cls, root: Path, config: RunConfig) -> "RunFolder":
+        """A new run folder named <time>-<method>-<name> holding the config and a 'created' status."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        base = "-".join(p for p in (stamp, config.method, _slug(config.name)) if p)
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        for n in range(1000):
+            path = root / (base if n == 0 else f"{base}-{n}")
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                continue
+        run = cls(path)
+        write_json(path / paths.CONFIG_FILE, config.to_dict())
+        run.update_status(state="created", phase="queued", created=time.time())
+        return run
+
+    @classmethod
+    def open(cls, path: Path) -> "RunFolder":
+        path = Path(path)
+        if not (path / paths.CONFIG_FILE).is_file():
+            raise RunError(f"{path.resolve()} is not a run folder (no {paths.CONFIG_FILE}); "
+                           f"runs live under {paths.runs_root()}")
+        return cls(path)
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    # -- config, status, metrics ----------------------------------------------------------------
+    def config(self) -> RunConfig:
+        return RunConfig.from_dict(read_json(self.path / paths.CONFIG_FILE))
+
+    def status(self) -> dict[str, Any]:
+        path = self.path / paths.STATUS_FILE
+        return read_json(path) if path.exists() else {}
+
+    def update_status(self, **fields: Any) -> dict[str, Any]:
+        status = {**self.status(), **fields, "updated": time.time()}
+        write_json(self.path / paths.STATUS_FILE, status)
+        return status
+
+    def add_message(self, level: str, text: str) -> None:
+        messages = self.status().get("messages", [])
+        self.update_status(messages=[*messages, {"level": level, "text": text, "time": time.time()}])
+
+    def log(self, record: dict[str, Any]) -> None:
+        append_jsonl(self.path / paths.METRICS_FILE, record)
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.path / paths.METRICS_FILE)
+
+    def truncate_metrics(self, stage: int, iteration: int) -> None:
+        """Drop records of `stage` past `iteration` and of later stages (used when resuming)."""
+        kept = [r for r in self.metrics() if r.get("stage", 0) < stage
+                or (r.get("stage") == stage and r.get("iteration", 0) <= iteration)]
+        text = "".join(json.dumps(r) + "\n" for r in kept)
+        (self.path / paths.METRICS_FILE).write_text(text)
+
+    # -- tensors ---------------------------------------------------------------------------------
+    def save_transform(self, transform: PixelTransform) -> None:
+        tensors = {"mean": transform.mean, "std": transform.std}
+        if transform.zca_matrix is not None:
+            tensors.update(zca_mean=transform.zca_mean, zca_matrix=transform.zca_matrix,
+                           zca_inverse=transform.zca_inverse)
+        write_tensors(self.path / "transform.safetensors", tensors)
+
+    def transform(self) -> PixelTransform:
+        t = read_tensors(self.path / "transform.safetensors", ("mean", "std"))
+        return PixelTransform(t["mean"], t["std"], t.get("zca_mean"), t.get("zca_matrix"), t.get("zca_inverse"))
+
+    def save_subset(self, stage: int, subset: Subset, info: dict[str, Any]) -> None:
+        write_tensors(paths.subset_file(self.path, stage),
+                      {"images": subset.images, "labels": subset.labels, "lr": torch.tensor(subset.lr)},
+                      metadata={"info": json.dumps(info)})
+
+    def subsets(self) -> list[Subset]:
+        """Finished subsets S_1, S_2, ... in order (stops at the first missing one)."""
+        found = []
+        while paths.subset_file(self.path, len(found)).is_file():
+            t = read_tensors(paths.subset_file(self.path, len(found)), ("images", "labels", "lr"))
+            found.append(Subset(t["images"], t["labels"].long(), float(t["lr"])))
+        return found
+
+    def save_checkpoint(self, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+        write_tensors(self.path / paths.CHECKPOINT_FILE, tensors, metadata={"info": json.dumps(info)})
+
+    def checkpoint(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        path = self.path / paths.CHECKPOINT_FILE
+        if not path.exists():
+            return None
+        from safetensors import safe_open
+
+        tensors = read_tensors(path)
+        with safe_open(str(path), "pt") as handle:
+            info = json.loads((handle.metadata() or {}).get("info", "{}"))
+        return tensors, info
+
+    def clear_checkpoint(self) -> None:
+        (self.path / paths.CHECKPOINT_FILE).unlink(missing_ok=True)
+
+    def save_snapshot(self, stage: int, iteration: int, images: torch.Tensor, lr: float) -> None:
+        write_tensors(paths.snapshot_file(self.path, stage, iteration), {"images": images, "lr": torch.tensor(lr)})
+
+    def snapshots(self) -> list[tuple[int, int, Path]]:
+        """(stage, iteration, path) of every timeline snapshot, in order."""
+        found = []
+        for p in sorted((self.path / paths.SNAPSHOTS_DIR).glob("S*_*.safetensors")):
+            stage, iteration = p.stem[1:].split("_")
+            found.append((int(stage) - 1, int(iteration), p))
+        return sorted(found)
+
+    def save_eval(self, result: dict[str, Any]) -> None:
+        write_json(self.path / paths.EVAL_FILE, result)
+
+    def eval(self) -> dict[str, Any] | None:
+        path = self.path / paths.EVAL_FILE
+        return read_json(path) if path.exists() else None
+
+    # -- export ----------------------------------------------------------------------------------
+    def export(self, destination: Path | None = None) -> Path:
+        """Write the distilled set (one safetensors file + a PNG grid per subset) and return the folder."""
+        subsets = self.subsets()
+        if not subsets:
+            raise RunError(f"run {self.id} has no finished subset to export yet")
+        config = self.config()
+        destination = Path(destination or self.path / paths.EXPORT_DIR)
+        transform = self.transform()
+        num_classes = int(max(int(s.labels.max()) for s in subsets)) + 1
+        tensors: dict[str, torch.Tensor] = {}
+        for k, subset in enumerate(subsets):
+            tensors[f"S{k + 1}.images"] = subset.images
+            tensors[f"S{k + 1}.labels"] = subset.labels
+            tensors[f"S{k + 1}.lr"] = torch.tensor(subset.lr)
+            tensors[f"S{k + 1}.pixels"] = transform.to_pixels(subset.images)
+            grid = image_grid(transform.to_pixels(subset.images), subset.labels, num_classes, scale=2)
+            save_png(grid, destination / f"S{k + 1}.png")
+        write_tensors(destination / "distilled_set.safetensors", tensors,
+                      metadata={"config": json.dumps(config.to_dict()), "subsets": str(len(subsets))})
+        return destination
+
+    def delete(self) -> None:
+        shutil.rmtree(self.path)
+
+
+def list_runs(root: Path | None = None) -> list[RunFolder]:
+    """Run folders under `root` (default: the runs root), newest first."""
+    root = Path(root or paths.runs_root())
+    if not root.exists():
+        return []
+    runs = [RunFolder(p) for p in root.iterdir() if (p / paths.CONFIG_FILE).is_file()]
+    return sorted(runs, key=lambda r: r.id, reverse=True)
