@@ -119,24 +119,38 @@ class MatchingState:
                    torch.optim.SGD([lr_tensor], lr=lr_lr, momentum=momentum))
 
 
+@dataclass(frozen=True)
+class StepResult:
+    loss: float
+    image_grads: torch.Tensor | None  # (n, C, H, W) dL/dx for [frozen; learned] when recorded
+
+
 def outer_step(forward: ForwardFn, state: MatchingState, frozen_images: torch.Tensor, labels: torch.Tensor,
-               start: torch.Tensor, target: torch.Tensor, plan: UnrollPlan, max_lr: float) -> float:
+               start: torch.Tensor, target: torch.Tensor, plan: UnrollPlan, max_lr: float,
+               record_gradients: bool = False) -> StepResult:
     """One MTT outer iteration on the student data [frozen; state.images] with labels (n,).
 
-    Updates state.images and state.lr in place and returns the loss. Raises
-    DivergenceError when the loss, the pixels or the lr leave the sane range; the caller
-    falls back to its last good snapshot.
+    Updates state.images and state.lr in place. With `record_gradients`, also returns the
+    pixel gradient of every image, frozen ones included (measured only, never applied).
+    Raises DivergenceError when the loss, the pixels or the lr leave the sane range; the
+    caller falls back to its last good snapshot.
     """
-    images = torch.cat([frozen_images.detach(), state.images]) if len(frozen_images) else state.images
+    frozen = frozen_images.detach().requires_grad_(record_gradients) if len(frozen_images) else None
+    images = torch.cat([frozen, state.images]) if frozen is not None else state.images
     loss = matching_loss(forward, start, target, images, labels, state.lr, plan)
     state.image_optimizer.zero_grad(set_to_none=True)
     state.lr_optimizer.zero_grad(set_to_none=True)
     loss.backward()
     value = float(loss.detach())
     check_finite_step(value, float(state.lr.detach()), max_lr)
+    grads = None
+    if record_gradients:
+        grads = state.images.grad.detach().clone()
+        if frozen is not None:
+            grads = torch.cat([frozen.grad.detach(), grads])
     state.image_optimizer.step()
     state.lr_optimizer.step()
     if not bool(torch.isfinite(state.images.detach()).all()):
         raise DivergenceError("synthetic pixels became NaN/inf: lower distill.lr_img")
     check_finite_step(value, float(state.lr.detach()), max_lr)
-    return value
+    return StepResult(value, grads)

@@ -244,7 +244,7 @@ class Distiller:
             target = experts[expert, t + dist.expert_epochs].to(self.device)
             plan = draw_unroll_plan(generator, len(labels), batch_syn, dist.syn_steps, data.image_size, operations)
             try:
-                loss = outer_step(self.forward, state, frozen, labels, start, target, plan, dist.max_lr)
+                loss = outer_step(self.forward, state, frozen, labels, start, target, plan, dist.max_lr).loss
             except DivergenceError as error:
                 return self._stop_diverged(k, iteration, error, best, last_good, labels_k)
             last_good = (state.images.detach().clone(), float(state.lr.detach()))

@@ -1,0 +1,174 @@
+"""The stage driver: MTT equivalence, frozen subsets, curriculum order, resume, guards, determinism."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from reference import reference_unroll
+from seqmatch_engine.augment import DSA_OPERATIONS, apply_augmentation
+from seqmatch_engine.config import EvalConfig, RunConfig, as_static
+from seqmatch_engine.evaluate import CurriculumStage, train_curriculum
+from seqmatch_engine.matching import draw_unroll_plan, normalised_distance
+from seqmatch_engine.prepare import prepare_data
+from seqmatch_engine.runs import RunFolder
+from seqmatch_engine.seeding import make_generator
+from seqmatch_engine.seqmatch import Distiller, RunControl, StopRequested, initial_images
+
+
+def tiny_config(**distill) -> RunConfig:
+    raw = {
+        "name": "tiny", "seed": 3, "device": "cpu",
+        "data": {"dataset": "fashion-mnist-small", "train_per_class": 12, "val_per_class": 4},
+        "model": {"width": 8, "depth": 2},
+        "experts": {"num_experts": 2, "epochs": 3, "stage_epochs": 3, "batch_size": 32},
+        "distill": {"subsets": [{"ipc": 1, "interval": [0, 3], "iterations": 4},
+                                {"ipc": 1, "interval": [0, 3], "iterations": 4}],
+                    "syn_steps": 3, "expert_epochs": 1, "lr_img": 10.0, "select_every": 0, "snapshot_every": 2,
+                    **distill},
+        "eval": {"epochs": 2, "num_nets": 1, "batch_size": 64},
+    }
+    return RunConfig.from_dict(raw)
+
+
+def run_to_end(tmp_path, config, name="run", observer=None, control=None):
+    run = RunFolder.create(tmp_path / name, config)
+    return run, Distiller(run, tmp_path / "experts", observer, control).run()
+
+
+def test_static_run_equals_a_plain_mtt_loop(tmp_path):
+    config = as_static(tiny_config())
+    run, result = run_to_end(tmp_path, config)
+    distiller = Distiller(run, tmp_path / "experts")
+    distiller.data = data = prepare_data(config.data, config.seed, torch.device("cpu"))
+    experts = distiller.stage1_experts()  # read back from the cache
+    sub, dist = config.distill.subsets[0], config.distill
+    # Plain MTT, written out: same random draws, reference unroll, hand-written momentum SGD.
+    x = initial_images(data, sub.ipc, "real", make_generator(config.seed, "init", 0))
+    labels = torch.arange(data.num_classes).repeat_interleave(sub.ipc)
+    lr, vx, vlr = torch.tensor(sub.lr_init), torch.zeros_like(x), torch.tensor(0.0)
+    g = make_generator(config.seed, "distill", 0)
+    for _ in range(sub.iterations):
+        e = int(torch.randint(len(experts), (1,), generator=g))
+        t = int(torch.randint(sub.interval[0], sub.interval[1] - dist.expert_epochs, (1,), generator=g))
+        plan = draw_unroll_plan(g, len(x), data.num_classes * sub.ipc, dist.syn_steps, data.image_size, DSA_OPERATIONS)
+        xs, lrs = x.clone().requires_grad_(True), lr.clone().requires_grad_(True)
+        final = reference_unroll(distiller.spec, experts[e, t], xs, labels, lrs, [s.indices for s in plan],
+                                 [lambda im, d=s.augmentation: apply_augmentation(im, d) for s in plan])
+        normalised_distance(final, experts[e, t], experts[e, t + dist.expert_epochs]).backward()
+        vx, vlr = dist.momentum * vx + xs.grad, dist.momentum * vlr + lrs.grad
+        x, lr = x - dist.lr_img * vx, lr - dist.lr_lr * vlr
+    (learned,) = run.subsets()
+    torch.testing.assert_close(learned.images, x, rtol=1e-4, atol=1e-5)
+    assert learned.lr == pytest.approx(float(lr), rel=1e-5)
+    assert result["method"] == "mtt" and result["ipc"] == 2
+
+
+def test_stage_two_never_touches_stage_one_pixels(tmp_path, monkeypatch):
+    import seqmatch_engine.seqmatch as driver
+
+    captured = []
+    real_outer_step = driver.outer_step
+
+    def spy(forward, state, frozen, labels, *rest):
+        before = frozen.clone()
+        loss = real_outer_step(forward, state, frozen, labels, *rest)
+        captured.append((before, frozen.clone(), len(labels)))
+        return loss
+
+    monkeypatch.setattr(driver, "outer_step", spy)
+    run, _ = run_to_end(tmp_path, tiny_config())
+    stage2 = [c for c in captured if len(c[0])]
+    assert len(stage2) == 4
+    s1 = run.subsets()[0].images  # S1 as saved when its stage ended
+    for before, after, n_labels in stage2:
+        assert torch.equal(before, s1) and torch.equal(after, s1)
+        assert n_labels == 20  # U_1 + S_2: 10 classes x (1 + 1)
+
+
+class Recorder(nn.Module):
+    """A net that records the batch sizes it sees; the optimiser's lr is read by a hook."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+        self.sizes: list[int] = []
+
+    def forward(self, x):
+        self.sizes.append(len(x))
+        return self.linear(x.flatten(1)[:, :4])
+
+
+def test_evaluation_visits_subsets_in_order_with_their_own_lrs(monkeypatch):
+    lrs_seen = []
+    real_step = torch.optim.SGD.step
+
+    def step(self, *args, **kwargs):
+        lrs_seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    u1 = CurriculumStage(torch.randn(3, 1, 2, 2), torch.tensor([0, 1, 0]), lr=0.5)
+    u2 = CurriculumStage(torch.randn(5, 1, 2, 2), torch.tensor([0, 1, 0, 1, 1]), lr=0.2)
+    net = Recorder()
+    train_curriculum(net, [u1, u2], EvalConfig(epochs=4, batch_size=64, augment=False), make_generator(0, "e"))
+    assert net.sizes == [3] * 4 + [5] * 4
+    assert lrs_seen == pytest.approx([0.5, 0.5, 0.05, 0.05, 0.2, 0.2, 0.02, 0.02])
+
+
+def test_same_seed_same_images_and_resume_after_kill_matches(tmp_path):
+    config = tiny_config(select_every=2)
+    reference, _ = run_to_end(tmp_path, config, "reference")
+    again, _ = run_to_end(tmp_path, config, "again")
+    for a, b in zip(reference.subsets(), again.subsets()):
+        assert torch.equal(a.images, b.images) and a.lr == b.lr
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_stage_two(event):
+        if event.kind == "iteration" and event.stage == 1 and event.iteration == 3:
+            raise Killed()  # like a kill: no clean shutdown, checkpoint of iteration 2 on disk
+
+    run = RunFolder.create(tmp_path / "killed", config)
+    with pytest.raises(Killed):
+        Distiller(run, tmp_path / "experts", kill_in_stage_two).run()
+    assert run.status()["state"] == "failed" and len(run.subsets()) == 1
+    result = Distiller(RunFolder.open(run.path), tmp_path / "experts").run()
+    assert result is not None
+    for a, b in zip(reference.subsets(), run.subsets()):
+        assert torch.equal(a.images, b.images) and a.lr == b.lr
+    iterations = [(r["stage"], r["iteration"]) for r in run.metrics() if r["kind"] == "iteration"]
+    assert iterations == [(0, i) for i in range(1, 5)] + [(1, i) for i in range(1, 5)]
+    assert any("resumed S2 at iteration 2" in m["text"] for m in run.status()["messages"])
+
+
+def test_stop_and_pause_between_iterations(tmp_path):
+    control = RunControl()
+    events = []
+
+    def observer(event):
+        events.append(event)
+        if event.kind == "iteration" and event.iteration == 2:
+            control.stop()
+
+    run, result = run_to_end(tmp_path, tiny_config(), observer=observer, control=control)
+    assert result is None and run.status()["state"] == "stopped"
+    assert max(e.iteration for e in events if e.kind == "iteration") == 2
+    with pytest.raises(StopRequested):
+        control.checkpoint()
+    paused = RunControl()
+    paused.pause()
+    assert paused.paused and not paused._running.wait(timeout=0.05)
+    paused.resume()
+    paused.checkpoint()  # returns at once when running
+
+
+def test_exploding_lr_stops_the_stage_with_a_message_and_keeps_good_images(tmp_path):
+    run, result = run_to_end(tmp_path, tiny_config(lr_lr=1e9))
+    assert result is not None  # the run went on with what was kept
+    messages = [m["text"] for m in run.status()["messages"] if m["level"] == "warning"]
+    assert messages and "lower distill.lr_lr" in messages[0] and "Kept the last good images" in messages[0]
+    for subset in run.subsets():
+        assert torch.isfinite(subset.images).all() and 0 < subset.lr <= 1.0
+    assert any(r["kind"] == "divergence" for r in run.metrics())
