@@ -1,8 +1,7 @@
-"""Command line: python -m seqmatch_engine experts|distill|evaluate|export|runs|presets ..."""
+"""Command line: python -m seqmatch_engine experts|distill|evaluate|export|runs|presets|diagnose ..."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -142,6 +141,54 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+class TaskBar:
+    """A progress callback (done, total) drawing one tqdm bar on stderr, opened on first use."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.bar: tqdm | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.description, dynamic_ncols=True, file=sys.stderr)
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def __enter__(self) -> "TaskBar":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from .diagnostics import COMPUTED, DiagnosticsOptions, RunDiagnostics, format_summary, missing, summary
+    from .diagnostics.store import read_g1
+
+    run = RunFolder.open(Path(args.run))
+    only = args.only or ["g1", *COMPUTED]
+    wanted = [name for name in COMPUTED if name in only]
+    todo = wanted if args.force else [name for name in wanted if name in missing(run.path, args.reducer)]
+    if "g1" in only and not read_g1(run.path):
+        print("G1: no records; it is recorded while distilling when distill.diagnose_every > 0", file=sys.stderr)
+    if todo:
+        options = DiagnosticsOptions(experts=args.experts, draws=args.draws, nets=args.nets, reducer=args.reducer)
+        diagnostics = RunDiagnostics(run, paths.experts_root(args.home), options)
+        with TaskBar("held-out experts") as bar:
+            diagnostics.held_out_experts(bar)
+        descriptions = {"g2": "G2 matching error", "g3": f"G3 features ({args.reducer})", "g4": "G4 easy/hard"}
+        for name in todo:
+            with TaskBar(descriptions[name]) as bar:
+                getattr(diagnostics, name)(bar)
+    reused = [name for name in wanted if name not in todo]
+    print(f"run {run.id}: computed {', '.join(todo) or 'nothing'}"
+          + (f"; already there: {', '.join(reused)} (--force recomputes)" if reused else ""))
+    print(format_summary(summary(run.path)))
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     for name in preset_names():
         print(name)
@@ -180,6 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.set_defaults(func=cmd_export)
     commands.add_parser("runs", help="list runs").set_defaults(func=cmd_runs)
     commands.add_parser("presets", help="list presets").set_defaults(func=cmd_presets)
+    sub = commands.add_parser("diagnose", help="coupling diagnostics G1-G4 of a finished run (computes what lacks)")
+    sub.add_argument("run")
+    sub.add_argument("--only", nargs="+", choices=["g1", "g2", "g3", "g4"], help="diagnostics to show/compute")
+    sub.add_argument("--reducer", choices=["umap", "pca"], default="umap", help="G3 embedding (pca: instant)")
+    sub.add_argument("--experts", type=int, default=3, help="held-out experts for G2-G4")
+    sub.add_argument("--draws", type=int, default=2, help="G2 unroll plans per held-out expert and start epoch")
+    sub.add_argument("--nets", type=int, default=2, help="G4 nets per set")
+    sub.add_argument("--force", action="store_true", help="recompute G2-G4 even when the run has them")
+    sub.set_defaults(func=cmd_diagnose)
     return parser
 
 

@@ -68,6 +68,8 @@ class DistillConfig:
     select_every: int = 100           # validation evaluation interval (keeps the best S_k); 0: off
     snapshot_every: int = 10          # resumable checkpoint + timeline snapshot interval
     publish_every: int = 1            # images sent to observers every this many iterations
+    diagnose_every: int = 0           # G1 gradient-similarity record every this many iterations; 0: off
+    nominal_groups: int = 2           # G1 of static MTT: its one subset split into this many groups per class
 
 
 @dataclass
@@ -210,6 +212,8 @@ def validate(config: RunConfig) -> None:
     _require(s.select_every >= 0, "distill.select_every", "must be >= 0 (0 turns selection off)")
     _require(s.snapshot_every >= 1, "distill.snapshot_every", "must be >= 1")
     _require(s.publish_every >= 1, "distill.publish_every", "must be >= 1")
+    _require(s.diagnose_every >= 0, "distill.diagnose_every", "must be >= 0 (0 turns G1 recording off)")
+    _require(s.nominal_groups >= 1, "distill.nominal_groups", "must be >= 1")
     for k, sub in enumerate(s.subsets):
         where = f"distill.subsets[{k}]"
         _require(sub.ipc >= 1, f"{where}.ipc", "must be >= 1 image per class")
@@ -220,9 +224,9 @@ def validate(config: RunConfig) -> None:
         _require(0 <= a and b - s.expert_epochs > a, f"{where}.interval",
                  f"[{a}, {b}) leaves no start epoch: need 0 <= start and start + expert_epochs "
                  f"({s.expert_epochs}) < end")
+        epochs_field = "experts.epochs" if k == 0 or s.expert_source == "window" else "experts.stage_epochs"
         _require(b <= horizon + 1, f"{where}.interval",
-                 f"ends at epoch {b} but its experts have only {horizon} epochs; "
-                 f"lower the end or raise {'experts.epochs' if k == 0 or s.expert_source == 'window' else 'experts.stage_epochs'}")
+                 f"ends at epoch {b} but its experts have only {horizon} epochs; lower the end or raise {epochs_field}")
     _require(v.epochs >= 1, "eval.epochs", "must be >= 1")
     _require(v.num_nets >= 1, "eval.num_nets", "must be >= 1")
     _require(v.select_nets >= 1, "eval.select_nets", "must be >= 1")

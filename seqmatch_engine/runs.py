@@ -25,8 +25,7 @@ from . import paths
 from .config import RunConfig
 from .imaging import image_grid, save_png
 from .prepare import PixelTransform
-from .storage import (append_jsonl, read_json, read_jsonl, read_tensors, write_json,
-                      write_tensors)
+from .storage import append_jsonl, read_json, read_jsonl, read_tensors, write_json, write_tensors
 
 
 class RunError(ValueError):

@@ -21,8 +21,13 @@ import torch
 
 from .augment import DSA_OPERATIONS
 from .config import RunConfig
-from .evaluate import (CurriculumStage, curriculum_from_subsets, evaluate_curriculum, random_real_subset,
-                       train_curriculum)
+from .evaluate import (
+    CurriculumStage,
+    curriculum_from_subsets,
+    evaluate_curriculum,
+    random_real_subset,
+    train_curriculum,
+)
 from .experts import ExpertCache, tensor_digest, train_trajectory
 from .matching import DivergenceError, MatchingState, draw_unroll_plan, outer_step
 from .models import ConvNet, ConvNetSpec, convnet_forward, default_depth, init_convnet_params
@@ -33,7 +38,10 @@ from .seeding import make_generator, resolve_device
 
 @dataclass
 class Event:
-    """Something the driver did. kind: phase | progress | iteration | selection | stage_done | evaluation | done | error."""
+    """Something the driver did.
+
+    kind: phase | progress | stage_start | iteration | selection | stage_done | evaluation | done | error
+    """
 
     kind: str
     stage: int | None = None
@@ -133,6 +141,7 @@ class Distiller:
             self.phase("loading data")
             self.data = self._data or prepare_data(cfg.data, cfg.seed, self.device)
             self.run_folder.save_transform(self.data.transform)
+            self.run_folder.update_status(class_names=list(self.data.class_names), dataset=self.data.name)
             subsets = self.run_folder.subsets()
             stage1 = None
             for k in range(len(subsets), len(cfg.distill.subsets)):
@@ -231,12 +240,17 @@ class Distiller:
             state = MatchingState.create(init, sub.lr_init, dist.lr_img, dist.lr_lr, dist.momentum)
             generator = make_generator(cfg.seed, "distill", k)
             iteration, best = 0, {"accuracy": -1.0, "iteration": 0, "images": init.clone(), "lr": sub.lr_init}
-            if dist.select_every:
-                self._select(k, 0, state, prior, best)
         self.phase(f"distilling S{k + 1}", k, iteration=iteration, iterations=sub.iterations)
+        self.emit("stage_start", k, iteration, images=state.images.detach().clone())
+        if not resumed and dist.select_every:
+            self._select(k, 0, state, prior, best)
         last_good = (state.images.detach().clone(), float(state.lr.detach()))
+        from .diagnostics.recorder import GradientRecorder  # here: diagnostics imports this module
+
+        g1 = GradientRecorder(self.run_folder.path, k, [s.labels for s in prior] + [labels_k],
+                              dist.nominal_groups if cfg.method == "mtt" else None, dist.diagnose_every, iteration)
         started, started_at = time.perf_counter(), iteration
-        for iteration in range(iteration, sub.iterations):
+        for iteration in range(started_at, sub.iterations):
             self.control.checkpoint()
             expert = int(torch.randint(len(experts), (1,), generator=generator))
             t = int(torch.randint(first_start, last_start + 1, (1,), generator=generator))
@@ -244,9 +258,12 @@ class Distiller:
             target = experts[expert, t + dist.expert_epochs].to(self.device)
             plan = draw_unroll_plan(generator, len(labels), batch_syn, dist.syn_steps, data.image_size, operations)
             try:
-                loss = outer_step(self.forward, state, frozen, labels, start, target, plan, dist.max_lr).loss
+                step = outer_step(self.forward, state, frozen, labels, start, target, plan, dist.max_lr,
+                                  g1.due(iteration + 1))  # record_gradients: G1 measures, never changes, the step
             except DivergenceError as error:
                 return self._stop_diverged(k, iteration, error, best, last_good, labels_k)
+            loss = step.loss
+            g1.record(iteration + 1, step.image_grads, start_epoch=t, loss=loss)
             last_good = (state.images.detach().clone(), float(state.lr.detach()))
             done = iteration + 1
             rate = (time.perf_counter() - started) / (done - started_at)
@@ -339,7 +356,7 @@ class Distiller:
                 "best_iteration": best["iteration"], "best_val_accuracy": best["accuracy"]}
         self.run_folder.save_subset(k, subset, info)
         self.run_folder.clear_checkpoint()
-        self.emit("stage_done", k, data=info)
+        self.emit("stage_done", k, data=info, images=subset.images.detach().clone())
 
     # -- evaluation -----------------------------------------------------------------------------------
     def final_evaluation(self, subsets: list[Subset]) -> dict[str, Any]:

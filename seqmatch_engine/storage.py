@@ -12,6 +12,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+
 class StorageError(OSError):
     """A file could not be written or read; the message says which and why."""
 

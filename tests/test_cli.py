@@ -43,7 +43,7 @@ TINY = [
     f"distill.subsets={json.dumps(TWO_SUBSETS)}",
     "distill.syn_steps=2",
     "distill.select_every=0",
-    "eval.epochs=2",
+    "eval.epochs=1",
     "eval.num_nets=1",
 ]
 
@@ -70,12 +70,25 @@ def only_run(home: Path) -> RunFolder:
     return RunFolder.open(runs[0])
 
 
+def preset_files() -> list[str]:
+    return sorted(p.stem for p in paths.PRESETS_DIR.glob("*.json"))
+
+
 def copy_home(source: Path, destination: Path, runs: bool = True) -> Path:
     """A private copy of a home (so tests that change a run do not affect each other)."""
     shutil.copytree(source / "experts", destination / "experts")
     if runs:
         shutil.copytree(source / "runs", destination / "runs")
     return destination
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The tensors here are tiny: one intra-op thread is as fast, and far faster on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
@@ -97,17 +110,18 @@ def finished(tmp_path_factory):
 
 
 def test_presets_as_a_subprocess_module(tmp_path):
-    env = {**os.environ, "SEQMATCH_HOME": str(tmp_path)}
+    env = {**os.environ, "SEQMATCH_HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "seqmatch_engine", "presets"], cwd=paths.REPO_DIR, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == ["cpu-demo"]
+    assert proc.stdout.splitlines() == preset_files()
+    assert "cpu-demo" in proc.stdout.splitlines()
     assert not (tmp_path / "runs").exists()
 
 
 def test_presets_in_process(capsys):
     assert cli.main(["presets"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["cpu-demo"]
+    assert capsys.readouterr().out.splitlines() == preset_files()
 
 
 def test_missing_command_is_an_argparse_error(capsys):
@@ -165,7 +179,8 @@ def test_unknown_preset_exits_2_listing_presets(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith("error: preset 'nope' not found")
-    assert "available: cpu-demo" in err
+    assert err.rstrip().endswith(f"available: {', '.join(preset_files())}")
+    assert "cpu-demo" in err
 
 
 def test_missing_config_file_exits_2_with_absolute_path(tmp_path, monkeypatch, capsys):
@@ -310,25 +325,15 @@ def test_evaluate_prints_new_accuracies(finished, tmp_path, capsys):
     rc = cli.main(["--home", str(home), "evaluate", str(run.path), "--nets", "1", "--epochs", "2"])
     assert rc == 0
     lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
     assert lines[0] == f"method seqmatch  IPC 2  learned lrs {lrs}"
     assert lines[1].startswith("synthetic    convnet") and lines[1].endswith("(1 nets)")
     assert lines[2].startswith("random_real  convnet") and lines[2].endswith("(1 nets)")
     result = run.eval()
-    assert (result["eval_epochs"], result["num_nets"]) == (2, 1)
+    assert (result["eval_epochs"], result["num_nets"]) == (2, 1)  # the run itself was evaluated for 1 epoch
     assert f"{100 * result['synthetic']['convnet']['mean']:6.2f} ± 0.00 %" in lines[1]
-
-
-def test_evaluate_with_more_nets_reports_each(finished, tmp_path, capsys):
-    home = copy_home(finished[0], tmp_path / "copy")
-    run = only_run(home)
-    rc = cli.main(["--home", str(home), "evaluate", str(run.path), "--nets", "2", "--epochs", "1"])
-    assert rc == 0
-    out = capsys.readouterr().out
-    assert "(2 nets)" in out
-    result = run.eval()
-    assert (result["eval_epochs"], result["num_nets"]) == (1, 2)
-    assert len(result["synthetic"]["convnet"]["values"]) == 2
-    assert (run.config().eval.epochs, run.config().eval.num_nets) == (2, 1)  # the stored config is kept
+    assert f"{100 * result['random_real']['convnet']['mean']:6.2f} ± 0.00 %" in lines[2]
+    assert run.config().eval.epochs == 1, "evaluate must not rewrite the stored config"
 
 
 @pytest.mark.xfail(strict=True, reason="engine bug: cli.cmd_evaluate leaves status.json at state 'running', "

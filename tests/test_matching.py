@@ -3,12 +3,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from reference import param_count, plain_sgd_student, reference_convnet, reference_unroll, relative_error
+
 from seqmatch_engine.augment import apply_augmentation
-from seqmatch_engine.matching import (DivergenceError, MatchingState, check_finite_step, draw_minibatches,
-                                      draw_unroll_plan, matching_loss, normalised_distance, outer_step,
-                                      unroll_student)
+from seqmatch_engine.matching import (
+    DivergenceError,
+    MatchingState,
+    check_finite_step,
+    draw_minibatches,
+    draw_unroll_plan,
+    matching_loss,
+    normalised_distance,
+    outer_step,
+    unroll_student,
+)
 from seqmatch_engine.models import ConvNetSpec, convnet_forward, init_convnet_params
 from seqmatch_engine.seeding import make_generator
 

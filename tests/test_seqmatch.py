@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import reference_unroll
 from torch import nn
 
-from reference import reference_unroll
 from seqmatch_engine.augment import DSA_OPERATIONS, apply_augmentation
 from seqmatch_engine.config import EvalConfig, RunConfig, as_static
 from seqmatch_engine.evaluate import CurriculumStage, train_curriculum

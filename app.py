@@ -1,0 +1,26 @@
+"""SeqMatch Studio: python app.py [--host 127.0.0.1] [--port 7860] [--home DIR]"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from seqmatch_engine.jobs import JobManager
+from views.layout import build_app, launch_options
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Launch the SeqMatch Studio web app.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--home", type=Path, default=None,
+                        help="folder holding runs/ and experts/ (default: $SEQMATCH_HOME or the current folder)")
+    args = parser.parse_args(argv)
+    manager = JobManager(args.home)
+    demo = build_app(manager)
+    demo.queue(default_concurrency_limit=4)
+    print(f"SeqMatch Studio on http://{args.host}:{args.port}  (runs in {manager.runs_root})", flush=True)
+    demo.launch(server_name=args.host, server_port=args.port, **launch_options())
+
+
+if __name__ == "__main__":
+    main()

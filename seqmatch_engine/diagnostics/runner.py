@@ -1,0 +1,252 @@
+"""G2-G4 for a finished run: held-out experts, the three computations, the run's summary.
+
+Held-out experts are trained with the run's stage-1 recipe (data, net, epochs, lr, batch,
+augmentation, seed) under a different seed tag, so they are never the trajectories the set
+was distilled against; they are cached with `ExpertCache` like any other experts, and one
+set serves G2 (matching error), G3 (features, expert 0) and G4 (hardness).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..evaluate import CurriculumStage, curriculum_from_subsets, random_real_subset, train_curriculum
+from ..experts import ExpertCache, recipe_key, train_trajectory
+from ..models import build_eval_net, init_convnet_params
+from ..prepare import PreparedData, prepare_data
+from ..runs import RunError, RunFolder, Subset
+from ..seeding import make_generator
+from . import store
+from .features import Embedding, PointSet, checkpoint_epochs, joint_embedding, real_sample, subset_points
+from .gradients import coupling_index
+from .hardness import expert_correctness, hardness, masked_accuracy, split_easy_hard, summarise
+from .matching_error import g2_plan, late_matching_error, matching_error_curve, owning_subset
+
+ProgressFn = Callable[[int, int], None]
+COMPUTED = ("g2", "g3", "g4")  # G1 is recorded during distillation, not computed afterwards
+
+
+@dataclass
+class DiagnosticsOptions:
+    experts: int = 3           # held-out experts (G2, G3, G4)
+    draws: int = 2             # seeded unroll plans per (held-out expert, start epoch) in G2
+    real_per_class: int = 20   # real training images per class in G3
+    checkpoints: int = 3       # expert epochs shown in G3: 0 .. E evenly spread
+    reducer: str = "umap"      # G3 reducer: "umap" or "pca"
+    nets: int = 2              # G4 nets per set (first nets of the run's own evaluation)
+
+
+class RunDiagnostics:
+    """Diagnostics of one finished run folder; data and held-out experts are loaded once, on demand."""
+
+    def __init__(self, run: RunFolder, experts_root: Path, options: DiagnosticsOptions | None = None,
+                 data: PreparedData | None = None):
+        from ..seqmatch import Distiller  # the driver knows the run's net and stage-1 expert recipe
+
+        self.run = run
+        self.options = options or DiagnosticsOptions()
+        self.config = run.config()
+        self.subsets: list[Subset] = run.subsets()
+        if len(self.subsets) < len(self.config.distill.subsets):
+            raise RunError(f"run {run.id} has {len(self.subsets)} of {len(self.config.distill.subsets)} subsets; "
+                           f"finish it first: python -m seqmatch_engine distill --resume {run.path}")
+        self.distiller = Distiller(run, experts_root)
+        self.device = self.distiller.device
+        self.cache = ExpertCache(experts_root)
+        self._data = data
+        self._held_out: torch.Tensor | None = None
+
+    @property
+    def data(self) -> PreparedData:
+        if self._data is None:
+            self._data = prepare_data(self.config.data, self.config.seed, self.device)
+        self.distiller.data = self._data
+        return self._data
+
+    @property
+    def spec(self):
+        _ = self.data
+        return self.distiller.spec
+
+    def forward(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        _ = self.data
+        return self.distiller.forward(params, x)
+
+    # -- held-out experts ------------------------------------------------------------------------------
+    def held_out_recipe(self) -> dict[str, Any]:
+        """The run's stage-1 expert recipe, marked held-out (a different cache folder and seed tag)."""
+        _ = self.data
+        return {**self.distiller._expert_recipe(0, self.config.experts.epochs, None), "held_out": "diagnostics"}
+
+    def held_out_experts(self, progress: ProgressFn | None = None) -> torch.Tensor:
+        """Trajectories (options.experts, E+1, P), trained once and cached."""
+        if self._held_out is not None:
+            return self._held_out
+        cfg, e, spec = self.config, self.config.experts, self.spec
+        recipe = self.held_out_recipe()
+
+        def train_one(i: int) -> torch.Tensor:
+            generator = make_generator(cfg.seed, "held-out-expert", i)
+            start = init_convnet_params(spec, generator, self.device)
+            return train_trajectory(spec, self.data.train_images, self.data.train_labels, start, e.epochs, e.lr,
+                                    e.batch_size, e.augment, generator)
+
+        self._held_out = self.cache.load_or_train(recipe, self.options.experts, (e.epochs + 1, spec.num_params),
+                                                  train_one, progress)
+        return self._held_out
+
+    def run_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The run's full set U_K: images (n, C, H, W) and labels (n,) on the device."""
+        images = torch.cat([s.images for s in self.subsets]).to(self.device)
+        labels = torch.cat([s.labels for s in self.subsets]).to(self.device)
+        return images, labels
+
+    # -- G2 ----------------------------------------------------------------------------------------------
+    def g2(self, progress: ProgressFn | None = None) -> dict[str, Any]:
+        """Matching error L(t) of U_K by held-out start epoch (see matching_error); saved to g2.json."""
+        cfg, dist, data = self.config, self.config.distill, self.data
+        experts = self.held_out_experts()
+        images, labels = self.run_set()
+        intervals = [tuple(s.interval) for s in dist.subsets]
+        lrs = [s.lr for s in self.subsets]
+
+        def plan_for(e: int, t: int, draw: int):
+            k = owning_subset(t, intervals)
+            batch = dist.batch_syn or data.num_classes * dist.subsets[k].ipc
+            return g2_plan(cfg.seed, e, t, draw, len(labels), batch, dist.syn_steps, data.image_size)
+
+        curve = matching_error_curve(self.forward, experts, images, labels, dist.expert_epochs,
+                                     lambda t: lrs[owning_subset(t, intervals)], plan_for, self.options.draws,
+                                     progress)
+        result = {"method": cfg.method, "run": self.run.id, "ipc": cfg.ipc, **curve,
+                  "lr_subset": [owning_subset(t, intervals) for t in curve["start_epochs"]], "lrs": lrs,
+                  "experts": len(experts), "draws": self.options.draws, "expert_epochs": dist.expert_epochs,
+                  "syn_steps": dist.syn_steps, "held_out_key": recipe_key(self.held_out_recipe())}
+        result["late_error"] = late_matching_error(result)
+        store.write_g2(self.run.path, result)
+        return result
+
+    # -- G3 ----------------------------------------------------------------------------------------------
+    def points(self, source: str | None = None, with_real: bool = True) -> PointSet:
+        """The seeded real sample (optional) and the run's synthetic images tagged S1.. with `source`."""
+        data = self.data
+        parts = [real_sample(data.train_images, data.train_labels, data.num_classes, self.options.real_per_class,
+                             self.config.seed)] if with_real else []
+        parts.append(subset_points([(s.images, s.labels) for s in self.subsets], source or self.config.method))
+        return PointSet.concat(parts)
+
+    def g3(self, progress: ProgressFn | None = None) -> Embedding:
+        """Joint embedding of real + synthetic features under held-out expert 0; cached in the run folder."""
+        trajectory = self.held_out_experts()[0]
+        epochs = checkpoint_epochs(trajectory.shape[0] - 1, self.options.checkpoints)
+        embedding = joint_embedding(trajectory, epochs, self.points(), self.spec, self.options.reducer,
+                                    self.config.seed, list(self.data.class_names), self.device, progress)
+        store.write_g3(self.run.path, embedding.tensors(), {**embedding.info(), "run": self.run.id})
+        return embedding
+
+    # -- G4 ----------------------------------------------------------------------------------------------
+    def g4(self, progress: ProgressFn | None = None) -> dict[str, Any]:
+        """Hardness split of the test set and easy/hard accuracy of the run's set and the random-real baseline.
+
+        The nets are the first `options.nets` nets of the run's final evaluation (same seed tags,
+        same protocol config.eval), so their overall accuracy equals those in eval.json.
+        """
+        cfg, data, spec = self.config, self.data, self.spec
+        correct = expert_correctness(self.held_out_experts(), data.test_images, data.test_labels, spec)
+        h = hardness(correct)
+        easy, hard, threshold = split_easy_hard(h)
+        curriculum = curriculum_from_subsets([(s.images.to(self.device), s.labels.to(self.device))
+                                              for s in self.subsets], [s.lr for s in self.subsets])
+        real_images, real_labels = random_real_subset(data.train_images, data.train_labels, data.num_classes,
+                                                      cfg.ipc, make_generator(cfg.seed, "random-real"))
+        jobs = [("synthetic", curriculum), ("random_real", [CurriculumStage(real_images, real_labels, cfg.experts.lr)])]
+        nets, total, done = self.options.nets, 2 * self.options.nets, 0
+        labels = data.test_labels.cpu()
+        sets: dict[str, Any] = {}
+        for name, stages in jobs:
+            scores: dict[str, list[float | None]] = {"all": [], "easy": [], "hard": []}
+            for i in range(nets):
+                generator = make_generator(cfg.seed, "eval", name, "convnet", i)  # as evaluate_curriculum
+                net = build_eval_net("convnet", spec, generator, self.device)
+                train_curriculum(net, stages, cfg.eval, generator)
+                predictions = predict(net, data.test_images)
+                for part, mask in (("all", torch.ones_like(easy)), ("easy", easy), ("hard", hard)):
+                    scores[part].append(masked_accuracy(predictions, labels, mask))
+                done += 1
+                if progress:
+                    progress(done, total)
+            sets[name] = {part: summarise(values) for part, values in scores.items()}
+        result = {"method": cfg.method, "run": self.run.id, "ipc": cfg.ipc, "threshold": threshold,
+                  "easy_count": int(easy.sum()), "hard_count": int(hard.sum()), "experts": len(correct),
+                  "nets": nets, "eval_epochs": cfg.eval.epochs, "sets": sets,
+                  "hardness": [round(float(v), 4) for v in h]}
+        store.write_g4(self.run.path, result)
+        return result
+
+def missing(run_dir: Path, reducer: str | None = None) -> list[str]:
+    """Which of G2-G4 a run folder lacks (G3 also when it was cached with another reducer)."""
+    lacking = [name for name, read in (("g2", store.read_g2), ("g4", store.read_g4)) if read(run_dir) is None]
+    g3 = store.read_g3(run_dir)
+    if g3 is None or (reducer and g3[1].get("reducer") != reducer):
+        lacking.append("g3")
+    return sorted(lacking)
+
+
+@torch.no_grad()
+def predict(net: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Predicted classes (N,) on the CPU for images (N, C, H, W); the net is left in train mode."""
+    net.eval()
+    predictions = torch.cat([net(images[i:i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
+    net.train()
+    return predictions.cpu()
+
+
+def load_embedding(run_dir: Path) -> Embedding | None:
+    """The cached G3 embedding of a run folder, or None."""
+    found = store.read_g3(run_dir)
+    return Embedding.from_parts(*found) if found else None
+
+
+def overlay_embedding(runs: list[RunDiagnostics], labels: list[str], reducer: str = "pca",
+                      progress: ProgressFn | None = None) -> Embedding:
+    """One joint embedding of several runs' sets (sources = labels) and the first run's real sample.
+
+    Uses the first run's held-out expert 0 and data; the runs should share data and net settings.
+    """
+    first = runs[0]
+    points = PointSet.concat([first.points(labels[0])] +
+                             [r.points(label, with_real=False) for r, label in zip(runs[1:], labels[1:], strict=True)])
+    trajectory = first.held_out_experts()[0]
+    epochs = checkpoint_epochs(trajectory.shape[0] - 1, first.options.checkpoints)
+    return joint_embedding(trajectory, epochs, points, first.spec, reducer, first.config.seed,
+                           list(first.data.class_names), first.device, progress)
+
+
+def summary(run_dir: Path) -> dict[str, Any]:
+    """Coupling index (G1), late-epoch matching error (G2) and easy/hard accuracies (G4); None where absent."""
+    g2, g4 = store.read_g2(run_dir), store.read_g4(run_dir)
+    result: dict[str, Any] = {"coupling_index": coupling_index(store.read_g1(run_dir)),
+                              "late_matching_error": g2["late_error"] if g2 else None}
+    for name in ("synthetic", "random_real"):
+        for part in ("easy", "hard"):
+            result[f"{part}_accuracy_{name}"] = g4["sets"][name][part]["mean"] if g4 else None
+    return result
+
+
+def format_summary(values: dict[str, Any]) -> str:
+    """A few readable lines of `summary`'s result."""
+    def number(v: float | None, percent: bool = False) -> str:
+        if v is None:
+            return "n/a"
+        return f"{100 * v:.2f} %" if percent else f"{v:.4f}"
+
+    return "\n".join([
+        f"coupling index (G1)          {number(values['coupling_index'])}",
+        f"late-epoch matching error    {number(values['late_matching_error'])}",
+        f"hard-image accuracy (G4)     {number(values['hard_accuracy_synthetic'], True)} synthetic, "
+        f"{number(values['hard_accuracy_random_real'], True)} random real",
+        f"easy-image accuracy (G4)     {number(values['easy_accuracy_synthetic'], True)} synthetic, "
+        f"{number(values['easy_accuracy_random_real'], True)} random real"])

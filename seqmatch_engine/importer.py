@@ -1,0 +1,108 @@
+"""Import what the public MTT / SeqMatch code saves, without unpickling arbitrary objects.
+
+- A distilled set: `images_best.pt` (n, C, H, W), `labels_best.pt` (n,), optional `best_lr.pt`
+  (a scalar) become a finished one-subset run folder.
+- An expert buffer: `replay_buffer_<i>.pt`, a list of trajectories, each a list of epochs, each a
+  list of parameter tensors in ConvNet order, becomes trajectory files in the experts cache.
+Every file is read with `torch.load(weights_only=True)`, which refuses anything but tensors and
+plain containers; other content gets an ImportError-style message naming the file.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+
+from .config import RunConfig, load_preset
+from .experts import ExpertCache, tensor_digest
+from .prepare import prepare_data
+from .runs import RunFolder, Subset
+from .seeding import resolve_device
+
+SET_FILES = ("images_best.pt", "labels_best.pt", "best_lr.pt")
+
+
+class ImportFailed(ValueError):
+    """A file is not something this importer understands; the message says what was expected."""
+
+
+def load_public_file(path: Path) -> object:
+    """torch.load with weights_only=True and readable errors."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as error:
+        raise ImportFailed(f"{Path(path).name}: not a tensor file saved by the MTT/SeqMatch code "
+                           f"(refused to load it safely: {str(error).splitlines()[0][:200]})") from None
+
+
+def _tensor(value: object, name: str, ndim: int | tuple[int, ...]) -> torch.Tensor:
+    dims = (ndim,) if isinstance(ndim, int) else ndim
+    if not isinstance(value, torch.Tensor) or value.dim() not in dims:
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ImportFailed(f"{name}: expected a tensor with {' or '.join(map(str, dims))} dimensions, got {shape}")
+    return value
+
+
+def import_distilled_set(files: list[Path], dataset: str, zca: bool, runs_root: Path) -> RunFolder:
+    """A finished one-subset run from images_best.pt / labels_best.pt [/ best_lr.pt]."""
+    by_name = {Path(f).name: Path(f) for f in files}
+    missing = [n for n in SET_FILES[:2] if n not in by_name]
+    if missing:
+        raise ImportFailed(f"a distilled set needs {' and '.join(SET_FILES[:2])}; missing {', '.join(missing)}")
+    images = _tensor(load_public_file(by_name["images_best.pt"]), "images_best.pt", 4).float()
+    labels = _tensor(load_public_file(by_name["labels_best.pt"]), "labels_best.pt", (1, 2))
+    labels = labels.argmax(1) if labels.dim() == 2 else labels.long()
+    lr = 0.01
+    if "best_lr.pt" in by_name:
+        lr_value = _tensor(load_public_file(by_name["best_lr.pt"]), "best_lr.pt", (0, 1))
+        lr = float(lr_value.reshape(-1)[0])
+    if len(labels) != len(images):
+        raise ImportFailed(f"images_best.pt has {len(images)} images but labels_best.pt {len(labels)} labels")
+    num_classes = int(labels.max()) + 1
+    counts = torch.bincount(labels, minlength=num_classes)
+    if not bool((counts == counts[0]).all()):
+        raise ImportFailed(f"labels are not class-balanced (counts {counts.tolist()}); expected IPC images per class")
+    order = torch.argsort(labels, stable=True)
+    raw = load_preset("cpu-demo")
+    raw.update(name="imported", device="cpu")
+    raw["data"] = {"dataset": dataset, "zca": zca}
+    raw["model"] = {"width": 128, "depth": None}  # MTT's default ConvNet, for evaluating the set
+    raw["distill"]["subsets"] = [{"ipc": int(counts[0]), "interval": [0, 3], "iterations": 0, "lr_init": lr}]
+    raw["experts"]["epochs"] = max(raw["experts"]["epochs"], 3)
+    config = RunConfig.from_dict(raw)
+    data = prepare_data(config.data, config.seed, resolve_device("cpu"))
+    if tuple(images.shape[1:]) != (data.channels, *data.image_size) or num_classes != data.num_classes:
+        raise ImportFailed(f"the set's images are {tuple(images.shape[1:])} with {num_classes} classes, but "
+                           f"{dataset} has {(data.channels, *data.image_size)} with {data.num_classes}: "
+                           f"pick the dataset it was distilled from")
+    run = RunFolder.create(runs_root, config)
+    run.save_transform(data.transform)
+    run.save_subset(0, Subset(images[order], labels[order], lr), {"imported_from": sorted(by_name)})
+    run.update_status(state="done", phase="imported (not evaluated)", class_names=list(data.class_names),
+                      dataset=data.name)
+    return run
+
+
+def import_expert_buffer(path: Path, experts_root: Path) -> tuple[Path, int, int, int]:
+    """Store a replay_buffer_*.pt as trajectories (n, E+1, P); returns (folder, n, E+1, P)."""
+    buffer = load_public_file(path)
+    if not isinstance(buffer, list) or not buffer or not all(isinstance(t, list) and t for t in buffer):
+        raise ImportFailed(f"{Path(path).name}: expected a list of trajectories (lists of epochs of parameter lists)")
+    trajectories = []
+    for i, trajectory in enumerate(buffer):
+        epochs = []
+        for e, params in enumerate(trajectory):
+            if not isinstance(params, list) or not all(isinstance(p, torch.Tensor) for p in params):
+                raise ImportFailed(f"{Path(path).name}: trajectory {i}, epoch {e} is not a list of tensors")
+            epochs.append(torch.cat([p.reshape(-1).float() for p in params]))
+        if len({len(v) for v in epochs}) != 1:
+            raise ImportFailed(f"{Path(path).name}: trajectory {i} changes parameter count between epochs")
+        trajectories.append(torch.stack(epochs))
+    if len({tuple(t.shape) for t in trajectories}) != 1:
+        raise ImportFailed(f"{Path(path).name}: trajectories differ in length or parameter count")
+    stacked = torch.stack(trajectories)
+    recipe = {"imported": Path(path).name, "digest": tensor_digest(stacked[:, 0])}
+    cache = ExpertCache(experts_root)
+    cache.load_or_train(recipe, len(stacked), tuple(stacked.shape[1:]), lambda i: stacked[i])
+    return cache.folder(recipe), *stacked.shape

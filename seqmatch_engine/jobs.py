@@ -1,0 +1,209 @@
+"""Background jobs: one worker thread runs queued run folders one at a time.
+
+A UI (or a test) submits configs, then polls `JobManager.live(run_id)` for a snapshot of what
+the driver last reported. Observers only copy small values under a lock, so the distillation
+loop never waits for a reader. Pause / resume / stop go through each job's RunControl.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import paths
+from .config import RunConfig
+from .runs import RunFolder
+from .seqmatch import Distiller, Event, RunControl
+
+MAX_POINTS = 400  # curve points kept per series (older points are thinned)
+
+
+@dataclass
+class LiveState:
+    """What a viewer needs about one job; `images` are model inputs (n, C, H, W) per subset."""
+
+    run_id: str
+    state: str = "queued"           # queued | running | paused | done | failed | stopped
+    phase: str = "queued"
+    stage: int | None = None
+    iteration: int = 0
+    iterations: int = 0
+    progress: tuple[int, int] | None = None   # (done, total) of experts / evaluation
+    eta_s: float | None = None
+    losses: list[tuple[int, int, float]] = field(default_factory=list)      # (stage, iteration, loss)
+    lrs: list[tuple[int, int, float]] = field(default_factory=list)
+    start_epochs: list[tuple[int, int, int]] = field(default_factory=list)
+    selections: list[tuple[int, int, float]] = field(default_factory=list)  # (stage, iteration, val acc)
+    images: dict[int, torch.Tensor] = field(default_factory=dict)           # stage -> latest images
+    image_version: int = 0
+    evaluation: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    error: str | None = None
+    started: float | None = None
+    first_image_s: float | None = None   # seconds from start to the first published image
+
+
+def _thin(series: list) -> list:
+    """Keep at most MAX_POINTS by dropping every other point of the older half."""
+    if len(series) <= MAX_POINTS:
+        return series
+    half = len(series) // 2
+    return series[:half:2] + series[half:]
+
+
+class _LiveObserver:
+    def __init__(self, live: LiveState, lock: threading.Lock):
+        self.live, self.lock = live, lock
+
+    def __call__(self, event: Event) -> None:
+        with self.lock:
+            live, data = self.live, event.data
+            if event.kind == "phase":
+                live.phase = data["name"]
+                live.stage = event.stage if event.stage is not None else live.stage
+                live.progress = None
+                if "iterations" in data:
+                    live.iterations, live.iteration = data["iterations"], data.get("iteration", 0)
+                if "message" in data:
+                    live.messages.append(data["message"])
+            elif event.kind == "progress":
+                live.progress = (data["done"], data["total"])
+            elif event.kind == "iteration":
+                live.stage, live.iteration, live.iterations = event.stage, event.iteration, data["total"]
+                live.eta_s = data["eta_s"]
+                live.losses = _thin([*live.losses, (event.stage, event.iteration, data["loss"])])
+                live.lrs = _thin([*live.lrs, (event.stage, event.iteration, data["lr"])])
+                live.start_epochs = _thin([*live.start_epochs, (event.stage, event.iteration, data["start_epoch"])])
+                if data["images"] is not None:
+                    self._publish(event.stage, data["images"])
+            elif event.kind in ("stage_start", "stage_done"):
+                self._publish(event.stage, data["images"])
+            elif event.kind == "selection":
+                live.selections.append((event.stage, event.iteration, data["val_accuracy"]))
+            elif event.kind == "evaluation":
+                live.evaluation.append(data["data"])
+            elif event.kind == "error":
+                live.error = data["message"]
+
+    def _publish(self, stage: int, images: torch.Tensor) -> None:
+        self.live.images[stage] = images.detach().cpu()
+        self.live.image_version += 1
+        if self.live.first_image_s is None and self.live.started is not None:
+            self.live.first_image_s = time.time() - self.live.started
+
+
+@dataclass
+class _Job:
+    run: RunFolder
+    control: RunControl
+    live: LiveState
+
+
+class JobManager:
+    """Owns the worker thread and the jobs it has seen in this process."""
+
+    def __init__(self, home: Path | None = None):
+        self.home = home
+        self.runs_root = paths.runs_root(home)
+        self.experts_root = paths.experts_root(home)
+        self._lock = threading.Lock()
+        self._jobs: dict[str, _Job] = {}
+        self._queue: queue.Queue[str] = queue.Queue()
+        self._worker = threading.Thread(target=self._work, name="seqmatch-worker", daemon=True)
+        self._worker.start()
+
+    def submit(self, config: RunConfig) -> str:
+        """Create a run folder for `config` and queue it; returns the run id."""
+        return self._enqueue(RunFolder.create(self.runs_root, config))
+
+    def resume(self, run_id: str) -> str:
+        """Queue an existing unfinished run folder again (it resumes from its checkpoint)."""
+        job = self._jobs.get(run_id)
+        if job and job.live.state in ("queued", "running", "paused"):
+            return run_id
+        return self._enqueue(RunFolder.open(self.runs_root / run_id))
+
+    def _enqueue(self, run: RunFolder) -> str:
+        job = _Job(run, RunControl(), LiveState(run.id))
+        with self._lock:
+            self._jobs[run.id] = job
+        run.update_status(state="queued", phase="queued")
+        self._queue.put(run.id)
+        return run.id
+
+    def pause(self, run_id: str) -> None:
+        job = self._jobs[run_id]
+        job.control.pause()
+        with self._lock:
+            if job.live.state == "running":
+                job.live.state = "paused"
+
+    def unpause(self, run_id: str) -> None:
+        job = self._jobs[run_id]
+        job.control.resume()
+        with self._lock:
+            if job.live.state == "paused":
+                job.live.state = "running"
+
+    def stop(self, run_id: str) -> None:
+        job = self._jobs.get(run_id)
+        if job:
+            job.control.stop()
+
+    def live(self, run_id: str) -> LiveState | None:
+        """A consistent copy of a job's live state (lists copied, image tensors shared read-only)."""
+        job = self._jobs.get(run_id)
+        if job is None:
+            return None
+        with self._lock:
+            live = job.live
+            return replace(live, losses=list(live.losses), lrs=list(live.lrs), start_epochs=list(live.start_epochs),
+                           selections=list(live.selections), images=dict(live.images),
+                           evaluation=list(live.evaluation), messages=list(live.messages))
+
+    def jobs(self) -> list[LiveState]:
+        return [self.live(run_id) for run_id in list(self._jobs)]
+
+    def active(self) -> str | None:
+        """Id of the job running (or paused) now."""
+        with self._lock:
+            for run_id, job in self._jobs.items():
+                if job.live.state in ("running", "paused"):
+                    return run_id
+        return None
+
+    def queue_position(self, run_id: str) -> int:
+        """0 when running, n when n jobs run or wait before it."""
+        with self._lock:
+            waiting = [r for r, j in self._jobs.items() if j.live.state in ("queued", "running", "paused")]
+        return waiting.index(run_id) if run_id in waiting else -1
+
+    def _work(self) -> None:
+        while True:
+            run_id = self._queue.get()
+            job = self._jobs[run_id]
+            if job.control.stopping:
+                self._finish(job, "stopped")
+                continue
+            with self._lock:
+                job.live.state, job.live.started = "running", time.time()
+            observer = _LiveObserver(job.live, self._lock)
+            try:
+                result = Distiller(job.run, self.experts_root, observer, job.control).run()
+                self._finish(job, "done" if result is not None else "stopped")
+            except Exception as error:  # the run folder already records the failure
+                with self._lock:
+                    job.live.error = job.live.error or f"{type(error).__name__}: {error}"
+                self._finish(job, "failed")
+
+    def _finish(self, job: _Job, state: str) -> None:
+        with self._lock:
+            job.live.state = state
+            job.live.phase = state
+        if state == "stopped":
+            job.run.update_status(state="stopped", phase="stopped")

@@ -1,0 +1,135 @@
+"""The app through a real Gradio server, driven by gradio_client, plus its handlers directly."""
+from __future__ import annotations
+
+import hashlib
+import pickle
+import socket
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from seqmatch_engine.config import ConfigError
+from seqmatch_engine.jobs import JobManager
+from views.forms import FormValues, config_from_form, form_defaults, parse_intervals
+
+gradio_client = pytest.importorskip("gradio_client")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def app(tmp_path):
+    from views.layout import build_app, launch_options
+
+    manager = JobManager(tmp_path)
+    demo = build_app(manager)
+    demo.queue()
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options())
+    client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+    yield client, manager
+    for live in manager.jobs():
+        manager.stop(live.run_id)
+    demo.close()
+
+
+def wait_for(predicate, timeout=120.0, every=0.3):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("condition not met in time")
+
+
+def smoke_form(**changes) -> list:
+    values = form_defaults("cpu-smoke")
+    return [getattr(values, name) if name not in changes else changes[name] for name in FormValues.fields()]
+
+
+def digest(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_form_validation_messages():
+    with pytest.raises(ConfigError, match="IPC 2 cannot be split into 3 subsets"):
+        config_from_form(FormValues(*smoke_form(ipc=2, num_subsets=3)))
+    with pytest.raises(ConfigError, match="start-epoch intervals"):
+        parse_intervals("zero to eight", 2)
+    assert parse_intervals("0-8", 2) == [(0, 8), (0, 8)]
+    config = config_from_form(FormValues(*smoke_form(method="Static MTT")))
+    assert config.method == "mtt" and config.ipc == 2
+
+
+def test_start_poll_pause_resume_stop_reopen_export_import(app, tmp_path):
+    client, manager = app
+    run_id, message = client.predict(*smoke_form(ipc=0), None, api_name="/start")
+    assert run_id is None and "Cannot start" in message and "ipc" in message.lower()
+
+    run_id, message = client.predict(*smoke_form(), None, api_name="/start")
+    assert run_id and run_id in message
+
+    seen = []
+
+    def images_changed():
+        status, image, _, _ = client.predict(run_id, api_name="/poll")
+        if isinstance(image, str):  # a skipped (unchanged) image comes back as an update dict
+            seen.append(digest(image))
+        return len(set(seen)) >= 2
+
+    wait_for(images_changed, timeout=180)
+    assert "Running" in client.predict(run_id, api_name="/poll")[0]
+
+    assert "Paused" in client.predict(run_id, api_name="/pause")
+    time.sleep(1.5)  # let the iteration in flight finish
+    frozen_at = manager.live(run_id).iteration
+    time.sleep(2.0)
+    assert manager.live(run_id).iteration == frozen_at and manager.live(run_id).state == "paused"
+    assert "Resumed" in client.predict(run_id, api_name="/resume")
+    wait_for(lambda: manager.live(run_id).iteration != frozen_at or manager.live(run_id).phase != "distilling S1")
+    assert "Stopping" in client.predict(run_id, api_name="/stop")
+    wait_for(lambda: manager.live(run_id).state == "stopped")
+
+    rows, _ = client.predict(api_name="/refresh_runs")
+    row = next(r for r in rows["data"] if r[0] == run_id)
+    assert row[3] == "stopped"
+
+    assert "Resuming" in client.predict(run_id, None, api_name="/resume_run")[1]
+    wait_for(lambda: manager.live(run_id).state == "done", timeout=300)
+    details, timeline, final = client.predict(run_id, api_name="/select_run")
+    assert "seqmatch" in details and "random real" in details and final
+    assert client.predict(run_id, 0, api_name="/timeline")
+
+    archive, message = client.predict(run_id, api_name="/export_run")
+    names = set(zipfile.ZipFile(archive).namelist())
+    assert {"distilled_set.safetensors", "S1.png", "S2.png"} <= names
+
+    images = torch.randn(20, 1, 28, 28)
+    labels = torch.arange(10).repeat_interleave(2)
+    for name, value in (("images_best.pt", images), ("labels_best.pt", labels), ("best_lr.pt", torch.tensor(0.02))):
+        torch.save(value, tmp_path / name)
+    message, rows, _ = client.predict([gradio_client.handle_file(str(tmp_path / n)) for n in
+                                       ("images_best.pt", "labels_best.pt", "best_lr.pt")],
+                                      "fashion-mnist-small", False, api_name="/import_files")
+    assert "Imported the set as run" in message
+    imported = message.split("`")[1]
+    assert any(r[0] == imported for r in rows["data"])
+
+    (tmp_path / "evil").mkdir()  # a pickle of an arbitrary object must be refused, not executed
+    (tmp_path / "evil" / "images_best.pt").write_bytes(pickle.dumps(Path("/etc/passwd")))
+    (tmp_path / "evil" / "labels_best.pt").write_bytes(b"\x00garbage")
+    message, _, _ = client.predict([gradio_client.handle_file(str(tmp_path / "evil" / n)) for n in
+                                    ("images_best.pt", "labels_best.pt")], "fashion-mnist-small", False,
+                                   api_name="/import_files")
+    assert "Import failed" in message and "safely" in message
+
+    message, rows, _ = client.predict(imported, api_name="/delete_run")
+    assert "Deleted" in message and not any(r[0] == imported for r in rows["data"])

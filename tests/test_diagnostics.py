@@ -1,0 +1,348 @@
+"""Coupling diagnostics G1-G4: hand-computed cases for the maths, tiny real runs for the plumbing.
+
+The runs are tiny (width-8 nets, 12 real images per class, 2 experts x 3 epochs, 4 outer
+iterations per subset) and share one module-scoped home; torch is held to one thread here,
+which on a shared 2-core machine is many times faster for nets this small.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from seqmatch_engine import cli
+from seqmatch_engine.augment import DSA_OPERATIONS
+from seqmatch_engine.config import ConfigError, RunConfig, as_static
+from seqmatch_engine.diagnostics import store
+from seqmatch_engine.diagnostics.features import (
+    Embedding,
+    PointSet,
+    checkpoint_epochs,
+    joint_embedding,
+    pca_2d,
+    real_sample,
+    umap_2d,
+)
+from seqmatch_engine.diagnostics.gradients import (
+    coupling_index,
+    g1_record,
+    gradient_similarity,
+    mean_off_diagonal,
+    nominal_split,
+    stage_groups,
+)
+from seqmatch_engine.diagnostics.hardness import (
+    first_correct_epoch,
+    hardness,
+    masked_accuracy,
+    split_easy_hard,
+    summarise,
+)
+from seqmatch_engine.diagnostics.matching_error import late_matching_error, owning_subset
+from seqmatch_engine.diagnostics.runner import DiagnosticsOptions, RunDiagnostics, load_embedding, summary
+from seqmatch_engine.matching import draw_unroll_plan, matching_loss
+from seqmatch_engine.runs import RunError, RunFolder
+from seqmatch_engine.seeding import make_generator
+from seqmatch_engine.seqmatch import Distiller
+
+E1, E2, E3, E4 = torch.eye(4)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(**distill) -> RunConfig:
+    return RunConfig.from_dict({
+        "name": "diag", "seed": 5, "device": "cpu",
+        "data": {"dataset": "fashion-mnist-small", "train_per_class": 12, "val_per_class": 4},
+        "model": {"width": 8, "depth": 2},
+        "experts": {"num_experts": 2, "epochs": 3, "stage_epochs": 3, "batch_size": 32},
+        "distill": {"subsets": [{"ipc": 2, "interval": [0, 3], "iterations": 4},
+                                {"ipc": 1, "interval": [0, 3], "iterations": 4}],
+                    "syn_steps": 3, "expert_epochs": 1, "lr_img": 10.0, "select_every": 0, "snapshot_every": 2,
+                    **distill},
+        "eval": {"epochs": 2, "num_nets": 1, "batch_size": 64},
+    })
+
+
+def grads_of(*rows: torch.Tensor) -> torch.Tensor:
+    """Gradients shaped like images (n, 1, 2, 2) from flat 4-vectors."""
+    return torch.stack(rows).view(-1, 1, 2, 2)
+
+
+# -- G1 maths ---------------------------------------------------------------------------------------------
+def test_g1_orthogonal_opposite_and_parallel_groups():
+    grads = grads_of(2 * E1, 5 * E1,           # group 0, class 0: parallel
+                     E2, -E2, E3, 7 * E3,      # group 1: class 0 opposite, class 1 parallel -> mean e3
+                     -3 * E1, 0 * E1)          # group 2: -e1, and a zero gradient (left out)
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 0, 0])
+    groups = torch.tensor([0, 0, 1, 1, 1, 1, 2, 2])
+    matrix, within = gradient_similarity(grads, labels, groups, 3)
+    assert matrix.tolist() == [[1.0, 0.0, -1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 1.0]]
+    assert within[0] == 1.0 and within[1] == 0.0  # (1 + 1 - 1 - 1) / 4 ordered pairs
+    assert math.isnan(within[2])                  # one usable image: no pair
+
+
+def test_g1_normalises_each_gradient_before_averaging():
+    # Raw mean of group 0 is ~e1 (cos ~1 with group 1); after normalising it is (e1 + e2) / 2.
+    grads = grads_of(100 * E1, E2, 3 * E1)
+    matrix, _ = gradient_similarity(grads, torch.tensor([0, 1, 0]), torch.tensor([0, 0, 1]), 2)
+    assert matrix[0, 1].item() == pytest.approx(1 / math.sqrt(2), abs=1e-12)
+    half = grads_of(E1, (E1 + math.sqrt(3) * E2) / 2)
+    matrix, within = gradient_similarity(half, torch.tensor([0, 0]), torch.tensor([0, 1]), 2)
+    assert matrix[0, 1].item() == pytest.approx(0.5, abs=1e-7)
+    assert torch.isnan(within).all()
+
+
+def test_g1_record_is_json_ready_with_nulls_for_missing_values():
+    record = g1_record(1, 10, grads_of(E1, E2), torch.tensor([0, 0]), torch.tensor([0, 1]), ["S1", "S2"],
+                       start_epoch=4)
+    assert record == {"stage": 1, "iteration": 10, "groups": ["S1", "S2"], "sizes": [1, 1],
+                      "matrix": [[1.0, 0.0], [0.0, 1.0]], "within": [None, None], "start_epoch": 4}
+
+
+def test_nominal_split_and_stage_groups():
+    assert nominal_split(torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 1, 1]), 2).tolist() == [0, 0, 0, 1, 1] * 2
+    assert nominal_split(torch.tensor([0, 0, 1, 1]), 3).tolist() == [0, 1, 0, 1]  # capped at 2 images per class
+    groups, names = stage_groups([torch.tensor([0, 1]), torch.tensor([0, 0, 1, 1])], None)
+    assert groups.tolist() == [0, 0, 1, 1, 1, 1] and names == ["S1", "S2"]
+    groups, names = stage_groups([torch.tensor([0, 0, 0, 1, 1, 1])], 3)
+    assert groups.tolist() == [0, 1, 2, 0, 1, 2] and names == ["N1", "N2", "N3"]
+
+
+def test_coupling_index_averages_the_last_fifth_of_multi_group_records():
+    def record(value, k=2):
+        return {"matrix": [[1.0 if a == b else value for b in range(k)] for a in range(k)]}
+
+    records = [record(0.9, 1), record(0.9, 1)] + [record(v) for v in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)]
+    assert coupling_index(records) == pytest.approx(0.75)  # ceil(0.2 * 8) = 2 records: 0.7, 0.8
+    assert coupling_index(records[:2]) is None              # only 1 x 1 matrices
+    assert mean_off_diagonal([[1, 0.2, None], [0.2, 1, 0.5], [None, 0.5, 1]]) == pytest.approx(0.35)
+    assert coupling_index([record(0.3, 3)]) == pytest.approx(0.3)
+
+
+def test_diagnose_every_is_validated():
+    with pytest.raises(ConfigError, match="distill.diagnose_every"):
+        tiny_config(diagnose_every=-1)
+    with pytest.raises(ConfigError, match="distill.nominal_groups"):
+        tiny_config(nominal_groups=0)
+    assert RunConfig().distill.diagnose_every == 0
+
+
+# -- tiny real runs ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("diag-home")
+    runs = {}
+    for name, config in (("recorded", tiny_config(diagnose_every=1)), ("plain", tiny_config()),
+                         ("mtt", as_static(tiny_config(diagnose_every=2)))):
+        run = RunFolder.create(home / "runs" / name, config)
+        Distiller(run, home / "experts").run()
+        runs[name] = run
+    return home, runs
+
+
+def test_recording_g1_does_not_change_the_learned_images(home):
+    _, runs = home
+    recorded, plain = runs["recorded"].subsets(), runs["plain"].subsets()
+    for a, b in zip(recorded, plain, strict=True):
+        assert torch.equal(a.images, b.images) and a.lr == b.lr
+    records = store.read_g1(runs["recorded"].path)
+    assert [(r["stage"], r["iteration"]) for r in records] == [(s, i) for s in (0, 1) for i in range(1, 5)]
+    assert records[0]["groups"] == ["S1"] and records[-1]["groups"] == ["S1", "S2"]
+    assert records[-1]["sizes"] == [20, 10]
+    assert store.read_g1(runs["plain"].path) == []
+
+
+def test_static_mtt_records_nominal_groups(home):
+    _, runs = home
+    records = store.read_g1(runs["mtt"].path)
+    assert [r["iteration"] for r in records] == [2, 4, 6, 8]
+    assert all(r["groups"] == ["N1", "N2"] and r["sizes"] == [20, 10] for r in records)
+    assert coupling_index(records) == pytest.approx(records[-1]["matrix"][0][1])  # ceil(0.2 * 4) = 1 record
+
+
+def test_resumed_stage_does_not_duplicate_g1_records(home, tmp_path):
+    home_dir, runs = home
+    config = tiny_config(diagnose_every=1)
+
+    class Killed(Exception):
+        pass
+
+    def kill(event):
+        if event.kind == "iteration" and event.stage == 1 and event.iteration == 3:
+            raise Killed()
+
+    run = RunFolder.create(tmp_path, config)
+    with pytest.raises(Killed):
+        Distiller(run, home_dir / "experts", kill).run()
+    assert store.read_g1(run.path)[-1]["iteration"] == 3  # recorded past the checkpoint at iteration 2
+    Distiller(RunFolder.open(run.path), home_dir / "experts").run()
+    assert store.read_g1(run.path) == store.read_g1(runs["recorded"].path)
+
+
+# -- G2 ---------------------------------------------------------------------------------------------------
+def test_owning_subset_rule():
+    windows = [(0, 10), (10, 20), (20, 30)]
+    assert [owning_subset(t, windows) for t in (0, 9, 10, 25, 35)] == [0, 0, 1, 2, 2]
+    overlapping = [(0, 8), (0, 6)]
+    assert [owning_subset(t, overlapping) for t in (3, 7, 9)] == [1, 0, 0]
+    assert owning_subset(8, [(0, 6), (10, 12)]) == 1  # equally near (2 epochs): the later subset
+    assert late_matching_error({"mean": [1, 2, 3, 4, 5, 6, 7, 8]}) == 7.5
+
+
+@pytest.fixture(scope="module")
+def diagnosed(home):
+    """G2-G4 of the recorded SeqMatch run with 1 held-out expert, 1 draw, 1 net, PCA."""
+    home_dir, runs = home
+    diagnostics = RunDiagnostics(runs["recorded"], home_dir / "experts",
+                                 DiagnosticsOptions(experts=2, draws=1, nets=1, reducer="pca", real_per_class=3))
+    return diagnostics, diagnostics.g2(), diagnostics.g3(), diagnostics.g4()
+
+
+def test_g2_equals_matching_loss_for_the_same_start_epoch_and_plan(diagnosed):
+    diagnostics, g2, _, _ = diagnosed
+    config, data = diagnostics.config, diagnostics.data
+    experts = diagnostics.held_out_experts()
+    images, labels = diagnostics.run_set()
+    assert g2["start_epochs"] == [0, 1, 2] and len(g2["per_expert"]) == 2
+    lr = torch.tensor(diagnostics.subsets[-1].lr)  # both intervals hold t: the later subset's lr
+    for t in g2["start_epochs"]:
+        losses = []
+        for e in range(2):
+            generator = make_generator(config.seed, "g2", e, t, 0)
+            plan = draw_unroll_plan(generator, len(labels), 10 * 1, 3, data.image_size, DSA_OPERATIONS)
+            loss = matching_loss(diagnostics.forward, experts[e, t], experts[e, t + 1], images, labels, lr, plan)
+            losses.append(float(loss.detach()))
+            assert g2["per_expert"][e][t] == pytest.approx(losses[-1], rel=1e-6)
+        assert g2["mean"][t] == pytest.approx(sum(losses) / 2, rel=1e-6)
+    assert store.read_g2(diagnostics.run.path) == g2
+
+
+def test_held_out_experts_are_not_the_distillation_experts(diagnosed):
+    diagnostics, _, _, _ = diagnosed
+    held_out = diagnostics.held_out_experts()
+    recipe = diagnostics.distiller._expert_recipe(0, 3, None)
+    distillation = diagnostics.cache.load_or_train(recipe, 2, tuple(held_out.shape[1:]), lambda i: pytest.fail())
+    assert held_out.shape == distillation.shape
+    assert not torch.equal(held_out[0], distillation[0])
+    assert diagnostics.cache.folder(diagnostics.held_out_recipe()) != diagnostics.cache.folder(recipe)
+
+
+# -- G3 ---------------------------------------------------------------------------------------------------
+def test_g3_has_one_row_per_epoch_and_point_and_is_reproducible(diagnosed):
+    diagnostics, _, embedding, _ = diagnosed
+    n_points = 3 * 10 + 30  # real sample + S1 (20) + S2 (10)
+    assert embedding.epochs == [0, 2, 3] == checkpoint_epochs(3, 3)
+    assert embedding.coords.shape == (3 * n_points, 2)
+    assert embedding.epoch.tolist() == [0] * n_points + [2] * n_points + [3] * n_points
+    assert embedding.point.tolist() == list(range(n_points)) * 3
+    assert embedding.kinds == ["real"] * 30 + ["S1"] * 20 + ["S2"] * 10
+    again = diagnostics.g3()
+    assert torch.equal(again.coords, embedding.coords)
+    cached = load_embedding(diagnostics.run.path)
+    assert torch.equal(cached.coords, embedding.coords) and cached.kinds == embedding.kinds
+    data = diagnostics.data
+    other = real_sample(data.train_images, data.train_labels, 10, 3, seed=6)
+    assert not torch.equal(other.images, diagnostics.points().images[:30])
+
+
+def test_pca_of_points_on_a_line_and_joint_embedding_rows():
+    t = torch.linspace(-1, 1, 7)
+    rows = torch.stack([t, 2 * t, -t], 1)
+    coords = pca_2d(rows)
+    assert coords[:, 1].abs().max() < 1e-6
+    torch.testing.assert_close(coords[:, 0].abs(), (t * math.sqrt(6)).abs(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(pca_2d(-rows).abs(), coords.abs())
+
+
+@pytest.mark.umap
+def test_umap_reducer_smoke():
+    rows = torch.randn(40, 6, generator=make_generator(0, "umap-test"))
+    a, b = umap_2d(rows, seed=1), umap_2d(rows, seed=1)
+    assert a.shape == (40, 2) and torch.isfinite(a).all() and torch.equal(a, b)
+
+
+def test_joint_embedding_rejects_unknown_reducer():
+    from seqmatch_engine.models import ConvNetSpec
+
+    spec = ConvNetSpec(1, (4, 4), 2, 2, 1)
+    points = PointSet(torch.zeros(2, 1, 4, 4), torch.tensor([0, 1]), ["real", "S1"], ["real", "mtt"])
+    with pytest.raises(ValueError, match="unknown reducer 'tsne'"):
+        joint_embedding(torch.zeros(2, spec.num_params), [0, 1], points, spec, "tsne", 0, ["a", "b"])
+    with pytest.raises(ValueError, match="inconsistent"):
+        Embedding.from_parts({"coords": torch.zeros(3, 2), "epoch": torch.zeros(3), "point": torch.zeros(3),
+                              "label": torch.zeros(3)}, {"rows": 4})
+
+
+# -- G4 ---------------------------------------------------------------------------------------------------
+def test_g4_hardness_by_hand():
+    # correct[e, t, i]: 2 experts, epochs 0..2, 4 test images
+    correct = torch.tensor([
+        [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0]],   # expert 0: first correct 0, 1, 2, never (3)
+        [[0, 0, 0, 0], [1, 1, 0, 0], [1, 0, 0, 0]],   # expert 1: first correct 1, 1, never, never
+    ], dtype=torch.bool)
+    assert first_correct_epoch(correct).tolist() == [[0, 1, 2, 3], [1, 1, 3, 3]]
+    h = hardness(correct)
+    assert h.tolist() == [0.5, 1.0, 2.5, 3.0]
+    easy, hard, threshold = split_easy_hard(h)
+    assert threshold == 1.0 and easy.tolist() == [True, True, False, False]
+    assert hard.tolist() == [False, False, True, True]
+    predictions, labels = torch.tensor([1, 0, 2, 3]), torch.tensor([1, 1, 2, 0])
+    assert masked_accuracy(predictions, labels, easy) == 0.5 and masked_accuracy(predictions, labels, hard) == 0.5
+    assert masked_accuracy(predictions, labels, torch.zeros(4, dtype=torch.bool)) is None
+    assert summarise([0.5, 0.7]) == {"mean": pytest.approx(0.6), "std": pytest.approx(0.1), "values": [0.5, 0.7]}
+    assert summarise([0.5, None])["mean"] is None
+
+
+def test_g4_uses_the_runs_own_evaluation_nets(diagnosed):
+    diagnostics, _, _, g4 = diagnosed
+    evaluation = diagnostics.run.eval()
+    assert g4["sets"]["synthetic"]["all"]["values"] == [evaluation["synthetic"]["convnet"]["values"][0]]
+    assert g4["sets"]["random_real"]["all"]["values"] == [evaluation["random_real"]["convnet"]["values"][0]]
+    assert g4["easy_count"] + g4["hard_count"] == len(g4["hardness"]) == 1000
+    assert g4["threshold"] == float(torch.tensor(g4["hardness"]).median())
+    for name in ("synthetic", "random_real"):
+        part = g4["sets"][name]
+        total = (part["easy"]["mean"] * g4["easy_count"] + part["hard"]["mean"] * g4["hard_count"]) / 1000
+        assert total == pytest.approx(part["all"]["mean"])
+
+
+def test_summary_collects_g1_g2_g4(diagnosed):
+    diagnostics, g2, _, g4 = diagnosed
+    values = summary(diagnostics.run.path)
+    assert values["coupling_index"] == coupling_index(store.read_g1(diagnostics.run.path))
+    assert values["late_matching_error"] == g2["mean"][-1]  # ceil(0.25 * 3) = 1 start epoch
+    assert values["hard_accuracy_synthetic"] == g4["sets"]["synthetic"]["hard"]["mean"]
+
+
+# -- CLI ---------------------------------------------------------------------------------------------------
+def test_cli_diagnose_computes_what_is_missing(home, capsys):
+    home_dir, runs = home
+    path = str(runs["mtt"].path)
+    args = ["--home", str(home_dir), "diagnose", path, "--reducer", "pca", "--experts", "1", "--draws", "1",
+            "--nets", "1"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "computed g2, g3, g4" in out and "coupling index (G1)" in out and "hard-image accuracy" in out
+    assert store.read_g3(runs["mtt"].path)[1]["reducer"] == "pca"
+    assert cli.main(args + ["--only", "g2"]) == 0
+    assert "computed nothing; already there: g2" in capsys.readouterr().out
+
+
+def test_cli_diagnose_reports_missing_g1_and_unfinished_runs(home, tmp_path, capsys):
+    home_dir, runs = home
+    assert cli.main(["--home", str(home_dir), "diagnose", str(runs["plain"].path), "--only", "g1"]) == 0
+    captured = capsys.readouterr()
+    assert "G1: no records" in captured.err and "coupling index (G1)          n/a" in captured.out
+    unfinished = RunFolder.create(tmp_path, tiny_config())
+    assert cli.main(["--home", str(home_dir), "diagnose", str(unfinished.path), "--only", "g2"]) == 2
+    assert "has 0 of 2 subsets; finish it first" in capsys.readouterr().err
+    with pytest.raises(RunError):
+        RunDiagnostics(unfinished, home_dir / "experts")

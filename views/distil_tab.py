@@ -1,0 +1,101 @@
+"""Distil tab: a preset-driven form, Start / Pause / Resume / Stop, live grids, curves, status."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from seqmatch_engine.config import ConfigError, preset_names
+from seqmatch_engine.jobs import JobManager
+
+from .forms import METHODS, FormValues, config_from_form, form_defaults
+from .live_view import LiveView, poll_outputs
+
+DEFAULT_PRESET = "cpu-demo"
+
+
+@dataclass
+class DistilTab:
+    manager: JobManager
+    live_view: LiveView
+
+    def build(self) -> None:
+        defaults = form_defaults(DEFAULT_PRESET)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=300, elem_classes="sm-form"):
+                self.preset = gr.Dropdown(preset_names(), value=DEFAULT_PRESET, label="Preset")
+                self.method = gr.Radio(list(METHODS), value=defaults.method, label="Method")
+                with gr.Row():
+                    self.ipc = gr.Number(defaults.ipc, label="IPC (images per class)", precision=0)
+                    self.num_subsets = gr.Number(defaults.num_subsets, label="Subsets K", precision=0)
+                with gr.Row():
+                    self.iterations = gr.Number(defaults.iterations, label="Iterations per subset", precision=0)
+                    self.intervals = gr.Textbox(defaults.intervals, label="Start-epoch intervals",
+                                                info="one 'start-end' per subset")
+                with gr.Accordion("More settings", open=False):
+                    with gr.Row():
+                        self.syn_steps = gr.Number(defaults.syn_steps, label="Student steps N", precision=0)
+                        self.seed = gr.Number(defaults.seed, label="Seed", precision=0)
+                    with gr.Row():
+                        self.lr_img = gr.Number(defaults.lr_img, label="Pixel lr")
+                        self.lr_lr = gr.Number(defaults.lr_lr, label="lr of the learned lr")
+                    with gr.Row():
+                        self.num_experts = gr.Number(defaults.num_experts, label="Experts", precision=0)
+                        self.expert_epochs = gr.Number(defaults.expert_epochs, label="Expert epochs", precision=0)
+                    with gr.Row():
+                        self.eval_epochs = gr.Number(defaults.eval_epochs, label="Evaluation epochs", precision=0)
+                        self.eval_nets = gr.Number(defaults.eval_nets, label="Evaluation nets", precision=0)
+                with gr.Row():
+                    self.start = gr.Button("Start", variant="primary", elem_id="sm-start")
+                    self.pause = gr.Button("Pause", elem_id="sm-pause")
+                    self.resume = gr.Button("Resume", elem_id="sm-resume")
+                    self.stop = gr.Button("Stop", variant="stop", elem_id="sm-stop")
+                self.message = gr.Markdown(elem_classes="sm-message", elem_id="sm-distil-message")
+            with gr.Column(scale=3):
+                self.live_view.build()
+
+    @property
+    def form_inputs(self) -> list[gr.components.Component]:
+        return [getattr(self, name) for name in FormValues.fields()]
+
+    def wire(self, run_state: gr.BrowserState, timer: gr.Timer) -> None:
+        self.preset.change(self.on_preset, self.preset, self.form_inputs[1:], api_name="preset")
+        self.start.click(self.on_start, [*self.form_inputs, run_state], [run_state, self.message], api_name="start")
+        self.pause.click(self.on_pause, run_state, self.message, api_name="pause")
+        self.resume.click(self.on_resume, run_state, self.message, api_name="resume")
+        self.stop.click(self.on_stop, run_state, self.message, api_name="stop")
+        timer.tick(self.live_view.poll, [run_state, self.live_view.version], poll_outputs(self.live_view),
+                   concurrency_limit=None, show_progress="hidden", api_name="poll")
+
+    # -- handlers (plain functions of values) -------------------------------------------------------
+    @staticmethod
+    def on_preset(preset: str) -> list:
+        values = form_defaults(preset)
+        return [getattr(values, name) for name in FormValues.fields()[1:]]
+
+    def on_start(self, *args):
+        *values, run_id = args
+        try:
+            config = config_from_form(FormValues(*values))
+        except ConfigError as error:
+            return run_id, f"**Cannot start:** {error}"
+        new_id = self.manager.submit(config)
+        position = self.manager.queue_position(new_id)
+        note = "" if position == 0 else f" It waits for {position} run(s) ahead of it."
+        return new_id, f"Started `{new_id}`.{note}"
+
+    def on_pause(self, run_id: str | None) -> str:
+        return self._control(run_id, self.manager.pause, "Paused")
+
+    def on_resume(self, run_id: str | None) -> str:
+        return self._control(run_id, self.manager.unpause, "Resumed")
+
+    def on_stop(self, run_id: str | None) -> str:
+        return self._control(run_id, self.manager.stop, "Stopping after this iteration; the run can be resumed from "
+                                                         "the Runs tab")
+
+    def _control(self, run_id: str | None, action, text: str) -> str:
+        if not run_id or self.manager.live(run_id) is None:
+            return "No run of this page is active: press **Start** first."
+        action(run_id)
+        return f"{text}: `{run_id}`"

@@ -1,0 +1,98 @@
+"""The Distil form: preset values in, a validated RunConfig out (pure functions, no gradio)."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from seqmatch_engine.config import ConfigError, RunConfig, apply_overrides, as_static, load_preset, split_ipc
+
+METHODS = ("SeqMatch", "Static MTT")
+
+
+@dataclass
+class FormValues:
+    """Every field of the Distil form, in the order the UI passes them."""
+
+    preset: str
+    method: str
+    ipc: int
+    num_subsets: int
+    iterations: int
+    intervals: str
+    syn_steps: int
+    lr_img: float
+    lr_lr: float
+    num_experts: int
+    expert_epochs: int
+    eval_epochs: int
+    eval_nets: int
+    seed: int
+
+    @classmethod
+    def fields(cls) -> list[str]:
+        return list(cls.__dataclass_fields__)
+
+
+def format_intervals(intervals: list[tuple[int, int]]) -> str:
+    return ", ".join(f"{a}-{b}" for a, b in intervals)
+
+
+def parse_intervals(text: str, count: int) -> list[tuple[int, int]]:
+    """'0-8, 0-6' -> [(0, 8), (0, 6)]; the last interval repeats when fewer than `count` are given,
+    extra ones are ignored (a static run uses the first)."""
+    found = [(int(a), int(b)) for a, b in re.findall(r"(\d+)\s*-\s*(\d+)", text or "")]
+    leftovers = re.sub(r"(\d+)\s*-\s*(\d+)", "", text or "").replace(",", "").strip()
+    if not found or leftovers:
+        raise ConfigError(f"start-epoch intervals: cannot read {text!r}; write one 'start-end' per subset, "
+                          f"e.g. '0-8, 0-6'")
+    return (found + [found[-1]] * count)[:count]
+
+
+def form_defaults(preset: str) -> FormValues:
+    """The form as a preset fills it."""
+    config = RunConfig.from_dict(load_preset(preset))
+    subsets = config.distill.subsets
+    return FormValues(
+        preset=preset, method=METHODS[0] if len(subsets) > 1 else METHODS[1], ipc=config.ipc,
+        num_subsets=len(subsets), iterations=subsets[0].iterations,
+        intervals=format_intervals([s.interval for s in subsets]), syn_steps=config.distill.syn_steps,
+        lr_img=config.distill.lr_img, lr_lr=config.distill.lr_lr, num_experts=config.experts.num_experts,
+        expert_epochs=config.experts.epochs, eval_epochs=config.eval.epochs, eval_nets=config.eval.num_nets,
+        seed=config.seed)
+
+
+def _whole(value: float | int | None, name: str) -> int:
+    if value is None or float(value) != int(value):
+        raise ConfigError(f"{name}: expected a whole number, got {value!r}")
+    return int(value)
+
+
+def config_from_form(values: FormValues) -> RunConfig:
+    """Validate the form against its preset; raises ConfigError naming the field to fix."""
+    raw = load_preset(values.preset)
+    ipc = _whole(values.ipc, "IPC")
+    count = 1 if values.method == METHODS[1] else _whole(values.num_subsets, "number of subsets")
+    sizes = split_ipc(ipc, count)
+    intervals = parse_intervals(values.intervals, count)
+    lr_init = raw.get("distill", {}).get("subsets", [{}])[0].get("lr_init", 0.01)
+    subsets = [{"ipc": n, "interval": list(iv), "iterations": _whole(values.iterations, "iterations per subset"),
+                "lr_init": lr_init} for n, iv in zip(sizes, intervals)]
+    overrides = {
+        "distill.subsets": subsets, "distill.syn_steps": _whole(values.syn_steps, "syn_steps"),
+        "distill.lr_img": float(values.lr_img), "distill.lr_lr": float(values.lr_lr),
+        "experts.num_experts": _whole(values.num_experts, "experts"),
+        "experts.epochs": _whole(values.expert_epochs, "expert epochs"),
+        "eval.epochs": _whole(values.eval_epochs, "evaluation epochs"),
+        "eval.num_nets": _whole(values.eval_nets, "evaluation nets"), "seed": _whole(values.seed, "seed"),
+    }
+    raw = apply_overrides(raw, [f"{key}={json.dumps(value)}" for key, value in overrides.items()])
+    return RunConfig.from_dict(raw)
+
+
+def compare_pair(values: FormValues) -> tuple[RunConfig, RunConfig]:
+    """(static MTT, SeqMatch) at the same total IPC from one form."""
+    seqmatch = config_from_form(FormValues(**{**values.__dict__, "method": METHODS[0]}))
+    if len(seqmatch.distill.subsets) < 2:
+        raise ConfigError("number of subsets: a comparison needs SeqMatch with at least 2 subsets")
+    return as_static(seqmatch), seqmatch

@@ -1,0 +1,52 @@
+"""The whole app: one Blocks with a tab per task, a shared job manager and one poll timer."""
+from __future__ import annotations
+
+import gradio as gr
+
+from seqmatch_engine.jobs import JobManager
+from seqmatch_engine.paths import ASSETS_DIR
+
+from .distil_tab import DistilTab
+from .learn_tab import LearnTab
+from .live_view import LiveView
+from .runs_tab import RunsTab
+
+POLL_SECONDS = 1.0
+TITLE = "SeqMatch Studio"
+
+
+def build_app(manager: JobManager) -> gr.Blocks:
+    """Build the app around `manager` (which owns the background worker)."""
+    distil = DistilTab(manager, LiveView(manager))
+    runs = RunsTab(manager)
+    learn = LearnTab()
+    with gr.Blocks(title=TITLE, delete_cache=(600, 3600)) as demo:
+        gr.HTML("<div class='sm-header'><h1>SeqMatch Studio</h1>"
+                "<p>Watch dataset distillation work: sequential subset matching vs static MTT</p></div>")
+        run_state = gr.BrowserState(None, storage_key="seqmatch-run")
+        timer = gr.Timer(POLL_SECONDS)
+        with gr.Tabs():
+            with gr.Tab("Distil", id="distil"):
+                distil.build()
+            with gr.Tab("Runs", id="runs"):
+                runs.build()
+            with gr.Tab("Learn", id="learn"):
+                learn.build()
+        distil.wire(run_state, timer)
+        runs.wire(run_state)
+        demo.load(reattach(manager), run_state, run_state)
+    return demo
+
+
+def reattach(manager: JobManager):
+    """On page load: keep this browser's run if the server knows it, else follow the active run."""
+    def handler(run_id: str | None) -> str | None:
+        if run_id and manager.live(run_id) is not None:
+            return run_id
+        return manager.active() or run_id
+    return handler
+
+
+def launch_options() -> dict:
+    return {"theme": gr.themes.Soft(primary_hue="blue", neutral_hue="slate"),
+            "css_paths": [ASSETS_DIR / "style.css"]}

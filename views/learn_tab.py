@@ -1,0 +1,57 @@
+"""Learn tab: short explanations a teacher can talk through, with pictures from real runs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from seqmatch_engine.paths import ASSETS_DIR
+
+LEARN_DIR = ASSETS_DIR / "learn"
+
+SECTIONS = [
+    ("What is dataset distillation?",
+     "Train a network on a **tiny synthetic training set** (a few *images per class*, IPC) and get nearly "
+     "the accuracy of training on the whole dataset. The synthetic pixels are *learned*: they are "
+     "optimised so that training on them behaves like training on the real data. Compare the learned "
+     "images with a **random real subset** of the same size: that is the baseline every method must beat."),
+    ("What does MTT match?",
+     "*Matching Training Trajectories* first trains **expert** networks on real data and saves their "
+     "weights after every epoch. One distillation step: start a *student* at an expert's weights at "
+     "epoch *t*, train it for *N* quick steps on the synthetic images (with a learnable step size α), and "
+     "measure how far it lands from where the expert was *M* epochs later:\n\n"
+     "L = ‖θ_student − θ*_{t+M}‖² / ‖θ*_t − θ*_{t+M}‖²\n\n"
+     "The gradient of L flows back through all N steps into the pixels. L = 1 means the synthetic data "
+     "moved the student no closer than standing still; L → 0 means it reproduces the expert's progress."),
+    ("What is coupling, and what does SeqMatch change?",
+     "Static MTT learns **all** images at once. They all receive the same kind of gradient, dominated by "
+     "the early, easy features networks learn first, so they become *coupled*: many images encode the "
+     "same thing, and the features networks learn **late** in training are missing. The effect grows "
+     "with IPC.\n\n**SeqMatch** splits the budget into K subsets and learns them **one after another**: "
+     "S₁ against ordinary experts; then S₂ against experts that were first trained on S₁, so S₂ can only "
+     "help by teaching what S₁ does not; and so on. Earlier subsets stay frozen. Evaluation trains a "
+     "fresh net on S₁, then on S₁∪S₂, …, each with its learned step size."),
+    ("What the live view shows",
+     "Each panel is one subset: a row per class, a column per image. The panel marked *learning* is the "
+     "one being optimised; *frozen* panels are finished. Below: the matching loss (lower is better), the "
+     "learned step size α, and the start epoch *t* drawn at each iteration."),
+    ("What the diagnostics show",
+     "- **G1 gradient similarity**: cosine between the mean gradients of different subsets. High values "
+     "mean the subsets are pushed the same way: coupling.\n"
+     "- **G2 matching error by expert epoch**: how well the finished set reproduces each stretch of "
+     "training of experts it never saw. Static sets tend to fail on late epochs.\n"
+     "- **G3 feature map**: real and synthetic images in the feature space of experts at several epochs.\n"
+     "- **G4 easy vs hard**: accuracy on test images that experts learn early (easy) or late (hard)."),
+]
+
+
+@dataclass
+class LearnTab:
+    def build(self) -> None:
+        for title, text in SECTIONS:
+            with gr.Accordion(title, open=title == SECTIONS[0][0]):
+                gr.Markdown(text)
+        pictures = sorted(LEARN_DIR.glob("*.png"))
+        if pictures:
+            gr.Gallery([(str(p), p.stem.replace("_", " ")) for p in pictures], label="From real runs",
+                       columns=min(3, len(pictures)), height="auto", allow_preview=True)

@@ -1,0 +1,83 @@
+"""A live view of one run: status card, labelled subset grids, curves, accuracies.
+
+Used once on the Distil tab and twice (side by side) on the Compare tab. `poll` is a plain
+function the page's timer calls; it re-sends the image and the curves only when they changed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import gradio as gr
+
+from seqmatch_engine.jobs import JobManager, LiveState
+from seqmatch_engine.runs import RunFolder
+from seqmatch_engine.storage import StorageError
+
+from .render import accuracy_markdown, curves_figure, status_html, subset_panels
+
+
+@lru_cache(maxsize=32)
+def _display_info(run_path: Path, mtime_key: float):
+    """(transform, class names) of a run, cached until its status file changes from absent."""
+    run = RunFolder(run_path)
+    return run.transform(), tuple(run.status().get("class_names", []))
+
+
+def display_info(run: RunFolder):
+    """(transform, class names), or None while the run has not loaded its data yet."""
+    path = run.path / "transform.safetensors"
+    if not path.exists():
+        return None
+    try:
+        transform, names = _display_info(run.path, path.stat().st_mtime)
+    except StorageError:
+        return None
+    return (transform, names) if names else None
+
+
+@dataclass
+class LiveView:
+    manager: JobManager
+    title: str = ""
+
+    def build(self) -> None:
+        if self.title:
+            gr.Markdown(f"### {self.title}")
+        self.status = gr.HTML(status_html(None), elem_classes="sm-status-box")
+        self.images = gr.Image(label="Synthetic images (rows: classes)", type="numpy", interactive=False,
+                               buttons=["download", "fullscreen"], elem_classes="sm-grid", height=420)
+        self.curves = gr.Plot(label="Optimisation", elem_classes="sm-curves")
+        self.accuracy = gr.Markdown(elem_classes="sm-accuracy")
+        self.version = gr.State("")
+
+    def poll(self, run_id: str | None, version: str):
+        """(status html, image or skip, curves or skip, accuracy markdown, new version)."""
+        live = self.manager.live(run_id) if run_id else None
+        if live is None:
+            return status_html(None), gr.skip(), gr.skip(), gr.skip(), version
+        run = RunFolder(self.manager.runs_root / run_id)
+        key = f"{run_id}:{live.image_version}:{live.iteration}:{live.state}"
+        status = status_html(live, self.manager.queue_position(run_id))
+        if key == version:
+            return status, gr.skip(), gr.skip(), gr.skip(), version
+        image = self.render_images(run, live)
+        curves = curves_figure(live) if live.losses else gr.skip()
+        accuracy = accuracy_markdown(run.eval()) if live.state == "done" else ""
+        return status, image, curves, accuracy, key
+
+    @staticmethod
+    def render_images(run: RunFolder, live: LiveState):
+        info = display_info(run)
+        if info is None or not live.images:
+            return gr.skip()
+        transform, names = info
+        images = {k: subset.images for k, subset in enumerate(run.subsets()) if k not in live.images}
+        images.update(live.images)
+        active = live.stage if live.state in ("running", "paused") else None
+        return subset_panels(images, transform, names, active)
+
+
+def poll_outputs(view: LiveView) -> list:
+    return [view.status, view.images, view.curves, view.accuracy, view.version]

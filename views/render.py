@@ -1,0 +1,132 @@
+"""Pure formatting of engine state for the app: labelled image panels, curves, status text."""
+from __future__ import annotations
+
+import html
+from functools import lru_cache
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from seqmatch_engine.imaging import image_grid
+from seqmatch_engine.jobs import LiveState
+from seqmatch_engine.prepare import PixelTransform
+
+STAGE_COLOURS = ["#2563eb", "#db2777", "#059669", "#d97706", "#7c3aed", "#0891b2"]
+FONT_PATH = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+
+
+@lru_cache(maxsize=4)
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.truetype(FONT_PATH, size)
+    except OSError:
+        return ImageFont.load_default()
+
+
+def subset_panels(images: dict[int, torch.Tensor], transform: PixelTransform, class_names: tuple[str, ...],
+                  active_stage: int | None = None, scale: int = 3) -> np.ndarray:
+    """One labelled grid per subset side by side: rows = classes, a title per subset.
+
+    `images` maps a 0-based stage to model inputs (num_classes * ipc_k, C, H, W) grouped by class.
+    """
+    num_classes = len(class_names)
+    font, title_font = _font(12), _font(14)
+    label_width = max(int(font.getlength(name)) for name in class_names) + 12
+    panels = []
+    for stage in sorted(images):
+        pixels = transform.to_pixels(images[stage])
+        ipc = len(pixels) // num_classes
+        labels = torch.arange(num_classes).repeat_interleave(ipc)
+        panels.append((stage, image_grid(pixels, labels, num_classes, padding=1, scale=scale)))
+    if not panels:
+        return np.full((40, 200, 3), 255, np.uint8)
+    title_height, gap = 24, 16
+    height = title_height + max(p.shape[0] for _, p in panels)
+    width = label_width + sum(p.shape[1] for _, p in panels) + gap * (len(panels) - 1)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    grid_height = panels[0][1].shape[0]
+    row_height = (grid_height - 1) / num_classes
+    for c, name in enumerate(class_names):
+        y = title_height + 1 + row_height * (c + 0.5)
+        draw.text((label_width - 6, y), name, fill="#374151", font=font, anchor="rm")
+    x = label_width
+    for stage, panel in panels:
+        canvas.paste(Image.fromarray(panel), (x, title_height))
+        state = "learning" if stage == active_stage else ("frozen" if active_stage is not None and stage < active_stage
+                                                         else "learned")
+        colour = STAGE_COLOURS[stage % len(STAGE_COLOURS)]
+        draw.text((x, 4), f"S{stage + 1} · {ipc_of(images[stage], num_classes)}/class · {state}", fill=colour,
+                  font=title_font)
+        x += panel.shape[1] + gap
+    return np.asarray(canvas)
+
+
+def ipc_of(images: torch.Tensor, num_classes: int) -> int:
+    return len(images) // num_classes
+
+
+def curves_figure(live: LiveState, height: int = 300) -> go.Figure:
+    """Matching loss, learned lr and sampled start epoch against iteration, one colour per subset."""
+    from plotly.subplots import make_subplots
+
+    figure = make_subplots(rows=1, cols=3, subplot_titles=("matching loss", "learned lr α", "start epoch t"),
+                           horizontal_spacing=0.07)
+    for col, series in enumerate((live.losses, live.lrs, live.start_epochs), start=1):
+        for stage in sorted({s for s, _, _ in series}):
+            points = [(i, v) for s, i, v in series if s == stage]
+            figure.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], name=f"S{stage + 1}",
+                                        mode="lines" if col < 3 else "markers", legendgroup=f"S{stage + 1}",
+                                        showlegend=col == 1, marker={"size": 4},
+                                        line={"color": STAGE_COLOURS[stage % len(STAGE_COLOURS)], "width": 1.6}),
+                             row=1, col=col)
+        figure.update_xaxes(title_text="iteration", row=1, col=col)
+    figure.update_layout(height=height, margin={"l": 40, "r": 10, "t": 40, "b": 40}, template="plotly_white",
+                         legend={"orientation": "h", "y": -0.25})
+    return figure
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(seconds)
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def status_html(live: LiveState | None, queue_position: int = 0) -> str:
+    """A status card: state, phase, a progress bar and the ETA."""
+    if live is None:
+        return "<div class='sm-status'>No run yet. Pick a preset and press <b>Start</b>.</div>"
+    if live.state == "queued":
+        ahead = f"{queue_position} run{'s' if queue_position != 1 else ''} ahead" if queue_position > 0 else "next"
+        return f"<div class='sm-status'><b>Queued</b> ({ahead}): one run trains at a time.</div>"
+    done, total = (live.iteration, live.iterations) if live.phase.startswith("distilling") else (live.progress or (0, 0))
+    fraction = done / total if total else 0.0
+    parts = [f"<b>{html.escape(live.state.title())}</b> · {html.escape(live.phase)}"]
+    if total:
+        parts.append(f"{done}/{total}")
+    if live.phase.startswith("distilling") and live.eta_s is not None:
+        parts.append(f"ETA {format_seconds(live.eta_s)}")
+    if live.losses:
+        parts.append(f"loss {live.losses[-1][2]:.4f}")
+    if live.lrs:
+        parts.append(f"α {live.lrs[-1][2]:.4g}")
+    bar = (f"<div class='sm-bar'><div style='width:{100 * fraction:.1f}%'></div></div>" if total else "")
+    errors = "".join(f"<div class='sm-error'>{html.escape(text)}</div>" for text in
+                     ([live.error] if live.error else []) + live.messages)
+    return f"<div class='sm-status'>{' · '.join(parts)}{bar}{errors}</div>"
+
+
+def accuracy_markdown(result: dict | None) -> str:
+    """Final accuracies as a small markdown table."""
+    if not result:
+        return ""
+    rows = ["| set | net | accuracy (mean ± std) | nets |", "|---|---|---|---|"]
+    for name, title in (("synthetic", f"{result['method'].upper()} IPC {result['ipc']}"),
+                        ("random_real", f"random real IPC {result['ipc']}")):
+        for arch, acc in result.get(name, {}).items():
+            rows.append(f"| {title} | {arch} | **{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} %** | "
+                        f"{len(acc['values'])} |")
+    return "\n".join(rows)

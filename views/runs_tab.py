@@ -1,0 +1,183 @@
+"""Runs tab: every run on disk, a timeline replay, resume, export, delete, import."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from seqmatch_engine.data import DATASET_NAMES
+from seqmatch_engine.importer import ImportFailed, import_distilled_set, import_expert_buffer
+from seqmatch_engine.jobs import JobManager
+from seqmatch_engine.runs import RunError, RunFolder, list_runs
+from seqmatch_engine.storage import StorageError, read_tensors
+
+from .live_view import display_info
+from .render import accuracy_markdown, subset_panels
+
+COLUMNS = ["run", "method", "IPC", "state", "phase", "accuracy", "random real"]
+
+
+def convnet_accuracy(result: dict | None, name: str) -> str:
+    value = (result or {}).get(name, {}).get("convnet")
+    return f"{100 * value['mean']:.1f} ± {100 * value['std']:.1f}" if value else ""
+
+
+def run_rows(manager: JobManager) -> list[list]:
+    """One table row per run folder, newest first."""
+    rows = []
+    for run in list_runs(manager.runs_root):
+        try:
+            config, status, result = run.config(), run.status(), run.eval()
+        except (ValueError, StorageError):
+            rows.append([run.id, "?", "", "unreadable", "", "", ""])
+            continue
+        live = manager.live(run.id)
+        state = live.state if live else status.get("state", "?")
+        if state in ("running", "queued", "paused") and live is None:
+            state = "interrupted"  # written by a process that is gone: resumable
+
+        rows.append([run.id, config.method, config.ipc, state, status.get("phase", ""),
+                     convnet_accuracy(result, "synthetic"), convnet_accuracy(result, "random_real")])
+    return rows
+
+
+@dataclass
+class RunsTab:
+    manager: JobManager
+
+    def build(self) -> None:
+        with gr.Row():
+            self.refresh = gr.Button("Refresh", size="sm", elem_id="sm-runs-refresh")
+        self.table = gr.Dataframe(headers=COLUMNS, value=run_rows(self.manager), interactive=False, wrap=True,
+                                  elem_id="sm-runs-table")
+        with gr.Row():
+            self.selected = gr.Dropdown([r[0] for r in run_rows(self.manager)], label="Run", scale=3,
+                                        elem_id="sm-runs-select")
+            self.resume = gr.Button("Resume / watch", scale=1)
+            self.export = gr.Button("Export set", scale=1)
+            self.delete = gr.Button("Delete", variant="stop", scale=1)
+        self.message = gr.Markdown(elem_id="sm-runs-message")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2):
+                self.timeline = gr.Slider(0, 1, value=0, step=1, label="Timeline (snapshot)", elem_id="sm-timeline")
+                self.snapshot = gr.Image(label="Snapshot", type="numpy", interactive=False, height=360,
+                                         elem_classes="sm-grid")
+            with gr.Column(scale=1):
+                self.details = gr.Markdown()
+                self.download = gr.File(label="Download", interactive=False)
+        with gr.Accordion("Import a set or expert buffer saved by the public MTT / SeqMatch code", open=False):
+            self.upload = gr.File(file_count="multiple", label="images_best.pt + labels_best.pt (+ best_lr.pt), "
+                                                               "or replay_buffer_*.pt")
+            with gr.Row():
+                self.import_dataset = gr.Dropdown(list(DATASET_NAMES), value="cifar10", label="Dataset of the set")
+                self.import_zca = gr.Checkbox(True, label="Set was distilled with ZCA")
+                self.import_button = gr.Button("Import")
+
+    def wire(self, run_state: gr.BrowserState) -> None:
+        self.refresh.click(self.on_refresh, None, [self.table, self.selected], api_name="refresh_runs")
+        self.selected.change(self.on_select, self.selected, [self.details, self.timeline, self.snapshot],
+                             api_name="select_run")
+        self.timeline.release(self.on_timeline, [self.selected, self.timeline], self.snapshot, api_name="timeline")
+        self.resume.click(self.on_resume, [self.selected, run_state], [run_state, self.message], api_name="resume_run")
+        self.export.click(self.on_export, self.selected, [self.download, self.message], api_name="export_run")
+        self.delete.click(self.on_delete, self.selected, [self.message, self.table, self.selected], api_name="delete_run")
+        self.import_button.click(self.on_import, [self.upload, self.import_dataset, self.import_zca],
+                                 [self.message, self.table, self.selected], api_name="import_files")
+
+    # -- handlers ------------------------------------------------------------------------------------
+    def _run(self, run_id: str) -> RunFolder:
+        if not run_id:
+            raise RunError("pick a run first")
+        return RunFolder.open(self.manager.runs_root / run_id)
+
+    def on_refresh(self):
+        rows = run_rows(self.manager)
+        return rows, gr.update(choices=[r[0] for r in rows])
+
+    def on_select(self, run_id: str):
+        if not run_id:
+            return "", gr.update(maximum=1, value=0), None
+        run = self._run(run_id)
+        config, status = run.config(), run.status()
+        snapshots = run.snapshots()
+        lines = [f"**{run.id}**", f"- method **{config.method}**, IPC {config.ipc} "
+                 f"({' + '.join(str(s.ipc) for s in config.distill.subsets)}), dataset `{config.data.dataset}`",
+                 f"- state **{status.get('state', '?')}**, phase {status.get('phase', '')}",
+                 f"- learned lrs: {', '.join(f'{s.lr:.4g}' for s in run.subsets()) or '–'}",
+                 f"- {len(snapshots)} timeline snapshots"]
+        lines += [f"- ⚠ {m['text']}" for m in status.get("messages", []) if m["level"] == "warning"]
+        if status.get("error"):
+            lines.append(f"- ❌ {status['error']}")
+        text = "\n".join(lines) + "\n\n" + accuracy_markdown(run.eval())
+        last = max(len(snapshots) - 1, 1)
+        return text, gr.update(maximum=last, value=last), self.final_image(run)
+
+    def final_image(self, run: RunFolder):
+        info = display_info(run)
+        subsets = run.subsets()
+        if info is None or not subsets:
+            return None
+        return subset_panels({k: s.images for k, s in enumerate(subsets)}, *info)
+
+    def on_timeline(self, run_id: str, index: float):
+        run = self._run(run_id)
+        snapshots, info = run.snapshots(), display_info(run)
+        if not snapshots or info is None:
+            return None
+        stage, iteration, path = snapshots[min(int(index), len(snapshots) - 1)]
+        images = {k: s.images for k, s in enumerate(run.subsets()[:stage])}
+        images[stage] = read_tensors(path, ("images",))["images"]
+        return subset_panels(images, *info, active_stage=stage)
+
+    def on_resume(self, run_id: str, current: str | None):
+        try:
+            run = self._run(run_id)
+        except RunError as error:
+            return current, f"**{error}**"
+        if run.status().get("state") == "done":
+            return current, f"`{run_id}` is finished; its images are shown below."
+        self.manager.resume(run_id)
+        return run_id, f"Resuming `{run_id}`: follow it on the **Distil** tab."
+
+    def on_export(self, run_id: str):
+        try:
+            folder = self._run(run_id).export()
+        except (RunError, StorageError) as error:
+            return None, f"**Cannot export:** {error}"
+        archive = shutil.make_archive(str(Path(tempfile.mkdtemp()) / f"{run_id}-set"), "zip", folder)
+        return archive, f"Exported `{run_id}`: safetensors + one PNG grid per subset."
+
+    def on_delete(self, run_id: str):
+        live = self.manager.live(run_id) if run_id else None
+        if live and live.state in ("queued", "running", "paused"):
+            rows = run_rows(self.manager)
+            return "**Stop this run before deleting it.**", rows, gr.update()
+        try:
+            self._run(run_id).delete()
+        except RunError as error:
+            return f"**{error}**", gr.update(), gr.update()
+        rows = run_rows(self.manager)
+        return f"Deleted `{run_id}`.", rows, gr.update(choices=[r[0] for r in rows], value=None)
+
+    def on_import(self, files: list[str] | None, dataset: str, zca: bool):
+        if not files:
+            return "**Choose files to import first.**", gr.update(), gr.update()
+        paths = [Path(f) for f in files]
+        try:
+            buffers = [p for p in paths if p.name.startswith("replay_buffer")]
+            if buffers:
+                notes = []
+                for path in buffers:
+                    folder, n, epochs, params = import_expert_buffer(path, self.manager.experts_root)
+                    notes.append(f"`{path.name}`: {n} experts × {epochs - 1} epochs × {params} parameters → `{folder}`")
+                message = "Imported expert buffers:\n" + "\n".join(f"- {n}" for n in notes)
+            else:
+                run = import_distilled_set(paths, dataset, zca, self.manager.runs_root)
+                message = f"Imported the set as run `{run.id}`."
+        except (ImportFailed, StorageError, ValueError) as error:
+            return f"**Import failed:** {error}", gr.update(), gr.update()
+        rows = run_rows(self.manager)
+        return message, rows, gr.update(choices=[r[0] for r in rows])
