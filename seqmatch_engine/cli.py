@@ -11,6 +11,7 @@ from . import paths
 from .config import ConfigError, RunConfig, apply_overrides, as_static, load_config_file, load_preset, preset_names
 from .data import DatasetError
 from .runs import RunError, RunFolder, list_runs
+from .seeding import resolve_device
 from .seqmatch import Distiller, Event
 from .storage import StorageError
 
@@ -90,9 +91,14 @@ def cmd_experts(args: argparse.Namespace) -> int:
 
 def cmd_distill(args: argparse.Namespace) -> int:
     if args.resume:
+        if args.set or args.config or args.static:
+            raise ConfigError("--resume continues a run with the config saved in its folder; "
+                              "drop --set, --config and --static (start a new run to change settings)")
         run = RunFolder.open(Path(args.resume))
     else:
-        run = RunFolder.create(paths.runs_root(args.home), config_from_args(args))
+        config = config_from_args(args)
+        resolve_device(config.device)  # fail before creating a run folder
+        run = RunFolder.create(paths.runs_root(args.home), config)
     print(f"run folder: {run.path}", file=sys.stderr)
     distiller = Distiller(run, paths.experts_root(args.home), ProgressBars())
     result = distiller.run()
@@ -106,8 +112,6 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import dataclasses
-
     run = RunFolder.open(Path(args.run))
     config = run.config()
     subsets = run.subsets()
@@ -115,8 +119,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise RunError(f"run {run.id} has {len(subsets)} of {len(config.distill.subsets)} subsets; "
                        f"finish it first: python -m seqmatch_engine distill --resume {run.path}")
     changes = {k: v for k, v in (("num_nets", args.nets), ("epochs", args.epochs),
-                                 ("architectures", args.arch)) if v}
-    config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, **changes))
+                                 ("architectures", args.arch)) if v is not None}
+    config = RunConfig.from_dict({**config.to_dict(), "eval": {**config.to_dict()["eval"], **changes}})
     distiller = Distiller(run, paths.experts_root(args.home), ProgressBars())
     distiller.config = config
     from .prepare import prepare_data
@@ -243,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, RunError, StorageError) as error:
+    except (ConfigError, DatasetError, RunError, StorageError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -134,11 +136,12 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     for f in dataclasses.fields(cls):
         if f.name in raw:
             values[f.name] = _coerce(hints[f.name], raw[f.name], f"{where}.{f.name}" if where else f.name)
-    try:
-        return cls(**values)
-    except TypeError as error:
-        missing = str(error).split("argument")[-1].strip(": '")
-        raise ConfigError(f"{where or 'config'}: missing required setting {missing}") from None
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where or 'config'}: missing required setting{'s' if len(missing) > 1 else ''} "
+                          f"{', '.join(missing)}")
+    return cls(**values)
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
@@ -169,6 +172,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -187,9 +192,13 @@ def validate(config: RunConfig) -> None:
     from .data import DATASET_NAMES
 
     d, m, e, s, v = config.data, config.model, config.experts, config.distill, config.eval
+    _require(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", config.device) is not None, "device",
+             f"unknown device {config.device!r}; use auto, cpu, cuda or cuda:N")
     _require(d.dataset in DATASET_NAMES, "data.dataset",
              f"unknown dataset {d.dataset!r}; choose one of {', '.join(DATASET_NAMES)}")
-    _require(d.train_per_class is None or d.train_per_class >= 1, "data.train_per_class", "must be >= 1 or null")
+    _require(d.train_per_class is None or d.train_per_class >= max(config.ipc, 1), "data.train_per_class",
+             f"must be at least the total IPC ({config.ipc}): subsets start from, and the baseline draws, "
+             f"that many real images per class; or null for all")
     _require(d.val_per_class >= 0, "data.val_per_class", "must be >= 0")
     _require(m.width >= 1, "model.width", "must be >= 1")
     _require(m.depth is None or 1 <= m.depth <= 6, "model.depth", "must be between 1 and 6, or null for automatic")
@@ -247,6 +256,8 @@ def split_ipc(ipc: int, num_subsets: int) -> list[int]:
     """Split IPC into `num_subsets` near-equal parts, larger first: 50, 3 -> [17, 17, 16]."""
     if num_subsets < 1:
         raise ConfigError("number of subsets: must be >= 1")
+    if ipc < 1:
+        raise ConfigError(f"IPC: must be >= 1 image per class, got {ipc}")
     if ipc < num_subsets:
         raise ConfigError(f"IPC {ipc} cannot be split into {num_subsets} subsets: each subset needs at least "
                           f"one image per class; use at most {ipc} subsets or raise IPC to {num_subsets}")
@@ -306,6 +317,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path.resolve()} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"config file {path.resolve()} is not valid JSON: {error}") from None
+    except OSError as error:
+        raise ConfigError(f"config file {path.resolve()} cannot be read ({error.strerror}): "
+                          f"pass the path of a JSON file") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path.resolve()}: expected a JSON object at the top level")
     return raw

@@ -19,6 +19,7 @@ from . import paths
 from .config import RunConfig
 from .runs import RunFolder
 from .seqmatch import Distiller, Event, RunControl
+from .storage import read_tensors
 
 MAX_POINTS = 400  # curve points kept per series (older points are thinned)
 
@@ -46,6 +47,33 @@ class LiveState:
     error: str | None = None
     started: float | None = None
     first_image_s: float | None = None   # seconds from start to the first published image
+
+
+def live_from_folder(run: RunFolder) -> LiveState:
+    """A LiveState rebuilt from a run folder alone (a finished run, or one from an earlier process)."""
+    status = run.status()
+    state = status.get("state", "created")
+    if state in ("running", "queued", "created"):
+        state = "interrupted"  # no worker in this process owns it: resumable
+    live = LiveState(run.id, state=state, phase=status.get("phase", state), stage=status.get("stage"),
+                     iteration=status.get("iteration", 0), iterations=status.get("iterations", 0),
+                     error=status.get("error"), messages=[m["text"] for m in status.get("messages", [])])
+    for record in run.metrics():
+        point = (record.get("stage", 0), record.get("iteration", 0))
+        if record.get("kind") == "iteration":
+            live.losses.append((*point, record["loss"]))
+            live.lrs.append((*point, record["lr"]))
+            live.start_epochs.append((*point, record["start_epoch"]))
+        elif record.get("kind") == "selection":
+            live.selections.append((*point, record["val_accuracy"]))
+    live.losses, live.lrs, live.start_epochs = _thin(live.losses), _thin(live.lrs), _thin(live.start_epochs)
+    live.images = {k: subset.images for k, subset in enumerate(run.subsets())}
+    snapshots = run.snapshots()
+    if snapshots and snapshots[-1][0] not in live.images:
+        stage, _, path = snapshots[-1]
+        live.images[stage] = read_tensors(path, ("images",))["images"]
+    live.image_version = len(snapshots) + len(live.images)
+    return live
 
 
 def _thin(series: list) -> list:
@@ -156,15 +184,23 @@ class JobManager:
             job.control.stop()
 
     def live(self, run_id: str) -> LiveState | None:
-        """A consistent copy of a job's live state (lists copied, image tensors shared read-only)."""
+        """A consistent copy of a job's live state (lists copied, image tensors shared read-only).
+
+        Runs this process never ran are read from their folder; unknown ids give None.
+        """
         job = self._jobs.get(run_id)
         if job is None:
-            return None
+            folder = self.runs_root / run_id
+            return live_from_folder(RunFolder(folder)) if run_id and (folder / paths.CONFIG_FILE).is_file() else None
         with self._lock:
             live = job.live
             return replace(live, losses=list(live.losses), lrs=list(live.lrs), start_epochs=list(live.start_epochs),
                            selections=list(live.selections), images=dict(live.images),
                            evaluation=list(live.evaluation), messages=list(live.messages))
+
+    def owns(self, run_id: str | None) -> bool:
+        """Whether this process queued or ran `run_id` (so it can pause, resume or stop it)."""
+        return bool(run_id) and run_id in self._jobs
 
     def jobs(self) -> list[LiveState]:
         return [self.live(run_id) for run_id in list(self._jobs)]

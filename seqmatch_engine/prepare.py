@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import DataConfig
-from .data import ImageDataset, load_dataset
+from .data import DatasetError, ImageDataset, load_dataset
 from .seeding import make_generator
 
 ZCA_EPS = 0.1
@@ -89,7 +89,7 @@ def split_train_val(labels: torch.Tensor, num_classes: int, val_per_class: int, 
         rows = torch.nonzero(labels == c).flatten()
         rows = rows[torch.randperm(len(rows), generator=generator)]
         if len(rows) <= val_per_class:
-            raise ValueError(f"class {c} has only {len(rows)} training images; lower data.val_per_class "
+            raise DatasetError(f"class {c} has only {len(rows)} training images; lower data.val_per_class "
                              f"(now {val_per_class}) so training images remain")
         val.append(rows[:val_per_class])
         rest = rows[val_per_class:]

@@ -25,7 +25,7 @@ from . import paths
 from .config import RunConfig
 from .imaging import image_grid, save_png
 from .prepare import PixelTransform
-from .storage import append_jsonl, read_json, read_jsonl, read_tensors, write_json, write_tensors
+from .storage import append_jsonl, read_json, read_jsonl, read_tensors, write_json, write_tensors, write_text
 
 
 class RunError(ValueError):
@@ -108,8 +108,7 @@ class RunFolder:
         """Drop records of `stage` past `iteration` and of later stages (used when resuming)."""
         kept = [r for r in self.metrics() if r.get("stage", 0) < stage
                 or (r.get("stage") == stage and r.get("iteration", 0) <= iteration)]
-        text = "".join(json.dumps(r) + "\n" for r in kept)
-        (self.path / paths.METRICS_FILE).write_text(text)
+        write_text(self.path / paths.METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
 
     # -- tensors ---------------------------------------------------------------------------------
     def save_transform(self, transform: PixelTransform) -> None:
@@ -203,4 +202,12 @@ def list_runs(root: Path | None = None) -> list[RunFolder]:
     if not root.exists():
         return []
     runs = [RunFolder(p) for p in root.iterdir() if (p / paths.CONFIG_FILE).is_file()]
-    return sorted(runs, key=lambda r: r.id, reverse=True)
+
+    def created(run: RunFolder) -> tuple:
+        """Folder time stamp (to the second), then the exact creation time within that second."""
+        try:
+            return (run.id[:15], run.status().get("created", 0.0))
+        except ValueError:
+            return (run.id[:15], 0.0)
+
+    return sorted(runs, key=created, reverse=True)

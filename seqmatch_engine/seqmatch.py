@@ -152,6 +152,7 @@ class Distiller:
                     experts = self.retrained_experts(k, subsets)
                 subset = self.distil_stage(k, experts, subsets)
                 subsets.append(subset)
+            self.phase("evaluating")
             result = self.final_evaluation(subsets)
             self.run_folder.update_status(state="done", phase="done", finished=time.time())
             self.emit("done", data=result)
@@ -317,9 +318,13 @@ class Distiller:
                                       iterations=self.config.distill.subsets[k].iterations)
 
     def _resume_point(self, k: int):
-        """(state, generator, iteration, best) from the run's checkpoint of stage k, or None."""
+        """(state, generator, iteration, best) from the run's checkpoint of stage k, or None.
+
+        Without a checkpoint the stage starts over, so records an earlier attempt left are dropped.
+        """
         found = self.run_folder.checkpoint()
         if not found or found[1].get("stage") != k:
+            self.run_folder.truncate_metrics(k, 0)
             return None
         tensors, info = found
         dist, sub = self.config.distill, self.config.distill.subsets[k]
@@ -362,7 +367,6 @@ class Distiller:
     def final_evaluation(self, subsets: list[Subset]) -> dict[str, Any]:
         """Test accuracy of the learned curriculum and of a random real set of the same IPC."""
         cfg, data = self.config, self.data
-        self.phase("evaluating")
         curriculum = curriculum_from_subsets([(s.images.to(self.device), s.labels.to(self.device)) for s in subsets],
                                              [s.lr for s in subsets])
         real_images, real_labels = random_real_subset(data.train_images, data.train_labels, data.num_classes,

@@ -37,6 +37,10 @@ def _atomic_write_bytes(path: Path, payload: bytes) -> None:
         raise StorageError(f"could not write {path}: {error.strerror or error}") from error
 
 
+def write_text(path: Path, text: str) -> None:
+    _atomic_write_bytes(path, text.encode())
+
+
 def write_json(path: Path, data: Any) -> None:
     _atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
@@ -53,8 +57,9 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON line (a torn last line from a kill is skipped by read_jsonl)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with open(path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        with open(path, "a+b") as handle:
+            torn = handle.tell() > 0 and (handle.seek(-1, os.SEEK_END) or handle.read(1) != b"\n")
+            handle.write((("\n" if torn else "") + json.dumps(record) + "\n").encode())
     except OSError as error:
         raise StorageError(f"could not append to {path}: {error.strerror or error}") from error
 

@@ -202,8 +202,6 @@ def test_config_file_with_an_impossible_value_exits_2(tmp_path, capsys):
     assert not (tmp_path / "home" / "runs").exists()
 
 
-@pytest.mark.xfail(strict=True, raises=IsADirectoryError,
-                   reason="engine bug: config.load_config_file lets IsADirectoryError escape (CLI traceback)")
 def test_config_that_is_a_folder_exits_2(tmp_path, capsys):
     rc = cli.main(["--home", str(tmp_path / "home"), "distill", "--config", str(tmp_path)])
     assert rc == 2
@@ -336,8 +334,6 @@ def test_evaluate_prints_new_accuracies(finished, tmp_path, capsys):
     assert run.config().eval.epochs == 1, "evaluate must not rewrite the stored config"
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: cli.cmd_evaluate leaves status.json at state 'running', "
-                                       "phase 'evaluating' (Distiller.final_evaluation sets it, nothing resets it)")
 def test_evaluate_keeps_the_run_done(finished, tmp_path, capsys):
     home = copy_home(finished[0], tmp_path / "copy")
     run = only_run(home)
@@ -345,8 +341,6 @@ def test_evaluate_keeps_the_run_done(finished, tmp_path, capsys):
     assert run.status()["state"] == "done"
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="engine bug: cli.cmd_evaluate does not validate --arch; ValueError escapes main()")
 def test_evaluate_with_an_unknown_architecture_exits_2(finished, tmp_path, capsys):
     home = copy_home(finished[0], tmp_path / "copy")
     run = only_run(home)

@@ -40,7 +40,7 @@ from seqmatch_engine.diagnostics.hardness import (
     summarise,
 )
 from seqmatch_engine.diagnostics.matching_error import late_matching_error, owning_subset
-from seqmatch_engine.diagnostics.runner import DiagnosticsOptions, RunDiagnostics, load_embedding, summary
+from seqmatch_engine.diagnostics.runner import DiagnosticsOptions, RunDiagnostics, load_embedding, overlay_embedding, summary
 from seqmatch_engine.matching import draw_unroll_plan, matching_loss
 from seqmatch_engine.runs import RunError, RunFolder
 from seqmatch_engine.seeding import make_generator
@@ -253,6 +253,17 @@ def test_g3_has_one_row_per_epoch_and_point_and_is_reproducible(diagnosed):
     assert not torch.equal(other.images, diagnostics.points().images[:30])
 
 
+def test_overlay_embedding_of_two_runs_shares_the_real_sample(home, diagnosed):
+    home_dir, runs = home
+    first, _, _, _ = diagnosed
+    mtt = RunDiagnostics(runs["mtt"], home_dir / "experts", first.options, data=first.data)
+    overlay = overlay_embedding([first, mtt], ["SeqMatch", "MTT"], reducer="pca")
+    assert overlay.kinds == ["real"] * 30 + ["S1"] * 20 + ["S2"] * 10 + ["S1"] * 30
+    assert overlay.sources == ["real"] * 30 + ["SeqMatch"] * 30 + ["MTT"] * 30
+    assert overlay.coords.shape == (3 * 90, 2)
+    assert torch.equal(overlay.label[:30], first.points().labels[:30])
+
+
 def test_pca_of_points_on_a_line_and_joint_embedding_rows():
     t = torch.linspace(-1, 1, 7)
     rows = torch.stack([t, 2 * t, -t], 1)
@@ -267,6 +278,7 @@ def test_umap_reducer_smoke():
     rows = torch.randn(40, 6, generator=make_generator(0, "umap-test"))
     a, b = umap_2d(rows, seed=1), umap_2d(rows, seed=1)
     assert a.shape == (40, 2) and torch.isfinite(a).all() and torch.equal(a, b)
+    assert torch.get_num_threads() == 1  # umap-learn resets torch's thread count; umap_2d restores it
 
 
 def test_joint_embedding_rejects_unknown_reducer():
@@ -297,6 +309,11 @@ def test_g4_hardness_by_hand():
     predictions, labels = torch.tensor([1, 0, 2, 3]), torch.tensor([1, 1, 2, 0])
     assert masked_accuracy(predictions, labels, easy) == 0.5 and masked_accuracy(predictions, labels, hard) == 0.5
     assert masked_accuracy(predictions, labels, torch.zeros(4, dtype=torch.bool)) is None
+    # More than half never learned (h = 3 = E + 1): the median is the maximum, so ties go to the hard side.
+    easy, hard, threshold = split_easy_hard(torch.tensor([0.5, 3.0, 3.0, 3.0]))
+    assert threshold == 3.0 and easy.tolist() == [True, False, False, False]
+    easy, hard, _ = split_easy_hard(torch.tensor([2.0, 2.0]))
+    assert not easy.any() and hard.all()
     assert summarise([0.5, 0.7]) == {"mean": pytest.approx(0.6), "std": pytest.approx(0.1), "values": [0.5, 0.7]}
     assert summarise([0.5, None])["mean"] is None
 

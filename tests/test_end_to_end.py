@@ -12,12 +12,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_cpu_demo_preset_end_to_end(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "seqmatch_engine", "--home", str(tmp_path), "distill",
+def test_cpu_demo_preset_end_to_end(demo_home):
+    done = subprocess.run([sys.executable, "-m", "seqmatch_engine", "--home", str(demo_home), "distill",
                            "--preset", "cpu-demo"], cwd=REPO, capture_output=True, text=True, timeout=3000)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "synthetic" in done.stdout and "random_real" in done.stdout
-    (run,) = (tmp_path / "runs").iterdir()
+    run = next(p for p in (demo_home / "runs").iterdir() if "seqmatch-cpu-demo" in p.name
+               and (p / "eval.json").exists())
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "done"
     result = json.loads((run / "eval.json").read_text())
@@ -28,4 +29,4 @@ def test_cpu_demo_preset_end_to_end(tmp_path):
     # Distillation must at least not lose to random real images of the same budget.
     assert synthetic["mean"] > baseline["mean"], (synthetic, baseline)
     assert sorted(p.name for p in (run / "subsets").iterdir()) == ["S1.safetensors", "S2.safetensors"]
-    assert (tmp_path / "experts").is_dir() and len(list((tmp_path / "experts").iterdir())) == 2
+    assert (demo_home / "experts").is_dir() and len(list((demo_home / "experts").iterdir())) >= 2

@@ -222,8 +222,6 @@ def test_read_jsonl_of_a_missing_file_is_empty(tmp_path):
     assert read_jsonl(tmp_path / "none.jsonl") == []
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: append_jsonl appends onto a torn last line, so the new "
-                                       "record is glued to it and lost by read_jsonl")
 def test_append_after_a_torn_line_keeps_the_new_record(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"iteration": 1}\n{"iteration": 2, "lo')
@@ -560,3 +558,17 @@ def test_stopped_run_resumes_and_exports(tmp_path, data, experts_root):
     Distiller(again, experts_root, data=data).run()
     assert torch.equal(again.subsets()[0].images, subset.images)
     assert again.subsets()[0].lr == subset.lr
+
+
+def test_resume_before_the_first_checkpoint_does_not_duplicate_metrics(tmp_path, data, experts_root):
+    run = RunFolder.create(tmp_path / "runs", tiny_config(snapshot_every=10))
+    control = RunControl()
+
+    def observer(event) -> None:
+        if event.kind == "iteration" and event.iteration == 1:
+            control.stop()
+
+    assert Distiller(run, experts_root, observer, control, data).run() is None
+    assert run.checkpoint() is None  # stopped before the first snapshot
+    Distiller(run, experts_root, data=data).run()
+    assert [r["iteration"] for r in run.metrics() if r["kind"] == "iteration"] == [1, 2, 3]

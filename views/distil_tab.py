@@ -95,7 +95,7 @@ class DistilTab:
                                                          "the Runs tab")
 
     def _control(self, run_id: str | None, action, text: str) -> str:
-        if not run_id or self.manager.live(run_id) is None:
-            return "No run of this page is active: press **Start** first."
+        if not self.manager.owns(run_id):
+            return "No run of this page is active: press **Start** first (or resume one from the Runs tab)."
         action(run_id)
         return f"{text}: `{run_id}`"

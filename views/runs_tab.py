@@ -34,10 +34,11 @@ def run_rows(manager: JobManager) -> list[list]:
         except (ValueError, StorageError):
             rows.append([run.id, "?", "", "unreadable", "", "", ""])
             continue
-        live = manager.live(run.id)
-        state = live.state if live else status.get("state", "?")
-        if state in ("running", "queued", "paused") and live is None:
-            state = "interrupted"  # written by a process that is gone: resumable
+        if manager.owns(run.id):
+            state = manager.live(run.id).state
+        else:
+            state = status.get("state", "?")
+            state = "interrupted" if state in ("running", "queued", "created") else state  # resumable
 
         rows.append([run.id, config.method, config.ipc, state, status.get("phase", ""),
                      convnet_accuracy(result, "synthetic"), convnet_accuracy(result, "random_real")])
@@ -151,8 +152,7 @@ class RunsTab:
         return archive, f"Exported `{run_id}`: safetensors + one PNG grid per subset."
 
     def on_delete(self, run_id: str):
-        live = self.manager.live(run_id) if run_id else None
-        if live and live.state in ("queued", "running", "paused"):
+        if self.manager.owns(run_id) and self.manager.live(run_id).state in ("queued", "running", "paused"):
             rows = run_rows(self.manager)
             return "**Stop this run before deleting it.**", rows, gr.update()
         try:

@@ -9,6 +9,7 @@ before reduction. Reducers: "pca" (exact SVD, deterministic, instant) and "umap"
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -100,7 +101,9 @@ def umap_2d(rows: torch.Tensor, seed: int = 0) -> torch.Tensor:
     reducer = umap.UMAP(n_components=2, n_neighbors=neighbours, min_dist=0.1, random_state=seed)
     threads = torch.get_num_threads()
     try:
-        return torch.from_numpy(reducer.fit_transform(rows.double().numpy())).float()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)  # seeded: 1 job
+            return torch.from_numpy(reducer.fit_transform(rows.double().numpy())).float()
     finally:
         torch.set_num_threads(threads)  # fitting resets torch's thread count (seen with umap-learn 0.5)
 

@@ -5,6 +5,8 @@ which theta*_{e,t} classifies image i correctly, or E + 1 if it never does (hard
 h(i) = mean over experts of h_e(i). The split is at the median: with m the lower median of
 h over the test set, easy = {i : h(i) <= m}, hard = {i : h(i) > m}. Ties sit on the easy
 side, so the hard part can be smaller than half; its size is reported with the result.
+When that leaves no hard image (m is the largest value, e.g. more than half of the images
+are never learned by weak experts), the tie goes the other way: easy = {h < m}, hard = {h >= m}.
 """
 from __future__ import annotations
 
@@ -49,9 +51,12 @@ def hardness(correct: torch.Tensor) -> torch.Tensor:
 
 
 def split_easy_hard(hardness_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Masks easy (N,), hard (N,) and the threshold m (lower median): easy = h <= m, hard = h > m."""
+    """Masks easy (N,), hard (N,) and the threshold m (lower median): easy = h <= m, hard = h > m,
+    or easy = h < m, hard = h >= m when no h exceeds m."""
     threshold = float(hardness_values.median())  # torch's median is the lower median
     easy = hardness_values <= threshold
+    if bool(easy.all()):
+        easy = hardness_values < threshold
     return easy, ~easy, threshold
 
 

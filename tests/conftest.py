@@ -1,0 +1,21 @@
+"""Shared fixtures: a session-wide home for preset runs (so cpu-demo experts are trained once)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def demo_home(tmp_path_factory) -> Path:
+    """A SEQMATCH_HOME shared by the slow end-to-end and browser tests."""
+    return tmp_path_factory.mktemp("demo-home")
+
+
+@pytest.fixture
+def screenshot_dir(tmp_path) -> Path:
+    """Where browser tests save screenshots: $SEQMATCH_SCREENSHOTS if set, else a temporary folder."""
+    folder = Path(os.environ.get("SEQMATCH_SCREENSHOTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

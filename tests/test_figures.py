@@ -1,0 +1,125 @@
+"""views/figures.py: each builder turns hand-made diagnostics data into the expected plotly figure."""
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import torch
+
+from seqmatch_engine.diagnostics.features import Embedding
+from views.figures import (
+    MAX_FRAMES,
+    downsample,
+    g1_heatmap,
+    g1_heatmap_slider,
+    g1_lines,
+    g2_figure,
+    g3_figure,
+    g4_entries,
+    g4_figure,
+    stage_offsets,
+)
+
+
+def g1_records(per_stage: int = 4) -> list[dict]:
+    """SeqMatch-like records: stage 0 with S1 only, stage 1 with S1 and S2."""
+    first = [{"stage": 0, "iteration": i, "groups": ["S1"], "matrix": [[1.0]], "within": [0.1]}
+             for i in range(1, per_stage + 1)]
+    second = [{"stage": 1, "iteration": i, "groups": ["S1", "S2"], "matrix": [[1.0, 0.3], [0.3, 1.0]],
+               "within": [0.2, None]} for i in range(1, per_stage + 1)]
+    return first + second
+
+
+def test_downsample_keeps_ends_and_limit():
+    assert downsample(5, 10) == [0, 1, 2, 3, 4]
+    picked = downsample(1000, 7)
+    assert len(picked) == 7 and picked[0] == 0 and picked[-1] == 999
+    assert downsample(3, 1) == [2]
+
+
+def test_g1_heatmap_single_record():
+    figure = g1_heatmap(g1_records()[-1])
+    assert isinstance(figure, go.Figure) and len(figure.data) == 1
+    heatmap = figure.data[0]
+    assert heatmap.type == "heatmap" and list(heatmap.x) == ["S1", "S2"] and heatmap.zmin == -1 and heatmap.zmax == 1
+    assert figure.layout.xaxis.title.text == "group" and figure.layout.yaxis.title.text == "group"
+    assert "S2, iteration 4" in figure.layout.title.text
+
+
+def test_g1_heatmap_slider_has_one_frame_per_record_up_to_a_limit():
+    figure = g1_heatmap_slider(g1_records())
+    assert len(figure.frames) == 8 and len(figure.layout.sliders[0].steps) == 8
+    assert figure.layout.sliders[0].steps[0].label == "S1, iteration 1"
+    many = g1_heatmap_slider(g1_records(per_stage=100))
+    assert len(many.frames) == MAX_FRAMES
+    empty = g1_heatmap_slider([])
+    assert len(empty.data) == 0 and "diagnose_every" in empty.layout.annotations[0].text
+
+
+def test_g1_lines_pairs_within_and_stage_offsets():
+    records = g1_records()
+    assert stage_offsets(records) == {0: 0, 1: 4}
+    assert stage_offsets(records, [10, 10]) == {0: 0, 1: 10}
+    figure = g1_lines(records)
+    names = [trace.name for trace in figure.data]
+    assert names == ["cos(S1, S2)", "within S1", "within S2"]
+    assert list(figure.data[0].x) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert list(figure.data[0].y) == [None] * 4 + [0.3] * 4
+    assert list(figure.data[2].y) == [None] * 8
+    assert len(figure.layout.shapes) == 1  # one stage boundary
+    assert figure.layout.xaxis.title.text == "outer iteration (all stages)"
+    assert figure.layout.yaxis.title.text == "cosine similarity"
+    long = g1_lines(g1_records(per_stage=1000), max_points=50)
+    assert len(long.data[0].x) == 50 and long.data[0].x[-1] == 2000
+
+
+def test_g2_figure_one_line_per_run():
+    mtt = {"method": "mtt", "start_epochs": [0, 1, 2], "mean": [0.5, 0.6, 0.9], "std": [0.1, 0.1, 0.2]}
+    seq = {"label": "SeqMatch", "start_epochs": [0, 1, 2], "mean": [0.5, 0.5, 0.6], "std": [0.1, 0.0, 0.1]}
+    figure = g2_figure([mtt, seq])
+    assert [trace.name for trace in figure.data] == ["mtt", "SeqMatch"]
+    assert list(figure.data[0].error_y.array) == [0.1, 0.1, 0.2]
+    assert figure.layout.xaxis.title.text == "start epoch t of held-out experts"
+    assert figure.layout.yaxis.title.text == "normalised matching loss L(t)"
+    long = {"start_epochs": list(range(1000)), "mean": [1.0] * 1000, "std": [0.0] * 1000}
+    assert len(g2_figure([long], max_points=100).data[0].x) == 100
+
+
+def embedding(sources: list[str]) -> Embedding:
+    """2 epochs x 6 points: 2 real, then 2 + 2 synthetic points per source's subsets."""
+    kinds = ["real", "real", "S1", "S2", "S1", "S2"]
+    points = len(kinds)
+    return Embedding(coords=torch.arange(2 * points * 2, dtype=torch.float32).view(-1, 2),
+                     epoch=torch.tensor([0] * points + [5] * points), point=torch.arange(points).repeat(2),
+                     label=torch.tensor([0, 1, 0, 1, 1, 0]).repeat(2), epochs=[0, 5], kinds=kinds,
+                     sources=sources, class_names=["cat", "dog"], reducer="pca", seed=0)
+
+
+def test_g3_figure_frames_traces_and_symbols():
+    figure = g3_figure(embedding(["real", "real", "seqmatch", "seqmatch", "seqmatch", "seqmatch"]))
+    names = [trace.name for trace in figure.data]
+    assert names == ["real", "S1", "S2", "cat", "dog"]  # marker categories, then class legend entries
+    assert len(figure.frames) == 2 and [f.name for f in figure.frames] == ["0", "5"]
+    assert list(figure.frames[1].traces) == [0, 1, 2]
+    assert len(figure.frames[1].data[1].x) == 2  # two S1 points at epoch 5
+    assert figure.data[0].marker.symbol != figure.data[1].marker.symbol
+    assert [s.label for s in figure.layout.sliders[0].steps] == ["0", "5"]
+    assert figure.layout.xaxis.title.text == "PC 1" and figure.layout.yaxis.title.text == "PC 2"
+
+
+def test_g3_figure_marks_the_method_when_runs_are_overlaid():
+    figure = g3_figure(embedding(["real", "real", "mtt", "mtt", "seqmatch", "seqmatch"]))
+    assert [trace.name for trace in figure.data][:5] == ["real", "mtt S1", "mtt S2", "seqmatch S1", "seqmatch S2"]
+    assert len(figure.data) == 7 and len(figure.frames[0].data) == 5
+
+
+def test_g4_figure_grouped_bars_with_error_bars():
+    result = {"method": "seqmatch", "sets": {
+        "synthetic": {"easy": {"mean": 0.8, "std": 0.01}, "hard": {"mean": 0.4, "std": 0.02}},
+        "random_real": {"easy": {"mean": 0.6, "std": 0.03}, "hard": {"mean": None, "std": None}}}}
+    entries = g4_entries(result, "SeqMatch") + g4_entries({**result, "method": "mtt"}, baseline=False)
+    figure = g4_figure(entries)
+    assert [trace.name for trace in figure.data] == ["SeqMatch", "random real", "mtt"]
+    assert figure.layout.barmode == "group"
+    assert list(figure.data[0].y) == [80.0, 40.0] and list(figure.data[0].error_y.array) == [1.0, 2.0]
+    assert list(figure.data[1].y) == [60.0, None]
+    assert figure.layout.yaxis.title.text == "test accuracy (%)"
+    assert figure.layout.xaxis.title.text == "test images (split by expert hardness)"

@@ -1,0 +1,126 @@
+"""Compare tab: static MTT and SeqMatch at the same total IPC, side by side, live or from past runs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+import plotly.graph_objects as go
+
+from seqmatch_engine.config import ConfigError, preset_names
+from seqmatch_engine.jobs import JobManager
+from seqmatch_engine.runs import RunFolder, list_runs
+from seqmatch_engine.storage import StorageError
+
+from .forms import FormValues, compare_pair, form_defaults
+from .live_view import LiveView, poll_outputs
+from .overlays import comparison_overlays
+
+DEFAULT_PRESET = "cpu-demo"
+
+
+def accuracy_figure(results: list[tuple[str, dict | None]]) -> go.Figure:
+    """Bars of test accuracy (mean ± std) for each labelled run and the random-real baseline."""
+    names, means, stds, colours = [], [], [], []
+    baseline = None
+    for label, result in results:
+        if not result or "convnet" not in result.get("synthetic", {}):
+            continue
+        acc = result["synthetic"]["convnet"]
+        names.append(label)
+        means.append(100 * acc["mean"])
+        stds.append(100 * acc["std"])
+        colours.append("#db2777" if label.startswith("SeqMatch") else "#2563eb")
+        baseline = baseline or result.get("random_real", {}).get("convnet")
+    if baseline:
+        names.append("random real")
+        means.append(100 * baseline["mean"])
+        stds.append(100 * baseline["std"])
+        colours.append("#94a3b8")
+    figure = go.Figure(go.Bar(x=names, y=means, error_y={"type": "data", "array": stds}, marker_color=colours,
+                              text=[f"{m:.1f}" for m in means], textposition="outside"))
+    figure.update_layout(title="Test accuracy (ConvNet, mean ± std over nets)", yaxis_title="accuracy (%)",
+                         template="plotly_white", height=320, margin={"l": 50, "r": 10, "t": 50, "b": 40},
+                         yaxis={"range": [0, max(means + [10]) * 1.15]})
+    return figure
+
+
+def run_choices(manager: JobManager, method: str) -> list[str]:
+    choices = []
+    for run in list_runs(manager.runs_root):
+        try:
+            if run.config().method == method:
+                choices.append(run.id)
+        except (ValueError, StorageError):
+            continue
+    return choices
+
+
+@dataclass
+class CompareTab:
+    manager: JobManager
+
+    def build(self) -> None:
+        defaults = form_defaults(DEFAULT_PRESET)
+        with gr.Row():
+            self.preset = gr.Dropdown(preset_names(), value=DEFAULT_PRESET, label="Preset", scale=2)
+            self.ipc = gr.Number(defaults.ipc, label="Total IPC", precision=0, scale=1)
+            self.num_subsets = gr.Number(defaults.num_subsets, label="SeqMatch subsets K", precision=0, scale=1)
+            self.iterations = gr.Number(defaults.iterations, label="Iterations per subset", precision=0, scale=1)
+            self.start = gr.Button("Start comparison", variant="primary", scale=1, elem_id="sm-compare-start")
+        with gr.Accordion("…or pick two finished runs", open=False):
+            with gr.Row():
+                self.pick_mtt = gr.Dropdown(run_choices(self.manager, "mtt"), label="Static MTT run")
+                self.pick_seq = gr.Dropdown(run_choices(self.manager, "seqmatch"), label="SeqMatch run")
+                self.show = gr.Button("Show")
+        self.message = gr.Markdown(elem_id="sm-compare-message")
+        with gr.Row(equal_height=False):
+            with gr.Column():
+                self.mtt_view = LiveView(self.manager, "Static MTT")
+                self.mtt_view.build()
+            with gr.Column():
+                self.seq_view = LiveView(self.manager, "SeqMatch")
+                self.seq_view.build()
+        self.refresh = gr.Button("Update comparison charts", size="sm")
+        self.accuracy = gr.Plot(label="Accuracy")
+        self.overlays = gr.Markdown()
+        with gr.Row():
+            self.g1 = gr.Plot(label="G1 coupling")
+            self.g2 = gr.Plot(label="G2 matching error")
+        self.g4 = gr.Plot(label="G4 easy vs hard")
+
+    def wire(self, timer: gr.Timer) -> None:
+        self.mtt_state = gr.BrowserState(None, storage_key="seqmatch-compare-mtt")
+        self.seq_state = gr.BrowserState(None, storage_key="seqmatch-compare-seq")
+        self.start.click(self.on_start, [self.preset, self.ipc, self.num_subsets, self.iterations],
+                         [self.mtt_state, self.seq_state, self.message], api_name="compare_start")
+        self.show.click(self.on_show, [self.pick_mtt, self.pick_seq], [self.mtt_state, self.seq_state, self.message],
+                        api_name="compare_show")
+        for view, state in ((self.mtt_view, self.mtt_state), (self.seq_view, self.seq_state)):
+            timer.tick(view.poll, [state, view.version], poll_outputs(view), concurrency_limit=None,
+                       show_progress="hidden", api_name=False)
+        outputs = [self.accuracy, self.overlays, self.g1, self.g2, self.g4]
+        self.refresh.click(self.on_refresh, [self.mtt_state, self.seq_state], outputs, api_name="compare_charts")
+
+    def on_start(self, preset: str, ipc: float, num_subsets: float, iterations: float):
+        values = form_defaults(preset)
+        values = FormValues(**{**values.__dict__, "ipc": ipc, "num_subsets": num_subsets, "iterations": iterations})
+        try:
+            mtt, seqmatch = compare_pair(values)
+        except ConfigError as error:
+            return None, None, f"**Cannot start:** {error}"
+        mtt_id, seq_id = self.manager.submit(mtt), self.manager.submit(seqmatch)
+        return mtt_id, seq_id, (f"Queued static MTT `{mtt_id}` then SeqMatch `{seq_id}` (one run trains at a time; "
+                                f"they share the stage-1 experts).")
+
+    def on_show(self, mtt_id: str | None, seq_id: str | None):
+        if not mtt_id or not seq_id:
+            return gr.skip(), gr.skip(), "**Pick one run of each method.**"
+        return mtt_id, seq_id, f"Showing `{mtt_id}` and `{seq_id}`."
+
+    def on_refresh(self, mtt_id: str | None, seq_id: str | None):
+        runs = [(label, RunFolder(self.manager.runs_root / run_id)) for label, run_id in
+                (("Static MTT", mtt_id), ("SeqMatch", seq_id)) if run_id]
+        runs = [(label, run) for label, run in runs if run.path.is_dir()]
+        figure = accuracy_figure([(f"{label} IPC {run.config().ipc}", run.eval()) for label, run in runs])
+        text, g1, g2, g4 = comparison_overlays(runs)
+        return figure, text, g1, g2, g4
