@@ -266,10 +266,11 @@ def split_ipc(ipc: int, num_subsets: int) -> list[int]:
 
 
 def as_static(config: RunConfig) -> RunConfig:
-    """The static MTT counterpart of a run: one subset with the same total IPC and stage-1 interval."""
+    """The static MTT counterpart of a run: one subset with the same total IPC and stage-1 interval,
+    and G1's nominal groups set to the number of SeqMatch subsets so both are drawn on the same axes."""
     first = config.distill.subsets[0]
     iterations = sum(s.iterations for s in config.distill.subsets)
-    static = dataclasses.replace(config.distill, subsets=[
+    static = dataclasses.replace(config.distill, nominal_groups=len(config.distill.subsets), subsets=[
         SubsetConfig(ipc=config.ipc, interval=first.interval, iterations=iterations, lr_init=first.lr_init)])
     name = f"{config.name}-mtt" if config.name else "mtt"
     return dataclasses.replace(config, name=name, distill=static)

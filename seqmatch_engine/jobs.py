@@ -11,14 +11,15 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from . import paths
 from .config import RunConfig
+from .diagnostics import COMPUTED, DiagnosticsOptions, RunDiagnostics
 from .runs import RunFolder
-from .seqmatch import Distiller, Event, RunControl
+from .seqmatch import Distiller, Event, RunControl, StopRequested
 from .storage import read_tensors
 
 MAX_POINTS = 400  # curve points kept per series (older points are thinned)
@@ -130,6 +131,7 @@ class _Job:
     run: RunFolder
     control: RunControl
     live: LiveState
+    work: Callable[["_Job"], bool]  # runs the job in the worker; True: finished, False: stopped
 
 
 class JobManager:
@@ -157,12 +159,41 @@ class JobManager:
         return self._enqueue(RunFolder.open(self.runs_root / run_id))
 
     def _enqueue(self, run: RunFolder) -> str:
-        job = _Job(run, RunControl(), LiveState(run.id))
-        with self._lock:
-            self._jobs[run.id] = job
         run.update_status(state="queued", phase="queued")
-        self._queue.put(run.id)
-        return run.id
+        return self._queue_job(_Job(run, RunControl(), LiveState(run.id), self._distil))
+
+    def submit_diagnostics(self, run_id: str, options: DiagnosticsOptions, which: tuple[str, ...] = COMPUTED) -> str:
+        """Queue G2-G4 (those in `which`) for a finished run; returns the job id to poll with `live`."""
+        run = RunFolder.open(self.runs_root / run_id)
+        job_id = f"diagnostics:{run_id}"
+        existing = self._jobs.get(job_id)
+        if existing and existing.live.state in ("queued", "running"):
+            return job_id
+
+        def work(job: _Job) -> bool:
+            diagnostics = RunDiagnostics(job.run, self.experts_root, options)
+            for name in which:
+                def progress(done: int, total: int, name: str = name) -> None:
+                    job.control.checkpoint()
+                    with self._lock:
+                        job.live.phase, job.live.progress = f"computing {name.upper()}", (done, total)
+
+                with self._lock:
+                    job.live.phase, job.live.progress = f"computing {name.upper()}", None
+                getattr(diagnostics, name)(progress)
+            return True
+
+        return self._queue_job(_Job(run, RunControl(), LiveState(job_id), work))
+
+    def _queue_job(self, job: _Job) -> str:
+        with self._lock:
+            self._jobs[job.live.run_id] = job
+        self._queue.put(job.live.run_id)
+        return job.live.run_id
+
+    def _distil(self, job: _Job) -> bool:
+        observer = _LiveObserver(job.live, self._lock)
+        return Distiller(job.run, self.experts_root, observer, job.control).run() is not None
 
     def pause(self, run_id: str) -> None:
         job = self._jobs[run_id]
@@ -228,11 +259,11 @@ class JobManager:
                 continue
             with self._lock:
                 job.live.state, job.live.started = "running", time.time()
-            observer = _LiveObserver(job.live, self._lock)
             try:
-                result = Distiller(job.run, self.experts_root, observer, job.control).run()
-                self._finish(job, "done" if result is not None else "stopped")
-            except Exception as error:  # the run folder already records the failure
+                self._finish(job, "done" if job.work(job) else "stopped")
+            except StopRequested:
+                self._finish(job, "stopped")
+            except Exception as error:  # a distillation run folder already records the failure
                 with self._lock:
                     job.live.error = job.live.error or f"{type(error).__name__}: {error}"
                 self._finish(job, "failed")
@@ -241,5 +272,5 @@ class JobManager:
         with self._lock:
             job.live.state = state
             job.live.phase = state
-        if state == "stopped":
+        if state == "stopped" and job.work == self._distil:
             job.run.update_status(state="stopped", phase="stopped")

@@ -19,3 +19,14 @@ def screenshot_dir(tmp_path) -> Path:
     folder = Path(os.environ.get("SEQMATCH_SCREENSHOTS", tmp_path))
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny tensors gain nothing from a second thread and lose a lot when the machine is busy."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -51,7 +51,7 @@ def server(demo_home):
             break
         except OSError:
             if process.poll() is not None:
-                raise AssertionError(process.stdout.read())
+                raise AssertionError(process.stdout.read()) from None
             time.sleep(0.5)
     yield f"http://127.0.0.1:{port}/"
     process.terminate()

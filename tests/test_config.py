@@ -179,8 +179,8 @@ def test_types_are_coerced():
     ("experts", {"lr": -0.01}, "experts.lr: must be > 0"),
     ("experts", {"lr": 0}, "experts.lr: must be > 0"),
     ("experts", {"num_experts": 0}, "experts.num_experts: must be >= 1"),
-    ("data", {"train_per_class": 0}, "data.train_per_class: must be at least the total IPC (2): subsets start from, and the baseline draws, "
-     "that many real images per class; or null for all"),
+    ("data", {"train_per_class": 0}, "data.train_per_class: must be at least the total IPC (2): subsets start "
+     "from, and the baseline draws, that many real images per class; or null for all"),
     ("data", {"val_per_class": -1}, "data.val_per_class: must be >= 0"),
     ("distill", {"lr_img": -100.0}, "distill.lr_img: must be > 0"),
     ("distill", {"lr_lr": -1e-5}, "distill.lr_lr: must be >= 0"),

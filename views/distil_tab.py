@@ -22,7 +22,7 @@ class DistilTab:
     def build(self) -> None:
         defaults = form_defaults(DEFAULT_PRESET)
         with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=300, elem_classes="sm-form"):
+            with gr.Column(scale=1, min_width=380, elem_classes="sm-form"):
                 self.preset = gr.Dropdown(preset_names(), value=DEFAULT_PRESET, label="Preset")
                 self.method = gr.Radio(list(METHODS), value=defaults.method, label="Method")
                 with gr.Row():
@@ -45,13 +45,13 @@ class DistilTab:
                     with gr.Row():
                         self.eval_epochs = gr.Number(defaults.eval_epochs, label="Evaluation epochs", precision=0)
                         self.eval_nets = gr.Number(defaults.eval_nets, label="Evaluation nets", precision=0)
+                self.start = gr.Button("Start", variant="primary", elem_id="sm-start")
                 with gr.Row():
-                    self.start = gr.Button("Start", variant="primary", elem_id="sm-start")
-                    self.pause = gr.Button("Pause", elem_id="sm-pause")
-                    self.resume = gr.Button("Resume", elem_id="sm-resume")
-                    self.stop = gr.Button("Stop", variant="stop", elem_id="sm-stop")
+                    self.pause = gr.Button("Pause", size="sm", min_width=80, elem_id="sm-pause")
+                    self.resume = gr.Button("Resume", size="sm", min_width=80, elem_id="sm-resume")
+                    self.stop = gr.Button("Stop", variant="stop", size="sm", min_width=80, elem_id="sm-stop")
                 self.message = gr.Markdown(elem_classes="sm-message", elem_id="sm-distil-message")
-            with gr.Column(scale=3):
+            with gr.Column(scale=2):
                 self.live_view.build()
 
     @property

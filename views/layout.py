@@ -6,6 +6,8 @@ import gradio as gr
 from seqmatch_engine.jobs import JobManager
 from seqmatch_engine.paths import ASSETS_DIR
 
+from .compare_tab import CompareTab
+from .diagnostics_tab import DiagnosticsTab
 from .distil_tab import DistilTab
 from .learn_tab import LearnTab
 from .live_view import LiveView
@@ -18,6 +20,8 @@ TITLE = "SeqMatch Studio"
 def build_app(manager: JobManager) -> gr.Blocks:
     """Build the app around `manager` (which owns the background worker)."""
     distil = DistilTab(manager, LiveView(manager))
+    compare = CompareTab(manager)
+    diagnostics = DiagnosticsTab(manager)
     runs = RunsTab(manager)
     learn = LearnTab()
     with gr.Blocks(title=TITLE, delete_cache=(600, 3600)) as demo:
@@ -28,11 +32,17 @@ def build_app(manager: JobManager) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Distil", id="distil"):
                 distil.build()
+            with gr.Tab("Compare", id="compare"):
+                compare.build()
+            with gr.Tab("Diagnostics", id="diagnostics"):
+                diagnostics.build()
             with gr.Tab("Runs", id="runs"):
                 runs.build()
             with gr.Tab("Learn", id="learn"):
                 learn.build()
         distil.wire(run_state, timer)
+        compare.wire(timer)
+        diagnostics.wire(timer)
         runs.wire(run_state)
         demo.load(reattach(manager), run_state, run_state)
     return demo

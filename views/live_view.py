@@ -48,7 +48,7 @@ class LiveView:
         self.status = gr.HTML(status_html(None), elem_classes="sm-status-box")
         self.images = gr.Image(label="Synthetic images (rows: classes)", type="numpy", interactive=False,
                                buttons=["download", "fullscreen"], elem_classes="sm-grid", height=420)
-        self.curves = gr.Plot(label="Optimisation", elem_classes="sm-curves")
+        self.curves = gr.Plot(label="Optimisation", show_label=False, elem_classes="sm-curves")
         self.accuracy = gr.Markdown(elem_classes="sm-accuracy")
         self.version = gr.State("")
 

@@ -26,46 +26,47 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 
 def subset_panels(images: dict[int, torch.Tensor], transform: PixelTransform, class_names: tuple[str, ...],
-                  active_stage: int | None = None, scale: int = 3) -> np.ndarray:
-    """One labelled grid per subset side by side: rows = classes, a title per subset.
+                  active_stage: int | None = None) -> np.ndarray:
+    """One labelled grid per subset side by side: rows = classes, a two-line title per subset.
 
     `images` maps a 0-based stage to model inputs (num_classes * ipc_k, C, H, W) grouped by class.
+    Small images are enlarged (x4 up to 32 px, x2 up to 64 px) with visible pixels.
     """
     num_classes = len(class_names)
-    font, title_font = _font(12), _font(14)
-    label_width = max(int(font.getlength(name)) for name in class_names) + 12
+    font, title_font = _font(13), _font(15)
+    label_width = max(int(font.getlength(name)) for name in class_names) + 14
     panels = []
     for stage in sorted(images):
         pixels = transform.to_pixels(images[stage])
+        side = max(pixels.shape[-2:])
+        scale = 4 if side <= 32 else 2 if side <= 64 else 1
         ipc = len(pixels) // num_classes
         labels = torch.arange(num_classes).repeat_interleave(ipc)
-        panels.append((stage, image_grid(pixels, labels, num_classes, padding=1, scale=scale)))
+        state = "learning" if stage == active_stage else (
+            "frozen" if active_stage is not None and stage < active_stage else "learned")
+        titles = (f"S{stage + 1}", f"{ipc}/class · {state}")
+        grid = image_grid(pixels, labels, num_classes, padding=1, scale=scale)
+        width = max(grid.shape[1], *(int(title_font.getlength(t)) + 4 for t in titles))
+        panels.append((stage, titles, grid, width))
     if not panels:
         return np.full((40, 200, 3), 255, np.uint8)
-    title_height, gap = 24, 16
-    height = title_height + max(p.shape[0] for _, p in panels)
-    width = label_width + sum(p.shape[1] for _, p in panels) + gap * (len(panels) - 1)
+    title_height, gap = 44, 18
+    height = title_height + max(grid.shape[0] for _, _, grid, _ in panels)
+    width = label_width + sum(w for *_, w in panels) + gap * (len(panels) - 1) + 4
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
-    grid_height = panels[0][1].shape[0]
-    row_height = (grid_height - 1) / num_classes
+    row_height = panels[0][2].shape[0] / num_classes
     for c, name in enumerate(class_names):
-        y = title_height + 1 + row_height * (c + 0.5)
-        draw.text((label_width - 6, y), name, fill="#374151", font=font, anchor="rm")
+        draw.text((label_width - 8, title_height + row_height * (c + 0.5)), name, fill="#374151", font=font,
+                  anchor="rm")
     x = label_width
-    for stage, panel in panels:
-        canvas.paste(Image.fromarray(panel), (x, title_height))
-        state = "learning" if stage == active_stage else ("frozen" if active_stage is not None and stage < active_stage
-                                                         else "learned")
+    for stage, titles, grid, panel_width in panels:
+        canvas.paste(Image.fromarray(grid), (x, title_height))
         colour = STAGE_COLOURS[stage % len(STAGE_COLOURS)]
-        draw.text((x, 4), f"S{stage + 1} · {ipc_of(images[stage], num_classes)}/class · {state}", fill=colour,
-                  font=title_font)
-        x += panel.shape[1] + gap
+        draw.text((x, 2), titles[0], fill=colour, font=_font(17))
+        draw.text((x, 22), titles[1], fill="#64748b", font=title_font)
+        x += panel_width + gap
     return np.asarray(canvas)
-
-
-def ipc_of(images: torch.Tensor, num_classes: int) -> int:
-    return len(images) // num_classes
 
 
 def curves_figure(live: LiveState, height: int = 300) -> go.Figure:
@@ -83,7 +84,7 @@ def curves_figure(live: LiveState, height: int = 300) -> go.Figure:
                                         line={"color": STAGE_COLOURS[stage % len(STAGE_COLOURS)], "width": 1.6}),
                              row=1, col=col)
         figure.update_xaxes(title_text="iteration", row=1, col=col)
-    figure.update_layout(height=height, margin={"l": 40, "r": 10, "t": 40, "b": 40}, template="plotly_white",
+    figure.update_layout(height=height, margin={"l": 40, "r": 10, "t": 56, "b": 40}, template="plotly_white",
                          legend={"orientation": "h", "y": -0.25})
     return figure
 

@@ -1,0 +1,102 @@
+"""Diagnostics tab: G1-G4 for any finished run, computed on demand in the background and cached."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from seqmatch_engine.diagnostics import COMPUTED, DiagnosticsOptions, missing
+from seqmatch_engine.diagnostics.store import read_g1
+from seqmatch_engine.jobs import JobManager
+from seqmatch_engine.runs import RunError, RunFolder, list_runs
+
+from .figures import g1_heatmap_slider
+from .overlays import comparison_overlays, run_figures
+from .render import status_html
+
+
+def finished_runs(manager: JobManager) -> list[str]:
+    return [run.id for run in list_runs(manager.runs_root) if run.status().get("state") == "done"]
+
+
+@dataclass
+class DiagnosticsTab:
+    manager: JobManager
+
+    def build(self) -> None:
+        with gr.Row():
+            self.runs = gr.Dropdown(finished_runs(self.manager), multiselect=True, label="Finished runs (first = main)",
+                                    scale=4, elem_id="sm-diag-runs")
+            self.reducer = gr.Radio(["pca", "umap"], value="pca", label="G3 map", scale=1,
+                                    info="pca: instant preview; umap: slower, truer neighbourhoods")
+            self.reload = gr.Button("↻ runs", size="sm", scale=0)
+        with gr.Row():
+            self.show = gr.Button("Show", variant="secondary")
+            self.compute = gr.Button("Compute missing G2-G4", variant="primary", elem_id="sm-diag-compute")
+        self.status = gr.HTML()
+        self.summary = gr.Markdown()
+        with gr.Row():
+            self.g1_heatmap = gr.Plot(label="G1 gradient similarity (slider: time)")
+            self.g1_lines = gr.Plot(label="G1 over iterations")
+        with gr.Row():
+            self.g1_coupling = gr.Plot(label="G1 coupling, runs overlaid")
+            self.g2 = gr.Plot(label="G2 matching error by expert epoch")
+        with gr.Row():
+            self.g3 = gr.Plot(label="G3 features across expert epochs")
+            self.g4 = gr.Plot(label="G4 easy vs hard test images")
+        self.job = gr.State(None)
+
+    def wire(self, timer: gr.Timer) -> None:
+        figures = [self.summary, self.g1_heatmap, self.g1_lines, self.g1_coupling, self.g2, self.g3, self.g4]
+        self.reload.click(lambda: gr.update(choices=finished_runs(self.manager)), None, self.runs, api_name=False)
+        self.show.click(self.on_show, self.runs, figures, api_name="diagnostics_show")
+        self.compute.click(self.on_compute, [self.runs, self.reducer], [self.job, self.status],
+                           api_name="diagnostics_compute")
+        timer.tick(self.on_poll, [self.job, self.runs], [self.job, self.status, *figures], concurrency_limit=None,
+                   show_progress="hidden", api_name="diagnostics_poll")
+
+    def _runs(self, run_ids: list[str] | None) -> list[tuple[str, RunFolder]]:
+        runs = []
+        for run_id in run_ids or []:
+            run = RunFolder.open(self.manager.runs_root / run_id)
+            runs.append((f"{run.config().method.upper()} {run_id[:15]}", run))
+        return runs
+
+    def on_show(self, run_ids: list[str] | None):
+        runs = self._runs(run_ids)
+        if not runs:
+            return ["Pick one or more finished runs.", *[None] * 6]
+        text, coupling, g2, g4 = comparison_overlays(runs)
+        main = runs[0][1]
+        g1_lines, g3 = run_figures(main)
+        records = read_g1(main.path)
+        return [text, g1_heatmap_slider(records) if records else None, g1_lines, coupling, g2, g3, g4]
+
+    def on_compute(self, run_ids: list[str] | None, reducer: str):
+        if not run_ids:
+            return None, "<div class='sm-status'>Pick a finished run first.</div>"
+        jobs = []
+        try:
+            for run_id in run_ids:
+                lacking = missing(self.manager.runs_root / run_id, reducer)
+                if lacking:
+                    jobs.append(self.manager.submit_diagnostics(run_id, DiagnosticsOptions(reducer=reducer),
+                                                                tuple(n for n in COMPUTED if n in lacking)))
+        except RunError as error:
+            return None, f"<div class='sm-status'><div class='sm-error'>{error}</div></div>"
+        if not jobs:
+            return None, "<div class='sm-status'>Everything is computed already: press <b>Show</b>.</div>"
+        return jobs, status_html(self.manager.live(jobs[0]), self.manager.queue_position(jobs[0]))
+
+    def on_poll(self, jobs: list[str] | None, run_ids: list[str] | None):
+        if not jobs:
+            return [jobs, gr.skip(), *[gr.skip()] * 7]
+        lives = [self.manager.live(j) for j in jobs]
+        pending = [live for live in lives if live and live.state in ("queued", "running", "paused")]
+        if pending:
+            live = pending[0]
+            return [jobs, status_html(live, self.manager.queue_position(live.run_id)), *[gr.skip()] * 7]
+        errors = [f"<div class='sm-error'>{live.error}</div>" for live in lives if live and live.error]
+        text = "<div class='sm-status'>Diagnostics computed.</div>" if not errors else \
+            f"<div class='sm-status'>{''.join(errors)}</div>"
+        return [None, text, *self.on_show(run_ids)]

@@ -1,0 +1,69 @@
+"""Diagnostics of one or several runs as figures and a summary table (reads run folders only)."""
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+from seqmatch_engine.diagnostics import load_embedding, summary
+from seqmatch_engine.diagnostics.gradients import mean_off_diagonal
+from seqmatch_engine.diagnostics.store import read_g1, read_g2, read_g4
+from seqmatch_engine.runs import RunFolder
+
+from .figures import SERIES_COLOURS, g1_lines, g2_figure, g3_figure, g4_entries, g4_figure
+
+
+def _number(value: float | None, percent: bool = False) -> str:
+    if value is None:
+        return "–"
+    return f"{100 * value:.1f} %" if percent else f"{value:.3f}"
+
+
+def summary_markdown(runs: list[tuple[str, RunFolder]]) -> str:
+    """One table row per run: accuracy, coupling index, late-epoch matching error, easy/hard accuracy."""
+    rows = ["| run | test accuracy | coupling index (G1) | late matching error (G2) | easy / hard accuracy (G4) |",
+            "|---|---|---|---|---|"]
+    for label, run in runs:
+        values = summary(run.path)
+        result = run.eval() or {}
+        acc = result.get("synthetic", {}).get("convnet")
+        accuracy = f"{100 * acc['mean']:.1f} ± {100 * acc['std']:.1f} %" if acc else "–"
+        rows.append(f"| {label} | {accuracy} | {_number(values['coupling_index'])} | "
+                    f"{_number(values['late_matching_error'])} | "
+                    f"{_number(values['easy_accuracy_synthetic'], True)} / "
+                    f"{_number(values['hard_accuracy_synthetic'], True)} |")
+    return "\n".join(rows)
+
+
+def coupling_over_time(runs: list[tuple[str, RunFolder]]) -> go.Figure:
+    """Mean between-group gradient cosine of every G1 record, one line per run."""
+    figure = go.Figure()
+    for i, (label, run) in enumerate(runs):
+        points = [(position, value) for position, record in enumerate(read_g1(run.path))
+                  if len(record["matrix"]) >= 2 and (value := mean_off_diagonal(record["matrix"])) is not None]
+        figure.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines", name=label,
+                                    line={"color": SERIES_COLOURS[i % len(SERIES_COLOURS)]}))
+    figure.update_layout(title="G1 coupling: mean cosine between subsets' gradients", template="plotly_white",
+                         xaxis_title="G1 record (distillation time →)", yaxis_title="cosine", height=320,
+                         margin={"l": 50, "r": 10, "t": 50, "b": 40})
+    return figure
+
+
+def comparison_overlays(runs: list[tuple[str, RunFolder]]):
+    """(summary markdown, G1 coupling lines, G2 overlay, G4 bars) for labelled runs."""
+    if not runs:
+        return "", None, None, None
+    g2 = [{**found, "label": label} for label, run in runs if (found := read_g2(run.path))]
+    g4 = [entry for i, (label, run) in enumerate(runs) if (found := read_g4(run.path))
+          for entry in g4_entries(found, label, baseline=i == 0)]
+    hint = ("" if g2 and g4 else "\n\nG2 and G4 appear once computed: Diagnostics tab → *Compute*, or "
+            "`python -m seqmatch_engine diagnose RUN`.")
+    return (summary_markdown(runs) + hint, coupling_over_time(runs), g2_figure(g2) if g2 else None,
+            g4_figure(g4) if g4 else None)
+
+
+def run_figures(run: RunFolder):
+    """(G1 lines, G3 embedding figure) of one run, None where not computed yet."""
+    records = read_g1(run.path)
+    stage_iterations = [s.iterations for s in run.config().distill.subsets]
+    embedding = load_embedding(run.path)
+    return (g1_lines(records, stage_iterations) if records else None,
+            g3_figure(embedding) if embedding is not None else None)
