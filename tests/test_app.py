@@ -108,6 +108,17 @@ def test_start_poll_pause_resume_stop_reopen_export_import(app, tmp_path):
     assert "seqmatch" in details and "random real" in details and final
     assert client.predict(run_id, 0, api_name="/timeline")
 
+    status = client.predict([run_id], "pca", api_name="/diagnostics_compute")  # the job list stays in session state
+    assert "Queued" in status or "Running" in status
+
+    def diagnostics_done():
+        status, summary, *figures = client.predict([run_id], api_name="/diagnostics_poll")
+        return (status, summary, figures) if "computed" in str(status) else None
+
+    status, summary, figures = wait_for(diagnostics_done, timeout=300)
+    assert "coupling index" in summary and "SEQMATCH" in summary
+    assert all(isinstance(f, dict) and f.get("plot") for f in figures), figures  # G1 x3, G2, G3, G4 rendered
+
     archive, message = client.predict(run_id, api_name="/export_run")
     names = set(zipfile.ZipFile(archive).namelist())
     assert {"distilled_set.safetensors", "S1.png", "S2.png"} <= names
