@@ -85,6 +85,7 @@ class EvalConfig:
     augment: bool = True
     architectures: list[str] = field(default_factory=lambda: ["convnet"])
     baseline: bool = True        # also evaluate a random real subset of the same IPC
+    baseline_lr: float = 0.01    # lr of the random-real baseline (the DC/DSA/MTT protocol)
 
 
 @dataclass
@@ -240,6 +241,7 @@ def validate(config: RunConfig) -> None:
     _require(v.num_nets >= 1, "eval.num_nets", "must be >= 1")
     _require(v.select_nets >= 1, "eval.select_nets", "must be >= 1")
     _require(v.batch_size >= 1, "eval.batch_size", "must be >= 1")
+    _require(v.baseline_lr > 0, "eval.baseline_lr", "must be > 0")
     _require(len(v.architectures) >= 1, "eval.architectures", "needs at least one architecture")
     for arch in v.architectures:
         _require(arch in ARCHITECTURES, "eval.architectures", f"unknown {arch!r}; choose from {', '.join(ARCHITECTURES)}")

@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import DSA_OPERATIONS, augment
-from .config import EvalConfig
+from .config import EvalConfig, RunConfig
 from .matching import draw_minibatches
 from .models import ConvNetSpec, build_eval_net
+from .prepare import PreparedData
 from .seeding import make_generator
 
 ProgressFn = Callable[[int, int], None]  # (done, total)
@@ -111,6 +112,13 @@ def evaluate_curriculum(stages: list[CurriculumStage], spec: ConvNetSpec, config
         if progress:
             progress(i + 1, num_nets)
     return Accuracy(values)
+
+
+def random_real_curriculum(data: PreparedData, config: RunConfig) -> list[CurriculumStage]:
+    """The baseline: one stage of `config.ipc` random real images per class at `eval.baseline_lr`."""
+    images, labels = random_real_subset(data.train_images, data.train_labels, data.num_classes, config.ipc,
+                                        make_generator(config.seed, "random-real"))
+    return [CurriculumStage(images, labels, config.eval.baseline_lr)]
 
 
 def random_real_subset(train_images: torch.Tensor, train_labels: torch.Tensor, num_classes: int, ipc: int,

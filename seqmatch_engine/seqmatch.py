@@ -22,9 +22,9 @@ import torch
 from .augment import DSA_OPERATIONS
 from .config import RunConfig
 from .evaluate import (
-    CurriculumStage,
     curriculum_from_subsets,
     evaluate_curriculum,
+    random_real_curriculum,
     random_real_subset,
     train_curriculum,
 )
@@ -369,9 +369,7 @@ class Distiller:
         cfg, data = self.config, self.data
         curriculum = curriculum_from_subsets([(s.images.to(self.device), s.labels.to(self.device)) for s in subsets],
                                              [s.lr for s in subsets])
-        real_images, real_labels = random_real_subset(data.train_images, data.train_labels, data.num_classes,
-                                                      cfg.ipc, make_generator(cfg.seed, "random-real"))
-        baseline = [CurriculumStage(real_images, real_labels, cfg.experts.lr)]
+        baseline = random_real_curriculum(data, cfg)
         jobs = [("synthetic", curriculum)] + ([("random_real", baseline)] if cfg.eval.baseline else [])
         total = len(jobs) * len(cfg.eval.architectures) * cfg.eval.num_nets
         result: dict[str, Any] = {"method": cfg.method, "ipc": cfg.ipc, "lrs": [s.lr for s in subsets],

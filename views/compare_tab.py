@@ -69,8 +69,10 @@ class CompareTab:
             self.start = gr.Button("Start comparison", variant="primary", scale=1, elem_id="sm-compare-start")
         with gr.Accordion("…or pick two finished runs", open=False):
             with gr.Row():
-                self.pick_mtt = gr.Dropdown(run_choices(self.manager, "mtt"), label="Static MTT run", allow_custom_value=True)
-                self.pick_seq = gr.Dropdown(run_choices(self.manager, "seqmatch"), label="SeqMatch run", allow_custom_value=True)
+                self.pick_mtt = gr.Dropdown(run_choices(self.manager, "mtt"), label="Static MTT run",
+                                            allow_custom_value=True)
+                self.pick_seq = gr.Dropdown(run_choices(self.manager, "seqmatch"), label="SeqMatch run",
+                                            allow_custom_value=True)
                 self.show = gr.Button("Show")
         self.message = gr.Markdown(elem_id="sm-compare-message")
         with gr.Row(equal_height=False):

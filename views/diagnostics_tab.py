@@ -25,7 +25,8 @@ class DiagnosticsTab:
 
     def build(self) -> None:
         with gr.Row():
-            self.runs = gr.Dropdown(finished_runs(self.manager), multiselect=True, label="Finished runs (first = main)", allow_custom_value=True,
+            self.runs = gr.Dropdown(finished_runs(self.manager), multiselect=True, label="Finished runs (first = main)",
+                                    allow_custom_value=True,
                                     scale=4, elem_id="sm-diag-runs")
             self.reducer = gr.Radio(["pca", "umap"], value="pca", label="G3 map", scale=1,
                                     info="pca: instant preview; umap: slower, truer neighbourhoods")

@@ -55,7 +55,8 @@ class RunsTab:
         self.table = gr.Dataframe(headers=COLUMNS, value=run_rows(self.manager), interactive=False, wrap=True,
                                   elem_id="sm-runs-table")
         with gr.Row():
-            self.selected = gr.Dropdown([r[0] for r in run_rows(self.manager)], label="Run", scale=3, allow_custom_value=True,
+            self.selected = gr.Dropdown([r[0] for r in run_rows(self.manager)], label="Run", scale=3,
+                                        allow_custom_value=True,
                                         elem_id="sm-runs-select")
             self.resume = gr.Button("Resume / watch", scale=1)
             self.export = gr.Button("Export set", scale=1)

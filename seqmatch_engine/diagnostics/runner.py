@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..evaluate import CurriculumStage, curriculum_from_subsets, random_real_subset, train_curriculum
+from ..evaluate import curriculum_from_subsets, random_real_curriculum, train_curriculum
 from ..experts import ExpertCache, recipe_key, train_trajectory
 from ..models import build_eval_net, init_convnet_params
 from ..prepare import PreparedData, prepare_data
@@ -160,9 +160,7 @@ class RunDiagnostics:
         easy, hard, threshold = split_easy_hard(h)
         curriculum = curriculum_from_subsets([(s.images.to(self.device), s.labels.to(self.device))
                                               for s in self.subsets], [s.lr for s in self.subsets])
-        real_images, real_labels = random_real_subset(data.train_images, data.train_labels, data.num_classes,
-                                                      cfg.ipc, make_generator(cfg.seed, "random-real"))
-        jobs = [("synthetic", curriculum), ("random_real", [CurriculumStage(real_images, real_labels, cfg.experts.lr)])]
+        jobs = [("synthetic", curriculum), ("random_real", random_real_curriculum(data, cfg))]
         nets, total, done = self.options.nets, 2 * self.options.nets, 0
         labels = data.test_labels.cpu()
         sets: dict[str, Any] = {}
