@@ -81,8 +81,28 @@ class DatasetError(ValueError):
     """A dataset is unknown, missing on disk, or its files are malformed."""
 
 
+class ImageShape:
+    """Shape facts shared by raw and prepared datasets (needs `class_names` and `train_images`)."""
+
+    class_names: tuple[str, ...]
+    train_images: torch.Tensor
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def channels(self) -> int:
+        return self.train_images.shape[1]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``(H, W)`` of every image."""
+        return self.train_images.shape[2], self.train_images.shape[3]
+
+
 @dataclass(frozen=True, eq=False)
-class ImageDataset:
+class ImageDataset(ImageShape):
     """An image classification dataset with raw pixels.
 
     ``train_images``/``test_images``: ``(N, C, H, W)`` / ``(M, C, H, W)`` uint8.
@@ -119,18 +139,6 @@ class ImageDataset:
                 f"got {len(self.mean)}/{len(self.std)}"
             )
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def channels(self) -> int:
-        return self.train_images.shape[1]
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        """``(H, W)`` of every image."""
-        return self.train_images.shape[2], self.train_images.shape[3]
 
 
 def _check_split(split: str, images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:

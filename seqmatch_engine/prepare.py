@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import DataConfig
-from .data import DatasetError, ImageDataset, load_dataset
+from .data import DatasetError, ImageDataset, ImageShape, load_dataset
 from .seeding import make_generator
 
 ZCA_EPS = 0.1
@@ -51,7 +51,7 @@ def fit_zca(x: torch.Tensor, eps: float = ZCA_EPS) -> tuple[torch.Tensor, torch.
 
 
 @dataclass
-class PreparedData:
+class PreparedData(ImageShape):
     """Model-ready splits on one device. Images are (N, C, H, W) float, labels (N,) int64."""
 
     name: str
@@ -63,18 +63,6 @@ class PreparedData:
     val_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def channels(self) -> int:
-        return self.train_images.shape[1]
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return tuple(self.train_images.shape[-2:])
 
     def class_indices(self) -> list[torch.Tensor]:
         """Per class c, the rows of the training split with label c."""

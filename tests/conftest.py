@@ -30,3 +30,10 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def isolated_home(tmp_path, monkeypatch):
+    """Nothing a test does may land in the current folder or the user's data root."""
+    monkeypatch.setenv("SEQMATCH_HOME", str(tmp_path / "env-home"))
+    monkeypatch.setenv("SEQMATCH_DATA_ROOT", str(tmp_path / "data-root"))

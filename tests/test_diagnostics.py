@@ -49,14 +49,6 @@ from seqmatch_engine.seqmatch import Distiller
 E1, E2, E3, E4 = torch.eye(4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(**distill) -> RunConfig:
     return RunConfig.from_dict({
         "name": "diag", "seed": 5, "device": "cpu",

@@ -66,19 +66,7 @@ def permission_denied(*args, **kwargs):
     raise OSError(errno.EACCES, "Permission denied")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tensors here are tiny: one intra-op thread is as fast, and far faster on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def isolated_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("SEQMATCH_HOME", str(tmp_path / "env-home"))
-    monkeypatch.setenv("SEQMATCH_DATA_ROOT", str(tmp_path / "data-root"))
+pytestmark = pytest.mark.usefixtures("isolated_home")
 
 
 @pytest.fixture
