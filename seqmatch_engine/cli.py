@@ -108,6 +108,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
         print(f"stopped; resume with: python -m seqmatch_engine distill --resume {run.path}")
         return 1
     print(format_accuracy(result))
+    seconds = run.status().get("phase_seconds", {})
+    print("wall time: " + ", ".join(f"{name} {value:.0f} s" for name, value in seconds.items()))
     return 0
 
 

@@ -115,14 +115,27 @@ class Distiller:
         self.control = control or RunControl()
         self.device = resolve_device(self.config.device)
         self._data = data
+        self._phase: str | None = None
+        self._phase_started = 0.0
+        self._phase_seconds: dict[str, float] = dict(run.status().get("phase_seconds", {}))
 
     # -- plumbing ----------------------------------------------------------------------------------
     def emit(self, kind: str, stage: int | None = None, iteration: int | None = None, **data: Any) -> None:
         self.observer(Event(kind, stage, iteration, data))
 
     def phase(self, name: str, stage: int | None = None, **extra: Any) -> None:
-        self.run_folder.update_status(state="running", phase=name, stage=stage, **extra)
+        self.run_folder.update_status(state="running", phase=name, stage=stage,
+                                      phase_seconds=self._time_phase(name), **extra)
         self.emit("phase", stage, name=name, **extra)
+
+    def _time_phase(self, name: str | None) -> dict[str, float]:
+        """Close the current phase's clock, start `name`'s; wall seconds per phase, summed over resumes."""
+        now = time.perf_counter()
+        if self._phase is not None:
+            self._phase_seconds[self._phase] = round(self._phase_seconds.get(self._phase, 0.0)
+                                                     + now - self._phase_started, 3)
+        self._phase, self._phase_started = name, now
+        return dict(self._phase_seconds)
 
     @property
     def spec(self) -> ConvNetSpec:
@@ -154,15 +167,17 @@ class Distiller:
                 subsets.append(subset)
             self.phase("evaluating")
             result = self.final_evaluation(subsets)
-            self.run_folder.update_status(state="done", phase="done", finished=time.time())
+            self.run_folder.update_status(state="done", phase="done", finished=time.time(),
+                                          phase_seconds=self._time_phase(None))
             self.emit("done", data=result)
             return result
         except StopRequested:
-            self.run_folder.update_status(state="stopped", phase="stopped")
+            self.run_folder.update_status(state="stopped", phase="stopped", phase_seconds=self._time_phase(None))
             self.emit("phase", name="stopped")
             return None
         except Exception as error:
-            self.run_folder.update_status(state="failed", phase="failed", error=f"{type(error).__name__}: {error}")
+            self.run_folder.update_status(state="failed", phase="failed", error=f"{type(error).__name__}: {error}",
+                                          phase_seconds=self._time_phase(None))
             self.emit("error", message=str(error), kind_name=type(error).__name__)
             raise
 
