@@ -251,6 +251,8 @@ class JobManager:
         return waiting.index(run_id) if run_id in waiting else -1
 
     def _work(self) -> None:
+        # The first optimiser construction imports torch's compiler stack (~2 s): pay it before any Start.
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
         while True:
             run_id = self._queue.get()
             job = self._jobs[run_id]

@@ -58,7 +58,8 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(path, "a+b") as handle:
-            torn = handle.tell() > 0 and (handle.seek(-1, os.SEEK_END) or handle.read(1) != b"\n")
+            end = handle.seek(0, os.SEEK_END)
+            torn = end > 0 and handle.seek(end - 1) >= 0 and handle.read(1) != b"\n"
             handle.write((("\n" if torn else "") + json.dumps(record) + "\n").encode())
     except OSError as error:
         raise StorageError(f"could not append to {path}: {error.strerror or error}") from error

@@ -217,6 +217,13 @@ def test_append_after_a_torn_line_keeps_the_new_record(tmp_path):
     assert read_jsonl(path) == [{"iteration": 1}, {"iteration": 2}]
 
 
+def test_appends_write_one_line_per_record(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    for i in range(3):
+        append_jsonl(path, {"iteration": i})
+    assert path.read_text() == "".join(f'{{"iteration": {i}}}\n' for i in range(3))
+
+
 # ============================================================================ RunFolder basics
 
 
