@@ -41,6 +41,10 @@ def free_port() -> int:
 
 @pytest.fixture
 def server(demo_home):
+    # Train the preset's stage-1 experts first (the end-to-end test reuses them), so the page under
+    # test shows images seconds after Start, as it does for a user whose experts are cached.
+    subprocess.run([sys.executable, "-m", "seqmatch_engine", "--home", str(demo_home), "experts", "--preset",
+                    "cpu-demo"], cwd=REPO, check=True, capture_output=True, timeout=3000)
     port = free_port()
     process = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--home", str(demo_home)], cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -70,7 +74,7 @@ def test_start_cpu_demo_in_chromium_and_watch_it(server, screenshot_dir):
         page.get_by_text("SeqMatch Studio").first.wait_for(timeout=60_000)
         page.locator("#sm-start").click()
         grid = page.locator(".sm-grid img").first
-        grid.wait_for(state="visible", timeout=600_000)
+        grid.wait_for(state="visible", timeout=120_000)
         first_src = grid.get_attribute("src")
         page.wait_for_function(
             "src => { const i = document.querySelector('.sm-grid img'); return i && i.getAttribute('src') !== src; }",
