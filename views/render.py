@@ -34,7 +34,7 @@ def subset_panels(images: dict[int, torch.Tensor], transform: PixelTransform, cl
     """
     num_classes = len(class_names)
     font, title_font = _font(13), _font(15)
-    label_width = max(int(font.getlength(name)) for name in class_names) + 14
+    label_width = max(int(font.getlength(name)) for name in class_names) + 24
     panels = []
     for stage in sorted(images):
         pixels = transform.to_pixels(images[stage])
