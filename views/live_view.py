@@ -47,7 +47,7 @@ class LiveView:
             gr.Markdown(f"### {self.title}")
         self.status = gr.HTML(status_html(None), elem_classes="sm-status-box")
         self.images = gr.Image(label="Synthetic images (rows: classes)", type="numpy", interactive=False,
-                               buttons=["download", "fullscreen"], elem_classes="sm-grid", height=420)
+                               buttons=["download", "fullscreen"], elem_classes="sm-grid", height=560)
         self.curves = gr.Plot(label="Optimisation", show_label=False, elem_classes="sm-curves")
         self.accuracy = gr.Markdown(elem_classes="sm-accuracy")
         self.version = gr.State("")
