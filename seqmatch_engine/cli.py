@@ -1,4 +1,4 @@
-"""Command line: python -m seqmatch_engine experts|distill|evaluate|export|runs|presets|diagnose ..."""
+"""Command line: python -m seqmatch_engine experts|distill|evaluate|export|runs|presets|diagnose|bench ..."""
 from __future__ import annotations
 
 import argparse
@@ -109,7 +109,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         return 1
     print(format_accuracy(result))
     seconds = run.status().get("phase_seconds", {})
-    print("wall time: " + ", ".join(f"{name} {value:.0f} s" for name, value in seconds.items()))
+    print("wall time: " + ", ".join(f"{name} {value:.0f} s" for name, value in seconds.items()), file=sys.stderr)
     return 0
 
 
@@ -201,6 +201,13 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    run_bench(quick=args.quick, threads=args.threads, sections=args.only)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m seqmatch_engine", description=__doc__)
     parser.add_argument("--home", type=Path, default=None,
@@ -242,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--nets", type=int, default=2, help="G4 nets per set")
     sub.add_argument("--force", action="store_true", help="recompute G2-G4 even when the run has them")
     sub.set_defaults(func=cmd_diagnose)
+    sub = commands.add_parser("bench", help="speed and memory of the engine vs plain references (prints a report)")
+    sub.add_argument("--quick", action="store_true", help="one round per measurement, 1 expert for the first-image test")
+    sub.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    sub.add_argument("--only", nargs="+", choices=["matching", "flops", "memory", "experts", "evaluation", "first-image"],
+                     help="run only these sections")
+    sub.set_defaults(func=cmd_bench)
     return parser
 
 

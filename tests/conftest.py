@@ -9,8 +9,9 @@ import pytest
 
 @pytest.fixture(scope="session")
 def demo_home(tmp_path_factory) -> Path:
-    """A SEQMATCH_HOME shared by the slow end-to-end and browser tests."""
-    return tmp_path_factory.mktemp("demo-home")
+    """A SEQMATCH_HOME shared by the slow end-to-end and browser tests ($SEQMATCH_TEST_HOME to keep one)."""
+    kept = os.environ.get("SEQMATCH_TEST_HOME")
+    return Path(kept) if kept else tmp_path_factory.mktemp("demo-home")
 
 
 @pytest.fixture

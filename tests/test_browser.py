@@ -86,7 +86,8 @@ def test_start_cpu_demo_in_chromium_and_watch_it(server, screenshot_dir):
         page.get_by_text("Stopping after this iteration").wait_for(timeout=30_000)
         page.get_by_role("tab", name="Runs").click()
         page.locator("#sm-runs-refresh").click()
-        page.locator("#sm-runs-table").get_by_text("seqmatch").first.wait_for(timeout=60_000)
+        page.wait_for_function("() => (document.querySelector('#sm-runs-table')?.innerText || '').includes('seqmatch')",
+                               timeout=60_000)
         page.screenshot(path=str(screenshot_dir / "runs.png"), full_page=True)
         page.get_by_role("tab", name="Learn").click()
         page.get_by_text("What is dataset distillation?").wait_for()
