@@ -72,6 +72,7 @@ class DistillConfig:
     publish_every: int = 1            # images sent to observers every this many iterations
     diagnose_every: int = 0           # G1 gradient-similarity record every this many iterations; 0: off
     nominal_groups: int = 2           # G1 of static MTT: its one subset split into this many groups per class
+    memory_mode: str = "auto"         # "unrolled" (keep all N steps' graph), "recompute" (O(1) in N), or "auto"
 
 
 @dataclass
@@ -121,6 +122,7 @@ class RunConfig:
 ARCHITECTURES = ("convnet", "resnet18", "vgg11", "alexnet")
 EXPERT_SOURCES = ("retrained", "window")
 INITS = ("real", "noise")
+MEMORY_MODES = ("auto", "unrolled", "recompute")
 
 
 def _build(cls: type, raw: Any, where: str) -> Any:
@@ -224,6 +226,8 @@ def validate(config: RunConfig) -> None:
     _require(s.publish_every >= 1, "distill.publish_every", "must be >= 1")
     _require(s.diagnose_every >= 0, "distill.diagnose_every", "must be >= 0 (0 turns G1 recording off)")
     _require(s.nominal_groups >= 1, "distill.nominal_groups", "must be >= 1")
+    _require(s.memory_mode in MEMORY_MODES, "distill.memory_mode",
+             f"must be one of {', '.join(MEMORY_MODES)} (auto: unrolled when it fits in memory)")
     for k, sub in enumerate(s.subsets):
         where = f"distill.subsets[{k}]"
         _require(sub.ipc >= 1, f"{where}.ipc", "must be >= 1 image per class")

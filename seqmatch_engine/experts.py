@@ -13,14 +13,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from .augment import DSA_OPERATIONS, augment
-from .matching import draw_minibatches
-from .models import ConvNetSpec, convnet_forward
+from .matching import ConvNetStep, draw_minibatches
+from .memory import tune_cpu_allocator
+from .models import ConvNetSpec
 from .storage import StorageError, read_json, read_tensors, write_json, write_tensors
 
 EpochFn = Callable[[int], None]  # called with the epoch just finished
+# First-order steps use smaller chunks than the unroll (measured best at 3-5 MB of first conv output).
+EXPERT_CHUNK_BYTES = 4 << 20
 
 
 def recipe_key(recipe: dict[str, Any]) -> str:
@@ -40,23 +42,56 @@ def train_trajectory(spec: ConvNetSpec, images: torch.Tensor, labels: torch.Tens
                      epochs: int, lr: float, batch_size: int, use_augmentation: bool,
                      generator: torch.Generator, on_epoch: EpochFn | None = None) -> torch.Tensor:
     """Plain SGD (no momentum) on real data from `start` (P,): returns (epochs+1, P) on the CPU."""
-    params = start.detach().clone()
-    trajectory = [params.cpu().clone()]
+    return train_trajectories(spec, images, labels, [start], epochs, lr, batch_size, use_augmentation,
+                              [generator], on_epoch)[0]
+
+
+def train_trajectories(spec: ConvNetSpec, images: torch.Tensor, labels: torch.Tensor, starts: list[torch.Tensor],
+                       epochs: int, lr: float, batch_size: int, use_augmentation: bool,
+                       generators: list[torch.Generator], on_epoch: EpochFn | None = None) -> torch.Tensor:
+    """Several experts trained in lockstep, expert k from starts[k] drawing its minibatches and
+    augmentations from generators[k] in exactly the order `train_trajectory` does, so an expert's
+    trajectory does not depend on which others train beside it. Returns (K, epochs+1, P) on the CPU.
+
+    Each SGD step runs the fused ConvNet kernels of models.py over cache-sized chunks of the
+    batch (the gradient of a per-image loss is a sum over chunks); conv biases, which instance
+    norm cancels, keep their start value.
+    """
+    if len(starts) != len(generators):
+        raise ValueError("one generator per expert")
+    if images.device.type == "cpu":
+        tune_cpu_allocator()
+    stepper = ConvNetStep(spec, EXPERT_CHUNK_BYTES)
+    params = [[p.detach().clone() for p in stepper.split(start)] for start in starts]
+    trajectories = [[start.detach().cpu().clone()] for start in starts]
     steps = -(-len(images) // batch_size)
     for epoch in range(epochs):
-        for rows in draw_minibatches(generator, len(images), batch_size, steps):
-            rows = rows.to(images.device)
-            x = images[rows]
-            if use_augmentation:
-                x = augment(x, generator, DSA_OPERATIONS)
-            params.requires_grad_(True)
-            loss = F.cross_entropy(convnet_forward(params, x, spec), labels[rows])
-            (grad,) = torch.autograd.grad(loss, params)
-            params = (params - lr * grad).detach()
-        trajectory.append(params.cpu().clone())  # a real copy per epoch, on every device
+        orders = [draw_minibatches(g, len(images), batch_size, steps) for g in generators]
+        for j in range(steps):
+            for k, generator in enumerate(generators):
+                rows = orders[k][j].to(images.device)
+                x = images[rows]
+                if use_augmentation:
+                    x = augment(x, generator, DSA_OPERATIONS)
+                params[k] = _sgd_step(stepper, params[k], x, labels[rows], lr)
+        for k, start in enumerate(starts):
+            trajectories[k].append(stepper.join(params[k], start).cpu().clone())  # a real copy per epoch
         if on_epoch:
             on_epoch(epoch + 1)
-    return torch.stack(trajectory)
+    return torch.stack([torch.stack(t) for t in trajectories])
+
+
+def _sgd_step(stepper: ConvNetStep, pieces: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+              lr: float) -> list[torch.Tensor]:
+    """One SGD step on mean cross-entropy over (x, y), the gradient summed over chunks of the batch."""
+    leaves = [p.requires_grad_(True) for p in pieces]
+    size = stepper.chunk(len(x))
+    grads = [torch.zeros_like(p) for p in pieces]
+    for i in range(0, len(x), size):
+        for total, g in zip(grads, stepper.grads(leaves, x[i:i + size], y[i:i + size], False, len(x))):
+            total += g
+    with torch.no_grad():
+        return [(p - lr * g).detach() for p, g in zip(pieces, grads)]
 
 
 class ExpertCache:

@@ -32,6 +32,7 @@ class LiveState:
     run_id: str
     state: str = "queued"           # queued | running | paused | done | failed | stopped
     phase: str = "queued"
+    memory_mode: str | None = None  # the matching step's memory mode: "unrolled" or "recompute"
     stage: int | None = None
     iteration: int = 0
     iterations: int = 0
@@ -56,7 +57,8 @@ def live_from_folder(run: RunFolder) -> LiveState:
     state = status.get("state", "created")
     if state in ("running", "queued", "created"):
         state = "interrupted"  # no worker in this process owns it: resumable
-    live = LiveState(run.id, state=state, phase=status.get("phase", state), stage=status.get("stage"),
+    live = LiveState(run.id, state=state, phase=status.get("phase", state), memory_mode=status.get("memory_mode"),
+                     stage=status.get("stage"),
                      iteration=status.get("iteration", 0), iterations=status.get("iterations", 0),
                      error=status.get("error"), messages=[m["text"] for m in status.get("messages", [])])
     for record in run.metrics():
@@ -96,6 +98,7 @@ class _LiveObserver:
                 live.phase = data["name"]
                 live.stage = event.stage if event.stage is not None else live.stage
                 live.progress = None
+                live.memory_mode = data.get("memory_mode", live.memory_mode)
                 if "iterations" in data:
                     live.iterations, live.iteration = data["iterations"], data.get("iteration", 0)
                 if "message" in data:

@@ -29,7 +29,8 @@ from .evaluate import (
     train_curriculum,
 )
 from .experts import ExpertCache, tensor_digest, train_trajectory
-from .matching import DivergenceError, MatchingState, draw_unroll_plan, outer_step
+from .matching import ConvNetStudent, DivergenceError, MatchingState, draw_unroll_plan, outer_step
+from .memory import choose_memory_mode
 from .models import ConvNet, ConvNetSpec, convnet_forward, default_depth, init_convnet_params
 from .prepare import PreparedData, prepare_data
 from .runs import RunFolder, Subset
@@ -256,7 +257,9 @@ class Distiller:
             state = MatchingState.create(init, sub.lr_init, dist.lr_img, dist.lr_lr, dist.momentum)
             generator = make_generator(cfg.seed, "distill", k)
             iteration, best = 0, {"accuracy": -1.0, "iteration": 0, "images": init.clone(), "lr": sub.lr_init}
-        self.phase(f"distilling S{k + 1}", k, iteration=iteration, iterations=sub.iterations)
+        memory = choose_memory_mode(dist.memory_mode, self.spec, batch_syn, dist.syn_steps, len(labels), self.device)
+        student = ConvNetStudent(self.spec, memory.mode)  # the fused ConvNet step, in the chosen memory mode
+        self.phase(f"distilling S{k + 1}", k, iteration=iteration, iterations=sub.iterations, memory_mode=memory.mode)
         self.emit("stage_start", k, iteration, images=state.images.detach().clone())
         if not resumed and dist.select_every:
             self._select(k, 0, state, prior, best)
@@ -274,7 +277,7 @@ class Distiller:
             target = experts[expert, t + dist.expert_epochs].to(self.device)
             plan = draw_unroll_plan(generator, len(labels), batch_syn, dist.syn_steps, data.image_size, operations)
             try:
-                step = outer_step(self.forward, state, frozen, labels, start, target, plan, dist.max_lr,
+                step = outer_step(student, state, frozen, labels, start, target, plan, dist.max_lr,
                                   g1.due(iteration + 1))  # record_gradients: G1 measures, never changes, the step
             except DivergenceError as error:
                 return self._stop_diverged(k, iteration, error, best, last_good, labels_k)

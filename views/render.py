@@ -110,6 +110,8 @@ def status_html(live: LiveState | None, queue_position: int = 0) -> str:
         parts.append(f"{done}/{total}")
     if live.phase.startswith("distilling") and live.eta_s is not None:
         parts.append(f"ETA {format_seconds(live.eta_s)}")
+    if live.phase.startswith("distilling") and live.memory_mode:
+        parts.append(f"memory: {html.escape(live.memory_mode)}")
     if live.losses:
         parts.append(f"loss {live.losses[-1][2]:.4f}")
     if live.lrs:

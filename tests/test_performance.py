@@ -1,0 +1,264 @@
+"""The fast paths give the reference's numbers: fused kernels, the recompute mode, chunking,
+the automatic memory mode, lockstep experts, and the benchmark's plain references."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from reference import reference_unroll, relative_error
+
+import seqmatch_engine.matching as matching
+from seqmatch_engine.augment import DSA_OPERATIONS, apply_augmentation, augment
+from seqmatch_engine.config import ConfigError, RunConfig
+from seqmatch_engine.experts import train_trajectories, train_trajectory
+from seqmatch_engine.matching import (
+    ConvNetStudent,
+    MatchingState,
+    draw_minibatches,
+    draw_unroll_plan,
+    matching_loss,
+    normalised_distance,
+    outer_step,
+)
+from seqmatch_engine.memory import choose_memory_mode, estimate_bytes
+from seqmatch_engine.models import (
+    ConvNetSpec,
+    Im2colConv,
+    NormReLUPool,
+    convnet_forward,
+    fast_convnet_forward,
+    init_convnet_params,
+    unflatten,
+)
+from seqmatch_engine.seeding import make_generator
+
+OPS = ("color", "crop", "scale", "rotate", "flip", "cutout")
+SPECS = {
+    "im2col-even": ConvNetSpec(2, (8, 8), 3, width=4, depth=2),
+    "im2col-odd": ConvNetSpec(1, (14, 14), 3, width=5, depth=3),   # 14 -> 7 -> 3: odd pooling
+    "onednn": ConvNetSpec(6, (9, 9), 3, width=4, depth=2),         # > 4 input channels: F.conv2d
+}
+
+
+def problem(spec, dtype, steps=4, batch=4, ipc=2, seed=0):
+    g = make_generator(seed, "perf")
+    start = init_convnet_params(spec, g).to(dtype)
+    target = start + 0.05 * torch.randn(start.shape, generator=g, dtype=dtype)
+    images = torch.randn((spec.num_classes * ipc, spec.channels, *spec.image_size), generator=g, dtype=dtype)
+    labels = torch.arange(spec.num_classes).repeat_interleave(ipc)
+    plan = draw_unroll_plan(g, len(images), batch, steps, spec.image_size, OPS)
+    return start, target, images, labels, plan
+
+
+def meta_gradients(kind, spec, start, target, images, labels, plan):
+    x = images.clone().requires_grad_(True)
+    lr = torch.tensor(0.05, dtype=images.dtype, requires_grad=True)
+    if kind == "reference":
+        augs = [lambda im, d=s.augmentation: apply_augmentation(im, d) for s in plan]
+        loss = normalised_distance(reference_unroll(spec, start, x, labels, lr, [s.indices for s in plan], augs),
+                                   start, target)
+    else:
+        loss = matching_loss(ConvNetStudent(spec, kind), start, target, x, labels, lr, plan)
+    loss.backward()
+    return loss.detach(), x.grad, lr.grad
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-11), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("chunk_bytes", [None, 1])  # 1: every chunk is a single image
+def test_fast_and_recompute_equal_the_reference(name, dtype, tol, chunk_bytes, monkeypatch):
+    if chunk_bytes:
+        monkeypatch.setattr(matching, "CHUNK_BYTES", chunk_bytes)
+    spec = SPECS[name]
+    case = problem(spec, dtype)
+    ref = meta_gradients("reference", spec, *case)
+    for kind in ("unrolled", "recompute"):
+        got = meta_gradients(kind, spec, *case)
+        for a, b in zip(got, ref):
+            assert relative_error(a, b) < tol, (kind, relative_error(a, b))
+    assert ref[1].abs().sum() > 0 and ref[2] != 0
+
+
+def test_generic_forward_recompute_equals_unrolled():
+    spec = SPECS["im2col-even"]
+    start, target, images, labels, plan = problem(spec, torch.float64)
+    results = []
+    for mode in ("unrolled", "recompute"):
+        x = images.clone().requires_grad_(True)
+        lr = torch.tensor(0.05, dtype=torch.float64, requires_grad=True)
+        matching_loss(lambda p, xx: convnet_forward(p, xx, spec), start, target, x, labels, lr, plan, mode).backward()
+        results.append((x.grad, lr.grad))
+    for a, b in zip(*results):
+        assert relative_error(a, b) < 1e-12
+
+
+def test_fused_kernels_pass_gradcheck_and_gradgradcheck():
+    g = torch.Generator().manual_seed(0)
+    for size in (6, 7):
+        z = torch.randn(2, 3, size, size, dtype=torch.float64, generator=g, requires_grad=True)
+        gamma = torch.randn(3, dtype=torch.float64, generator=g, requires_grad=True)
+        beta = torch.randn(3, dtype=torch.float64, generator=g, requires_grad=True)
+        torch.testing.assert_close(NormReLUPool.apply(z, gamma, beta),
+                                   F.avg_pool2d(F.relu(F.group_norm(z, 3, gamma, beta)), 2))
+        assert torch.autograd.gradgradcheck(NormReLUPool.apply, (z, gamma, beta))
+    x = torch.randn(2, 2, 5, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    torch.testing.assert_close(Im2colConv.apply(x, w), F.conv2d(x, w, padding=1))
+    assert torch.autograd.gradgradcheck(Im2colConv.apply, (x, w))
+
+
+def test_fast_forward_equals_convnet_forward_with_its_conv_biases():
+    spec = SPECS["im2col-odd"]
+    flat = init_convnet_params(spec, make_generator(0, "f"))
+    flat = flat + 0.1 * torch.randn(flat.shape, generator=make_generator(1, "f"))  # nonzero conv biases
+    x = torch.randn(3, spec.channels, *spec.image_size, generator=make_generator(2, "f"))
+    torch.testing.assert_close(fast_convnet_forward(unflatten(flat, spec), x, spec), convnet_forward(flat, x, spec),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["unrolled", "recompute"])
+def test_outer_step_with_the_fast_student_matches_the_generic_step(mode):
+    spec = SPECS["im2col-even"]
+    start, target, images, labels, plan = problem(spec, torch.float64)
+    frozen, learned = images[:2], images[2:]
+    states = [MatchingState.create(learned, lr=0.05, lr_img=10.0, lr_lr=1e-3, momentum=0.5) for _ in range(2)]
+    forwards = [lambda p, x: convnet_forward(p, x, spec), ConvNetStudent(spec, mode)]
+    results = [outer_step(f, s, frozen, labels, start, target, plan, max_lr=1.0, record_gradients=True)
+               for f, s in zip(forwards, states)]
+    assert results[0].loss == pytest.approx(results[1].loss, rel=1e-12)
+    torch.testing.assert_close(results[1].image_grads, results[0].image_grads, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(states[1].images, states[0].images, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(states[1].lr, states[0].lr, rtol=1e-12, atol=1e-14)
+
+
+# -- memory mode ----------------------------------------------------------------------------------------
+def test_auto_memory_mode_follows_the_budget():
+    spec = ConvNetSpec(1, (28, 28), 10, width=32, depth=3)
+    need = estimate_bytes(spec, 100, 50, "unrolled")
+    roomy = choose_memory_mode("auto", spec, 100, 50, available=10 * need)
+    tight = choose_memory_mode("auto", spec, 100, 50, available=need)
+    assert roomy.mode == "unrolled" and tight.mode == "recompute"
+    assert "would not fit" in tight.describe() and "fits" in roomy.describe()
+    assert choose_memory_mode("unrolled", spec, 100, 50, available=1).mode == "unrolled"
+    assert choose_memory_mode("recompute", spec, 100, 50, available=1 << 50).mode == "recompute"
+    with pytest.raises(ValueError, match="memory_mode"):
+        choose_memory_mode("fast", spec, 100, 50)
+
+
+def test_memory_estimates_grow_with_steps_only_when_unrolled():
+    spec = ConvNetSpec(1, (28, 28), 10, width=32, depth=3)
+    unrolled = [estimate_bytes(spec, 100, n, "unrolled") for n in (10, 30, 50)]
+    recompute = [estimate_bytes(spec, 100, n, "recompute") for n in (10, 30, 50)]
+    assert unrolled[0] < unrolled[1] < unrolled[2]
+    assert recompute[2] - recompute[0] < 0.05 * recompute[0]
+    assert recompute[2] <= unrolled[2] / 4
+
+
+def test_config_accepts_and_checks_memory_mode():
+    raw = {"distill": {"memory_mode": "recompute"}}
+    assert RunConfig.from_dict(raw).distill.memory_mode == "recompute"
+    assert RunConfig.from_dict({}).distill.memory_mode == "auto"
+    with pytest.raises(ConfigError, match="distill.memory_mode"):
+        RunConfig.from_dict({"distill": {"memory_mode": "fast"}})
+
+
+def test_distiller_reports_and_uses_the_chosen_memory_mode(tmp_path, monkeypatch):
+    import seqmatch_engine.seqmatch as driver
+    from seqmatch_engine.runs import RunFolder
+
+    raw = {"name": "mem", "seed": 1, "device": "cpu",
+           "data": {"dataset": "fashion-mnist-small", "train_per_class": 6, "val_per_class": 2},
+           "model": {"width": 4, "depth": 2},
+           "experts": {"num_experts": 1, "epochs": 2, "batch_size": 32},
+           "distill": {"subsets": [{"ipc": 1, "interval": [0, 2], "iterations": 2}], "syn_steps": 2,
+                       "expert_epochs": 1, "select_every": 0, "memory_mode": "recompute"},
+           "eval": {"epochs": 1, "num_nets": 1, "batch_size": 64, "baseline": False}}
+    modes = []
+    real = driver.outer_step
+
+    def spy(forward, *rest):
+        modes.append(forward.memory_mode)
+        return real(forward, *rest)
+
+    monkeypatch.setattr(driver, "outer_step", spy)
+    events = []
+    run = RunFolder.create(tmp_path / "runs", RunConfig.from_dict(raw))
+    driver.Distiller(run, tmp_path / "experts", events.append).run()
+    phases = [e.data for e in events if e.kind == "phase" and e.data.get("name") == "distilling S1"]
+    assert phases and phases[0]["memory_mode"] == "recompute"
+    assert modes == ["recompute", "recompute"]
+    assert run.status().get("memory_mode") == "recompute"
+    # what the app shows: the live state rebuilt from the folder, and the status card while distilling
+    from seqmatch_engine.jobs import live_from_folder
+    from views.render import status_html
+
+    live = live_from_folder(run)
+    assert live.memory_mode == "recompute"
+    live.phase, live.state = "distilling S1", "running"
+    assert "memory: recompute" in status_html(live)
+
+
+# -- experts ------------------------------------------------------------------------------------------------
+def expert_problem():
+    spec = ConvNetSpec(1, (8, 8), 2, width=4, depth=2)
+    g = make_generator(0, "experts")
+    x = torch.randn(24, 1, 8, 8, generator=g)
+    y = torch.arange(2).repeat(12)
+    starts = [init_convnet_params(spec, make_generator(0, "start", k)) for k in range(3)]
+    return spec, x, y, starts
+
+
+def test_lockstep_experts_equal_experts_trained_one_at_a_time():
+    spec, x, y, starts = expert_problem()
+    gens = lambda ks: [make_generator(0, "expert", k) for k in ks]  # noqa: E731
+    together = train_trajectories(spec, x, y, starts, 3, 0.1, 8, True, gens(range(3)))
+    alone = [train_trajectory(spec, x, y, starts[k], 3, 0.1, 8, True, gens([k])[0]) for k in range(3)]
+    reordered = train_trajectories(spec, x, y, [starts[2], starts[0]], 3, 0.1, 8, True, gens([2, 0]))
+    assert together.shape == (3, 4, spec.num_params)
+    for k in range(3):
+        torch.testing.assert_close(together[k], alone[k], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(reordered[0], together[2], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(reordered[1], together[0], rtol=1e-6, atol=1e-7)
+
+
+def test_fast_experts_equal_a_plain_autograd_sgd_loop():
+    spec, x, y, starts = expert_problem()
+    start = starts[0].double()
+    fast = train_trajectory(spec, x.double(), y, start, 2, 0.1, 8, True, make_generator(0, "expert", 0))
+    g = make_generator(0, "expert", 0)
+    params, plain = start.clone(), [start.clone()]
+    for _ in range(2):
+        for rows in draw_minibatches(g, len(x), 8, 3):
+            batch = augment(x.double()[rows], g, DSA_OPERATIONS)
+            params.requires_grad_(True)
+            (grad,) = torch.autograd.grad(F.cross_entropy(convnet_forward(params, batch, spec), y[rows]), params)
+            params = (params - 0.1 * grad).detach()
+        plain.append(params.clone())
+    torch.testing.assert_close(fast, torch.stack(plain), rtol=1e-9, atol=1e-11)
+
+
+# -- benchmark's references and CLI ---------------------------------------------------------------------------
+def test_bench_plain_reference_equals_our_step():
+    from seqmatch_engine.bench import plain_matching_loss
+
+    spec = SPECS["im2col-odd"]
+    start, target, images, labels, plan = problem(spec, torch.float64)
+    grads = []
+    for which in ("plain", "ours"):
+        x = images.clone().requires_grad_(True)
+        lr = torch.tensor(0.05, dtype=torch.float64, requires_grad=True)
+        if which == "plain":
+            loss = plain_matching_loss(spec, start, target, x, labels, lr, plan)
+        else:
+            loss = matching_loss(ConvNetStudent(spec), start, target, x, labels, lr, plan)
+        loss.backward()
+        grads.append((loss.detach(), x.grad, lr.grad))
+    for a, b in zip(*grads):
+        assert relative_error(a, b) < 1e-11
+
+
+def test_bench_command_is_wired():
+    from seqmatch_engine.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--quick", "--threads", "1", "--only", "memory"])
+    assert args.quick and args.threads == 1 and args.only == ["memory"] and args.func.__name__ == "cmd_bench"
