@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -41,44 +43,29 @@ def tensor_digest(*tensors: torch.Tensor) -> str:
 def train_trajectory(spec: ConvNetSpec, images: torch.Tensor, labels: torch.Tensor, start: torch.Tensor,
                      epochs: int, lr: float, batch_size: int, use_augmentation: bool,
                      generator: torch.Generator, on_epoch: EpochFn | None = None) -> torch.Tensor:
-    """Plain SGD (no momentum) on real data from `start` (P,): returns (epochs+1, P) on the CPU."""
-    return train_trajectories(spec, images, labels, [start], epochs, lr, batch_size, use_augmentation,
-                              [generator], on_epoch)[0]
+    """Plain SGD (no momentum) on real data from `start` (P,): returns (epochs+1, P) on the CPU.
 
-
-def train_trajectories(spec: ConvNetSpec, images: torch.Tensor, labels: torch.Tensor, starts: list[torch.Tensor],
-                       epochs: int, lr: float, batch_size: int, use_augmentation: bool,
-                       generators: list[torch.Generator], on_epoch: EpochFn | None = None) -> torch.Tensor:
-    """Several experts trained in lockstep, expert k from starts[k] drawing its minibatches and
-    augmentations from generators[k] in exactly the order `train_trajectory` does, so an expert's
-    trajectory does not depend on which others train beside it. Returns (K, epochs+1, P) on the CPU.
-
-    Each SGD step runs the fused ConvNet kernels of models.py over cache-sized chunks of the
-    batch (the gradient of a per-image loss is a sum over chunks); conv biases, which instance
+    Each step runs the fused ConvNet kernels of models.py over cache-sized chunks of the batch
+    (the gradient of a mean per-image loss is a sum over chunks); conv biases, which instance
     norm cancels, keep their start value.
     """
-    if len(starts) != len(generators):
-        raise ValueError("one generator per expert")
     if images.device.type == "cpu":
         tune_cpu_allocator()
     stepper = ConvNetStep(spec, EXPERT_CHUNK_BYTES)
-    params = [[p.detach().clone() for p in stepper.split(start)] for start in starts]
-    trajectories = [[start.detach().cpu().clone()] for start in starts]
+    params = [p.detach().clone() for p in stepper.split(start)]
+    trajectory = [start.detach().cpu().clone()]
     steps = -(-len(images) // batch_size)
     for epoch in range(epochs):
-        orders = [draw_minibatches(g, len(images), batch_size, steps) for g in generators]
-        for j in range(steps):
-            for k, generator in enumerate(generators):
-                rows = orders[k][j].to(images.device)
-                x = images[rows]
-                if use_augmentation:
-                    x = augment(x, generator, DSA_OPERATIONS)
-                params[k] = _sgd_step(stepper, params[k], x, labels[rows], lr)
-        for k, start in enumerate(starts):
-            trajectories[k].append(stepper.join(params[k], start).cpu().clone())  # a real copy per epoch
+        for rows in draw_minibatches(generator, len(images), batch_size, steps):
+            rows = rows.to(images.device)
+            x = images[rows]
+            if use_augmentation:
+                x = augment(x, generator, DSA_OPERATIONS)
+            params = _sgd_step(stepper, params, x, labels[rows], lr)
+        trajectory.append(stepper.join(params, start).cpu().clone())  # a real copy per epoch, on every device
         if on_epoch:
             on_epoch(epoch + 1)
-    return torch.stack([torch.stack(t) for t in trajectories])
+    return torch.stack(trajectory)
 
 
 def _sgd_step(stepper: ConvNetStep, pieces: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
@@ -111,10 +98,12 @@ class ExpertCache:
 
     def load_or_train(self, recipe: dict[str, Any], count: int, shape: tuple[int, int],
                       train_one: Callable[[int], torch.Tensor],
-                      on_expert: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        """Trajectories (count, E+1, P): cached files are read, missing ones trained and saved.
+                      on_expert: Callable[[int, int], None] | None = None, workers: int = 1) -> torch.Tensor:
+        """Trajectories (count, E+1, P): cached files are read, missing ones trained (`workers` at
+        a time, see `train_in_parallel`) and each saved as soon as it is done.
 
-        `train_one(i)` trains expert i; `shape` is (E+1, P) and guards against stale files.
+        `train_one(i)` trains expert i; `shape` is (E+1, P) and guards against stale files;
+        `on_expert(done, count)` follows progress.
         """
         folder = self.folder(recipe)
         recipe_file = folder / "recipe.json"
@@ -122,18 +111,61 @@ class ExpertCache:
             raise StorageError(f"{folder} holds experts of a different recipe (hash collision or edited "
                                f"file); delete that folder and run again")
         write_json(recipe_file, recipe)
-        trajectories = []
+        trajectories: dict[int, torch.Tensor] = {}
+        missing = []
         for i in range(count):
             path = self.expert_path(recipe, i)
-            if path.is_file():
-                trajectory = read_tensors(path, ("trajectory",))["trajectory"]
-                if tuple(trajectory.shape) != tuple(shape):
-                    raise StorageError(f"{path} has shape {tuple(trajectory.shape)}, expected {tuple(shape)}; "
-                                       f"delete {folder} and run again")
-            else:
-                trajectory = train_one(i)
-                write_tensors(path, {"trajectory": trajectory})
-            trajectories.append(trajectory)
+            if not path.is_file():
+                missing.append(i)
+                continue
+            trajectories[i] = read_tensors(path, ("trajectory",))["trajectory"]
+            if tuple(trajectories[i].shape) != tuple(shape):
+                raise StorageError(f"{path} has shape {tuple(trajectories[i].shape)}, expected {tuple(shape)}; "
+                                   f"delete {folder} and run again")
+        if on_expert and trajectories:
+            on_expert(len(trajectories), count)
+        for i, trajectory in train_in_parallel(train_one, missing, workers):
+            write_tensors(self.expert_path(recipe, i), {"trajectory": trajectory})
+            trajectories[i] = trajectory
             if on_expert:
-                on_expert(i + 1, count)
-        return torch.stack(trajectories)
+                on_expert(len(trajectories), count)
+        return torch.stack([trajectories[i] for i in range(count)])
+
+
+def expert_workers(device: torch.device | str) -> int:
+    """Experts trained at once: one per torch thread on the CPU (each single-threaded), one on a GPU."""
+    return torch.get_num_threads() if torch.device(device).type == "cpu" else 1
+
+
+@contextmanager
+def single_threaded_ops():
+    """torch ops on one thread inside the block (threads started inside it inherit the setting)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def train_in_parallel(train_one: Callable[[int], torch.Tensor], indices: list[int],
+                      workers: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """(i, train_one(i)) for every index, in order of completion, `workers` experts at a time.
+
+    With workers > 1 each expert runs in its own Python thread with single-threaded torch ops,
+    which on a small CPU keeps every core busy (one thread per small op scales poorly). An
+    expert's ops then run the same way however many train beside it, so its trajectory is
+    identical. The first error stops the rest (pending experts are cancelled) and is raised.
+    """
+    if workers <= 1:
+        for i in indices:
+            yield i, train_one(i)
+        return
+    with single_threaded_ops(), ThreadPoolExecutor(min(workers, len(indices)), "expert") as pool:
+        futures = {pool.submit(train_one, i): i for i in indices}
+        try:
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        finally:
+            for future in futures:
+                future.cancel()

@@ -12,6 +12,8 @@ resumes and stops the loop between outer iterations.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,13 +30,14 @@ from .evaluate import (
     random_real_subset,
     train_curriculum,
 )
-from .experts import ExpertCache, tensor_digest, train_trajectory
+from .experts import ExpertCache, expert_workers, recipe_key, tensor_digest, train_trajectory
 from .matching import ConvNetStudent, DivergenceError, MatchingState, draw_unroll_plan, outer_step
 from .memory import choose_memory_mode
 from .models import ConvNet, ConvNetSpec, convnet_forward, default_depth, init_convnet_params
 from .prepare import PreparedData, prepare_data
 from .runs import RunFolder, Subset
 from .seeding import make_generator, resolve_device
+from .storage import StorageError, read_json, write_json
 
 
 @dataclass
@@ -199,6 +202,8 @@ class Distiller:
         self.phase(f"experts {stage + 1}", stage, experts_total=count,
                    experts_cached=self.cache.cached_count(recipe, count))
         total = count * epochs
+        epochs_done = [0]
+        lock = threading.Lock()
 
         def train_one(i: int) -> torch.Tensor:
             generator = make_generator(self.config.seed, "expert", recipe["warm_start"], i)
@@ -206,15 +211,20 @@ class Distiller:
 
             def on_epoch(epoch: int) -> None:
                 self.control.checkpoint()
-                self.emit("progress", stage, task="experts", done=i * epochs + epoch, total=total)
+                with lock:
+                    epochs_done[0] += 1
+                    self.emit("progress", stage, task="experts", done=epochs_done[0], total=total)
 
             return train_trajectory(self.spec, self.data.train_images, self.data.train_labels, start, epochs,
                                     e.lr, e.batch_size, e.augment, generator, on_epoch)
 
         def on_expert(done: int, count: int) -> None:
-            self.emit("progress", stage, task="experts", done=done * epochs, total=total)
+            with lock:
+                epochs_done[0] = max(epochs_done[0], done * epochs)
+                self.emit("progress", stage, task="experts", done=epochs_done[0], total=total)
 
-        return self.cache.load_or_train(recipe, count, (epochs + 1, self.spec.num_params), train_one, on_expert)
+        return self.cache.load_or_train(recipe, count, (epochs + 1, self.spec.num_params), train_one, on_expert,
+                                        workers=expert_workers(self.device))
 
     def stage1_experts(self) -> torch.Tensor:
         """Trajectories (n, E+1, P) from random init on real data."""
@@ -382,6 +392,26 @@ class Distiller:
         self.emit("stage_done", k, data=info, images=subset.images.detach().clone())
 
     # -- evaluation -----------------------------------------------------------------------------------
+    def _cached_baseline(self, arch: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """The random-real baseline's accuracy, measured once per recipe: it depends on the data, the
+        model, the evaluation settings, the IPC and the seed only, so MTT and SeqMatch runs of a
+        comparison share it (saved beside the experts, under baselines/)."""
+        cfg = self.config
+        recipe = {"kind": "random-real baseline", "data": dataclasses.asdict(cfg.data),
+                  "model": dataclasses.asdict(cfg.model), "eval": dataclasses.asdict(cfg.eval), "ipc": cfg.ipc,
+                  "arch": arch, "seed": cfg.seed, "device": self.device.type}
+        recipe = json.loads(json.dumps(recipe))  # as it reads back from disk (tuples become lists)
+        path = self.cache.root / "baselines" / f"{recipe_key(recipe)}.json"
+        try:
+            stored = read_json(path) if path.is_file() else {}
+        except StorageError:
+            stored = {}  # a damaged cache file is measured again and replaced
+        if isinstance(stored, dict) and stored.get("recipe") == recipe and isinstance(stored.get("accuracy"), dict):
+            return stored["accuracy"]
+        accuracy = measure()
+        write_json(path, {"recipe": recipe, "accuracy": accuracy})
+        return accuracy
+
     def final_evaluation(self, subsets: list[Subset]) -> dict[str, Any]:
         """Test accuracy of the learned curriculum and of a random real set of the same IPC."""
         cfg, data = self.config, self.data
@@ -400,11 +430,15 @@ class Distiller:
                     self.control.checkpoint()
                     self.emit("progress", task="evaluation", done=offset + n, total=total)
 
-                acc = evaluate_curriculum(stages, self.spec, cfg.eval, arch, cfg.eval.num_nets, data.test_images,
-                                          data.test_labels, cfg.seed, name, progress)
-                result[name][arch] = acc.to_dict()
+                def measure(stages=stages, name=name, arch=arch, progress=progress) -> dict[str, Any]:
+                    return evaluate_curriculum(stages, self.spec, cfg.eval, arch, cfg.eval.num_nets, data.test_images,
+                                               data.test_labels, cfg.seed, name, progress).to_dict()
+
+                acc = measure() if name != "random_real" else self._cached_baseline(arch, measure)
+                result[name][arch] = acc
                 done += cfg.eval.num_nets
-                self.emit("evaluation", data={"set": name, "arch": arch, **acc.to_dict()})
+                self.emit("progress", task="evaluation", done=done, total=total)
+                self.emit("evaluation", data={"set": name, "arch": arch, **acc})
         self.run_folder.save_eval(result)
         return result
 

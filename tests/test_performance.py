@@ -1,5 +1,5 @@
 """The fast paths give the reference's numbers: fused kernels, the recompute mode, chunking,
-the automatic memory mode, lockstep experts, and the benchmark's plain references."""
+the automatic memory mode, experts trained in parallel, and the benchmark's plain references."""
 from __future__ import annotations
 
 import pytest
@@ -10,7 +10,7 @@ from reference import reference_unroll, relative_error
 import seqmatch_engine.matching as matching
 from seqmatch_engine.augment import DSA_OPERATIONS, apply_augmentation, augment
 from seqmatch_engine.config import ConfigError, RunConfig
-from seqmatch_engine.experts import train_trajectories, train_trajectory
+from seqmatch_engine.experts import ExpertCache, single_threaded_ops, train_in_parallel, train_trajectory
 from seqmatch_engine.matching import (
     ConvNetStudent,
     MatchingState,
@@ -208,17 +208,38 @@ def expert_problem():
     return spec, x, y, starts
 
 
-def test_lockstep_experts_equal_experts_trained_one_at_a_time():
+def test_parallel_experts_equal_experts_trained_one_at_a_time(tmp_path):
     spec, x, y, starts = expert_problem()
-    gens = lambda ks: [make_generator(0, "expert", k) for k in ks]  # noqa: E731
-    together = train_trajectories(spec, x, y, starts, 3, 0.1, 8, True, gens(range(3)))
-    alone = [train_trajectory(spec, x, y, starts[k], 3, 0.1, 8, True, gens([k])[0]) for k in range(3)]
-    reordered = train_trajectories(spec, x, y, [starts[2], starts[0]], 3, 0.1, 8, True, gens([2, 0]))
-    assert together.shape == (3, 4, spec.num_params)
-    for k in range(3):
-        torch.testing.assert_close(together[k], alone[k], rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(reordered[0], together[2], rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(reordered[1], together[0], rtol=1e-6, atol=1e-7)
+
+    def train_one(k):
+        return train_trajectory(spec, x, y, starts[k], 3, 0.1, 8, True, make_generator(0, "expert", k))
+
+    with single_threaded_ops():
+        alone = {k: train_one(k) for k in range(3)}
+    for workers in (2, 3):
+        together = dict(train_in_parallel(train_one, [0, 1, 2], workers))
+        assert sorted(together) == [0, 1, 2]
+        for k in range(3):
+            assert torch.equal(together[k], alone[k])  # bit for bit: each expert's ops ran the same way
+    # through the cache: files saved as they finish, progress counted, stacked in index order
+    cache, seen = ExpertCache(tmp_path), []
+    stacked = cache.load_or_train({"r": 1}, 3, (4, spec.num_params), train_one, lambda d, n: seen.append(d), workers=2)
+    assert seen == [1, 2, 3] and cache.cached_count({"r": 1}, 3) == 3
+    assert all(torch.equal(stacked[k], alone[k]) for k in range(3))
+
+
+def test_an_expert_error_stops_the_parallel_training():
+    started = []
+
+    def train_one(k):
+        started.append(k)
+        if k == 0:
+            raise RuntimeError("expert 0 failed")
+        return torch.zeros(1)
+
+    with pytest.raises(RuntimeError, match="expert 0 failed"):
+        list(train_in_parallel(train_one, list(range(50)), 2))
+    assert len(started) < 50  # the rest were cancelled
 
 
 def test_fast_experts_equal_a_plain_autograd_sgd_loop():
@@ -262,3 +283,12 @@ def test_bench_command_is_wired():
 
     args = build_parser().parse_args(["bench", "--quick", "--threads", "1", "--only", "memory"])
     assert args.quick and args.threads == 1 and args.only == ["memory"] and args.func.__name__ == "cmd_bench"
+
+
+@pytest.mark.parametrize("impl", ["plain", "ours", "parallel"])
+def test_bench_expert_children_run(impl):
+    from seqmatch_engine.bench import child_main
+
+    result = child_main({"kind": "experts", "impl": impl, "images": 64, "reps": 1})
+    assert len(result["times"]) == 1 and result["times"][0] > 0
+    assert result["images"] == 64 * result["experts"]

@@ -172,3 +172,29 @@ def test_exploding_lr_stops_the_stage_with_a_message_and_keeps_good_images(tmp_p
     for subset in run.subsets():
         assert torch.isfinite(subset.images).all() and 0 < subset.lr <= 1.0
     assert any(r["kind"] == "divergence" for r in run.metrics())
+
+
+def test_the_random_real_baseline_is_measured_once_per_recipe(tmp_path, monkeypatch):
+    import seqmatch_engine.seqmatch as driver
+
+    tags = []
+    real = driver.evaluate_curriculum
+
+    def spy(*args, **kwargs):
+        tags.append(args[8])  # the set's tag: "synthetic" or "random_real"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(driver, "evaluate_curriculum", spy)
+    seqmatch = tiny_config(subsets=[{"ipc": 1, "interval": [0, 3], "iterations": 1},
+                                    {"ipc": 1, "interval": [0, 3], "iterations": 1}])
+    _, first = run_to_end(tmp_path, as_static(seqmatch), "mtt")
+    _, second = run_to_end(tmp_path, seqmatch, "seqmatch")
+    assert tags == ["synthetic", "random_real", "synthetic"]  # the SeqMatch run reused the MTT run's baseline
+    assert second["random_real"] == first["random_real"]
+    (cached,) = (tmp_path / "experts" / "baselines").glob("*.json")
+    cached.write_text("{not json")  # a damaged cache file is measured again
+    _, third = run_to_end(tmp_path, seqmatch, "again")
+    assert tags[-2:] == ["synthetic", "random_real"] and third["random_real"] == first["random_real"]
+    other_seed = RunConfig.from_dict({**seqmatch.to_dict(), "seed": 4})
+    run_to_end(tmp_path, other_seed, "seed4")
+    assert tags[-1] == "random_real"  # another seed draws another random real set

@@ -1,0 +1,128 @@
+"""What a user waits for in the app, measured through a real `python app.py` server.
+
+    .venv/bin/python scripts/measure_app.py [--home DIR] [--preset cpu-demo] [--skip-compare]
+
+Starts the app as a subprocess on a free port with SEQMATCH_HOME=DIR (train the preset's stage-1
+experts there first, e.g. `SEQMATCH_HOME=DIR python -m seqmatch_engine experts --preset cpu-demo`,
+to measure with cached experts), then through gradio_client:
+1. Distil tab Start: seconds to the first image and to the first image that differs from it
+   (a real distillation step), and the latency of /poll while the run trains; the run is stopped.
+2. Compare tab Start: seconds until both runs are done, each run's phase_seconds, accuracies.
+Prints one report; the runs stay in DIR/runs.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gradio_client import Client
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from views.forms import FormValues, form_defaults  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def launch(home: Path) -> tuple[subprocess.Popen, Client]:
+    port = free_port()
+    env = {**os.environ, "SEQMATCH_HOME": str(home)}
+    server = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while True:
+        try:
+            return server, Client(f"http://127.0.0.1:{port}/", verbose=False)
+        except Exception:
+            if time.time() > deadline or server.poll() is not None:
+                server.kill()
+                raise SystemExit("the app did not come up within 120 s") from None
+            time.sleep(0.5)
+
+
+def measure_start(client: Client, preset: str) -> dict:
+    values = form_defaults(preset)
+    form = [getattr(values, name) for name in FormValues.fields()]
+    clicked = time.perf_counter()
+    run_id, _ = client.predict(*form, None, api_name="/start")
+    first = changed = None
+    seen: set[str] = set()
+    latencies = []
+    while changed is None and time.perf_counter() - clicked < 300:
+        asked = time.perf_counter()
+        _, image, _, _ = client.predict(run_id, api_name="/poll")
+        latencies.append(time.perf_counter() - asked)
+        if isinstance(image, str):
+            seen.add(digest(image))
+            first = first or time.perf_counter() - clicked
+            if len(seen) >= 2:
+                changed = time.perf_counter() - clicked
+        time.sleep(0.2)
+    for _ in range(20):  # more polls while it trains, for the latency figure
+        asked = time.perf_counter()
+        client.predict(run_id, api_name="/poll")
+        latencies.append(time.perf_counter() - asked)
+        time.sleep(0.2)
+    client.predict(run_id, api_name="/stop")
+    latencies.sort()
+    return {"run": run_id, "first_image_s": first, "first_changed_image_s": changed, "polls": len(latencies),
+            "poll_median_s": statistics.median(latencies), "poll_p90_s": latencies[int(0.9 * (len(latencies) - 1))]}
+
+
+def measure_compare(client: Client, home: Path, preset: str) -> dict:
+    values = form_defaults(preset)
+    clicked = time.perf_counter()
+    mtt, seq, _ = client.predict(preset, values.ipc, values.num_subsets, values.iterations, api_name="/compare_start")
+    report = {}
+    for run_id in (mtt, seq):
+        status_path = home / "runs" / run_id / "status.json"
+        while True:
+            status = json.loads(status_path.read_text()) if status_path.exists() else {}
+            if status.get("state") in ("done", "failed", "stopped"):
+                break
+            time.sleep(2)
+        result_path = home / "runs" / run_id / "eval.json"
+        result = json.loads(result_path.read_text()) if result_path.exists() else {}
+        report[run_id] = {"state": status["state"], "done_after_s": round(time.perf_counter() - clicked, 1),
+                          "phase_seconds": status.get("phase_seconds"),
+                          "synthetic": result.get("synthetic"), "random_real": result.get("random_real")}
+    report["total_s"] = round(time.perf_counter() - clicked, 1)
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", type=Path, default=Path("."))
+    parser.add_argument("--preset", default="cpu-demo")
+    parser.add_argument("--skip-compare", action="store_true")
+    args = parser.parse_args()
+    server, client = launch(args.home.resolve())
+    try:
+        print(json.dumps({"start": measure_start(client, args.preset)}, indent=1), flush=True)
+        time.sleep(3)  # let the stopped run release the worker
+        if not args.skip_compare:
+            print(json.dumps({"compare": measure_compare(client, args.home.resolve(), args.preset)}, indent=1))
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+if __name__ == "__main__":
+    main()
