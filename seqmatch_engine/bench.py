@@ -221,7 +221,8 @@ def child_main(task: dict[str, Any]) -> dict[str, Any]:
             times.append(time.perf_counter() - t0)
         result["first_seconds"] = first
     elif kind == "experts":
-        from .experts import expert_workers, train_in_parallel, train_trajectory
+        from .experts import train_trajectory
+        from .parallel import parallel_workers, run_in_parallel
 
         spec, images, labels = expert_data(task.get("images", 1024))
         start = init_convnet_params(spec, make_generator(0, "bench-start"))
@@ -233,8 +234,8 @@ def child_main(task: dict[str, Any]) -> dict[str, Any]:
             optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
             epoch = lambda: plain_expert_epoch(net, optimizer, images, labels, 256, make_generator(0, "e"))  # noqa: E731
         elif task["impl"] == "parallel":
-            experts = expert_workers("cpu")
-            epoch = lambda: list(train_in_parallel(one, list(range(experts)), experts))  # noqa: E731
+            experts = parallel_workers("cpu")
+            epoch = lambda: list(run_in_parallel(one, list(range(experts)), experts))  # noqa: E731
         else:
             epoch = lambda: one(0)  # noqa: E731
         epoch()

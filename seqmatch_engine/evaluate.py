@@ -18,6 +18,7 @@ from .augment import DSA_OPERATIONS, augment
 from .config import EvalConfig, RunConfig
 from .matching import draw_minibatches
 from .models import ConvNetSpec, build_eval_net
+from .parallel import run_in_parallel
 from .prepare import PreparedData
 from .seeding import make_generator
 
@@ -101,17 +102,21 @@ class Accuracy:
 
 def evaluate_curriculum(stages: list[CurriculumStage], spec: ConvNetSpec, config: EvalConfig, arch: str,
                         num_nets: int, test_images: torch.Tensor, test_labels: torch.Tensor, seed: int,
-                        tag: str, progress: ProgressFn | None = None) -> Accuracy:
-    """Train `num_nets` fresh `arch` nets through `stages` and measure accuracy on the test tensors."""
-    values = []
-    for i in range(num_nets):
+                        tag: str, progress: ProgressFn | None = None, workers: int = 1) -> Accuracy:
+    """Train `num_nets` fresh `arch` nets through `stages` and measure accuracy on the test tensors
+    (`workers` nets at a time, see parallel.run_in_parallel; net i's result does not depend on it)."""
+    def train_and_measure(i: int) -> float:
         generator = make_generator(seed, "eval", tag, arch, i)
         net = build_eval_net(arch, spec, generator, test_images.device)
         train_curriculum(net, stages, config, generator)
-        values.append(accuracy(net, test_images, test_labels))
+        return accuracy(net, test_images, test_labels)
+
+    values: dict[int, float] = {}
+    for i, value in run_in_parallel(train_and_measure, list(range(num_nets)), workers):
+        values[i] = value
         if progress:
-            progress(i + 1, num_nets)
-    return Accuracy(values)
+            progress(len(values), num_nets)
+    return Accuracy([values[i] for i in range(num_nets)])
 
 
 def random_real_curriculum(data: PreparedData, config: RunConfig) -> list[CurriculumStage]:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
@@ -20,6 +18,7 @@ from .augment import DSA_OPERATIONS, augment
 from .matching import ConvNetStep, draw_minibatches
 from .memory import tune_cpu_allocator
 from .models import ConvNetSpec
+from .parallel import run_in_parallel
 from .storage import StorageError, read_json, read_tensors, write_json, write_tensors
 
 EpochFn = Callable[[int], None]  # called with the epoch just finished
@@ -100,7 +99,7 @@ class ExpertCache:
                       train_one: Callable[[int], torch.Tensor],
                       on_expert: Callable[[int, int], None] | None = None, workers: int = 1) -> torch.Tensor:
         """Trajectories (count, E+1, P): cached files are read, missing ones trained (`workers` at
-        a time, see `train_in_parallel`) and each saved as soon as it is done.
+        a time, see `parallel.run_in_parallel`) and each saved as soon as it is done.
 
         `train_one(i)` trains expert i; `shape` is (E+1, P) and guards against stale files;
         `on_expert(done, count)` follows progress.
@@ -124,48 +123,9 @@ class ExpertCache:
                                    f"delete {folder} and run again")
         if on_expert and trajectories:
             on_expert(len(trajectories), count)
-        for i, trajectory in train_in_parallel(train_one, missing, workers):
+        for i, trajectory in run_in_parallel(train_one, missing, workers):
             write_tensors(self.expert_path(recipe, i), {"trajectory": trajectory})
             trajectories[i] = trajectory
             if on_expert:
                 on_expert(len(trajectories), count)
         return torch.stack([trajectories[i] for i in range(count)])
-
-
-def expert_workers(device: torch.device | str) -> int:
-    """Experts trained at once: one per torch thread on the CPU (each single-threaded), one on a GPU."""
-    return torch.get_num_threads() if torch.device(device).type == "cpu" else 1
-
-
-@contextmanager
-def single_threaded_ops():
-    """torch ops on one thread inside the block (threads started inside it inherit the setting)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def train_in_parallel(train_one: Callable[[int], torch.Tensor], indices: list[int],
-                      workers: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """(i, train_one(i)) for every index, in order of completion, `workers` experts at a time.
-
-    With workers > 1 each expert runs in its own Python thread with single-threaded torch ops,
-    which on a small CPU keeps every core busy (one thread per small op scales poorly). An
-    expert's ops then run the same way however many train beside it, so its trajectory is
-    identical. The first error stops the rest (pending experts are cancelled) and is raised.
-    """
-    if workers <= 1:
-        for i in indices:
-            yield i, train_one(i)
-        return
-    with single_threaded_ops(), ThreadPoolExecutor(min(workers, len(indices)), "expert") as pool:
-        futures = {pool.submit(train_one, i): i for i in indices}
-        try:
-            for future in as_completed(futures):
-                yield futures[future], future.result()
-        finally:
-            for future in futures:
-                future.cancel()

@@ -30,10 +30,11 @@ from .evaluate import (
     random_real_subset,
     train_curriculum,
 )
-from .experts import ExpertCache, expert_workers, recipe_key, tensor_digest, train_trajectory
+from .experts import ExpertCache, recipe_key, tensor_digest, train_trajectory
 from .matching import ConvNetStudent, DivergenceError, MatchingState, draw_unroll_plan, outer_step
 from .memory import choose_memory_mode
 from .models import ConvNet, ConvNetSpec, convnet_forward, default_depth, init_convnet_params
+from .parallel import parallel_workers
 from .prepare import PreparedData, prepare_data
 from .runs import RunFolder, Subset
 from .seeding import make_generator, resolve_device
@@ -224,7 +225,7 @@ class Distiller:
                 self.emit("progress", stage, task="experts", done=epochs_done[0], total=total)
 
         return self.cache.load_or_train(recipe, count, (epochs + 1, self.spec.num_params), train_one, on_expert,
-                                        workers=expert_workers(self.device))
+                                        workers=parallel_workers(self.device))
 
     def stage1_experts(self) -> torch.Tensor:
         """Trajectories (n, E+1, P) from random init on real data."""
@@ -271,8 +272,6 @@ class Distiller:
         student = ConvNetStudent(self.spec, memory.mode)  # the fused ConvNet step, in the chosen memory mode
         self.phase(f"distilling S{k + 1}", k, iteration=iteration, iterations=sub.iterations, memory_mode=memory.mode)
         self.emit("stage_start", k, iteration, images=state.images.detach().clone())
-        if not resumed and dist.select_every:
-            self._select(k, 0, state, prior, best)
         last_good = (state.images.detach().clone(), float(state.lr.detach()))
         from .diagnostics.recorder import GradientRecorder  # here: diagnostics imports this module
 
@@ -303,7 +302,9 @@ class Distiller:
             self.emit("iteration", k, done, loss=loss, lr=float(state.lr.detach()), start_epoch=t, images=images,
                       total=sub.iterations, eta_s=rate * (sub.iterations - done))
             if dist.select_every and (done % dist.select_every == 0 or done == sub.iterations):
-                self._select(k, done, state, prior, best)
+                if best["accuracy"] < 0:  # the initial images, measured here so that the first steps show at once
+                    self._select(k, best["iteration"], best["images"], best["lr"], prior, best)
+                self._select(k, done, state.images.detach(), float(state.lr.detach()), prior, best)
             if done % dist.snapshot_every == 0 or done == sub.iterations:
                 self._checkpoint(k, done, state, generator, best)
         images, lr = (best["images"], best["lr"]) if dist.select_every else last_good
@@ -311,11 +312,12 @@ class Distiller:
         self._finish_stage(k, subset, best)
         return subset
 
-    def _select(self, k: int, iteration: int, state: MatchingState, prior: list[Subset], best: dict) -> None:
-        """Validation accuracy of the curriculum up to S_k; keep the best S_k (never looks at test data)."""
+    def _select(self, k: int, iteration: int, images: torch.Tensor, lr: float, prior: list[Subset],
+                best: dict) -> None:
+        """Validation accuracy of the curriculum up to S_k with `images` (C*ipc_k, ...) at `lr`;
+        keep the best S_k (never looks at test data)."""
         cfg = self.config
-        current = Subset(state.images.detach(), class_labels(self.data.num_classes, cfg.distill.subsets[k].ipc,
-                                                             self.device), float(state.lr.detach()))
+        current = Subset(images, class_labels(self.data.num_classes, cfg.distill.subsets[k].ipc, self.device), lr)
         subsets = [*prior, current]
         curriculum = curriculum_from_subsets([(s.images, s.labels) for s in subsets], [s.lr for s in subsets])
         acc = evaluate_curriculum(curriculum, self.spec, cfg.eval, "convnet", cfg.eval.select_nets,
@@ -432,7 +434,8 @@ class Distiller:
 
                 def measure(stages=stages, name=name, arch=arch, progress=progress) -> dict[str, Any]:
                     return evaluate_curriculum(stages, self.spec, cfg.eval, arch, cfg.eval.num_nets, data.test_images,
-                                               data.test_labels, cfg.seed, name, progress).to_dict()
+                                               data.test_labels, cfg.seed, name, progress,
+                                               parallel_workers(self.device)).to_dict()
 
                 acc = measure() if name != "random_real" else self._cached_baseline(arch, measure)
                 result[name][arch] = acc

@@ -10,7 +10,7 @@ from reference import reference_unroll, relative_error
 import seqmatch_engine.matching as matching
 from seqmatch_engine.augment import DSA_OPERATIONS, apply_augmentation, augment
 from seqmatch_engine.config import ConfigError, RunConfig
-from seqmatch_engine.experts import ExpertCache, single_threaded_ops, train_in_parallel, train_trajectory
+from seqmatch_engine.experts import ExpertCache, train_trajectory
 from seqmatch_engine.matching import (
     ConvNetStudent,
     MatchingState,
@@ -30,6 +30,7 @@ from seqmatch_engine.models import (
     init_convnet_params,
     unflatten,
 )
+from seqmatch_engine.parallel import run_in_parallel, single_threaded_ops
 from seqmatch_engine.seeding import make_generator
 
 OPS = ("color", "crop", "scale", "rotate", "flip", "cutout")
@@ -217,7 +218,7 @@ def test_parallel_experts_equal_experts_trained_one_at_a_time(tmp_path):
     with single_threaded_ops():
         alone = {k: train_one(k) for k in range(3)}
     for workers in (2, 3):
-        together = dict(train_in_parallel(train_one, [0, 1, 2], workers))
+        together = dict(run_in_parallel(train_one, [0, 1, 2], workers))
         assert sorted(together) == [0, 1, 2]
         for k in range(3):
             assert torch.equal(together[k], alone[k])  # bit for bit: each expert's ops ran the same way
@@ -226,6 +227,9 @@ def test_parallel_experts_equal_experts_trained_one_at_a_time(tmp_path):
     stacked = cache.load_or_train({"r": 1}, 3, (4, spec.num_params), train_one, lambda d, n: seen.append(d), workers=2)
     assert seen == [1, 2, 3] and cache.cached_count({"r": 1}, 3) == 3
     assert all(torch.equal(stacked[k], alone[k]) for k in range(3))
+    # all cached: nothing to train, however many workers
+    reread = cache.load_or_train({"r": 1}, 3, (4, spec.num_params), None, workers=2)
+    assert torch.equal(reread, stacked) and list(run_in_parallel(train_one, [], 2)) == []
 
 
 def test_an_expert_error_stops_the_parallel_training():
@@ -238,7 +242,7 @@ def test_an_expert_error_stops_the_parallel_training():
         return torch.zeros(1)
 
     with pytest.raises(RuntimeError, match="expert 0 failed"):
-        list(train_in_parallel(train_one, list(range(50)), 2))
+        list(run_in_parallel(train_one, list(range(50)), 2))
     assert len(started) < 50  # the rest were cancelled
 
 
@@ -292,3 +296,18 @@ def test_bench_expert_children_run(impl):
     result = child_main({"kind": "experts", "impl": impl, "images": 64, "reps": 1})
     assert len(result["times"]) == 1 and result["times"][0] > 0
     assert result["images"] == 64 * result["experts"]
+
+
+def test_evaluation_nets_trained_two_at_a_time_give_the_same_accuracies():
+    from seqmatch_engine.config import EvalConfig
+    from seqmatch_engine.evaluate import curriculum_from_subsets, evaluate_curriculum
+
+    spec, x, y, _ = expert_problem()
+    stages = curriculum_from_subsets([(x[:8], y[:8]), (x[8:16], y[8:16])], [0.05, 0.02])
+    config = EvalConfig(epochs=3, batch_size=8)
+    seen = []
+    runs = [evaluate_curriculum(stages, spec, config, "convnet", 3, x[16:], y[16:], 0, "t",
+                                lambda done, total: seen.append((done, total)), workers)
+            for workers in (1, 2)]
+    assert runs[0].values == runs[1].values and len(runs[0].values) == 3
+    assert seen == [(1, 3), (2, 3), (3, 3)] * 2

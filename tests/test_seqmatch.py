@@ -198,3 +198,29 @@ def test_the_random_real_baseline_is_measured_once_per_recipe(tmp_path, monkeypa
     other_seed = RunConfig.from_dict({**seqmatch.to_dict(), "seed": 4})
     run_to_end(tmp_path, other_seed, "seed4")
     assert tags[-1] == "random_real"  # another seed draws another random real set
+
+
+def test_experts_trained_two_at_a_time_give_the_same_run_and_are_reused(tmp_path, monkeypatch):
+    import seqmatch_engine.seqmatch as driver
+
+    config = tiny_config()  # K = 2: stage-1 experts and retrained stage-2 experts
+    monkeypatch.setattr(driver, "parallel_workers", lambda device: 1)
+    one, alone = run_to_end(tmp_path / "one", config)
+    monkeypatch.setattr(driver, "parallel_workers", lambda device: 2)
+    two, together = run_to_end(tmp_path / "two", config)
+    _, cached = run_to_end(tmp_path / "two", config, "again")  # every expert from the cache
+    assert together["synthetic"] == alone["synthetic"] == cached["synthetic"]
+    for a, b in zip(one.subsets(), two.subsets()):
+        assert torch.equal(a.images, b.images)
+
+
+def test_the_initial_images_are_measured_at_the_first_selection_not_before_the_first_step(tmp_path):
+    events = []
+    run, _ = run_to_end(tmp_path, tiny_config(select_every=2), observer=events.append)
+    stage0 = [(e.kind, e.iteration) for e in events if e.stage == 0 and e.kind in ("iteration", "selection")]
+    assert stage0[:5] == [("iteration", 1), ("iteration", 2), ("selection", 0), ("selection", 2), ("iteration", 3)]
+    selections = [r for r in run.metrics() if r.get("kind") == "selection" and r["stage"] == 0]
+    assert [r["iteration"] for r in selections] == [0, 2, 4]
+    best = max(selections, key=lambda r: r["val_accuracy"])  # the first best wins ties
+    (done,) = [e for e in events if e.kind == "stage_done" and e.stage == 0]
+    assert done.data["data"]["best_iteration"] == best["iteration"]
