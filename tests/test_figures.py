@@ -123,3 +123,14 @@ def test_g4_figure_grouped_bars_with_error_bars():
     assert list(figure.data[1].y) == [60.0, None]
     assert figure.layout.yaxis.title.text == "test accuracy (%)"
     assert figure.layout.xaxis.title.text == "test images (split by expert hardness)"
+
+
+def test_live_curves_show_the_first_points_as_dots():
+    from seqmatch_engine.jobs import LiveState
+    from views.render import curves_figure
+
+    live = LiveState("r", losses=[(0, 1, 0.9)], lrs=[(0, 1, 0.1)], start_epochs=[(0, 1, 2)])
+    modes = [trace.mode for trace in curves_figure(live).data]
+    assert modes == ["lines+markers", "lines+markers", "markers"]  # a single point still shows
+    live.losses = [(0, i, 0.5) for i in range(1, 30)]
+    assert curves_figure(live).data[0].mode == "lines"

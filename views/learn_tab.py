@@ -54,4 +54,4 @@ class LearnTab:
         pictures = sorted(LEARN_DIR.glob("*.png"))
         if pictures:
             gr.Gallery([(str(p), p.stem.replace("_", " ")) for p in pictures], label="From real runs",
-                       columns=min(3, len(pictures)), height="auto", allow_preview=True)
+                       columns=min(3, len(pictures)), height="auto", allow_preview=True, object_fit="contain")

@@ -79,7 +79,7 @@ def curves_figure(live: LiveState, height: int = 300) -> go.Figure:
         for stage in sorted({s for s, _, _ in series}):
             points = [(i, v) for s, i, v in series if s == stage]
             figure.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], name=f"S{stage + 1}",
-                                        mode="lines" if col < 3 else "markers", legendgroup=f"S{stage + 1}",
+                                        mode=_curve_mode(col, len(points)), legendgroup=f"S{stage + 1}",
                                         showlegend=col == 1, marker={"size": 4},
                                         line={"color": STAGE_COLOURS[stage % len(STAGE_COLOURS)], "width": 1.6}),
                              row=1, col=col)
@@ -87,6 +87,11 @@ def curves_figure(live: LiveState, height: int = 300) -> go.Figure:
     figure.update_layout(height=height, margin={"l": 40, "r": 10, "t": 56, "b": 40}, template="plotly_white",
                          legend={"orientation": "h", "y": -0.25})
     return figure
+
+
+def _curve_mode(col: int, points: int) -> str:
+    """Start epochs are dots; loss and lr are lines, with dots while too few points draw a line."""
+    return "markers" if col == 3 else "lines" if points >= 20 else "lines+markers"
 
 
 def format_seconds(seconds: float | None) -> str:
