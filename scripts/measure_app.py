@@ -1,6 +1,6 @@
 """What a user waits for in the app, measured through a real `python app.py` server.
 
-    .venv/bin/python scripts/measure_app.py [--home DIR] [--preset cpu-demo] [--skip-compare]
+    .venv/bin/python scripts/measure_app.py [--home DIR] [--preset cpu-demo] [--skip-compare] [--iterations N]
 
 Starts the app as a subprocess on a free port with SEQMATCH_HOME=DIR (train the preset's stage-1
 experts there first, e.g. `SEQMATCH_HOME=DIR python -m seqmatch_engine experts --preset cpu-demo`,
@@ -86,10 +86,11 @@ def measure_start(client: Client, preset: str) -> dict:
             "poll_median_s": statistics.median(latencies), "poll_p90_s": latencies[int(0.9 * (len(latencies) - 1))]}
 
 
-def measure_compare(client: Client, home: Path, preset: str) -> dict:
+def measure_compare(client: Client, home: Path, preset: str, iterations: int | None) -> dict:
     values = form_defaults(preset)
     clicked = time.perf_counter()
-    mtt, seq, _ = client.predict(preset, values.ipc, values.num_subsets, values.iterations, api_name="/compare_start")
+    mtt, seq, _ = client.predict(preset, values.ipc, values.num_subsets, iterations or values.iterations,
+                                 api_name="/compare_start")
     report = {}
     for run_id in (mtt, seq):
         status_path = home / "runs" / run_id / "status.json"
@@ -112,13 +113,15 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=Path("."))
     parser.add_argument("--preset", default="cpu-demo")
     parser.add_argument("--skip-compare", action="store_true")
+    parser.add_argument("--iterations", type=int, default=None, help="iterations per subset (default: the preset's)")
     args = parser.parse_args()
     server, client = launch(args.home.resolve())
     try:
         print(json.dumps({"start": measure_start(client, args.preset)}, indent=1), flush=True)
         time.sleep(3)  # let the stopped run release the worker
         if not args.skip_compare:
-            print(json.dumps({"compare": measure_compare(client, args.home.resolve(), args.preset)}, indent=1))
+            report = measure_compare(client, args.home.resolve(), args.preset, args.iterations)
+            print(json.dumps({"compare": report}, indent=1))
     finally:
         server.terminate()
         server.wait(30)

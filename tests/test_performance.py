@@ -52,12 +52,18 @@ def problem(spec, dtype, steps=4, batch=4, ipc=2, seed=0):
 
 
 def meta_gradients(kind, spec, start, target, images, labels, plan):
+    """(loss, dL/dx, dL/dlr) of one matching loss: "reference" (tests/reference.py), "plain" (the
+    benchmark's reference), or our ConvNet student in memory mode "unrolled" / "recompute"."""
     x = images.clone().requires_grad_(True)
     lr = torch.tensor(0.05, dtype=images.dtype, requires_grad=True)
     if kind == "reference":
         augs = [lambda im, d=s.augmentation: apply_augmentation(im, d) for s in plan]
         loss = normalised_distance(reference_unroll(spec, start, x, labels, lr, [s.indices for s in plan], augs),
                                    start, target)
+    elif kind == "plain":
+        from seqmatch_engine.bench import plain_matching_loss
+
+        loss = plain_matching_loss(spec, start, target, x, labels, lr, plan)
     else:
         loss = matching_loss(ConvNetStudent(spec, kind), start, target, x, labels, lr, plan)
     loss.backward()
@@ -264,21 +270,9 @@ def test_fast_experts_equal_a_plain_autograd_sgd_loop():
 
 # -- benchmark's references and CLI ---------------------------------------------------------------------------
 def test_bench_plain_reference_equals_our_step():
-    from seqmatch_engine.bench import plain_matching_loss
-
     spec = SPECS["im2col-odd"]
-    start, target, images, labels, plan = problem(spec, torch.float64)
-    grads = []
-    for which in ("plain", "ours"):
-        x = images.clone().requires_grad_(True)
-        lr = torch.tensor(0.05, dtype=torch.float64, requires_grad=True)
-        if which == "plain":
-            loss = plain_matching_loss(spec, start, target, x, labels, lr, plan)
-        else:
-            loss = matching_loss(ConvNetStudent(spec), start, target, x, labels, lr, plan)
-        loss.backward()
-        grads.append((loss.detach(), x.grad, lr.grad))
-    for a, b in zip(*grads):
+    case = problem(spec, torch.float64)
+    for a, b in zip(meta_gradients("plain", spec, *case), meta_gradients("unrolled", spec, *case)):
         assert relative_error(a, b) < 1e-11
 
 
@@ -311,3 +305,34 @@ def test_evaluation_nets_trained_two_at_a_time_give_the_same_accuracies():
             for workers in (1, 2)]
     assert runs[0].values == runs[1].values and len(runs[0].values) == 3
     assert seen == [(1, 3), (2, 3), (3, 3)] * 2
+
+
+def test_a_single_core_thread_leaves_the_other_threads_their_cores(tmp_path):
+    import threading
+
+    from seqmatch_engine.jobs import JobManager
+    from seqmatch_engine.parallel import keep_this_thread_single_core
+    from views.layout import build_app
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = {}
+
+        def handler(name, single):
+            if single:
+                assert keep_this_thread_single_core()
+            torch.rand(200, 1, 28, 28).mul(2).clamp(0, 1)  # an op big enough to run in parallel
+            seen[name] = torch.get_num_threads()
+
+        for name, single in (("handler", True), ("other", False)):
+            thread = threading.Thread(target=handler, args=(name, single))
+            thread.start()
+            thread.join()
+        assert seen == {"handler": 1, "other": 2} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    # every handler of the app runs that way
+    demo = build_app(JobManager(tmp_path))
+    handlers = [f.fn for f in demo.fns.values() if f.fn is not None]
+    assert handlers and all(getattr(fn, "__wrapped__", None) is not None for fn in handlers)

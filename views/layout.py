@@ -4,6 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from seqmatch_engine.jobs import JobManager
+from seqmatch_engine.parallel import single_core
 from seqmatch_engine.paths import ASSETS_DIR
 
 from .compare_tab import CompareTab
@@ -45,6 +46,9 @@ def build_app(manager: JobManager) -> gr.Blocks:
         diagnostics.wire(timer)
         runs.wire(run_state)
         demo.load(reattach(manager), run_state, run_state)
+    for handler in demo.fns.values():  # handlers run in Gradio's threads, beside the training worker
+        if handler.fn is not None:
+            handler.fn = single_core(handler.fn)
     return demo
 
 
