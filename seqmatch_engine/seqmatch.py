@@ -203,7 +203,7 @@ class Distiller:
         self.phase(f"experts {stage + 1}", stage, experts_total=count,
                    experts_cached=self.cache.cached_count(recipe, count))
         total = count * epochs
-        epochs_done = [0]
+        epochs_done = 0  # over all experts, which may train at once (see parallel.run_in_parallel)
         lock = threading.Lock()
 
         def train_one(i: int) -> torch.Tensor:
@@ -211,18 +211,20 @@ class Distiller:
             start = start_params(i, generator)
 
             def on_epoch(epoch: int) -> None:
+                nonlocal epochs_done
                 self.control.checkpoint()
                 with lock:
-                    epochs_done[0] += 1
-                    self.emit("progress", stage, task="experts", done=epochs_done[0], total=total)
+                    epochs_done += 1
+                    self.emit("progress", stage, task="experts", done=epochs_done, total=total)
 
             return train_trajectory(self.spec, self.data.train_images, self.data.train_labels, start, epochs,
                                     e.lr, e.batch_size, e.augment, generator, on_epoch)
 
         def on_expert(done: int, count: int) -> None:
+            nonlocal epochs_done
             with lock:
-                epochs_done[0] = max(epochs_done[0], done * epochs)
-                self.emit("progress", stage, task="experts", done=epochs_done[0], total=total)
+                epochs_done = max(epochs_done, done * epochs)
+                self.emit("progress", stage, task="experts", done=epochs_done, total=total)
 
         return self.cache.load_or_train(recipe, count, (epochs + 1, self.spec.num_params), train_one, on_expert,
                                         workers=parallel_workers(self.device))

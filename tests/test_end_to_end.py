@@ -25,7 +25,8 @@ def test_cpu_demo_preset_end_to_end(demo_home):
     assert result["method"] == "seqmatch" and result["ipc"] == 10 and len(result["lrs"]) == 2
     synthetic = result["synthetic"]["convnet"]
     baseline = result["random_real"]["convnet"]
-    assert len(synthetic["values"]) == 3 and all(0.1 < v <= 1.0 for v in synthetic["values"])
+    num_nets = json.loads((run / "config.json").read_text())["eval"]["num_nets"]
+    assert len(synthetic["values"]) == num_nets == 5 and all(0.1 < v <= 1.0 for v in synthetic["values"])
     # Distillation must at least not lose to random real images of the same budget.
     assert synthetic["mean"] > baseline["mean"], (synthetic, baseline)
     assert sorted(p.name for p in (run / "subsets").iterdir()) == ["S1.safetensors", "S2.safetensors"]
