@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from configs import tiny_run_config
 
 from seqmatch_engine import cli
 from seqmatch_engine.augment import DSA_OPERATIONS
@@ -50,17 +51,7 @@ E1, E2, E3, E4 = torch.eye(4)
 
 
 def tiny_config(**distill) -> RunConfig:
-    return RunConfig.from_dict({
-        "name": "diag", "seed": 5, "device": "cpu",
-        "data": {"dataset": "fashion-mnist-small", "train_per_class": 12, "val_per_class": 4},
-        "model": {"width": 8, "depth": 2},
-        "experts": {"num_experts": 2, "epochs": 3, "stage_epochs": 3, "batch_size": 32},
-        "distill": {"subsets": [{"ipc": 2, "interval": [0, 3], "iterations": 4},
-                                {"ipc": 1, "interval": [0, 3], "iterations": 4}],
-                    "syn_steps": 3, "expert_epochs": 1, "lr_img": 10.0, "select_every": 0, "snapshot_every": 2,
-                    **distill},
-        "eval": {"epochs": 2, "num_nets": 1, "batch_size": 64},
-    })
+    return tiny_run_config("diag", 5, (2, 1), **distill)
 
 
 def grads_of(*rows: torch.Tensor) -> torch.Tensor:

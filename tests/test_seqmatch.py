@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from configs import tiny_run_config
 from reference import reference_unroll
 from torch import nn
 
@@ -17,18 +18,7 @@ from seqmatch_engine.seqmatch import Distiller, RunControl, StopRequested, initi
 
 
 def tiny_config(**distill) -> RunConfig:
-    raw = {
-        "name": "tiny", "seed": 3, "device": "cpu",
-        "data": {"dataset": "fashion-mnist-small", "train_per_class": 12, "val_per_class": 4},
-        "model": {"width": 8, "depth": 2},
-        "experts": {"num_experts": 2, "epochs": 3, "stage_epochs": 3, "batch_size": 32},
-        "distill": {"subsets": [{"ipc": 1, "interval": [0, 3], "iterations": 4},
-                                {"ipc": 1, "interval": [0, 3], "iterations": 4}],
-                    "syn_steps": 3, "expert_epochs": 1, "lr_img": 10.0, "select_every": 0, "snapshot_every": 2,
-                    **distill},
-        "eval": {"epochs": 2, "num_nets": 1, "batch_size": 64},
-    }
-    return RunConfig.from_dict(raw)
+    return tiny_run_config("tiny", 3, (1, 1), **distill)
 
 
 def run_to_end(tmp_path, config, name="run", observer=None, control=None):
