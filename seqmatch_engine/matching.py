@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .augment import AugmentationDraw, apply_augmentation, draw_augmentation
+from .memory import tune_cpu_allocator
 from .models import ConvNetSpec, convnet_forward, fast_convnet_forward, is_conv_bias, unflatten
 
 ForwardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (params (P,), x (B,C,H,W)) -> logits
@@ -82,15 +83,6 @@ def draw_unroll_plan(generator: torch.Generator, num_images: int, batch_size: in
         draw = draw_augmentation(generator, len(indices), image_size, operations) if operations else None
         plan.append(UnrollStep(indices, draw))
     return plan
-
-
-def student_step_loss(forward: ForwardFn, params: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
-                      step: UnrollStep) -> torch.Tensor:
-    """Cross-entropy of the student on one planned minibatch."""
-    x = images[step.indices.to(images.device)]
-    if step.augmentation is not None:
-        x = apply_augmentation(x, step.augmentation)
-    return F.cross_entropy(forward(params, x), labels[step.indices.to(labels.device)])
 
 
 class _GenericStep:
@@ -340,8 +332,6 @@ def outer_step(forward: ForwardFn, state: MatchingState, frozen_images: torch.Te
     kernels in its memory mode (`memory_mode` overrides it).
     """
     if state.images.device.type == "cpu":
-        from .memory import tune_cpu_allocator
-
         tune_cpu_allocator()
     frozen = frozen_images.detach().requires_grad_(record_gradients) if len(frozen_images) else None
     images = torch.cat([frozen, state.images]) if frozen is not None else state.images

@@ -9,8 +9,7 @@ CPU allocator: glibc returns every freed block above 32 MB to the kernel (munmap
 virtual machines the next allocation pays a page fault per 4 KiB page when it is first touched
 (measured here: 0.6 s per GB). The unroll allocates gigabytes per outer iteration, so
 `tune_cpu_allocator` makes glibc keep freed memory for reuse instead (the process keeps its
-peak resident size, as GPU caching allocators do). Opt out with SEQMATCH_MALLOC_TUNING=0;
-`release_cpu_memory` hands cached memory back (e.g. when a job ends).
+peak resident size, as GPU caching allocators do). Opt out with SEQMATCH_MALLOC_TUNING=0.
 """
 from __future__ import annotations
 
@@ -22,9 +21,9 @@ from pathlib import Path
 
 import torch
 
+from .config import MEMORY_MODES
 from .models import ConvNetSpec
 
-MODES = ("auto", "unrolled", "recompute")
 BUDGET_FRACTION = 0.6   # unrolled is chosen while its estimate is at most this share of free memory
 
 # Bytes kept per activation element (fp32, one conv block, one student step) by the fast
@@ -92,8 +91,8 @@ def choose_memory_mode(requested: str, spec: ConvNetSpec, batch: int, steps: int
                        device: torch.device | str = "cpu", available: int | None = None) -> MemoryChoice:
     """Resolve distill.memory_mode: "auto" takes "unrolled" while its estimate is at most
     BUDGET_FRACTION of the free memory (`available`, measured when None), else "recompute"."""
-    if requested not in MODES:
-        raise ValueError(f"distill.memory_mode {requested!r}: choose from {', '.join(MODES)}")
+    if requested not in MEMORY_MODES:
+        raise ValueError(f"distill.memory_mode {requested!r}: choose from {', '.join(MEMORY_MODES)}")
     unrolled = estimate_bytes(spec, batch, steps, "unrolled", num_images)
     recompute = estimate_bytes(spec, batch, steps, "recompute", num_images)
     free = available_bytes(device) if available is None else int(available)
@@ -128,28 +127,4 @@ def tune_cpu_allocator() -> bool:
     except OSError:
         ok = False
     _state["tuned"] = bool(ok)
-    return _state["tuned"]
-
-
-def untune_cpu_allocator() -> None:
-    """Back to glibc's behaviour for large blocks (mmap above 32 MB, trim above 64 MB) and release
-    what is cached. Used by the benchmark to time the plain reference under default conditions."""
-    libc = _libc()
-    if libc is None:
-        return
-    libc.mallopt(_M_MMAP_MAX, 65536)
-    libc.mallopt(-3, 32 << 20)             # M_MMAP_THRESHOLD: glibc's dynamic threshold settles here
-    libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
-    libc.malloc_trim(0)
-    _state["tuned"] = False
-
-
-def release_cpu_memory() -> None:
-    """Return cached free memory to the kernel (malloc_trim); the tuning stays on."""
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
-
-
-def allocator_tuned() -> bool:
     return _state["tuned"]
