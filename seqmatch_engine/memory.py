@@ -105,6 +105,8 @@ def choose_memory_mode(requested: str, spec: ConvNetSpec, batch: int, steps: int
 
 # -- glibc allocator -----------------------------------------------------------------------------------
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+# mallopt takes a C int: the largest trim threshold it can express (2 GiB of free heap top).
+_NEVER_TRIM = (1 << 31) - 1
 _state = {"tuned": False}
 
 
@@ -112,7 +114,10 @@ def _libc():
     name = ctypes.util.find_library("c")
     if not name or not hasattr(ctypes.CDLL(name), "mallopt"):
         return None
-    return ctypes.CDLL(name)
+    libc = ctypes.CDLL(name)
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]  # out-of-range values raise, never wrap
+    libc.mallopt.restype = ctypes.c_int
+    return libc
 
 
 def tune_cpu_allocator() -> bool:
@@ -123,8 +128,8 @@ def tune_cpu_allocator() -> bool:
         return False
     try:
         libc = _libc()
-        ok = libc is not None and libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 40) == 1
-    except OSError:
+        ok = libc is not None and libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM) == 1
+    except (OSError, ctypes.ArgumentError):
         ok = False
     _state["tuned"] = bool(ok)
     return _state["tuned"]
