@@ -393,17 +393,18 @@ def section_flops(problems: list[str], seconds: dict[str, float], threads: int |
     return result
 
 
-def section_memory(steps_list: list[int], threads: int | None, out: Out, progress: Out) -> dict[str, Any]:
+def section_memory(steps_list: list[int], rounds: int, reps: int, threads: int | None, out: Out,
+                   progress: Out) -> dict[str, Any]:
     problem = PROBLEMS["small"]
     rows, result = [], {}
     progress("[memory vs syn_steps, small config]")
     for steps in steps_list:
-        peaks, times = {}, {}
-        for mode in ("unrolled", "recompute"):
-            progress(f"  syn_steps {steps}: {mode} ...")
-            r = run_child({"kind": "matching", "problem": "small", "impl": mode, "steps": steps, "reps": 1,
-                           "threads": threads, "tune": True, "light_warmup": True})
-            peaks[mode], times[mode] = r.get("peak_bytes", 0), _median(r.get("times", []))
+        progress(f"  syn_steps {steps}:")
+        tasks = {mode: {"kind": "matching", "problem": "small", "impl": mode, "steps": steps, "reps": reps,
+                        "threads": threads, "tune": True, "light_warmup": True} for mode in ("unrolled", "recompute")}
+        runs = interleaved_children(tasks, rounds, progress)
+        peaks = {m: _median([r.get("peak_bytes", 0) for r in rs]) for m, rs in runs.items()}
+        times = {m: _median([t for r in rs for t in r.get("times", [])]) for m, rs in runs.items()}
         est = {m: estimate_bytes(problem.spec, problem.num_images, steps, m, problem.num_images) for m in peaks}
         rows.append([str(steps), _gib(peaks["unrolled"]), _gib(est["unrolled"]), _gib(peaks["recompute"]),
                      _gib(est["recompute"]), f"{peaks['recompute'] / max(peaks['unrolled'], 1):.2f}",
@@ -411,8 +412,9 @@ def section_memory(steps_list: list[int], threads: int | None, out: Out, progres
         result[steps] = {"peak": peaks, "estimate": est, "seconds": times}
     out(_table(rows, ["syn_steps", "unrolled peak", "(estimate)", "recompute peak", "(estimate)", "ratio",
                       "recompute time"]))
-    out("ConvNet w32, 28x28x1, IPC 10; peak = growth of resident anonymous memory over one outer iteration in a "
-        "fresh child (after a 1-step warm-up); recompute time relative to unrolled (one run each).")
+    out(f"ConvNet w32, 28x28x1, IPC 10; peak = growth of resident anonymous memory over one outer iteration in a "
+        f"fresh child (after a 1-step warm-up); recompute time relative to unrolled: medians of {rounds} interleaved "
+        f"children x {reps} iterations each.")
     return result
 
 
@@ -538,7 +540,7 @@ def run_bench(quick: bool = False, threads: int | None = None, sections: list[st
         report["flops"] = section_flops(problems, seconds, threads, out)
     if "memory" in sections:
         out("\n## Peak memory vs syn_steps: unrolled (default) and recompute (memory-bounded) modes")
-        report["memory"] = section_memory([10, 30, 50], threads, out, progress)
+        report["memory"] = section_memory([10, 30, 50], rounds + 1, reps + 1, threads, out, progress)
     if "experts" in sections:
         out("\n## Expert training throughput")
         report["experts"] = section_experts(rounds + 1, reps + 1, threads, out, progress)

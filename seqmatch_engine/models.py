@@ -122,13 +122,26 @@ def pool2(x: torch.Tensor) -> torch.Tensor:
     return (rows[..., 0:2 * w:2] + rows[..., 1:2 * w:2]).mul_(0.25)
 
 
+def _spread(w: torch.Tensor, size: int) -> torch.Tensor:
+    """(w, size) matrix that copies column j, times 1/4, to columns 2j and 2j+1 (a dropped odd last
+    column stays zero). Exact: every output is one product by 0.25 plus zeros."""
+    cols = torch.arange(w.shape[-1], device=w.device)
+    spread = w.new_zeros(w.shape[-1], size)
+    spread[cols, 2 * cols] = spread[cols, 2 * cols + 1] = 0.25
+    return spread
+
+
 def unpool2(grad: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Adjoint of `pool2`: each value / 4 copied to its 2x2 block, zeros in a dropped odd row/column."""
+    """Adjoint of `pool2`: each value / 4 copied to its 2x2 block, zeros in a dropped odd row/column.
+
+    Columns are spread by a matmul and rows by a row copy: both move contiguous memory, where an
+    element-wise broadcast copy is 1.8x slower on the CPU (measured at 50x32x14x14).
+    """
     b, c, h, w = grad.shape
-    wide = (grad * 0.25).unsqueeze(-1).expand(b, c, h, w, 2).reshape(b, c, h, 2 * w)
-    up = wide.unsqueeze(3).expand(b, c, h, 2, 2 * w).reshape(b, c, 2 * h, 2 * w)
-    if (2 * h, 2 * w) != tuple(size):
-        up = F.pad(up, (0, size[1] - 2 * w, 0, size[0] - 2 * h))
+    rows = grad.reshape(-1, w) @ _spread(grad, size[1])
+    up = rows.view(b, c, h, 1, size[1]).expand(b, c, h, 2, size[1]).reshape(b, c, 2 * h, size[1])
+    if 2 * h != size[0]:
+        up = F.pad(up, (0, 0, 0, size[0] - 2 * h))
     return up
 
 
@@ -156,7 +169,7 @@ class NormReLUPool(torch.autograd.Function):
 
 def _relu_pool_grad(grad: torch.Tensor, relu: torch.Tensor) -> torch.Tensor:
     """Gradient at the norm output from the gradient at the pooled output."""
-    return torch.ops.aten.threshold_backward(unpool2(grad.contiguous(), relu.shape[-2:]), relu, 0.0)
+    return torch.ops.aten.threshold_backward(unpool2(grad, relu.shape[-2:]), relu, 0.0)
 
 
 class _NormReLUPoolGrad(torch.autograd.Function):

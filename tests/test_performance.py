@@ -28,7 +28,9 @@ from seqmatch_engine.models import (
     convnet_forward,
     fast_convnet_forward,
     init_convnet_params,
+    pool2,
     unflatten,
+    unpool2,
 )
 from seqmatch_engine.parallel import run_in_parallel, single_threaded_ops
 from seqmatch_engine.seeding import make_generator
@@ -112,6 +114,17 @@ def test_fused_kernels_pass_gradcheck_and_gradgradcheck():
     w = torch.randn(3, 2, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
     torch.testing.assert_close(Im2colConv.apply(x, w), F.conv2d(x, w, padding=1))
     assert torch.autograd.gradgradcheck(Im2colConv.apply, (x, w))
+
+
+@pytest.mark.parametrize("size", [(28, 28), (7, 7), (7, 6), (5, 8)])
+def test_unpool_is_exactly_the_adjoint_of_average_pooling(size):
+    g = make_generator(0, "unpool")
+    x = torch.randn((2, 3, *size), generator=g, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn((2, 3, size[0] // 2, size[1] // 2), generator=g, dtype=torch.float64)
+    (expected,) = torch.autograd.grad(F.avg_pool2d(x, 2), x, grad)
+    assert torch.equal(unpool2(grad, size), expected)
+    assert torch.equal(unpool2(grad.transpose(2, 3).contiguous().transpose(2, 3), size), expected)  # strided input
+    torch.testing.assert_close(pool2(x.detach()), F.avg_pool2d(x.detach(), 2), rtol=1e-15, atol=1e-15)  # sum order
 
 
 def test_fast_forward_equals_convnet_forward_with_its_conv_biases():
