@@ -33,6 +33,7 @@ class LiveState:
     state: str = "queued"           # queued | running | paused | done | failed | stopped
     phase: str = "queued"
     memory_mode: str | None = None  # the matching step's memory mode: "unrolled" or "recompute"
+    memory_note: str | None = None  # why that mode, with the estimates (MemoryChoice.describe)
     stage: int | None = None
     iteration: int = 0
     iterations: int = 0
@@ -58,6 +59,7 @@ def live_from_folder(run: RunFolder) -> LiveState:
     if state in ("running", "queued", "created"):
         state = "interrupted"  # no worker in this process owns it: resumable
     live = LiveState(run.id, state=state, phase=status.get("phase", state), memory_mode=status.get("memory_mode"),
+                     memory_note=status.get("memory_note"),
                      stage=status.get("stage"),
                      iteration=status.get("iteration", 0), iterations=status.get("iterations", 0),
                      error=status.get("error"), messages=[m["text"] for m in status.get("messages", [])])
@@ -99,6 +101,7 @@ class _LiveObserver:
                 live.stage = event.stage if event.stage is not None else live.stage
                 live.progress = None
                 live.memory_mode = data.get("memory_mode", live.memory_mode)
+                live.memory_note = data.get("memory_note", live.memory_note)
                 if "iterations" in data:
                     live.iterations, live.iteration = data["iterations"], data.get("iteration", 0)
                 if "message" in data:

@@ -213,9 +213,10 @@ def test_distiller_reports_and_uses_the_chosen_memory_mode(tmp_path, monkeypatch
     from views.render import status_html
 
     live = live_from_folder(run)
-    assert live.memory_mode == "recompute"
+    assert live.memory_mode == "recompute" and live.memory_note.startswith("memory mode recompute (set in the config)")
     live.phase, live.state = "distilling S1", "running"
-    assert "memory: recompute" in status_html(live)
+    card = status_html(live)
+    assert "memory: recompute" in card and "title='memory mode recompute (set in the config): unrolled ~" in card
 
 
 # -- experts ------------------------------------------------------------------------------------------------

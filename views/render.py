@@ -116,7 +116,8 @@ def status_html(live: LiveState | None, queue_position: int = 0) -> str:
     if live.phase.startswith("distilling") and live.eta_s is not None:
         parts.append(f"ETA {format_seconds(live.eta_s)}")
     if live.phase.startswith("distilling") and live.memory_mode:
-        parts.append(f"memory: {html.escape(live.memory_mode)}")
+        note = html.escape(live.memory_note or "", quote=True)
+        parts.append(f"<span class='sm-memory' title='{note}'>memory: {html.escape(live.memory_mode)}</span>")
     if live.losses:
         parts.append(f"loss {live.losses[-1][2]:.4f}")
     if live.lrs:
