@@ -81,6 +81,9 @@ def test_start_cpu_demo_in_chromium_and_watch_it(server, screenshot_dir):
             arg=first_src, timeout=600_000)
         page.locator(".sm-curves .js-plotly-plot").first.wait_for(state="visible", timeout=120_000)
         assert "distilling" in page.locator(".sm-status").first.inner_text()
+        memory = page.locator(".sm-status .sm-memory").first  # the mode, and why, as a tooltip
+        assert memory.inner_text() == "memory: unrolled"
+        assert "memory mode unrolled (fits): unrolled ~" in (memory.get_attribute("title") or "")
         page.screenshot(path=str(screenshot_dir / "distil-live.png"), full_page=True)
         page.locator("#sm-stop").click()
         page.get_by_text("Stopping after this iteration").wait_for(timeout=30_000)
