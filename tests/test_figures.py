@@ -134,3 +134,22 @@ def test_live_curves_show_the_first_points_as_dots():
     assert modes == ["lines+markers", "lines+markers", "markers"]  # a single point still shows
     live.losses = [(0, i, 0.5) for i in range(1, 30)]
     assert curves_figure(live).data[0].mode == "lines"
+
+
+def test_live_panels_label_classes_at_a_third_of_a_row():
+    """28 px images are drawn x4 (113 px rows); the class names must grow with them, or they shrink
+    to a few pixels when the app fits the picture into its panel."""
+    import numpy as np
+
+    from seqmatch_engine.prepare import PixelTransform
+    from views.render import subset_panels
+
+    names = ("T-shirt/top", "Trouser", "Pullover")
+    transform = PixelTransform(torch.zeros(1), torch.ones(1))
+    images = {0: torch.full((3 * 2, 1, 28, 28), 0.5), 1: torch.full((3 * 1, 1, 28, 28), 0.5)}
+    panel = subset_panels(images, transform, names, active_stage=1)
+    row = (28 + 1) * 4  # a scaled image and its padding
+    assert panel.shape[0] > 3 * row
+    first_row = panel[panel.shape[0] - 3 * row: panel.shape[0] - 2 * row]
+    ink = np.nonzero((first_row.min(axis=2) < 100).any(axis=1))[0]  # dark label text; the images are mid-grey
+    assert ink.max() - ink.min() >= row // 4  # "T-shirt/top", capitals to descender: a quarter row or more

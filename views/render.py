@@ -30,12 +30,11 @@ def subset_panels(images: dict[int, torch.Tensor], transform: PixelTransform, cl
     """One labelled grid per subset side by side: rows = classes, a two-line title per subset.
 
     `images` maps a 0-based stage to model inputs (num_classes * ipc_k, C, H, W) grouped by class.
-    Small images are enlarged (x4 up to 32 px, x2 up to 64 px) with visible pixels.
+    Small images are enlarged (x4 up to 32 px, x2 up to 64 px) with visible pixels. Text grows with
+    the rows (a third of a row's height), so it stays readable when the app fits the picture to its panel.
     """
     num_classes = len(class_names)
-    font, title_font = _font(13), _font(15)
-    label_width = max(int(font.getlength(name)) for name in class_names) + 24
-    panels = []
+    grids = []
     for stage in sorted(images):
         pixels = transform.to_pixels(images[stage])
         side = max(pixels.shape[-2:])
@@ -44,18 +43,21 @@ def subset_panels(images: dict[int, torch.Tensor], transform: PixelTransform, cl
         labels = torch.arange(num_classes).repeat_interleave(ipc)
         state = "learning" if stage == active_stage else (
             "frozen" if active_stage is not None and stage < active_stage else "learned")
-        titles = (f"S{stage + 1}", f"{ipc}/class · {state}")
-        grid = image_grid(pixels, labels, num_classes, padding=1, scale=scale)
-        width = max(grid.shape[1], *(int(title_font.getlength(t)) + 4 for t in titles))
-        panels.append((stage, titles, grid, width))
-    if not panels:
+        grids.append((stage, (f"S{stage + 1}", f"{ipc}/class · {state}"),
+                      image_grid(pixels, labels, num_classes, padding=1, scale=scale)))
+    if not grids:
         return np.full((40, 200, 3), 255, np.uint8)
-    title_height, gap = 44, 18
+    row_height = grids[0][2].shape[0] / num_classes
+    text_size = max(13, round(row_height / 3))
+    font, title_font, stage_font = _font(text_size), _font(text_size + 2), _font(text_size + 4)
+    label_width = max(int(font.getlength(name)) for name in class_names) + 24
+    panels = [(stage, titles, grid, max(grid.shape[1], int(stage_font.getlength(titles[0])) + 4,
+                                        int(title_font.getlength(titles[1])) + 4)) for stage, titles, grid in grids]
+    title_height, gap = 2 * text_size + 18, 18
     height = title_height + max(grid.shape[0] for _, _, grid, _ in panels)
     width = label_width + sum(w for *_, w in panels) + gap * (len(panels) - 1) + 4
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
-    row_height = panels[0][2].shape[0] / num_classes
     for c, name in enumerate(class_names):
         draw.text((label_width - 8, title_height + row_height * (c + 0.5)), name, fill="#374151", font=font,
                   anchor="rm")
@@ -63,8 +65,8 @@ def subset_panels(images: dict[int, torch.Tensor], transform: PixelTransform, cl
     for stage, titles, grid, panel_width in panels:
         canvas.paste(Image.fromarray(grid), (x, title_height))
         colour = STAGE_COLOURS[stage % len(STAGE_COLOURS)]
-        draw.text((x, 2), titles[0], fill=colour, font=_font(17))
-        draw.text((x, 22), titles[1], fill="#64748b", font=title_font)
+        draw.text((x, 2), titles[0], fill=colour, font=stage_font)
+        draw.text((x, text_size + 8), titles[1], fill="#64748b", font=title_font)
         x += panel_width + gap
     return np.asarray(canvas)
 
