@@ -122,11 +122,11 @@ def pool2(x: torch.Tensor) -> torch.Tensor:
     return (rows[..., 0:2 * w:2] + rows[..., 1:2 * w:2]).mul_(0.25)
 
 
-def _spread(w: torch.Tensor, size: int) -> torch.Tensor:
-    """(w, size) matrix that copies column j, times 1/4, to columns 2j and 2j+1 (a dropped odd last
-    column stays zero). Exact: every output is one product by 0.25 plus zeros."""
-    cols = torch.arange(w.shape[-1], device=w.device)
-    spread = w.new_zeros(w.shape[-1], size)
+def _spread(grad: torch.Tensor, size: int) -> torch.Tensor:
+    """(w, size) matrix, w = grad's last dim, in grad's dtype and device: copies column j, times 1/4, to
+    columns 2j and 2j+1 (a dropped odd last column stays zero). Exact: one product by 0.25 plus zeros."""
+    cols = torch.arange(grad.shape[-1], device=grad.device)
+    spread = grad.new_zeros(grad.shape[-1], size)
     spread[cols, 2 * cols] = spread[cols, 2 * cols + 1] = 0.25
     return spread
 
