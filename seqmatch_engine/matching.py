@@ -30,12 +30,17 @@ from .memory import tune_cpu_allocator
 from .models import ConvNetSpec, convnet_forward, fast_convnet_forward, is_conv_bias, unflatten
 
 ForwardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (params (P,), x (B,C,H,W)) -> logits
-MEMORY_MODES = ("unrolled", "recompute")
+UNROLL_MODES = ("unrolled", "recompute")  # what config.MEMORY_MODES' "auto" resolves to (memory.py)
 # The fast path works through each step's batch in chunks whose first conv output is at most
 # about this large, so that a chunk's activations stay in the CPU caches (the loss is a sum over
 # images and instance norm is per image, so chunking is exact up to summation order). Measured
 # on this project's 2-core CPU: up to 1.5x at the paper config (ConvNet w128, 32x32x3).
 CHUNK_BYTES = 8 << 20
+
+
+def _check_unroll_mode(mode: str) -> None:
+    if mode not in UNROLL_MODES:
+        raise ValueError(f"memory mode {mode!r}: choose from {', '.join(UNROLL_MODES)}")
 
 
 @dataclass(frozen=True)
@@ -47,8 +52,7 @@ class ConvNetStudent:
     memory_mode: str = "unrolled"
 
     def __post_init__(self) -> None:
-        if self.memory_mode not in MEMORY_MODES:
-            raise ValueError(f"memory mode {self.memory_mode!r}: choose from {', '.join(MEMORY_MODES)}")
+        _check_unroll_mode(self.memory_mode)
 
     def __call__(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return convnet_forward(params, x, self.spec)
@@ -262,8 +266,7 @@ def unroll_student(forward: ForwardFn, start: torch.Tensor, images: torch.Tensor
     or "unrolled"; both give the same values and gradients up to rounding.
     """
     mode = memory_mode or getattr(forward, "memory_mode", "unrolled")
-    if mode not in MEMORY_MODES:
-        raise ValueError(f"memory mode {mode!r}: choose from {', '.join(MEMORY_MODES)}")
+    _check_unroll_mode(mode)
     unroll = _recomputed if mode == "recompute" else _unrolled
     return unroll(_stepper(forward), start, images, labels, lr, plan)
 
