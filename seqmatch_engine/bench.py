@@ -36,9 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import native
 from .augment import DSA_OPERATIONS, apply_augmentation, augment
 from .matching import ConvNetStudent, draw_minibatches, draw_unroll_plan, matching_loss, normalised_distance
-from .memory import estimate_bytes, tune_cpu_allocator
+from .memory import BUDGET_FRACTION, choose_memory_mode, estimate_bytes, tune_cpu_allocator
 from .models import ConvNetSpec, init_convnet_params, unflatten
 from .seeding import make_generator
 
@@ -125,9 +126,10 @@ class StepSetup:
         lr = torch.tensor(0.01, requires_grad=True)
         if impl.startswith("reference"):
             loss = plain_matching_loss(self.problem.spec, self.start, self.target, x, self.labels, lr, self.plan)
-        else:
-            loss = matching_loss(ConvNetStudent(self.problem.spec, impl), self.start, self.target, x, self.labels,
-                                 lr, self.plan)
+        else:  # "unrolled", "recompute" or "recompute:K" (keeping the last K steps' graphs)
+            mode, _, kept = impl.partition(":")
+            student = ConvNetStudent(self.problem.spec, mode, int(kept or 0))
+            loss = matching_loss(student, self.start, self.target, x, self.labels, lr, self.plan)
         loss.backward(inputs=[x, lr])
         return float(loss.detach()), x.grad, lr.grad
 
@@ -316,7 +318,8 @@ def machine_lines() -> list[str]:
     build += f", MKL {'yes' if torch.backends.mkl.is_available() else 'no'}"
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU: everything on the CPU"
     return [f"machine: {cpu}, {os.cpu_count()} cores, {mem} RAM, load average {load} (1/5/15 min)",
-            f"build:   {build}, Python {platform.python_version()}, {torch.get_num_threads()} torch threads; {device}"]
+            f"build:   {build}, Python {platform.python_version()}, {torch.get_num_threads()} torch threads; {device}",
+            f"norm block: {native.status()}"]
 
 
 def matmul_peak(threads: int | None, reps: int = 5) -> float:
@@ -402,23 +405,34 @@ def section_memory(steps_list: list[int], rounds: int, reps: int, threads: int |
     problem = PROBLEMS["small"]
     rows, result = [], {}
     progress("[memory vs syn_steps, small config]")
+    batch = problem.num_images
     for steps in steps_list:
         progress(f"  syn_steps {steps}:")
-        tasks = {mode: {"kind": "matching", "problem": "small", "impl": mode, "steps": steps, "reps": reps,
-                        "threads": threads, "tune": True, "light_warmup": True} for mode in ("unrolled", "recompute")}
+        unrolled_estimate = estimate_bytes(problem.spec, batch, steps, "unrolled", batch)
+        # what "auto" does where its budget is a quarter of what the unrolled graph needs
+        squeezed = choose_memory_mode("auto", problem.spec, batch, steps, batch,
+                                      available=int(unrolled_estimate / 4 / BUDGET_FRACTION))
+        impls = {"unrolled": "unrolled", "recompute": "recompute", "auto": f"recompute:{squeezed.kept_steps}"}
+        tasks = {name: {"kind": "matching", "problem": "small", "impl": impl, "steps": steps, "reps": reps,
+                        "threads": threads, "tune": True, "light_warmup": True} for name, impl in impls.items()}
         runs = interleaved_children(tasks, rounds, progress)
         peaks = {m: _median([r.get("peak_bytes", 0) for r in rs]) for m, rs in runs.items()}
         times = {m: _median([t for r in rs for t in r.get("times", [])]) for m, rs in runs.items()}
-        est = {m: estimate_bytes(problem.spec, problem.num_images, steps, m, problem.num_images) for m in peaks}
-        rows.append([str(steps), _gib(peaks["unrolled"]), _gib(est["unrolled"]), _gib(peaks["recompute"]),
-                     _gib(est["recompute"]), f"{peaks['recompute'] / max(peaks['unrolled'], 1):.2f}",
-                     f"{times['recompute'] / times['unrolled']:.2f}x"])
-        result[steps] = {"peak": peaks, "estimate": est, "seconds": times}
-    out(_table(rows, ["syn_steps", "unrolled peak", "(estimate)", "recompute peak", "(estimate)", "ratio",
-                      "recompute time"]))
+        est = {"unrolled": unrolled_estimate, "auto": squeezed.recompute_bytes,
+               "recompute": estimate_bytes(problem.spec, batch, steps, "recompute", batch)}
+        row = [str(steps), _gib(peaks["unrolled"]), _gib(est["unrolled"])]
+        for name in ("recompute", "auto"):
+            row += [_gib(peaks[name]), _gib(est[name]), f"{peaks[name] / max(peaks['unrolled'], 1):.2f}",
+                    f"{times[name] / times['unrolled']:.2f}x"]
+        rows.append(row[:7] + [str(squeezed.kept_steps)] + row[7:])
+        result[steps] = {"peak": peaks, "estimate": est, "seconds": times, "auto_kept_steps": squeezed.kept_steps}
+    out(_table(rows, ["syn_steps", "unrolled peak", "(estimate)", "recompute peak", "(estimate)", "ratio", "time",
+                      "auto: kept", "peak", "(estimate)", "ratio", "time"]))
     out(f"ConvNet w32, 28x28x1, IPC 10; peak = growth of resident anonymous memory over one outer iteration in a "
-        f"fresh child (after a 1-step warm-up); recompute time relative to unrolled: medians of {rounds} interleaved "
-        f"children x {reps} iterations each.")
+        f"fresh child (after a 1-step warm-up); ratio and time relative to unrolled: medians of {rounds} interleaved "
+        f"children x {reps} iterations each. 'recompute' keeps no step's graph (the least memory; "
+        f"distill.memory_mode: recompute); 'auto' is what memory_mode auto picks when a quarter of the unrolled "
+        f"estimate fits in its budget: recompute, keeping the graphs of the last 'kept' steps.")
     return result
 
 

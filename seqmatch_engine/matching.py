@@ -13,7 +13,9 @@ Two ways to get the meta-gradient (same values up to rounding):
 - "unrolled": keep the graph of all N steps (memory grows with N x batch);
 - "recompute": keep only theta_n of every step, then walk back from N-1 to 0, rebuilding one
   step's graph at a time and applying its vector-Jacobian product (about 1/N of the memory,
-  one extra forward + first-order backward per step).
+  one extra forward + first-order backward per step). It can keep the graphs of its last K
+  steps from the forward sweep (`kept_steps`), so that only N - K steps are rebuilt: memory
+  traded for time where some is free.
 A `ConvNetStudent` (a ConvNet spec + memory mode) takes the fast path with the fused kernels of
 models.py; any other forward function takes the generic autograd path.
 """
@@ -34,8 +36,10 @@ UNROLL_MODES = ("unrolled", "recompute")  # what config.MEMORY_MODES' "auto" res
 # The fast path works through each step's batch in chunks whose first conv output is at most
 # about this large, so that a chunk's activations stay in the CPU caches (the loss is a sum over
 # images and instance norm is per image, so chunking is exact up to summation order). Measured
-# on this project's 2-core CPU: up to 1.5x at the paper config (ConvNet w128, 32x32x3).
-CHUNK_BYTES = 8 << 20
+# on this project's 2-core CPU: up to 1.5x at the paper config (ConvNet w128, 32x32x3) with the
+# norm block in torch ops; with the fused C kernels (native/) 8, 16 and 32 MB tie at paper and
+# 16 MB (one chunk of 100 images instead of two of 50) is 1.12x faster at small.
+CHUNK_BYTES = 16 << 20
 
 
 def _check_unroll_mode(mode: str) -> None:
@@ -46,13 +50,17 @@ def _check_unroll_mode(mode: str) -> None:
 @dataclass(frozen=True)
 class ConvNetStudent:
     """A ConvNet forward (callable like `convnet_forward` with the spec bound) that tells the
-    matching step to use the fast kernels and which memory mode ("unrolled" | "recompute")."""
+    matching step to use the fast kernels, which memory mode ("unrolled" | "recompute") and, in
+    "recompute", how many of the last steps keep their graph instead of being rebuilt."""
 
     spec: ConvNetSpec
     memory_mode: str = "unrolled"
+    kept_steps: int = 0
 
     def __post_init__(self) -> None:
         _check_unroll_mode(self.memory_mode)
+        if self.kept_steps < 0:
+            raise ValueError(f"kept_steps must be >= 0, got {self.kept_steps}")
 
     def __call__(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return convnet_forward(params, x, self.spec)
@@ -186,23 +194,31 @@ class _RecomputedUnroll(torch.autograd.Function):
     backward walks n = N-1 .. 0 with v = dL/dtheta_{n+1}: it rebuilds step n's gradient g_n with
     create_graph, then dL/dlr -= <v, g_n>, dL/dx += VJP(-lr v) w.r.t. the pixels, and
     dL/dtheta_n = v + VJP(-lr v) w.r.t. theta_n (skipped at n = 0: theta_0 is a constant).
+    The last `kept` steps build that graph already in forward and keep it, so backward does not
+    rebuild them (their leaves and per-chunk gradients are stored in ctx.kept).
     """
 
     @staticmethod
-    def forward(ctx, images, lr, labels, stepper, plan, *start_pieces):
+    def forward(ctx, images, lr, labels, stepper, plan, kept, *start_pieces):
         pieces = [p.detach() for p in start_pieces]
-        thetas = []
+        thetas, graphs = [], {}
         rate = lr.detach()
-        for step in plan:
+        pixels = images.detach().requires_grad_(ctx.needs_input_grad[0])
+        for n, step in enumerate(plan):
             thetas.append(pieces)
+            keep = n >= len(plan) - kept
             grads = [torch.zeros_like(p) for p in pieces]
             with torch.enable_grad():
                 leaves = [p.detach().requires_grad_(True) for p in pieces]
-                for x, y in _step_chunks(stepper, images.detach(), labels, step):
-                    for total, g in zip(grads, stepper.grads(leaves, x, y, False, len(step.indices))):
-                        total += g
+                chunks = _step_chunks(stepper, pixels if keep else images.detach(), labels, step)
+                parts = [stepper.grads(leaves, x, y, keep, len(step.indices)) for x, y in chunks]
+            for part in parts:
+                for total, g in zip(grads, part):
+                    total += g.detach()
+            if keep:
+                graphs[n] = (leaves, parts)
             pieces = [p - rate * g for p, g in zip(pieces, grads)]
-        ctx.stepper, ctx.plan, ctx.thetas = stepper, plan, thetas
+        ctx.stepper, ctx.plan, ctx.thetas, ctx.kept, ctx.pixels = stepper, plan, thetas, graphs, pixels
         ctx.save_for_backward(images, lr, labels)
         return tuple(pieces)
 
@@ -210,30 +226,26 @@ class _RecomputedUnroll(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grad_pieces):
         images, lr, labels = ctx.saved_tensors
-        stepper, plan, thetas = ctx.stepper, ctx.plan, ctx.thetas
+        stepper, plan, thetas, pixels = ctx.stepper, ctx.plan, ctx.thetas, ctx.pixels
         v = [torch.zeros_like(p) if g is None else g for p, g in zip(thetas[-1], grad_pieces)]
         want_x, want_lr = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        pixels = images.detach().requires_grad_(want_x)
         grad_x = torch.zeros_like(images) if want_x else None
         grad_lr = torch.zeros((), dtype=lr.dtype, device=lr.device)
         rate = lr.detach()
         for n in range(len(plan) - 1, -1, -1):
-            leaves = [p.detach().requires_grad_(True) for p in thetas[n]]
+            leaves, parts = ctx.kept.pop(n, (None, None))
+            if leaves is None:
+                leaves = [p.detach().requires_grad_(True) for p in thetas[n]]
+                parts = _rebuilt_chunk_grads(stepper, leaves, pixels, labels, plan[n])
             outputs = [-rate * vi for vi in v]
             inputs = (leaves if n > 0 else []) + ([pixels] if want_x else [])
             dv = [torch.zeros_like(vi) for vi in v] if n > 0 else None
             # g_n is a sum over chunks, so is its vector-Jacobian product: one chunk's graph at a time.
-            chunks = _step_chunks(stepper, pixels, labels, plan[n])
-            while True:
-                with torch.enable_grad():  # the chunk's augmentation is part of the graph
-                    x, y = next(chunks, (None, None))
-                    if x is None:
-                        break
-                    grads = stepper.grads(leaves, x, y, True, len(plan[n].indices))
-                    grad_lr -= sum((vi * gi.detach()).sum() for vi, gi in zip(v, grads))
-                    if not inputs:
-                        continue
-                    vjp = list(torch.autograd.grad(grads, inputs, grad_outputs=outputs, allow_unused=True))
+            for grads in parts:
+                grad_lr -= sum((vi * gi.detach()).sum() for vi, gi in zip(v, grads))
+                if not inputs:
+                    continue
+                vjp = list(torch.autograd.grad(grads, inputs, grad_outputs=outputs, allow_unused=True))
                 if want_x:
                     gx = vjp.pop()
                     if gx is not None:
@@ -244,8 +256,21 @@ class _RecomputedUnroll(torch.autograd.Function):
                             total += g
             if n > 0:
                 v = [vi + d for vi, d in zip(v, dv)]
-        ctx.thetas = None
-        return (grad_x, grad_lr if want_lr else None, None, None, None) + (None,) * len(thetas[0])
+        ctx.thetas = ctx.kept = ctx.pixels = None
+        return (grad_x, grad_lr if want_lr else None, None, None, None, None) + (None,) * len(thetas[0])
+
+
+def _rebuilt_chunk_grads(stepper, leaves: list[torch.Tensor], pixels: torch.Tensor, labels: torch.Tensor,
+                         step: UnrollStep):
+    """Step `step`'s gradients at `leaves`, chunk by chunk, each with its graph (built when asked for)."""
+    chunks = _step_chunks(stepper, pixels, labels, step)
+    while True:
+        with torch.enable_grad():  # the chunk's augmentation is part of the graph
+            x, y = next(chunks, (None, None))
+            if x is None:
+                return
+            grads = stepper.grads(leaves, x, y, True, len(step.indices))
+        yield grads
 
 
 def _step_chunks(stepper, images: torch.Tensor, labels: torch.Tensor, step: UnrollStep):
@@ -253,8 +278,9 @@ def _step_chunks(stepper, images: torch.Tensor, labels: torch.Tensor, step: Unro
 
 
 def _recomputed(stepper, start: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor,
-                plan: UnrollPlan) -> torch.Tensor:
-    pieces = _RecomputedUnroll.apply(images, lr, labels, stepper, plan, *stepper.split(start))
+                plan: UnrollPlan, kept_steps: int = 0) -> torch.Tensor:
+    pieces = _RecomputedUnroll.apply(images, lr, labels, stepper, plan, min(kept_steps, len(plan)),
+                                     *stepper.split(start))
     return stepper.join(list(pieces), start)
 
 
@@ -262,13 +288,15 @@ def unroll_student(forward: ForwardFn, start: torch.Tensor, images: torch.Tensor
                    lr: torch.Tensor, plan: UnrollPlan, memory_mode: str | None = None) -> torch.Tensor:
     """Final student params (P,) after len(plan) SGD steps, differentiable w.r.t. images and lr.
 
-    `memory_mode` ("unrolled" | "recompute") defaults to the forward's own (a ConvNetStudent's)
-    or "unrolled"; both give the same values and gradients up to rounding.
+    `memory_mode` ("unrolled" | "recompute") defaults to the forward's own (a ConvNetStudent's,
+    which also says how many steps "recompute" keeps) or "unrolled"; all give the same values and
+    gradients up to rounding.
     """
     mode = memory_mode or getattr(forward, "memory_mode", "unrolled")
     _check_unroll_mode(mode)
-    unroll = _recomputed if mode == "recompute" else _unrolled
-    return unroll(_stepper(forward), start, images, labels, lr, plan)
+    if mode == "unrolled":
+        return _unrolled(_stepper(forward), start, images, labels, lr, plan)
+    return _recomputed(_stepper(forward), start, images, labels, lr, plan, getattr(forward, "kept_steps", 0))
 
 
 def normalised_distance(final: torch.Tensor, start: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

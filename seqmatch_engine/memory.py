@@ -3,7 +3,8 @@
 The unrolled student keeps the graph of all N steps, so its memory grows with
 N x batch x activation size; the "recompute" mode keeps theta_n per step and rebuilds one
 step's graph at a time in the backward pass (matching.py). `choose_memory_mode` picks
-"unrolled" while its estimate fits comfortably in the memory available, else "recompute".
+"unrolled" while its estimate fits comfortably in the memory available, else "recompute"
+keeping the graphs of as many of the last steps as still fit (those are not rebuilt).
 
 CPU allocator: glibc returns every freed block above 32 MB to the kernel (munmap), and on
 virtual machines the next allocation pays a page fault per 4 KiB page when it is first touched
@@ -43,16 +44,24 @@ def activation_elements(spec: ConvNetSpec, batch: int) -> int:
     return total
 
 
+def step_graph_bytes(spec: ConvNetSpec, batch: int, element_size: int = 4) -> int:
+    """Estimated memory of one student step's graph as the unroll keeps it."""
+    act = activation_elements(spec, batch) * element_size
+    return int(_UNROLLED_ACTIVATION_COPIES * act + 2 * spec.num_params * element_size)
+
+
 def estimate_bytes(spec: ConvNetSpec, batch: int, steps: int, mode: str, num_images: int | None = None,
-                   element_size: int = 4) -> int:
-    """Estimated peak extra memory of one outer iteration in `mode` ("unrolled" | "recompute")."""
+                   element_size: int = 4, kept_steps: int = 0) -> int:
+    """Estimated peak extra memory of one outer iteration in `mode` ("unrolled" | "recompute",
+    keeping `kept_steps` step graphs)."""
     act = activation_elements(spec, batch) * element_size
     images = (num_images or batch) * spec.channels * spec.image_size[0] * spec.image_size[1] * element_size
     params = spec.num_params * element_size
     if mode == "unrolled":
-        return int(steps * (_UNROLLED_ACTIVATION_COPIES * act + 2 * params) + 4 * images + act)
+        return int(steps * step_graph_bytes(spec, batch, element_size) + 4 * images + act)
     if mode == "recompute":
-        return int(_RECOMPUTE_ACTIVATION_COPIES * act + steps * params + 4 * images)
+        kept = min(kept_steps, steps) * step_graph_bytes(spec, batch, element_size)
+        return int(_RECOMPUTE_ACTIVATION_COPIES * act + steps * params + 4 * images + kept)
     raise ValueError(f"memory mode {mode!r}: choose from unrolled, recompute")
 
 
@@ -78,29 +87,36 @@ class MemoryChoice:
     unrolled_bytes: int       # estimates of one outer iteration's peak extra memory
     recompute_bytes: int
     available: int            # free memory seen when choosing
+    kept_steps: int = 0       # "recompute": last steps whose graph is kept, not rebuilt (included in recompute_bytes)
 
     def describe(self) -> str:
         gib = 1 << 30
         why = "set in the config" if self.requested != "auto" else (
             "fits" if self.mode == "unrolled" else "the unrolled graph would not fit")
-        return (f"memory mode {self.mode} ({why}): unrolled ~{self.unrolled_bytes / gib:.2f} GiB, "
+        kept = f", keeping the last {self.kept_steps} steps' graphs" if self.kept_steps else ""
+        return (f"memory mode {self.mode} ({why}{kept}): unrolled ~{self.unrolled_bytes / gib:.2f} GiB, "
                 f"recompute ~{self.recompute_bytes / gib:.2f} GiB, {self.available / gib:.1f} GiB free")
 
 
 def choose_memory_mode(requested: str, spec: ConvNetSpec, batch: int, steps: int, num_images: int | None = None,
                        device: torch.device | str = "cpu", available: int | None = None) -> MemoryChoice:
     """Resolve distill.memory_mode: "auto" takes "unrolled" while its estimate is at most
-    BUDGET_FRACTION of the free memory (`available`, measured when None), else "recompute"."""
+    BUDGET_FRACTION of the free memory (`available`, measured when None), else "recompute" with
+    the graphs of as many of the last steps kept as fit in that budget. An explicit "recompute"
+    keeps none (the least memory)."""
     if requested not in MEMORY_MODES:
         raise ValueError(f"distill.memory_mode {requested!r}: choose from {', '.join(MEMORY_MODES)}")
     unrolled = estimate_bytes(spec, batch, steps, "unrolled", num_images)
     recompute = estimate_bytes(spec, batch, steps, "recompute", num_images)
     free = available_bytes(device) if available is None else int(available)
+    budget = BUDGET_FRACTION * free
+    mode, kept = requested, 0
     if requested == "auto":
-        mode = "unrolled" if unrolled <= BUDGET_FRACTION * free else "recompute"
-    else:
-        mode = requested
-    return MemoryChoice(mode, requested, unrolled, recompute, free)
+        mode = "unrolled" if unrolled <= budget else "recompute"
+        if mode == "recompute":
+            kept = int(min(steps - 1, max(0, (budget - recompute) // step_graph_bytes(spec, batch))))
+    recompute = estimate_bytes(spec, batch, steps, "recompute", num_images, kept_steps=kept)
+    return MemoryChoice(mode, requested, unrolled, recompute, free, kept)
 
 
 # -- glibc allocator -----------------------------------------------------------------------------------

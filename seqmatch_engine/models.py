@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import native
+
 
 @dataclass(frozen=True)
 class ConvNetSpec:
@@ -154,11 +156,15 @@ class NormReLUPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
         ctx.set_materialize_grads(False)
-        b, c, h, w = z.shape
-        pre, mean, rstd = torch.native_group_norm(z, gamma, beta, b, c, h * w, c, NORM_EPS)
-        relu = pre.relu_()
+        if native.usable(z, gamma, beta):
+            out, mean, rstd, relu = native.forward(z, gamma, beta, NORM_EPS)
+        else:
+            b, c, h, w = z.shape
+            pre, mean, rstd = torch.native_group_norm(z, gamma, beta, b, c, h * w, c, NORM_EPS)
+            relu = pre.relu_()
+            out = pool2(relu)
         ctx.save_for_backward(z, gamma, mean, rstd, relu)
-        return pool2(relu)
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor | None):
@@ -182,12 +188,12 @@ class _NormReLUPoolGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, grad, z, gamma, mean, rstd, relu):
         ctx.set_materialize_grads(False)
+        ctx.save_for_backward(grad, z, gamma, mean, rstd, relu)
+        if native.usable(grad, z, gamma):
+            return native.backward(grad, z, gamma, mean, rstd, relu)
         b, c, h, w = z.shape
         dpre = _relu_pool_grad(grad, relu)
-        dz, dgamma, dbeta = torch.ops.aten.native_group_norm_backward(
-            dpre, z, mean, rstd, gamma, b, c, h * w, c, [True, True, True])
-        ctx.save_for_backward(grad, z, gamma, mean, rstd, relu)
-        return dz, dgamma, dbeta
+        return torch.ops.aten.native_group_norm_backward(dpre, z, mean, rstd, gamma, b, c, h * w, c, [True] * 3)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -195,6 +201,9 @@ class _NormReLUPoolGrad(torch.autograd.Function):
         if gdz is None and gdgamma is None and gdbeta is None:
             return None, None, None, None, None, None
         grad, z, gamma, mean, rstd, relu = ctx.saved_tensors
+        if native.usable(grad, z, *(t for t in (gdz, gdgamma, gdbeta) if t is not None)):
+            g_grad, g_z, g_gamma = native.double_backward(grad, z, gamma, mean, rstd, relu, gdz, gdgamma, gdbeta)
+            return g_grad, g_z, g_gamma, None, None, None
         b, c, h, w = z.shape
         area = h * w
         dpre = _relu_pool_grad(grad, relu)

@@ -20,7 +20,7 @@ from seqmatch_engine.matching import (
     normalised_distance,
     outer_step,
 )
-from seqmatch_engine.memory import choose_memory_mode, estimate_bytes
+from seqmatch_engine.memory import BUDGET_FRACTION, choose_memory_mode, estimate_bytes
 from seqmatch_engine.models import (
     ConvNetSpec,
     Im2colConv,
@@ -55,7 +55,8 @@ def problem(spec, dtype, steps=4, batch=4, ipc=2, seed=0):
 
 def meta_gradients(kind, spec, start, target, images, labels, plan):
     """(loss, dL/dx, dL/dlr) of one matching loss: "reference" (tests/reference.py), "plain" (the
-    benchmark's reference), or our ConvNet student in memory mode "unrolled" / "recompute"."""
+    benchmark's reference), or our ConvNet student in memory mode "unrolled" / "recompute" /
+    "recompute:K" (keeping the last K steps' graphs)."""
     x = images.clone().requires_grad_(True)
     lr = torch.tensor(0.05, dtype=images.dtype, requires_grad=True)
     if kind == "reference":
@@ -67,7 +68,8 @@ def meta_gradients(kind, spec, start, target, images, labels, plan):
 
         loss = plain_matching_loss(spec, start, target, x, labels, lr, plan)
     else:
-        loss = matching_loss(ConvNetStudent(spec, kind), start, target, x, labels, lr, plan)
+        mode, _, kept = kind.partition(":")
+        loss = matching_loss(ConvNetStudent(spec, mode, int(kept or 0)), start, target, x, labels, lr, plan)
     loss.backward()
     return loss.detach(), x.grad, lr.grad
 
@@ -81,7 +83,7 @@ def test_fast_and_recompute_equal_the_reference(name, dtype, tol, chunk_bytes, m
     spec = SPECS[name]
     case = problem(spec, dtype)
     ref = meta_gradients("reference", spec, *case)
-    for kind in ("unrolled", "recompute"):
+    for kind in ("unrolled", "recompute", "recompute:1", "recompute:3", "recompute:4"):  # 4 = every step kept
         got = meta_gradients(kind, spec, *case)
         for a, b in zip(got, ref):
             assert relative_error(a, b) < tol, (kind, relative_error(a, b))
@@ -163,6 +165,25 @@ def test_auto_memory_mode_follows_the_budget():
     assert choose_memory_mode("recompute", spec, 100, 50, available=1 << 50).mode == "recompute"
     with pytest.raises(ValueError, match="memory_mode"):
         choose_memory_mode("fast", spec, 100, 50)
+
+
+def test_auto_recompute_keeps_as_many_step_graphs_as_fit_in_the_budget():
+    spec = ConvNetSpec(1, (28, 28), 10, width=32, depth=3)
+    need = estimate_bytes(spec, 100, 50, "unrolled")
+    kept = []
+    for share in (0.1, 0.25, 0.5, 0.9):
+        free = int(share * need / BUDGET_FRACTION)
+        choice = choose_memory_mode("auto", spec, 100, 50, available=free)
+        assert choice.mode == "recompute" and choice.recompute_bytes <= BUDGET_FRACTION * free
+        assert choice.recompute_bytes == estimate_bytes(spec, 100, 50, "recompute", kept_steps=choice.kept_steps)
+        kept.append(choice.kept_steps)
+    assert 0 < kept[0] < kept[1] < kept[2] < kept[3] < 50, kept
+    assert choose_memory_mode("auto", spec, 100, 50, available=1 << 20).kept_steps == 0  # not even recompute fits
+    assert f"keeping the last {kept[2]} steps" in choose_memory_mode(
+        "auto", spec, 100, 50, available=int(0.5 * need / BUDGET_FRACTION)).describe()
+    assert choose_memory_mode("recompute", spec, 100, 50, available=1 << 50).kept_steps == 0  # explicit: least memory
+    with pytest.raises(ValueError, match="kept_steps"):
+        ConvNetStudent(spec, "recompute", -1)
 
 
 def test_memory_estimates_grow_with_steps_only_when_unrolled():
