@@ -72,7 +72,9 @@ class DistillConfig:
     publish_every: int = 1            # images sent to observers every this many iterations
     diagnose_every: int = 0           # G1 gradient-similarity record every this many iterations; 0: off
     nominal_groups: int = 2           # G1 of static MTT: its one subset split into this many groups per class
-    memory_mode: str = "auto"         # "unrolled" (keep all N steps' graph), "recompute" (O(1) in N), or "auto"
+    # "unrolled" (keep all N steps' graphs), "recompute" (O(1) in N), or "auto": unrolled if it fits,
+    # else recompute keeping the graphs of as many of the last steps as fit
+    memory_mode: str = "auto"
 
 
 @dataclass
