@@ -256,8 +256,8 @@ def test_distill_leaves_a_complete_run_folder(finished):
     assert [(stage, it) for stage, it, _ in run.snapshots()] == [(0, 2), (1, 2)]
     iterations = [(r["stage"], r["iteration"]) for r in run.metrics() if r["kind"] == "iteration"]
     assert iterations == [(0, 1), (0, 2), (1, 1), (1, 2)]
-    experts = sorted(p.name for p in (home / "experts").iterdir())
-    assert len(experts) == 3 and experts[-1] == "baselines"  # stage-1 and retrained stage-2 experts, the baseline
+    experts = {p.name for p in (home / "experts").iterdir()}
+    assert len(experts) == 3 and "baselines" in experts  # stage-1 and retrained stage-2 experts, the baseline
 
 
 def test_runs_lists_the_finished_run(finished, capsys):
