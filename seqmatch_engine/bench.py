@@ -126,9 +126,10 @@ class StepSetup:
         lr = torch.tensor(0.01, requires_grad=True)
         if impl.startswith("reference"):
             loss = plain_matching_loss(self.problem.spec, self.start, self.target, x, self.labels, lr, self.plan)
-        else:  # "unrolled", "recompute" or "recompute:K" (keeping the last K steps' graphs)
-            mode, _, kept = impl.partition(":")
-            student = ConvNetStudent(self.problem.spec, mode, int(kept or 0))
+        else:  # "unrolled" or "recompute[:K][:bare]" (keeping the last K steps' graphs; bare: no replay)
+            mode, *options = impl.split(":")
+            kept = int(options[0]) if options and options[0].isdigit() else 0
+            student = ConvNetStudent(self.problem.spec, mode, kept, replay="bare" not in options)
             loss = matching_loss(student, self.start, self.target, x, self.labels, lr, self.plan)
         loss.backward(inputs=[x, lr])
         return float(loss.detach()), x.grad, lr.grad
@@ -412,27 +413,30 @@ def section_memory(steps_list: list[int], rounds: int, reps: int, threads: int |
         # what "auto" does where its budget is a quarter of what the unrolled graph needs
         squeezed = choose_memory_mode("auto", problem.spec, batch, steps, batch,
                                       available=int(unrolled_estimate / 4 / BUDGET_FRACTION))
-        impls = {"unrolled": "unrolled", "recompute": "recompute", "auto": f"recompute:{squeezed.kept_steps}"}
+        impls = {"unrolled": "unrolled", "recompute": "recompute", "bare": "recompute:bare",
+                 "auto": f"recompute:{squeezed.kept_steps}"}
         tasks = {name: {"kind": "matching", "problem": "small", "impl": impl, "steps": steps, "reps": reps,
                         "threads": threads, "tune": True, "light_warmup": True} for name, impl in impls.items()}
         runs = interleaved_children(tasks, rounds, progress)
         peaks = {m: _median([r.get("peak_bytes", 0) for r in rs]) for m, rs in runs.items()}
         times = {m: _median([t for r in rs for t in r.get("times", [])]) for m, rs in runs.items()}
         est = {"unrolled": unrolled_estimate, "auto": squeezed.recompute_bytes,
-               "recompute": estimate_bytes(problem.spec, batch, steps, "recompute", batch)}
-        row = [str(steps), _gib(peaks["unrolled"]), _gib(est["unrolled"])]
-        for name in ("recompute", "auto"):
-            row += [_gib(peaks[name]), _gib(est[name]), f"{peaks[name] / max(peaks['unrolled'], 1):.2f}",
-                    f"{times[name] / times['unrolled']:.2f}x"]
-        rows.append(row[:7] + [str(squeezed.kept_steps)] + row[7:])
+               "recompute": estimate_bytes(problem.spec, batch, steps, "recompute", batch),
+               "bare": estimate_bytes(problem.spec, batch, steps, "recompute", batch, replay=False)}
+        for name in ("recompute", "bare", "auto"):
+            kept = str(squeezed.kept_steps) if name == "auto" else "0"
+            rows.append([str(steps), name, kept, _gib(peaks[name]), _gib(est[name]), _gib(peaks["unrolled"]),
+                         _gib(est["unrolled"]), f"{peaks[name] / max(peaks['unrolled'], 1):.2f}",
+                         f"{times[name] / times['unrolled']:.2f}x"])
         result[steps] = {"peak": peaks, "estimate": est, "seconds": times, "auto_kept_steps": squeezed.kept_steps}
-    out(_table(rows, ["syn_steps", "unrolled peak", "(estimate)", "recompute peak", "(estimate)", "ratio", "time",
-                      "auto: kept", "peak", "(estimate)", "ratio", "time"]))
+    out(_table(rows, ["syn_steps", "memory-bounded", "kept steps", "peak", "(estimate)", "unrolled peak",
+                      "(estimate)", "memory ratio", "time ratio"]))
     out(f"ConvNet w32, 28x28x1, IPC 10; peak = growth of resident anonymous memory over one outer iteration in a "
-        f"fresh child (after a 1-step warm-up); ratio and time relative to unrolled: medians of {rounds} interleaved "
-        f"children x {reps} iterations each. 'recompute' keeps no step's graph (the least memory; "
-        f"distill.memory_mode: recompute); 'auto' is what memory_mode auto picks when a quarter of the unrolled "
-        f"estimate fits in its budget: recompute, keeping the graphs of the last 'kept' steps.")
+        f"fresh child (after a 1-step warm-up); ratios to unrolled: medians of {rounds} interleaved children x "
+        f"{reps} iterations each. recompute = distill.memory_mode recompute (rebuilds every step, replaying its "
+        f"recorded convolutions); bare = recompute with nothing recorded (the least memory, what it falls back to "
+        f"when even the recordings do not fit); auto = what memory_mode auto picks when a quarter of the unrolled "
+        f"estimate fits in its budget (recompute, keeping the graphs of the last 'kept' steps).")
     return result
 
 

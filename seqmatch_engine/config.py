@@ -72,8 +72,9 @@ class DistillConfig:
     publish_every: int = 1            # images sent to observers every this many iterations
     diagnose_every: int = 0           # G1 gradient-similarity record every this many iterations; 0: off
     nominal_groups: int = 2           # G1 of static MTT: its one subset split into this many groups per class
-    # "unrolled" (keep all N steps' graphs), "recompute" (O(1) in N), or "auto": unrolled if it fits,
-    # else recompute keeping the graphs of as many of the last steps as fit
+    # "unrolled" (keep all N steps' graphs), "recompute" (rebuild each step's graph in the backward
+    # pass: ~1/9 of the memory, O(1) in N where even that does not fit), or "auto": unrolled if it
+    # fits, else recompute keeping the graphs of as many of the last steps as fit
     memory_mode: str = "auto"
 
 

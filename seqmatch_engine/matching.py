@@ -13,8 +13,10 @@ Two ways to get the meta-gradient (same values up to rounding):
 - "unrolled": keep the graph of all N steps (memory grows with N x batch);
 - "recompute": keep only theta_n of every step, then walk back from N-1 to 0, rebuilding one
   step's graph at a time and applying its vector-Jacobian product (about 1/N of the memory,
-  one extra forward + first-order backward per step). It can keep the graphs of its last K
-  steps from the forward sweep (`kept_steps`), so that only N - K steps are rebuilt: memory
+  one extra forward + first-order backward per step). By default it records the deeper
+  convolutions of each step in the forward sweep and replays them in the rebuild (`replay`,
+  conv_replay.py: ~1/9 of a step's graph, most of the rebuild's time). It can also keep the
+  graphs of its last K steps (`kept_steps`), so that only N - K steps are rebuilt: memory
   traded for time where some is free.
 A `ConvNetStudent` (a ConvNet spec + memory mode) takes the fast path with the fused kernels of
 models.py; any other forward function takes the generic autograd path.
@@ -28,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .augment import AugmentationDraw, apply_augmentation, draw_augmentation
+from .conv_replay import ConvReplay
 from .memory import tune_cpu_allocator
 from .models import ConvNetSpec, convnet_forward, fast_convnet_forward, is_conv_bias, unflatten
 
@@ -51,11 +54,13 @@ def _check_unroll_mode(mode: str) -> None:
 class ConvNetStudent:
     """A ConvNet forward (callable like `convnet_forward` with the spec bound) that tells the
     matching step to use the fast kernels, which memory mode ("unrolled" | "recompute") and, in
-    "recompute", how many of the last steps keep their graph instead of being rebuilt."""
+    "recompute", how many of the last steps keep their graph instead of being rebuilt and whether
+    rebuilt steps replay their recorded convolutions."""
 
     spec: ConvNetSpec
     memory_mode: str = "unrolled"
     kept_steps: int = 0
+    replay: bool = True
 
     def __post_init__(self) -> None:
         _check_unroll_mode(self.memory_mode)
@@ -110,12 +115,15 @@ class _GenericStep:
         return pieces[0]
 
     def grads(self, pieces: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-              create_graph: bool, batch: int | None = None) -> tuple[torch.Tensor, ...]:
+              create_graph: bool, batch: int | None = None, convs: None = None) -> tuple[torch.Tensor, ...]:
         loss = F.cross_entropy(self.forward(pieces[0], x), y, reduction="sum") / (batch or len(x))
         return torch.autograd.grad(loss, pieces, create_graph=create_graph)
 
     def chunk(self, batch: int) -> int:
         return batch  # an arbitrary forward may mix images (e.g. batch norm): never split a batch
+
+    def recorder(self) -> None:
+        return None  # nothing to record of an arbitrary forward
 
 
 class ConvNetStep:
@@ -138,14 +146,18 @@ class ConvNetStep:
         return torch.cat([t.reshape(-1) for t in full])
 
     def grads(self, pieces: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-              create_graph: bool, batch: int | None = None) -> tuple[torch.Tensor, ...]:
-        """Gradient of sum(CE) / batch over (x, y) (batch None: mean over x)."""
+              create_graph: bool, batch: int | None = None, convs: ConvReplay | None = None) -> tuple[torch.Tensor, ...]:
+        """Gradient of sum(CE) / batch over (x, y) (batch None: mean over x); `convs` records or
+        replays the deeper convolutions (conv_replay.py)."""
         full: list = [None] * len(self.spec.param_shapes())
         for i, piece in zip(self.trainable, pieces):
             full[i] = piece
-        logits = fast_convnet_forward(full, x, self.spec, graph_input_grad=False)
+        logits = fast_convnet_forward(full, x, self.spec, graph_input_grad=False, convs=convs)
         loss = F.cross_entropy(logits, y, reduction="sum") / (batch or len(x))
         return torch.autograd.grad(loss, pieces, create_graph=create_graph)
+
+    def recorder(self) -> ConvReplay:
+        return ConvReplay()
 
     def chunk(self, batch: int) -> int:
         """Rows per chunk: equal chunks whose first conv output is at most about CHUNK_BYTES."""
@@ -195,23 +207,28 @@ class _RecomputedUnroll(torch.autograd.Function):
     create_graph, then dL/dlr -= <v, g_n>, dL/dx += VJP(-lr v) w.r.t. the pixels, and
     dL/dtheta_n = v + VJP(-lr v) w.r.t. theta_n (skipped at n = 0: theta_0 is a constant).
     The last `kept` steps build that graph already in forward and keep it, so backward does not
-    rebuild them (their leaves and per-chunk gradients are stored in ctx.kept).
+    rebuild them (their leaves and per-chunk gradients are stored in ctx.kept). The other steps
+    record their deeper convolutions in forward (ctx.replays: per step, one ConvReplay per chunk),
+    so that a rebuild replays them instead of computing them again.
     """
 
     @staticmethod
-    def forward(ctx, images, lr, labels, stepper, plan, kept, *start_pieces):
+    def forward(ctx, images, lr, labels, stepper, plan, kept, replay, *start_pieces):
         pieces = [p.detach() for p in start_pieces]
-        thetas, graphs = [], {}
+        thetas, graphs, replays = [], {}, {}
         rate = lr.detach()
         pixels = images.detach().requires_grad_(ctx.needs_input_grad[0])
         for n, step in enumerate(plan):
             thetas.append(pieces)
             keep = n >= len(plan) - kept
             grads = [torch.zeros_like(p) for p in pieces]
+            parts = []
             with torch.enable_grad():
                 leaves = [p.detach().requires_grad_(True) for p in pieces]
-                chunks = _step_chunks(stepper, pixels if keep else images.detach(), labels, step)
-                parts = [stepper.grads(leaves, x, y, keep, len(step.indices)) for x, y in chunks]
+                for x, y in _step_chunks(stepper, pixels if keep else images.detach(), labels, step):
+                    convs = stepper.recorder() if replay and not keep else None
+                    parts.append(stepper.grads(leaves, x, y, keep, len(step.indices), convs))
+                    replays.setdefault(n, []).append(convs)
             for part in parts:
                 for total, g in zip(grads, part):
                     total += g.detach()
@@ -219,6 +236,7 @@ class _RecomputedUnroll(torch.autograd.Function):
                 graphs[n] = (leaves, parts)
             pieces = [p - rate * g for p, g in zip(pieces, grads)]
         ctx.stepper, ctx.plan, ctx.thetas, ctx.kept, ctx.pixels = stepper, plan, thetas, graphs, pixels
+        ctx.replays = replays
         ctx.save_for_backward(images, lr, labels)
         return tuple(pieces)
 
@@ -236,7 +254,7 @@ class _RecomputedUnroll(torch.autograd.Function):
             leaves, parts = ctx.kept.pop(n, (None, None))
             if leaves is None:
                 leaves = [p.detach().requires_grad_(True) for p in thetas[n]]
-                parts = _rebuilt_chunk_grads(stepper, leaves, pixels, labels, plan[n])
+                parts = _rebuilt_chunk_grads(stepper, leaves, pixels, labels, plan[n], ctx.replays.pop(n))
             outputs = [-rate * vi for vi in v]
             inputs = (leaves if n > 0 else []) + ([pixels] if want_x else [])
             dv = [torch.zeros_like(vi) for vi in v] if n > 0 else None
@@ -256,20 +274,19 @@ class _RecomputedUnroll(torch.autograd.Function):
                             total += g
             if n > 0:
                 v = [vi + d for vi, d in zip(v, dv)]
-        ctx.thetas = ctx.kept = ctx.pixels = None
-        return (grad_x, grad_lr if want_lr else None, None, None, None, None) + (None,) * len(thetas[0])
+        ctx.thetas = ctx.kept = ctx.pixels = ctx.replays = None
+        return (grad_x, grad_lr if want_lr else None) + (None,) * (5 + len(thetas[0]))
 
 
 def _rebuilt_chunk_grads(stepper, leaves: list[torch.Tensor], pixels: torch.Tensor, labels: torch.Tensor,
-                         step: UnrollStep):
-    """Step `step`'s gradients at `leaves`, chunk by chunk, each with its graph (built when asked for)."""
+                         step: UnrollStep, replays: list[ConvReplay | None]):
+    """Step `step`'s gradients at `leaves`, chunk by chunk, each with its graph (built when asked
+    for), replaying the convolutions each chunk recorded in the forward sweep."""
     chunks = _step_chunks(stepper, pixels, labels, step)
-    while True:
+    for recorded in replays:
         with torch.enable_grad():  # the chunk's augmentation is part of the graph
-            x, y = next(chunks, (None, None))
-            if x is None:
-                return
-            grads = stepper.grads(leaves, x, y, True, len(step.indices))
+            x, y = next(chunks)
+            grads = stepper.grads(leaves, x, y, True, len(step.indices), recorded and recorded.replay())
         yield grads
 
 
@@ -278,8 +295,8 @@ def _step_chunks(stepper, images: torch.Tensor, labels: torch.Tensor, step: Unro
 
 
 def _recomputed(stepper, start: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor,
-                plan: UnrollPlan, kept_steps: int = 0) -> torch.Tensor:
-    pieces = _RecomputedUnroll.apply(images, lr, labels, stepper, plan, min(kept_steps, len(plan)),
+                plan: UnrollPlan, kept_steps: int = 0, replay: bool = True) -> torch.Tensor:
+    pieces = _RecomputedUnroll.apply(images, lr, labels, stepper, plan, min(kept_steps, len(plan)), replay,
                                      *stepper.split(start))
     return stepper.join(list(pieces), start)
 
@@ -289,14 +306,15 @@ def unroll_student(forward: ForwardFn, start: torch.Tensor, images: torch.Tensor
     """Final student params (P,) after len(plan) SGD steps, differentiable w.r.t. images and lr.
 
     `memory_mode` ("unrolled" | "recompute") defaults to the forward's own (a ConvNetStudent's,
-    which also says how many steps "recompute" keeps) or "unrolled"; all give the same values and
-    gradients up to rounding.
+    which also says how many steps "recompute" keeps and whether it replays convolutions) or
+    "unrolled"; all give the same values and gradients up to rounding.
     """
     mode = memory_mode or getattr(forward, "memory_mode", "unrolled")
     _check_unroll_mode(mode)
     if mode == "unrolled":
         return _unrolled(_stepper(forward), start, images, labels, lr, plan)
-    return _recomputed(_stepper(forward), start, images, labels, lr, plan, getattr(forward, "kept_steps", 0))
+    return _recomputed(_stepper(forward), start, images, labels, lr, plan, getattr(forward, "kept_steps", 0),
+                       getattr(forward, "replay", True))
 
 
 def normalised_distance(final: torch.Tensor, start: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

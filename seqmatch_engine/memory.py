@@ -44,6 +44,14 @@ def activation_elements(spec: ConvNetSpec, batch: int) -> int:
     return total
 
 
+def replay_bytes(spec: ConvNetSpec, batch: int, element_size: int = 4) -> int:
+    """Memory "recompute" keeps per rebuilt step (conv_replay.py): output and input gradient of
+    every convolution after the first, and its weight gradient."""
+    first = batch * spec.width * spec.image_size[0] * spec.image_size[1]
+    weights = (spec.depth - 1) * spec.width * spec.width * 9
+    return int((2 * (activation_elements(spec, batch) - first) + weights) * element_size)
+
+
 def step_graph_bytes(spec: ConvNetSpec, batch: int, element_size: int = 4) -> int:
     """Estimated memory of one student step's graph as the unroll keeps it."""
     act = activation_elements(spec, batch) * element_size
@@ -51,17 +59,19 @@ def step_graph_bytes(spec: ConvNetSpec, batch: int, element_size: int = 4) -> in
 
 
 def estimate_bytes(spec: ConvNetSpec, batch: int, steps: int, mode: str, num_images: int | None = None,
-                   element_size: int = 4, kept_steps: int = 0) -> int:
+                   element_size: int = 4, kept_steps: int = 0, replay: bool = True) -> int:
     """Estimated peak extra memory of one outer iteration in `mode` ("unrolled" | "recompute",
-    keeping `kept_steps` step graphs)."""
+    keeping `kept_steps` step graphs, replaying convolutions or not)."""
     act = activation_elements(spec, batch) * element_size
     images = (num_images or batch) * spec.channels * spec.image_size[0] * spec.image_size[1] * element_size
     params = spec.num_params * element_size
     if mode == "unrolled":
         return int(steps * step_graph_bytes(spec, batch, element_size) + 4 * images + act)
     if mode == "recompute":
-        kept = min(kept_steps, steps) * step_graph_bytes(spec, batch, element_size)
-        return int(_RECOMPUTE_ACTIVATION_COPIES * act + steps * params + 4 * images + kept)
+        kept = min(kept_steps, steps)
+        replayed = (steps - kept) * replay_bytes(spec, batch, element_size) if replay else 0
+        stored = kept * step_graph_bytes(spec, batch, element_size) + replayed
+        return int(_RECOMPUTE_ACTIVATION_COPIES * act + steps * params + 4 * images + stored)
     raise ValueError(f"memory mode {mode!r}: choose from unrolled, recompute")
 
 
@@ -88,35 +98,39 @@ class MemoryChoice:
     recompute_bytes: int
     available: int            # free memory seen when choosing
     kept_steps: int = 0       # "recompute": last steps whose graph is kept, not rebuilt (included in recompute_bytes)
+    replay: bool = True       # "recompute": rebuilt steps replay their recorded convolutions (conv_replay.py)
 
     def describe(self) -> str:
         gib = 1 << 30
         why = "set in the config" if self.requested != "auto" else (
             "fits" if self.mode == "unrolled" else "the unrolled graph would not fit")
-        kept = f", keeping the last {self.kept_steps} steps' graphs" if self.kept_steps else ""
-        return (f"memory mode {self.mode} ({why}{kept}): unrolled ~{self.unrolled_bytes / gib:.2f} GiB, "
+        how = ""
+        if self.mode == "recompute":
+            how = ", replaying convolutions" if self.replay else ", least memory: nothing replayed"
+            how += f", keeping the last {self.kept_steps} steps' graphs" if self.kept_steps else ""
+        return (f"memory mode {self.mode} ({why}{how}): unrolled ~{self.unrolled_bytes / gib:.2f} GiB, "
                 f"recompute ~{self.recompute_bytes / gib:.2f} GiB, {self.available / gib:.1f} GiB free")
 
 
 def choose_memory_mode(requested: str, spec: ConvNetSpec, batch: int, steps: int, num_images: int | None = None,
                        device: torch.device | str = "cpu", available: int | None = None) -> MemoryChoice:
     """Resolve distill.memory_mode: "auto" takes "unrolled" while its estimate is at most
-    BUDGET_FRACTION of the free memory (`available`, measured when None), else "recompute" with
-    the graphs of as many of the last steps kept as fit in that budget. An explicit "recompute"
-    keeps none (the least memory)."""
+    BUDGET_FRACTION of the free memory (`available`, measured when None), else "recompute".
+    "recompute" replays recorded convolutions when that fits in the budget (else it keeps the
+    least memory); under "auto" it also keeps the graphs of as many of the last steps as fit."""
     if requested not in MEMORY_MODES:
         raise ValueError(f"distill.memory_mode {requested!r}: choose from {', '.join(MEMORY_MODES)}")
     unrolled = estimate_bytes(spec, batch, steps, "unrolled", num_images)
     recompute = estimate_bytes(spec, batch, steps, "recompute", num_images)
     free = available_bytes(device) if available is None else int(available)
     budget = BUDGET_FRACTION * free
-    mode, kept = requested, 0
-    if requested == "auto":
-        mode = "unrolled" if unrolled <= budget else "recompute"
-        if mode == "recompute":
-            kept = int(min(steps - 1, max(0, (budget - recompute) // step_graph_bytes(spec, batch))))
-    recompute = estimate_bytes(spec, batch, steps, "recompute", num_images, kept_steps=kept)
-    return MemoryChoice(mode, requested, unrolled, recompute, free, kept)
+    mode = "unrolled" if requested == "unrolled" or (requested == "auto" and unrolled <= budget) else "recompute"
+    replay, kept = recompute <= budget, 0
+    if mode == "recompute" and replay and requested == "auto":
+        extra = step_graph_bytes(spec, batch) - replay_bytes(spec, batch)  # a kept step instead of a replayed one
+        kept = int(min(steps - 1, (budget - recompute) // extra))
+    recompute = estimate_bytes(spec, batch, steps, "recompute", num_images, kept_steps=kept, replay=replay)
+    return MemoryChoice(mode, requested, unrolled, recompute, free, kept, replay)
 
 
 # -- glibc allocator -----------------------------------------------------------------------------------

@@ -316,16 +316,19 @@ def is_conv_bias(name: str) -> bool:
 
 
 def fast_convnet_forward(pieces: list[torch.Tensor], x: torch.Tensor, spec: ConvNetSpec,
-                         graph_input_grad: bool = True) -> torch.Tensor:
+                         graph_input_grad: bool = True, convs=None) -> torch.Tensor:
     """`convnet_forward` from per-parameter tensors (order of spec.param_shapes()), fast kernels.
 
     Equal to convnet_forward up to rounding; conv biases are not used (instance norm cancels them).
+    `convs` (a conv_replay.ConvReplay) records or replays the convolutions after the first.
     """
     h = x
     for d in range(spec.depth):
         w, _, gamma, beta = pieces[4 * d: 4 * d + 4]
         if d == 0 and w.shape[1] <= IM2COL_MAX_CHANNELS:
             z = Im2colConv.apply(h, w, graph_input_grad)
+        elif d > 0 and convs is not None:
+            z = convs.conv(h, w)
         else:
             z = F.conv2d(h, w, None, padding=1)
         h = NormReLUPool.apply(z, gamma, beta)

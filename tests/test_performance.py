@@ -56,7 +56,7 @@ def problem(spec, dtype, steps=4, batch=4, ipc=2, seed=0):
 def meta_gradients(kind, spec, start, target, images, labels, plan):
     """(loss, dL/dx, dL/dlr) of one matching loss: "reference" (tests/reference.py), "plain" (the
     benchmark's reference), or our ConvNet student in memory mode "unrolled" / "recompute" /
-    "recompute:K" (keeping the last K steps' graphs)."""
+    "recompute:K" (keeping the last K steps' graphs) / "recompute:bare" (no convolution replayed)."""
     x = images.clone().requires_grad_(True)
     lr = torch.tensor(0.05, dtype=images.dtype, requires_grad=True)
     if kind == "reference":
@@ -68,8 +68,9 @@ def meta_gradients(kind, spec, start, target, images, labels, plan):
 
         loss = plain_matching_loss(spec, start, target, x, labels, lr, plan)
     else:
-        mode, _, kept = kind.partition(":")
-        loss = matching_loss(ConvNetStudent(spec, mode, int(kept or 0)), start, target, x, labels, lr, plan)
+        mode, _, option = kind.partition(":")
+        student = ConvNetStudent(spec, mode, int(option) if option.isdigit() else 0, replay=option != "bare")
+        loss = matching_loss(student, start, target, x, labels, lr, plan)
     loss.backward()
     return loss.detach(), x.grad, lr.grad
 
@@ -83,7 +84,7 @@ def test_fast_and_recompute_equal_the_reference(name, dtype, tol, chunk_bytes, m
     spec = SPECS[name]
     case = problem(spec, dtype)
     ref = meta_gradients("reference", spec, *case)
-    for kind in ("unrolled", "recompute", "recompute:1", "recompute:3", "recompute:4"):  # 4 = every step kept
+    for kind in ("unrolled", "recompute", "recompute:bare", "recompute:1", "recompute:3", "recompute:4"):  # 4: all kept
         got = meta_gradients(kind, spec, *case)
         for a, b in zip(got, ref):
             assert relative_error(a, b) < tol, (kind, relative_error(a, b))
@@ -171,28 +172,34 @@ def test_auto_recompute_keeps_as_many_step_graphs_as_fit_in_the_budget():
     spec = ConvNetSpec(1, (28, 28), 10, width=32, depth=3)
     need = estimate_bytes(spec, 100, 50, "unrolled")
     kept = []
-    for share in (0.1, 0.25, 0.5, 0.9):
+    for share in (0.2, 0.35, 0.5, 0.9):
         free = int(share * need / BUDGET_FRACTION)
         choice = choose_memory_mode("auto", spec, 100, 50, available=free)
-        assert choice.mode == "recompute" and choice.recompute_bytes <= BUDGET_FRACTION * free
+        assert choice.mode == "recompute" and choice.replay and choice.recompute_bytes <= BUDGET_FRACTION * free
         assert choice.recompute_bytes == estimate_bytes(spec, 100, 50, "recompute", kept_steps=choice.kept_steps)
         kept.append(choice.kept_steps)
     assert 0 < kept[0] < kept[1] < kept[2] < kept[3] < 50, kept
-    assert choose_memory_mode("auto", spec, 100, 50, available=1 << 20).kept_steps == 0  # not even recompute fits
-    assert f"keeping the last {kept[2]} steps" in choose_memory_mode(
+    assert f"replaying convolutions, keeping the last {kept[2]} steps" in choose_memory_mode(
         "auto", spec, 100, 50, available=int(0.5 * need / BUDGET_FRACTION)).describe()
-    assert choose_memory_mode("recompute", spec, 100, 50, available=1 << 50).kept_steps == 0  # explicit: least memory
+    explicit = choose_memory_mode("recompute", spec, 100, 50, available=1 << 50)
+    assert explicit.kept_steps == 0 and explicit.replay  # explicit: no graph kept, recordings where they fit
+    bare = estimate_bytes(spec, 100, 50, "recompute", replay=False)
+    squeezed = choose_memory_mode("auto", spec, 100, 50, available=int(1.1 * bare / BUDGET_FRACTION))
+    assert (squeezed.kept_steps, squeezed.replay, squeezed.recompute_bytes) == (0, False, bare)
+    assert "least memory" in squeezed.describe()
     with pytest.raises(ValueError, match="kept_steps"):
         ConvNetStudent(spec, "recompute", -1)
 
 
-def test_memory_estimates_grow_with_steps_only_when_unrolled():
+def test_memory_estimates_grow_with_steps_by_a_step_graph_unrolled_and_less_recomputed():
     spec = ConvNetSpec(1, (28, 28), 10, width=32, depth=3)
     unrolled = [estimate_bytes(spec, 100, n, "unrolled") for n in (10, 30, 50)]
-    recompute = [estimate_bytes(spec, 100, n, "recompute") for n in (10, 30, 50)]
+    replayed = [estimate_bytes(spec, 100, n, "recompute") for n in (10, 30, 50)]
+    bare = [estimate_bytes(spec, 100, n, "recompute", replay=False) for n in (10, 30, 50)]
     assert unrolled[0] < unrolled[1] < unrolled[2]
-    assert recompute[2] - recompute[0] < 0.05 * recompute[0]
-    assert recompute[2] <= unrolled[2] / 4
+    assert bare[2] - bare[0] < 0.05 * bare[0]  # the least-memory variant is flat in N
+    assert 0 < replayed[2] - replayed[1] < (unrolled[2] - unrolled[1]) / 8  # recordings: < 1/8 of a step's graph
+    assert replayed[2] <= unrolled[2] / 4
 
 
 def test_config_accepts_and_checks_memory_mode():
@@ -234,10 +241,11 @@ def test_distiller_reports_and_uses_the_chosen_memory_mode(tmp_path, monkeypatch
     from views.render import status_html
 
     live = live_from_folder(run)
-    assert live.memory_mode == "recompute" and live.memory_note.startswith("memory mode recompute (set in the config)")
+    note = "memory mode recompute (set in the config, replaying convolutions): unrolled ~"
+    assert live.memory_mode == "recompute" and live.memory_note.startswith(note)
     live.phase, live.state = "distilling S1", "running"
     card = status_html(live)
-    assert "memory: recompute" in card and "title='memory mode recompute (set in the config): unrolled ~" in card
+    assert "memory: recompute" in card and f"title='{note}" in card
 
 
 # -- experts ------------------------------------------------------------------------------------------------
