@@ -39,7 +39,7 @@ from torch import nn
 from . import native
 from .augment import DSA_OPERATIONS, apply_augmentation, augment
 from .matching import ConvNetStudent, draw_minibatches, draw_unroll_plan, matching_loss, normalised_distance
-from .memory import BUDGET_FRACTION, choose_memory_mode, estimate_bytes, tune_cpu_allocator
+from .memory import estimate_bytes, tune_cpu_allocator
 from .models import ConvNetSpec, init_convnet_params, unflatten
 from .seeding import make_generator
 
@@ -126,10 +126,9 @@ class StepSetup:
         lr = torch.tensor(0.01, requires_grad=True)
         if impl.startswith("reference"):
             loss = plain_matching_loss(self.problem.spec, self.start, self.target, x, self.labels, lr, self.plan)
-        else:  # "unrolled" or "recompute[:K][:bare]" (keeping the last K steps' graphs; bare: no replay)
-            mode, *options = impl.split(":")
-            kept = int(options[0]) if options and options[0].isdigit() else 0
-            student = ConvNetStudent(self.problem.spec, mode, kept, replay="bare" not in options)
+        else:  # "unrolled", "recompute" or "recompute:bare" (no convolution replayed)
+            mode, _, option = impl.partition(":")
+            student = ConvNetStudent(self.problem.spec, mode, replay=option != "bare")
             loss = matching_loss(student, self.start, self.target, x, self.labels, lr, self.plan)
         loss.backward(inputs=[x, lr])
         return float(loss.detach()), x.grad, lr.grad
@@ -409,34 +408,27 @@ def section_memory(steps_list: list[int], rounds: int, reps: int, threads: int |
     batch = problem.num_images
     for steps in steps_list:
         progress(f"  syn_steps {steps}:")
-        unrolled_estimate = estimate_bytes(problem.spec, batch, steps, "unrolled", batch)
-        # what "auto" does where its budget is a quarter of what the unrolled graph needs
-        squeezed = choose_memory_mode("auto", problem.spec, batch, steps, batch,
-                                      available=int(unrolled_estimate / 4 / BUDGET_FRACTION))
-        impls = {"unrolled": "unrolled", "recompute": "recompute", "bare": "recompute:bare",
-                 "auto": f"recompute:{squeezed.kept_steps}"}
+        impls = {"unrolled": "unrolled", "recompute": "recompute", "bare": "recompute:bare"}
         tasks = {name: {"kind": "matching", "problem": "small", "impl": impl, "steps": steps, "reps": reps,
                         "threads": threads, "tune": True, "light_warmup": True} for name, impl in impls.items()}
         runs = interleaved_children(tasks, rounds, progress)
         peaks = {m: _median([r.get("peak_bytes", 0) for r in rs]) for m, rs in runs.items()}
         times = {m: _median([t for r in rs for t in r.get("times", [])]) for m, rs in runs.items()}
-        est = {"unrolled": unrolled_estimate, "auto": squeezed.recompute_bytes,
+        est = {"unrolled": estimate_bytes(problem.spec, batch, steps, "unrolled", batch),
                "recompute": estimate_bytes(problem.spec, batch, steps, "recompute", batch),
                "bare": estimate_bytes(problem.spec, batch, steps, "recompute", batch, replay=False)}
-        for name in ("recompute", "bare", "auto"):
-            kept = str(squeezed.kept_steps) if name == "auto" else "0"
-            rows.append([str(steps), name, kept, _gib(peaks[name]), _gib(est[name]), _gib(peaks["unrolled"]),
+        for name in ("recompute", "bare"):
+            rows.append([str(steps), name, _gib(peaks[name]), _gib(est[name]), _gib(peaks["unrolled"]),
                          _gib(est["unrolled"]), f"{peaks[name] / max(peaks['unrolled'], 1):.2f}",
                          f"{times[name] / times['unrolled']:.2f}x"])
-        result[steps] = {"peak": peaks, "estimate": est, "seconds": times, "auto_kept_steps": squeezed.kept_steps}
-    out(_table(rows, ["syn_steps", "memory-bounded", "kept steps", "peak", "(estimate)", "unrolled peak",
-                      "(estimate)", "memory ratio", "time ratio"]))
+        result[steps] = {"peak": peaks, "estimate": est, "seconds": times}
+    out(_table(rows, ["syn_steps", "memory-bounded", "peak", "(estimate)", "unrolled peak", "(estimate)",
+                      "memory ratio", "time ratio"]))
     out(f"ConvNet w32, 28x28x1, IPC 10; peak = growth of resident anonymous memory over one outer iteration in a "
         f"fresh child (after a 1-step warm-up); ratios to unrolled: medians of {rounds} interleaved children x "
         f"{reps} iterations each. recompute = distill.memory_mode recompute (rebuilds every step, replaying its "
         f"recorded convolutions); bare = recompute with nothing recorded (the least memory, what it falls back to "
-        f"when even the recordings do not fit); auto = what memory_mode auto picks when a quarter of the unrolled "
-        f"estimate fits in its budget (recompute, keeping the graphs of the last 'kept' steps).")
+        f"when even the recordings do not fit).")
     return result
 
 

@@ -73,8 +73,8 @@ class DistillConfig:
     diagnose_every: int = 0           # G1 gradient-similarity record every this many iterations; 0: off
     nominal_groups: int = 2           # G1 of static MTT: its one subset split into this many groups per class
     # "unrolled" (keep all N steps' graphs), "recompute" (rebuild each step's graph in the backward
-    # pass: ~1/9 of the memory, O(1) in N where even that does not fit), or "auto": unrolled if it
-    # fits, else recompute keeping the graphs of as many of the last steps as fit
+    # pass: ~1/6 of the memory, O(1) in N where even that does not fit), or "auto": unrolled if it
+    # fits, else recompute
     memory_mode: str = "auto"
 
 

@@ -15,9 +15,7 @@ Two ways to get the meta-gradient (same values up to rounding):
   step's graph at a time and applying its vector-Jacobian product (about 1/N of the memory,
   one extra forward + first-order backward per step). By default it records the deeper
   convolutions of each step in the forward sweep and replays them in the rebuild (`replay`,
-  conv_replay.py: ~1/9 of a step's graph, most of the rebuild's time). It can also keep the
-  graphs of its last K steps (`kept_steps`), so that only N - K steps are rebuilt: memory
-  traded for time where some is free.
+  conv_replay.py: ~1/9 of a step's graph, most of the rebuild's time).
 A `ConvNetStudent` (a ConvNet spec + memory mode) takes the fast path with the fused kernels of
 models.py; any other forward function takes the generic autograd path.
 """
@@ -54,18 +52,14 @@ def _check_unroll_mode(mode: str) -> None:
 class ConvNetStudent:
     """A ConvNet forward (callable like `convnet_forward` with the spec bound) that tells the
     matching step to use the fast kernels, which memory mode ("unrolled" | "recompute") and, in
-    "recompute", how many of the last steps keep their graph instead of being rebuilt and whether
-    rebuilt steps replay their recorded convolutions."""
+    "recompute", whether rebuilt steps replay their recorded convolutions."""
 
     spec: ConvNetSpec
     memory_mode: str = "unrolled"
-    kept_steps: int = 0
     replay: bool = True
 
     def __post_init__(self) -> None:
         _check_unroll_mode(self.memory_mode)
-        if self.kept_steps < 0:
-            raise ValueError(f"kept_steps must be >= 0, got {self.kept_steps}")
 
     def __call__(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return convnet_forward(params, x, self.spec)
@@ -206,37 +200,27 @@ class _RecomputedUnroll(torch.autograd.Function):
     backward walks n = N-1 .. 0 with v = dL/dtheta_{n+1}: it rebuilds step n's gradient g_n with
     create_graph, then dL/dlr -= <v, g_n>, dL/dx += VJP(-lr v) w.r.t. the pixels, and
     dL/dtheta_n = v + VJP(-lr v) w.r.t. theta_n (skipped at n = 0: theta_0 is a constant).
-    The last `kept` steps build that graph already in forward and keep it, so backward does not
-    rebuild them (their leaves and per-chunk gradients are stored in ctx.kept). The other steps
-    record their deeper convolutions in forward (ctx.replays: per step, one ConvReplay per chunk),
-    so that a rebuild replays them instead of computing them again.
+    With `replay`, forward records each step's deeper convolutions (ctx.replays: per step, one
+    ConvReplay per chunk), so that a rebuild replays them instead of computing them again.
     """
 
     @staticmethod
-    def forward(ctx, images, lr, labels, stepper, plan, kept, replay, *start_pieces):
+    def forward(ctx, images, lr, labels, stepper, plan, replay, *start_pieces):
         pieces = [p.detach() for p in start_pieces]
-        thetas, graphs, replays = [], {}, {}
+        thetas, replays = [], []
         rate = lr.detach()
-        pixels = images.detach().requires_grad_(ctx.needs_input_grad[0])
-        for n, step in enumerate(plan):
+        for step in plan:
             thetas.append(pieces)
-            keep = n >= len(plan) - kept
             grads = [torch.zeros_like(p) for p in pieces]
-            parts = []
+            replays.append([])
             with torch.enable_grad():
                 leaves = [p.detach().requires_grad_(True) for p in pieces]
-                for x, y in _step_chunks(stepper, pixels if keep else images.detach(), labels, step):
-                    convs = stepper.recorder() if replay and not keep else None
-                    parts.append(stepper.grads(leaves, x, y, keep, len(step.indices), convs))
-                    replays.setdefault(n, []).append(convs)
-            for part in parts:
-                for total, g in zip(grads, part):
-                    total += g.detach()
-            if keep:
-                graphs[n] = (leaves, parts)
+                for x, y in _step_chunks(stepper, images.detach(), labels, step):
+                    replays[-1].append(stepper.recorder() if replay else None)
+                    for total, g in zip(grads, stepper.grads(leaves, x, y, False, len(step.indices), replays[-1][-1])):
+                        total += g
             pieces = [p - rate * g for p, g in zip(pieces, grads)]
-        ctx.stepper, ctx.plan, ctx.thetas, ctx.kept, ctx.pixels = stepper, plan, thetas, graphs, pixels
-        ctx.replays = replays
+        ctx.stepper, ctx.plan, ctx.thetas, ctx.replays = stepper, plan, thetas, replays
         ctx.save_for_backward(images, lr, labels)
         return tuple(pieces)
 
@@ -244,17 +228,16 @@ class _RecomputedUnroll(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grad_pieces):
         images, lr, labels = ctx.saved_tensors
-        stepper, plan, thetas, pixels = ctx.stepper, ctx.plan, ctx.thetas, ctx.pixels
+        stepper, plan, thetas = ctx.stepper, ctx.plan, ctx.thetas
         v = [torch.zeros_like(p) if g is None else g for p, g in zip(thetas[-1], grad_pieces)]
         want_x, want_lr = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        pixels = images.detach().requires_grad_(want_x)
         grad_x = torch.zeros_like(images) if want_x else None
         grad_lr = torch.zeros((), dtype=lr.dtype, device=lr.device)
         rate = lr.detach()
         for n in range(len(plan) - 1, -1, -1):
-            leaves, parts = ctx.kept.pop(n, (None, None))
-            if leaves is None:
-                leaves = [p.detach().requires_grad_(True) for p in thetas[n]]
-                parts = _rebuilt_chunk_grads(stepper, leaves, pixels, labels, plan[n], ctx.replays.pop(n))
+            leaves = [p.detach().requires_grad_(True) for p in thetas[n]]
+            parts = _rebuilt_chunk_grads(stepper, leaves, pixels, labels, plan[n], ctx.replays.pop())
             outputs = [-rate * vi for vi in v]
             inputs = (leaves if n > 0 else []) + ([pixels] if want_x else [])
             dv = [torch.zeros_like(vi) for vi in v] if n > 0 else None
@@ -274,8 +257,8 @@ class _RecomputedUnroll(torch.autograd.Function):
                             total += g
             if n > 0:
                 v = [vi + d for vi, d in zip(v, dv)]
-        ctx.thetas = ctx.kept = ctx.pixels = ctx.replays = None
-        return (grad_x, grad_lr if want_lr else None) + (None,) * (5 + len(thetas[0]))
+        ctx.thetas = ctx.replays = None
+        return (grad_x, grad_lr if want_lr else None) + (None,) * (4 + len(thetas[0]))
 
 
 def _rebuilt_chunk_grads(stepper, leaves: list[torch.Tensor], pixels: torch.Tensor, labels: torch.Tensor,
@@ -295,8 +278,8 @@ def _step_chunks(stepper, images: torch.Tensor, labels: torch.Tensor, step: Unro
 
 
 def _recomputed(stepper, start: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor,
-                plan: UnrollPlan, kept_steps: int = 0, replay: bool = True) -> torch.Tensor:
-    pieces = _RecomputedUnroll.apply(images, lr, labels, stepper, plan, min(kept_steps, len(plan)), replay,
+                plan: UnrollPlan, replay: bool = True) -> torch.Tensor:
+    pieces = _RecomputedUnroll.apply(images, lr, labels, stepper, plan, replay,
                                      *stepper.split(start))
     return stepper.join(list(pieces), start)
 
@@ -306,15 +289,14 @@ def unroll_student(forward: ForwardFn, start: torch.Tensor, images: torch.Tensor
     """Final student params (P,) after len(plan) SGD steps, differentiable w.r.t. images and lr.
 
     `memory_mode` ("unrolled" | "recompute") defaults to the forward's own (a ConvNetStudent's,
-    which also says how many steps "recompute" keeps and whether it replays convolutions) or
-    "unrolled"; all give the same values and gradients up to rounding.
+    which also says whether "recompute" replays convolutions) or "unrolled"; all give the same
+    values and gradients up to rounding.
     """
     mode = memory_mode or getattr(forward, "memory_mode", "unrolled")
     _check_unroll_mode(mode)
     if mode == "unrolled":
         return _unrolled(_stepper(forward), start, images, labels, lr, plan)
-    return _recomputed(_stepper(forward), start, images, labels, lr, plan, getattr(forward, "kept_steps", 0),
-                       getattr(forward, "replay", True))
+    return _recomputed(_stepper(forward), start, images, labels, lr, plan, getattr(forward, "replay", True))
 
 
 def normalised_distance(final: torch.Tensor, start: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

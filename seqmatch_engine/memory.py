@@ -3,8 +3,8 @@
 The unrolled student keeps the graph of all N steps, so its memory grows with
 N x batch x activation size; the "recompute" mode keeps theta_n per step and rebuilds one
 step's graph at a time in the backward pass (matching.py). `choose_memory_mode` picks
-"unrolled" while its estimate fits comfortably in the memory available, else "recompute"
-keeping the graphs of as many of the last steps as still fit (those are not rebuilt).
+"unrolled" while its estimate fits comfortably in the memory available, else "recompute",
+which replays recorded convolutions unless even those would not fit.
 
 CPU allocator: glibc returns every freed block above 32 MB to the kernel (munmap), and on
 virtual machines the next allocation pays a page fault per 4 KiB page when it is first touched
@@ -52,26 +52,18 @@ def replay_bytes(spec: ConvNetSpec, batch: int, element_size: int = 4) -> int:
     return int((2 * (activation_elements(spec, batch) - first) + weights) * element_size)
 
 
-def step_graph_bytes(spec: ConvNetSpec, batch: int, element_size: int = 4) -> int:
-    """Estimated memory of one student step's graph as the unroll keeps it."""
-    act = activation_elements(spec, batch) * element_size
-    return int(_UNROLLED_ACTIVATION_COPIES * act + 2 * spec.num_params * element_size)
-
-
 def estimate_bytes(spec: ConvNetSpec, batch: int, steps: int, mode: str, num_images: int | None = None,
-                   element_size: int = 4, kept_steps: int = 0, replay: bool = True) -> int:
+                   element_size: int = 4, replay: bool = True) -> int:
     """Estimated peak extra memory of one outer iteration in `mode` ("unrolled" | "recompute",
-    keeping `kept_steps` step graphs, replaying convolutions or not)."""
+    replaying convolutions or not)."""
     act = activation_elements(spec, batch) * element_size
     images = (num_images or batch) * spec.channels * spec.image_size[0] * spec.image_size[1] * element_size
     params = spec.num_params * element_size
     if mode == "unrolled":
-        return int(steps * step_graph_bytes(spec, batch, element_size) + 4 * images + act)
+        return int(steps * (_UNROLLED_ACTIVATION_COPIES * act + 2 * params) + 4 * images + act)
     if mode == "recompute":
-        kept = min(kept_steps, steps)
-        replayed = (steps - kept) * replay_bytes(spec, batch, element_size) if replay else 0
-        stored = kept * step_graph_bytes(spec, batch, element_size) + replayed
-        return int(_RECOMPUTE_ACTIVATION_COPIES * act + steps * params + 4 * images + stored)
+        replayed = steps * replay_bytes(spec, batch, element_size) if replay else 0
+        return int(_RECOMPUTE_ACTIVATION_COPIES * act + steps * params + 4 * images + replayed)
     raise ValueError(f"memory mode {mode!r}: choose from unrolled, recompute")
 
 
@@ -97,7 +89,6 @@ class MemoryChoice:
     unrolled_bytes: int       # estimates of one outer iteration's peak extra memory
     recompute_bytes: int
     available: int            # free memory seen when choosing
-    kept_steps: int = 0       # "recompute": last steps whose graph is kept, not rebuilt (included in recompute_bytes)
     replay: bool = True       # "recompute": rebuilt steps replay their recorded convolutions (conv_replay.py)
 
     def describe(self) -> str:
@@ -107,7 +98,6 @@ class MemoryChoice:
         how = ""
         if self.mode == "recompute":
             how = ", replaying convolutions" if self.replay else ", least memory: nothing replayed"
-            how += f", keeping the last {self.kept_steps} steps' graphs" if self.kept_steps else ""
         return (f"memory mode {self.mode} ({why}{how}): unrolled ~{self.unrolled_bytes / gib:.2f} GiB, "
                 f"recompute ~{self.recompute_bytes / gib:.2f} GiB, {self.available / gib:.1f} GiB free")
 
@@ -116,8 +106,8 @@ def choose_memory_mode(requested: str, spec: ConvNetSpec, batch: int, steps: int
                        device: torch.device | str = "cpu", available: int | None = None) -> MemoryChoice:
     """Resolve distill.memory_mode: "auto" takes "unrolled" while its estimate is at most
     BUDGET_FRACTION of the free memory (`available`, measured when None), else "recompute".
-    "recompute" replays recorded convolutions when that fits in the budget (else it keeps the
-    least memory); under "auto" it also keeps the graphs of as many of the last steps as fit."""
+    "recompute" replays recorded convolutions when that fits in the budget, else it keeps the
+    least memory."""
     if requested not in MEMORY_MODES:
         raise ValueError(f"distill.memory_mode {requested!r}: choose from {', '.join(MEMORY_MODES)}")
     unrolled = estimate_bytes(spec, batch, steps, "unrolled", num_images)
@@ -125,12 +115,10 @@ def choose_memory_mode(requested: str, spec: ConvNetSpec, batch: int, steps: int
     free = available_bytes(device) if available is None else int(available)
     budget = BUDGET_FRACTION * free
     mode = "unrolled" if requested == "unrolled" or (requested == "auto" and unrolled <= budget) else "recompute"
-    replay, kept = recompute <= budget, 0
-    if mode == "recompute" and replay and requested == "auto":
-        extra = step_graph_bytes(spec, batch) - replay_bytes(spec, batch)  # a kept step instead of a replayed one
-        kept = int(min(steps - 1, (budget - recompute) // extra))
-    recompute = estimate_bytes(spec, batch, steps, "recompute", num_images, kept_steps=kept, replay=replay)
-    return MemoryChoice(mode, requested, unrolled, recompute, free, kept, replay)
+    replay = recompute <= budget
+    if not replay:
+        recompute = estimate_bytes(spec, batch, steps, "recompute", num_images, replay=False)
+    return MemoryChoice(mode, requested, unrolled, recompute, free, replay)
 
 
 # -- glibc allocator -----------------------------------------------------------------------------------

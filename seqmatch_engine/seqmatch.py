@@ -271,7 +271,7 @@ class Distiller:
             generator = make_generator(cfg.seed, "distill", k)
             iteration, best = 0, {"accuracy": -1.0, "iteration": 0, "images": init.clone(), "lr": sub.lr_init}
         memory = choose_memory_mode(dist.memory_mode, self.spec, batch_syn, dist.syn_steps, len(labels), self.device)
-        student = ConvNetStudent(self.spec, memory.mode, memory.kept_steps, memory.replay)  # fused ConvNet step, chosen mode
+        student = ConvNetStudent(self.spec, memory.mode, memory.replay)  # fused ConvNet step, chosen mode
         self.phase(f"distilling S{k + 1}", k, iteration=iteration, iterations=sub.iterations, memory_mode=memory.mode,
                    memory_note=memory.describe())
         self.emit("stage_start", k, iteration, images=state.images.detach().clone())

@@ -10,6 +10,7 @@ from reference import reference_unroll, relative_error
 import seqmatch_engine.matching as matching
 from seqmatch_engine.augment import DSA_OPERATIONS, apply_augmentation, augment
 from seqmatch_engine.config import ConfigError, RunConfig
+from seqmatch_engine.conv_replay import ConvReplay
 from seqmatch_engine.experts import ExpertCache, train_trajectory
 from seqmatch_engine.matching import (
     ConvNetStudent,
@@ -56,7 +57,7 @@ def problem(spec, dtype, steps=4, batch=4, ipc=2, seed=0):
 def meta_gradients(kind, spec, start, target, images, labels, plan):
     """(loss, dL/dx, dL/dlr) of one matching loss: "reference" (tests/reference.py), "plain" (the
     benchmark's reference), or our ConvNet student in memory mode "unrolled" / "recompute" /
-    "recompute:K" (keeping the last K steps' graphs) / "recompute:bare" (no convolution replayed)."""
+    "recompute:bare" (no convolution replayed)."""
     x = images.clone().requires_grad_(True)
     lr = torch.tensor(0.05, dtype=images.dtype, requires_grad=True)
     if kind == "reference":
@@ -69,7 +70,7 @@ def meta_gradients(kind, spec, start, target, images, labels, plan):
         loss = plain_matching_loss(spec, start, target, x, labels, lr, plan)
     else:
         mode, _, option = kind.partition(":")
-        student = ConvNetStudent(spec, mode, int(option) if option.isdigit() else 0, replay=option != "bare")
+        student = ConvNetStudent(spec, mode, replay=option != "bare")
         loss = matching_loss(student, start, target, x, labels, lr, plan)
     loss.backward()
     return loss.detach(), x.grad, lr.grad
@@ -84,7 +85,7 @@ def test_fast_and_recompute_equal_the_reference(name, dtype, tol, chunk_bytes, m
     spec = SPECS[name]
     case = problem(spec, dtype)
     ref = meta_gradients("reference", spec, *case)
-    for kind in ("unrolled", "recompute", "recompute:bare", "recompute:1", "recompute:3", "recompute:4"):  # 4: all kept
+    for kind in ("unrolled", "recompute", "recompute:bare"):
         got = meta_gradients(kind, spec, *case)
         for a, b in zip(got, ref):
             assert relative_error(a, b) < tol, (kind, relative_error(a, b))
@@ -117,6 +118,30 @@ def test_fused_kernels_pass_gradcheck_and_gradgradcheck():
     w = torch.randn(3, 2, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
     torch.testing.assert_close(Im2colConv.apply(x, w), F.conv2d(x, w, padding=1))
     assert torch.autograd.gradgradcheck(Im2colConv.apply, (x, w))
+
+
+def test_replayed_convolution_has_the_derivatives_of_a_computed_one():
+    """Record a conv and its first-order gradients, replay them in a rebuilt graph: the double
+    backward equals F.conv2d's, and the replayed values are the recorded tensors (not recomputed)."""
+    g = make_generator(0, "replay")
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    a = torch.randn(2, 4, 6, 5, dtype=torch.float64, generator=g)
+    v = (torch.randn(x.shape, dtype=torch.float64, generator=g), torch.randn(w.shape, dtype=torch.float64, generator=g))
+
+    def derivatives(conv):
+        first = torch.autograd.grad((torch.tanh(conv(x, w)) * a).sum(), (x, w), create_graph=True)
+        return [f.detach() for f in first] + list(torch.autograd.grad(first, (x, w), v))
+
+    record = ConvReplay()
+    torch.autograd.grad((torch.tanh(record.conv(x, w)) * a).sum(), (x, w))  # the forward sweep: no graph
+    replay = record.replay()
+    replayed = derivatives(replay.conv)
+    computed = derivatives(lambda x, w: F.conv2d(x, w, None, padding=1))
+    for got, want in zip(replayed, computed):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert replayed[0].data_ptr() == record.records[0].input_grad.data_ptr()  # handed back, not recomputed
+    assert record.nbytes() == 8 * (a.numel() + x.numel() + w.numel())  # output, input and weight gradients
 
 
 @pytest.mark.parametrize("size", [(28, 28), (7, 7), (7, 6), (5, 8)])
@@ -168,27 +193,17 @@ def test_auto_memory_mode_follows_the_budget():
         choose_memory_mode("fast", spec, 100, 50)
 
 
-def test_auto_recompute_keeps_as_many_step_graphs_as_fit_in_the_budget():
+def test_recompute_replays_convolutions_only_where_the_recordings_fit():
     spec = ConvNetSpec(1, (28, 28), 10, width=32, depth=3)
-    need = estimate_bytes(spec, 100, 50, "unrolled")
-    kept = []
-    for share in (0.2, 0.35, 0.5, 0.9):
-        free = int(share * need / BUDGET_FRACTION)
-        choice = choose_memory_mode("auto", spec, 100, 50, available=free)
-        assert choice.mode == "recompute" and choice.replay and choice.recompute_bytes <= BUDGET_FRACTION * free
-        assert choice.recompute_bytes == estimate_bytes(spec, 100, 50, "recompute", kept_steps=choice.kept_steps)
-        kept.append(choice.kept_steps)
-    assert 0 < kept[0] < kept[1] < kept[2] < kept[3] < 50, kept
-    assert f"replaying convolutions, keeping the last {kept[2]} steps" in choose_memory_mode(
-        "auto", spec, 100, 50, available=int(0.5 * need / BUDGET_FRACTION)).describe()
-    explicit = choose_memory_mode("recompute", spec, 100, 50, available=1 << 50)
-    assert explicit.kept_steps == 0 and explicit.replay  # explicit: no graph kept, recordings where they fit
+    replayed = estimate_bytes(spec, 100, 50, "recompute")
     bare = estimate_bytes(spec, 100, 50, "recompute", replay=False)
-    squeezed = choose_memory_mode("auto", spec, 100, 50, available=int(1.1 * bare / BUDGET_FRACTION))
-    assert (squeezed.kept_steps, squeezed.replay, squeezed.recompute_bytes) == (0, False, bare)
-    assert "least memory" in squeezed.describe()
-    with pytest.raises(ValueError, match="kept_steps"):
-        ConvNetStudent(spec, "recompute", -1)
+    for requested in ("auto", "recompute"):
+        roomy = choose_memory_mode(requested, spec, 100, 50, available=int(1.1 * replayed / BUDGET_FRACTION))
+        tight = choose_memory_mode(requested, spec, 100, 50, available=int(1.1 * bare / BUDGET_FRACTION))
+        assert (roomy.mode, roomy.replay, roomy.recompute_bytes) == ("recompute", True, replayed)
+        assert (tight.mode, tight.replay, tight.recompute_bytes) == ("recompute", False, bare)
+        assert "replaying convolutions" in roomy.describe() and "least memory" in tight.describe()
+    assert "replaying" not in choose_memory_mode("unrolled", spec, 100, 50, available=1).describe()
 
 
 def test_memory_estimates_grow_with_steps_by_a_step_graph_unrolled_and_less_recomputed():
