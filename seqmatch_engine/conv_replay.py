@@ -58,10 +58,6 @@ class ConvReplay:
         """The same records, to be handed back in call order."""
         return ConvReplay(self.records, replaying=True)
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for r in self.records
-                   for t in (r.output, r.input_grad, r.weight_grad) if t is not None)
-
 
 class ReplayedConv(torch.autograd.Function):
     """conv(x, weight) that records its output and first-order gradients, or returns recorded ones.
