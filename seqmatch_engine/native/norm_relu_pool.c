@@ -71,6 +71,15 @@ static void unpool_masked(const float *restrict grad, const float *restrict relu
     }
 }
 
+/* The two rows every derivative of plane p starts from: zh (normalised input) and d (gradient at
+ * the norm output). */
+static void plane_zh_and_d(const float *grad, const float *z, const float *mean, const float *rstd,
+                           const float *relu, Shape s, int64_t p, float *restrict zh, float *restrict d) {
+    const int64_t area = s.height * s.width, pooled = (s.height / 2) * (s.width / 2);
+    normalise(z + p * area, mean[p], rstd[p], area, zh);
+    unpool_masked(grad + p * pooled, relu + p * area, s, d);
+}
+
 /* out (H/2, W/2) = 2x2 means of x (H, W), summed as pool2 does: ((x00 + x10) + (x01 + x11)) / 4. */
 static void pool(const float *restrict x, Shape s, float *restrict out) {
     const int64_t ph = s.height / 2, pw = s.width / 2;
@@ -145,7 +154,6 @@ int nrp_backward(const float *grad, const float *z, const float *gamma, const fl
                  const float *rstd, const float *relu, Shape s, float *dz,
                  double *dgamma_parts, double *dbeta_parts, float *dgamma, float *dbeta, int threads) {
     const int64_t planes = s.batch * s.channels, area = s.height * s.width;
-    const int64_t pooled = (s.height / 2) * (s.width / 2);
     int failed = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
@@ -158,8 +166,7 @@ int nrp_backward(const float *grad, const float *z, const float *gamma, const fl
         for (int64_t p = 0; p < planes; ++p) {
             if (!zh) continue;
             const float r = rstd[p];
-            normalise(z + p * area, mean[p], r, area, zh);
-            unpool_masked(grad + p * pooled, relu + p * area, s, d);
+            plane_zh_and_d(grad, z, mean, rstd, relu, s, p, zh, d);
             const double sd = sum(d, area), sdz = dot(d, zh, area);
             const float gr = gamma[p % s.channels] * r;
             const float m1 = (float)(sd / area), m2 = (float)(sdz / area);
@@ -198,8 +205,7 @@ int nrp_double_backward(const float *grad, const float *z, const float *gamma, c
             const float *rp = relu + p * area, *gzp = gdz ? gdz + p * area : NULL;
             float *gzo = g_z + p * area;
             const float r = rstd[p];
-            normalise(z + p * area, mean[p], r, area, zh);
-            unpool_masked(grad + p * pooled, rp, s, d);
+            plane_zh_and_d(grad, z, mean, rstd, relu, s, p, zh, d);
             const float m1 = (float)(sum(d, area) / area), m2 = (float)(dot(d, zh, area) / area);
             float mg = 0.0f, mgz = 0.0f, mgd = 0.0f;
             if (gzp) {
