@@ -94,7 +94,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         if args.set or args.config or args.static:
             raise ConfigError("--resume continues a run with the config saved in its folder; "
                               "drop --set, --config and --static (start a new run to change settings)")
-        run = RunFolder.open(Path(args.resume))
+        run = RunFolder.from_argument(paths.runs_root(args.home), args.resume)
     else:
         config = config_from_args(args)
         resolve_device(config.device)  # fail before creating a run folder
@@ -114,7 +114,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    run = RunFolder.open(Path(args.run))
+    run = RunFolder.from_argument(paths.runs_root(args.home), args.run)
     config = run.config()
     subsets = run.subsets()
     if len(subsets) < len(config.distill.subsets):
@@ -133,7 +133,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    folder = RunFolder.open(Path(args.run)).export(Path(args.out) if args.out else None)
+    folder = RunFolder.from_argument(paths.runs_root(args.home), args.run).export(Path(args.out) if args.out else None)
     print(f"exported to {folder}")
     return 0
 
@@ -173,7 +173,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from .diagnostics import COMPUTED, DiagnosticsOptions, RunDiagnostics, format_summary, missing, summary
     from .diagnostics.store import read_g1
 
-    run = RunFolder.open(Path(args.run))
+    run = RunFolder.from_argument(paths.runs_root(args.home), args.run)
     only = args.only or ["g1", *COMPUTED]
     wanted = [name for name in COMPUTED if name in only]
     todo = wanted if args.force else [name for name in wanted if name in missing(run.path, args.reducer)]

@@ -312,10 +312,9 @@ def preset_names() -> list[str]:
 
 def load_preset(name: str) -> dict[str, Any]:
     """The raw dict of a preset in assets/presets/ (validate with RunConfig.from_dict)."""
-    path = PRESETS_DIR / f"{name}.json"
-    if not path.is_file():
-        raise ConfigError(f"preset {name!r} not found in {PRESETS_DIR}; available: {', '.join(preset_names())}")
-    return json.loads(path.read_text())
+    if name not in preset_names():  # also refuses names that would leave the presets folder
+        raise ConfigError(f"preset {str(name)[:80]!r} not found in {PRESETS_DIR}; available: {', '.join(preset_names())}")
+    return json.loads((PRESETS_DIR / f"{name}.json").read_text())
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

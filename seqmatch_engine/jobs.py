@@ -18,7 +18,7 @@ import torch
 from . import paths
 from .config import RunConfig
 from .diagnostics import COMPUTED, DiagnosticsOptions, RunDiagnostics
-from .runs import RunFolder
+from .runs import RunError, RunFolder
 from .seqmatch import Distiller, Event, RunControl, StopRequested
 from .storage import read_tensors
 
@@ -153,6 +153,12 @@ class JobManager:
         self._worker = threading.Thread(target=self._work, name="seqmatch-worker", daemon=True)
         self._worker.start()
 
+    def run(self, run_id: object) -> RunFolder:
+        """The run folder of `run_id`, an untrusted id from a request (refused if it leaves the runs root)."""
+        if not run_id:
+            raise RunError("pick a run first")
+        return RunFolder.find(self.runs_root, run_id)
+
     def submit(self, config: RunConfig) -> str:
         """Create a run folder for `config` and queue it; returns the run id."""
         return self._enqueue(RunFolder.create(self.runs_root, config))
@@ -162,7 +168,7 @@ class JobManager:
         job = self._jobs.get(run_id)
         if job and job.live.state in ("queued", "running", "paused"):
             return run_id
-        return self._enqueue(RunFolder.open(self.runs_root / run_id))
+        return self._enqueue(self.run(run_id))
 
     def _enqueue(self, run: RunFolder) -> str:
         run.update_status(state="queued", phase="queued")
@@ -170,7 +176,7 @@ class JobManager:
 
     def submit_diagnostics(self, run_id: str, options: DiagnosticsOptions, which: tuple[str, ...] = COMPUTED) -> str:
         """Queue G2-G4 (those in `which`) for a finished run; returns the job id to poll with `live`."""
-        run = RunFolder.open(self.runs_root / run_id)
+        run = self.run(run_id)
         job_id = f"diagnostics:{run_id}"
         existing = self._jobs.get(job_id)
         if existing and existing.live.state in ("queued", "running"):
@@ -227,8 +233,10 @@ class JobManager:
         """
         job = self._jobs.get(run_id)
         if job is None:
-            folder = self.runs_root / run_id
-            return live_from_folder(RunFolder(folder)) if run_id and (folder / paths.CONFIG_FILE).is_file() else None
+            try:
+                return live_from_folder(self.run(run_id))
+            except RunError:
+                return None
         with self._lock:
             live = job.live
             return replace(live, losses=list(live.losses), lrs=list(live.lrs), start_epochs=list(live.start_epochs),

@@ -20,6 +20,34 @@ def home() -> Path:
     return Path(os.environ.get("SEQMATCH_HOME", ".")).resolve()
 
 
+class UnsafeName(ValueError):
+    """A name from a request or the command line that would leave its root folder."""
+
+
+def child(root: Path, name: object, what: str = "run") -> Path:
+    """`root/name` for an untrusted `name` (a run, study or expert id from a request or the command line).
+
+    The name must be one plain folder name (no '/', '\\', '..', NUL or control characters) whose
+    path, with symbolic links resolved, lies directly inside `root`; anything else raises UnsafeName.
+    """
+    root = Path(root).resolve()
+    shown = repr(name)[:80]
+    refused = UnsafeName(f"{what} id {shown} is refused: an id is one folder name inside {root} "
+                         f"(no '/', '\\', '..' or control characters); pick a {what} from the list")
+    if not isinstance(name, str) or not name or len(name) > 255 or name in (".", ".."):
+        raise refused
+    if any(ch in "/\\" or ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise refused
+    path = root / name
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, an unrepresentable name
+        raise refused from None
+    if resolved.parent != root:
+        raise refused
+    return path
+
+
 def runs_root(base: Path | None = None) -> Path:
     return (base or home()) / "runs"
 

@@ -77,6 +77,30 @@ class RunFolder:
                            f"runs live under {paths.runs_root()}")
         return cls(path)
 
+    @classmethod
+    def find(cls, root: Path, run_id: object) -> "RunFolder":
+        """The run `run_id` (an untrusted id from a request) under `root`; refuses ids that leave it."""
+        try:
+            path = paths.child(root, run_id, "run")
+        except paths.UnsafeName as error:
+            raise RunError(str(error)) from None
+        if not (path / paths.CONFIG_FILE).is_file():
+            raise RunError(f"no run {run_id!r} in {Path(root).resolve()}: it was deleted or never existed; "
+                           f"refresh the list of runs")
+        return cls(path)
+
+    @classmethod
+    def from_argument(cls, root: Path, argument: str) -> "RunFolder":
+        """The run a command-line argument names: an id, or the path of a folder directly inside `root`."""
+        given = Path(argument)
+        if len(given.parts) > 1 or given.is_absolute():
+            resolved = given.resolve()
+            if resolved.parent != Path(root).resolve():
+                raise RunError(f"{resolved} is not a run folder of {Path(root).resolve()}: runs live directly "
+                               f"in that folder (pass --home to use another one)")
+            argument = resolved.name
+        return cls.find(root, argument)
+
     @property
     def id(self) -> str:
         return self.path.name

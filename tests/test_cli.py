@@ -196,12 +196,12 @@ def test_config_that_is_a_folder_exits_2(tmp_path, capsys):
 
 
 def test_resume_of_a_folder_that_is_not_a_run_exits_2(tmp_path, capsys):
-    folder = tmp_path / "not-a-run"
-    folder.mkdir()
+    folder = tmp_path / "runs" / "not-a-run"
+    folder.mkdir(parents=True)
     rc = cli.main(["--home", str(tmp_path), "distill", "--resume", str(folder)])
     assert rc == 2
     err = capsys.readouterr().err
-    assert f"error: {folder.resolve()} is not a run folder (no config.json)" in err
+    assert f"error: no run 'not-a-run' in {folder.parent.resolve()}: it was deleted or never existed" in err
 
 
 def test_export_of_a_folder_that_is_not_a_run_exits_2(tmp_path, capsys):
@@ -279,7 +279,7 @@ def test_export_writes_the_distilled_set(finished, tmp_path, capsys):
     assert rc == 0
     run = only_run(home)
     out = tmp_path / "exported"
-    assert cli.main(["export", str(run.path), "--out", str(out)]) == 0
+    assert cli.main(["--home", str(home), "export", str(run.path), "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == f"exported to {out}"
     assert sorted(p.name for p in out.iterdir()) == ["S1.png", "S2.png", "distilled_set.safetensors"]
     tensors = read_tensors(out / "distilled_set.safetensors")
@@ -299,7 +299,7 @@ def test_export_writes_the_distilled_set(finished, tmp_path, capsys):
 def test_export_defaults_to_the_run_folder(finished, tmp_path, capsys):
     home = copy_home(finished[0], tmp_path / "copy")
     run = only_run(home)
-    assert cli.main(["export", str(run.path)]) == 0
+    assert cli.main(["--home", str(home), "export", str(run.path)]) == 0
     assert capsys.readouterr().out.strip() == f"exported to {run.path / 'export'}"
     assert (run.path / "export" / "distilled_set.safetensors").is_file()
 

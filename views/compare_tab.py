@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 
 from seqmatch_engine.config import ConfigError, preset_names
 from seqmatch_engine.jobs import JobManager
-from seqmatch_engine.runs import RunFolder, list_runs
+from seqmatch_engine.runs import RunError, list_runs
 from seqmatch_engine.storage import StorageError
 
 from .forms import FormValues, compare_pair, form_defaults
@@ -120,9 +120,12 @@ class CompareTab:
         return mtt_id, seq_id, f"Showing `{mtt_id}` and `{seq_id}`."
 
     def on_refresh(self, mtt_id: str | None, seq_id: str | None):
-        runs = [(label, RunFolder(self.manager.runs_root / run_id)) for label, run_id in
-                (("Static MTT", mtt_id), ("SeqMatch", seq_id)) if run_id]
-        runs = [(label, run) for label, run in runs if run.path.is_dir()]
+        runs = []
+        for label, run_id in (("Static MTT", mtt_id), ("SeqMatch", seq_id)):
+            try:
+                runs.append((label, self.manager.run(run_id)))
+            except RunError:
+                continue
         figure = accuracy_figure([(f"{label} IPC {run.config().ipc}", run.eval()) for label, run in runs])
         text, g1, g2, g4 = comparison_overlays(runs)
         return figure, text, g1, g2, g4

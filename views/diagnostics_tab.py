@@ -1,6 +1,7 @@
 """Diagnostics tab: G1-G4 for any finished run, computed on demand in the background and cached."""
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 
 import gradio as gr
@@ -59,12 +60,15 @@ class DiagnosticsTab:
     def _runs(self, run_ids: list[str] | None) -> list[tuple[str, RunFolder]]:
         runs = []
         for run_id in run_ids or []:
-            run = RunFolder.open(self.manager.runs_root / run_id)
+            run = self.manager.run(run_id)
             runs.append((f"{run.config().method.upper()} {run_id[:15]}", run))
         return runs
 
     def on_show(self, run_ids: list[str] | None):
-        runs = self._runs(run_ids)
+        try:
+            runs = self._runs(run_ids)
+        except RunError as error:
+            return [f"**{error}**", *[None] * 6]
         if not runs:
             return ["Pick one or more finished runs.", *[None] * 6]
         text, coupling, g2, g4 = comparison_overlays(runs)
@@ -79,12 +83,12 @@ class DiagnosticsTab:
         jobs = []
         try:
             for run_id in run_ids:
-                lacking = missing(self.manager.runs_root / run_id, reducer)
+                lacking = missing(self.manager.run(run_id).path, reducer)
                 if lacking:
                     jobs.append(self.manager.submit_diagnostics(run_id, DiagnosticsOptions(reducer=reducer),
                                                                 tuple(n for n in COMPUTED if n in lacking)))
         except RunError as error:
-            return None, f"<div class='sm-status'><div class='sm-error'>{error}</div></div>"
+            return None, status_html(None, error=str(error))
         if not jobs:
             return None, "<div class='sm-status'>Everything is computed already: press <b>Show</b>.</div>"
         return jobs, status_html(self.manager.live(jobs[0]), self.manager.queue_position(jobs[0]))
@@ -97,7 +101,7 @@ class DiagnosticsTab:
         if pending:
             live = pending[0]
             return [jobs, status_html(live, self.manager.queue_position(live.run_id)), *[gr.skip()] * 7]
-        errors = [f"<div class='sm-error'>{live.error}</div>" for live in lives if live and live.error]
+        errors = [f"<div class='sm-error'>{html.escape(live.error)}</div>" for live in lives if live and live.error]
         text = "<div class='sm-status'>Diagnostics computed.</div>" if not errors else \
             f"<div class='sm-status'>{''.join(errors)}</div>"
         return [None, text, *self.on_show(run_ids)]

@@ -12,7 +12,7 @@ from pathlib import Path
 import gradio as gr
 
 from seqmatch_engine.jobs import JobManager, LiveState
-from seqmatch_engine.runs import RunFolder
+from seqmatch_engine.runs import RunError, RunFolder
 from seqmatch_engine.storage import StorageError
 
 from .render import accuracy_markdown, curves_figure, status_html, subset_panels
@@ -57,7 +57,10 @@ class LiveView:
         live = self.manager.live(run_id) if run_id else None
         if live is None:
             return status_html(None), gr.skip(), gr.skip(), gr.skip(), version
-        run = RunFolder(self.manager.runs_root / run_id)
+        try:
+            run = self.manager.run(run_id)
+        except RunError as error:
+            return status_html(None, error=str(error)), gr.skip(), gr.skip(), gr.skip(), version
         key = f"{run_id}:{live.image_version}:{live.iteration}:{live.state}"
         status = status_html(live, self.manager.queue_position(run_id))
         if key == version:

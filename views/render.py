@@ -103,8 +103,10 @@ def format_seconds(seconds: float | None) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
-def status_html(live: LiveState | None, queue_position: int = 0) -> str:
-    """A status card: state, phase, a progress bar and the ETA."""
+def status_html(live: LiveState | None, queue_position: int = 0, error: str | None = None) -> str:
+    """A status card: state, phase, a progress bar and the ETA (or `error` when there is no run to show)."""
+    if live is None and error:
+        return f"<div class='sm-status'><div class='sm-error'>{html.escape(error)}</div></div>"
     if live is None:
         return "<div class='sm-status'>No run yet. Pick a preset and press <b>Start</b>.</div>"
     if live.state == "queued":

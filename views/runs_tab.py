@@ -91,9 +91,7 @@ class RunsTab:
 
     # -- handlers ------------------------------------------------------------------------------------
     def _run(self, run_id: str) -> RunFolder:
-        if not run_id:
-            raise RunError("pick a run first")
-        return RunFolder.open(self.manager.runs_root / run_id)
+        return self.manager.run(run_id)
 
     def on_refresh(self):
         rows = run_rows(self.manager)
@@ -102,7 +100,10 @@ class RunsTab:
     def on_select(self, run_id: str):
         if not run_id:
             return "", gr.update(maximum=1, value=0), None
-        run = self._run(run_id)
+        try:
+            run = self._run(run_id)
+        except RunError as error:
+            return f"**{error}**", gr.update(maximum=1, value=0), None
         config, status = run.config(), run.status()
         snapshots = run.snapshots()
         lines = [f"**{run.id}**", f"- method **{config.method}**, IPC {config.ipc} "
@@ -125,7 +126,10 @@ class RunsTab:
         return subset_panels({k: s.images for k, s in enumerate(subsets)}, *info)
 
     def on_timeline(self, run_id: str, index: float):
-        run = self._run(run_id)
+        try:
+            run = self._run(run_id)
+        except RunError:
+            return None
         snapshots, info = run.snapshots(), display_info(run)
         if not snapshots or info is None:
             return None
@@ -153,13 +157,14 @@ class RunsTab:
         return archive, f"Exported `{run_id}`: safetensors + one PNG grid per subset."
 
     def on_delete(self, run_id: str):
+        try:
+            run = self._run(run_id)
+        except RunError as error:
+            return f"**Cannot delete:** {error}", gr.update(), gr.update()
         if self.manager.owns(run_id) and self.manager.live(run_id).state in ("queued", "running", "paused"):
             rows = run_rows(self.manager)
             return "**Stop this run before deleting it.**", rows, gr.update()
-        try:
-            self._run(run_id).delete()
-        except RunError as error:
-            return f"**{error}**", gr.update(), gr.update()
+        run.delete()
         rows = run_rows(self.manager)
         return f"Deleted `{run_id}`.", rows, gr.update(choices=[r[0] for r in rows], value=None)
 

@@ -1,0 +1,136 @@
+"""Hostile and careless input: ids and paths that try to leave their root (issue 13)."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+from test_app import free_port
+
+from seqmatch_engine import cli, paths
+from seqmatch_engine.config import ConfigError, RunConfig, load_preset
+from seqmatch_engine.jobs import JobManager
+from seqmatch_engine.runs import RunError, RunFolder
+
+PIECES = ["..", ".", "/", "\\", "\x00", "\n", "~", "runs", "a", "é", "日本", "\u202e", "%2e%2e", "..%2f", " ", "$HOME",
+          "victim", "C:", "\\\\?\\", "//", "\u2215", "\uff0e\uff0e"]
+
+
+def hostile_names(count: int, seed: int = 0) -> list[str]:
+    """Random strings built from separators, dots, NUL, absolute prefixes and unicode."""
+    rng = random.Random(seed)
+    names = ["..", ".", "", "/", "/etc", "../victim", "../../victim", "a/../../victim", "a\\..\\..\\victim",
+             "victim\x00", "\x00", "..\x00", os.sep + "tmp", "escape", "loop"]
+    for _ in range(count):
+        names.append("".join(rng.choice(PIECES) for _ in range(rng.randint(1, 6))))
+    return names
+
+
+@pytest.fixture
+def rooted(tmp_path):
+    """A runs root holding one real run, a victim folder beside it and links that point out of it."""
+    root = tmp_path / "home" / "runs"
+    run = RunFolder.create(root, RunConfig())
+    victim = tmp_path / "home" / "victim"
+    victim.mkdir()
+    (victim / paths.CONFIG_FILE).write_text("{}")
+    (root / "escape").symlink_to(victim, target_is_directory=True)
+    (root / "loop").symlink_to(root / "loop")
+    return root, run, victim
+
+
+def test_no_name_resolves_outside_its_root(rooted):
+    root, run, _ = rooted
+    accepted = 0
+    for name in hostile_names(3000):
+        try:
+            path = paths.child(root, name)
+        except paths.UnsafeName as error:
+            assert "refused" in str(error) and str(root.resolve()) in str(error)
+            continue
+        accepted += 1
+        assert path.resolve().parent == root.resolve(), name
+        assert path.parent == root
+    assert accepted > 100  # plain names (letters, unicode, '~', '%2e') are allowed: they stay inside
+    assert paths.child(root, run.id) == root / run.id
+    for bad in (None, 3, ["a"], "a" * 256):
+        with pytest.raises(paths.UnsafeName):
+            paths.child(root, bad)
+
+
+def test_run_ids_are_found_only_inside_the_runs_root(rooted):
+    root, run, victim = rooted
+    assert RunFolder.find(root, run.id).path == run.path
+    for name in ("../victim", str(victim), "escape", "loop", "..", ""):
+        with pytest.raises(RunError, match="refused|pick a run"):
+            RunFolder.find(root, name)
+    with pytest.raises(RunError, match="deleted or never existed"):
+        RunFolder.find(root, "20260101-000000-mtt-gone")
+
+
+def test_presets_are_looked_up_by_name_only(tmp_path):
+    assert load_preset("cpu-smoke")["name"] == "cpu-smoke"
+    for name in ("../presets/cpu-smoke", "/etc/passwd", "..", "cpu-smoke/../cpu-smoke"):
+        with pytest.raises(ConfigError, match="not found"):
+            load_preset(name)
+
+
+def test_cli_refuses_runs_outside_the_runs_root(rooted, capsys):
+    root, run, victim = rooted
+    home = root.parent
+    outside = victim.parent / "outside-export"
+    for command in (["export", str(victim), "--out", str(outside)], ["export", "../victim"],
+                    ["evaluate", str(victim)], ["diagnose", "escape"], ["distill", "--resume", "../victim"]):
+        assert cli.main(["--home", str(home), *command]) == 2, command
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and ("refused" in err or "not a run folder of" in err), err
+    assert not outside.exists() and (victim / paths.CONFIG_FILE).is_file()
+    assert list(victim.iterdir()) == [victim / paths.CONFIG_FILE]
+    # the same run given by id or by its path inside the root is accepted
+    assert RunFolder.from_argument(root, run.id).path == run.path
+    assert RunFolder.from_argument(root, str(run.path)).path == run.path
+
+
+def test_job_manager_never_reads_or_queues_outside_its_root(rooted):
+    root, _, victim = rooted
+    manager = JobManager(root.parent)
+    for name in ("../victim", str(victim), "escape"):
+        assert manager.live(name) is None
+        with pytest.raises(RunError, match="refused"):
+            manager.resume(name)
+        with pytest.raises(RunError, match="refused"):
+            manager.submit_diagnostics(name, None)
+    assert manager.jobs() == []
+
+
+@pytest.fixture
+def app_with_victim(rooted):
+    gradio_client = pytest.importorskip("gradio_client")
+    from views.layout import build_app, launch_options
+
+    root, run, victim = rooted
+    manager = JobManager(root.parent)
+    demo = build_app(manager)
+    demo.queue()
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options())
+    yield gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False), root, run, victim
+    demo.close()
+
+
+def test_app_refuses_hostile_run_ids(app_with_victim):
+    client, root, run, victim = app_with_victim
+    before = sorted(p.name for p in root.parent.rglob("*"))
+    for name in ("../victim", "../../victim", str(victim), "escape", "a/../../victim", "..\\victim"):
+        message, _, _ = client.predict(name, api_name="/delete_run")
+        assert "Cannot delete" in message and ("refused" in message or "never existed" in message), message
+        archive, message = client.predict(name, api_name="/export_run")
+        assert archive is None and "Cannot export" in message, message
+        details, _, image = client.predict(name, api_name="/select_run")
+        assert "refused" in details and image is None, details
+        _, message = client.predict(name, None, api_name="/resume_run")
+        assert "refused" in message, message
+    assert (victim / paths.CONFIG_FILE).is_file() and run.path.is_dir()
+    assert sorted(p.name for p in root.parent.rglob("*")) == before
+    assert not list(Path("/").glob("*-set.zip"))
