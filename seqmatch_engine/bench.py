@@ -70,7 +70,8 @@ def plain_forward(flat: torch.Tensor, x: torch.Tensor, spec: ConvNetSpec) -> tor
     params = unflatten(flat, spec)
     for d in range(spec.depth):
         w, b, gamma, beta = params[4 * d: 4 * d + 4]
-        x = F.avg_pool2d(F.relu(F.group_norm(F.conv2d(x, w, b, padding=1), spec.width, gamma, beta)), 2)
+        padding = 3 if d == 0 and spec.channels == 1 else 1  # MTT's ConvNet pads 1-channel input by 3
+        x = F.avg_pool2d(F.relu(F.group_norm(F.conv2d(x, w, b, padding=padding), spec.width, gamma, beta)), 2)
     return F.linear(x.flatten(1), params[-2], params[-1])
 
 
@@ -91,8 +92,9 @@ def plain_matching_loss(spec: ConvNetSpec, start: torch.Tensor, target: torch.Te
 def plain_convnet(spec: ConvNetSpec) -> nn.Sequential:
     layers: list[nn.Module] = []
     cin = spec.channels
-    for _ in range(spec.depth):
-        layers += [nn.Conv2d(cin, spec.width, 3, padding=1), nn.GroupNorm(spec.width, spec.width), nn.ReLU(),
+    for d in range(spec.depth):
+        padding = 3 if d == 0 and cin == 1 else 1  # MTT's ConvNet pads 1-channel input by 3
+        layers += [nn.Conv2d(cin, spec.width, 3, padding=padding), nn.GroupNorm(spec.width, spec.width), nn.ReLU(),
                    nn.AvgPool2d(2)]
         cin = spec.width
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(spec.feature_dim, spec.num_classes))

@@ -8,11 +8,21 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import paths
-from .config import ConfigError, RunConfig, apply_overrides, as_static, load_config_file, load_preset, preset_names
+from .config import (
+    BUDGET_NOTES,
+    BUDGETS,
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    as_static,
+    load_config_file,
+    load_preset,
+    preset_names,
+)
 from .data import DatasetError
 from .runs import RunError, RunFolder, list_runs
 from .seeding import resolve_device
-from .seqmatch import Distiller, Event
+from .seqmatch import Distiller, Event, StopRequested
 from .storage import StorageError
 
 DEFAULT_PRESET = "cpu-demo"
@@ -64,11 +74,13 @@ class ProgressBars:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     raw = load_config_file(args.config) if args.config else load_preset(args.preset)
     config = RunConfig.from_dict(apply_overrides(raw, args.set or []))
-    return as_static(config) if getattr(args, "static", False) else config
+    return as_static(config, args.budget) if getattr(args, "static", False) else config
 
 
 def format_accuracy(result: dict) -> str:
-    lines = [f"method {result['method']}  IPC {result['ipc']}  learned lrs {', '.join(f'{x:.4g}' for x in result['lrs'])}"]
+    budget = f"  budget {result['budget']}" if result.get("budget") else ""
+    lines = [f"method {result['method']}  IPC {result['ipc']}{budget}  "
+             f"learned lrs {', '.join(f'{x:.4g}' for x in result['lrs'])}"]
     for name in ("synthetic", "random_real"):
         for arch, acc in result.get(name, {}).items():
             lines.append(f"{name:12s} {arch:9s} {100 * acc['mean']:6.2f} ± {100 * acc['std']:.2f} %  "
@@ -100,6 +112,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
         resolve_device(config.device)  # fail before creating a run folder
         run = RunFolder.create(paths.runs_root(args.home), config)
     print(f"run folder: {run.path}", file=sys.stderr)
+    budget = run.config().budget
+    if budget:
+        print(f"budget convention: {budget} ({BUDGET_NOTES[budget]})", file=sys.stderr)
     distiller = Distiller(run, paths.experts_root(args.home), ProgressBars())
     result = distiller.run()
     for message in run.status().get("messages", []):
@@ -195,6 +210,35 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from .study import StudyFolder, format_table, load_study_spec, run_study, study_preset_names, summarise
+
+    if (args.spec is None) == (args.preset is None):
+        raise ConfigError(f"study: give a spec file or --preset NAME (one of: {', '.join(study_preset_names())})")
+    spec = load_study_spec(args.preset or args.spec)
+    study = StudyFolder.create_or_open(paths.studies_root(args.home), spec)
+    print(f"study folder: {study.path}  (budget convention: {spec.budget}: {BUDGET_NOTES[spec.budget]})",
+          file=sys.stderr)
+    if args.summary:
+        summary = summarise(study)
+        study.save_summary(summary, format_table(summary))
+        print(format_table(summary))
+        return 0
+    bars = ProgressBars()
+
+    def on_run(run_id: str, index: int, total: int) -> None:
+        bars.close()
+        tqdm.write(f"== run {index + 1}/{total}: {run_id}", file=sys.stderr)
+
+    try:
+        summary = run_study(study, paths.experts_root(args.home), bars, on_run=on_run)
+    except StopRequested:
+        print(f"stopped; resume with the same command (finished runs are kept): {study.path}", file=sys.stderr)
+        return 1
+    print(format_table(summary))
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     for name in preset_names():
         print(name)
@@ -226,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("distill", help="distil a set (SeqMatch, or static MTT with --static) and evaluate it")
     with_config(sub)
     sub.add_argument("--static", action="store_true", help="static MTT: one subset with the same total IPC")
+    sub.add_argument("--budget", choices=BUDGETS, default="per-image",
+                     help="with --static: per-image (the authors' convention, default): as many iterations as each "
+                          "subset; total: the sum of the subsets' iterations")
     sub.add_argument("--resume", metavar="RUN", help="continue a stopped or killed run folder")
     sub.set_defaults(func=cmd_distill)
     sub = commands.add_parser("evaluate", help="re-evaluate a finished run")
@@ -249,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--nets", type=int, default=2, help="G4 nets per set")
     sub.add_argument("--force", action="store_true", help="recompute G2-G4 even when the run has them")
     sub.set_defaults(func=cmd_diagnose)
+    sub = commands.add_parser("study", help="a grid of runs (method x IPC x seed), paired by seed, resumable, summarised")
+    sub.add_argument("spec", nargs="?", help="a study spec JSON file (see assets/studies/)")
+    sub.add_argument("--preset", help="a study preset from assets/studies/ instead of a file")
+    sub.add_argument("--summary", action="store_true", help="only rebuild and print the summary of what has run")
+    sub.set_defaults(func=cmd_study)
     sub = commands.add_parser("bench", help="speed and memory of the engine vs plain references (prints a report)")
     sub.add_argument("--quick", action="store_true", help="one round per measurement, 1 expert for the first-image test")
     sub.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")

@@ -96,6 +96,9 @@ class EvalConfig:
 class RunConfig:
     name: str = ""
     seed: int = 0
+    # The budget convention a static MTT run was derived under from a SeqMatch config (as_static):
+    # "per-image" (the authors') or "total"; null for a run not made as a counterpart.
+    budget: str | None = None
     device: str = "auto"         # "auto", "cpu", "cuda", "cuda:1", ...
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -126,6 +129,13 @@ ARCHITECTURES = ("convnet", "resnet18", "vgg11", "alexnet")
 EXPERT_SOURCES = ("retrained", "window")
 INITS = ("real", "noise")
 MEMORY_MODES = ("auto", "unrolled", "recompute")
+BUDGETS = ("per-image", "total")  # static MTT's iterations against SeqMatch's: see static_iterations
+BUDGET_NOTES = {
+    "per-image": "authors' convention: static MTT runs as many iterations as each SeqMatch subset, so every "
+                 "image gets the same number of updates and the unroll compute is about equal",
+    "total": "static MTT runs the sum of the subsets' iterations: K times the updates per image and about "
+             "K times the compute of SeqMatch",
+}
 
 
 def _build(cls: type, raw: Any, where: str) -> Any:
@@ -198,6 +208,8 @@ def validate(config: RunConfig) -> None:
     from .data import DATASET_NAMES
 
     d, m, e, s, v = config.data, config.model, config.experts, config.distill, config.eval
+    _require(config.budget is None or config.budget in BUDGETS, "budget",
+             f"must be one of {', '.join(BUDGETS)}, or null for a run not derived as a static counterpart")
     _require(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", config.device) is not None, "device",
              f"unknown device {config.device!r}; use auto, cpu, cuda or cuda:N")
     _require(d.dataset in DATASET_NAMES, "data.dataset",
@@ -274,15 +286,34 @@ def split_ipc(ipc: int, num_subsets: int) -> list[int]:
     return [base + (1 if k < extra else 0) for k in range(num_subsets)]
 
 
-def as_static(config: RunConfig) -> RunConfig:
-    """The static MTT counterpart of a run: one subset with the same total IPC and stage-1 interval,
-    and G1's nominal groups set to the number of SeqMatch subsets so both are drawn on the same axes."""
+def static_iterations(subsets: list[SubsetConfig], budget: str) -> int:
+    """Outer iterations of static MTT's one subset against SeqMatch's `subsets` under a budget convention.
+
+    per-image (the authors'): every image gets as many updates as a SeqMatch image does on average,
+        sum_k ipc_k * I_k / IPC, which is I when every subset runs I iterations (each SeqMatch subset
+        is its own run as long as MTT's whole run; the unroll compute is about equal too, since
+        SeqMatch's minibatches hold C * ipc_k images);
+    total: the sum of the subsets' iterations (MTT gets K times the updates per image and about
+        K times the compute).
+    """
+    if budget not in BUDGETS:
+        raise ConfigError(f"budget: unknown convention {budget!r}; use one of {', '.join(BUDGETS)}")
+    if budget == "total":
+        return sum(s.iterations for s in subsets)
+    ipc = sum(s.ipc for s in subsets)
+    return round(sum(s.ipc * s.iterations for s in subsets) / ipc)
+
+
+def as_static(config: RunConfig, budget: str = "per-image") -> RunConfig:
+    """The static MTT counterpart of a run under a budget convention (see static_iterations): one subset
+    with the same total IPC, stage-1 interval and initial lr, and G1's nominal groups set to the number
+    of SeqMatch subsets so both are drawn on the same axes."""
     first = config.distill.subsets[0]
-    iterations = sum(s.iterations for s in config.distill.subsets)
+    iterations = static_iterations(config.distill.subsets, budget)
     static = dataclasses.replace(config.distill, nominal_groups=len(config.distill.subsets), subsets=[
         SubsetConfig(ipc=config.ipc, interval=first.interval, iterations=iterations, lr_init=first.lr_init)])
     name = f"{config.name}-mtt" if config.name else "mtt"
-    return dataclasses.replace(config, name=name, distill=static)
+    return dataclasses.replace(config, name=name, distill=static, budget=budget)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -119,6 +119,28 @@ def evaluate_curriculum(stages: list[CurriculumStage], spec: ConvNetSpec, config
     return Accuracy([values[i] for i in range(num_nets)])
 
 
+CONTROLS = {
+    "first_subset_alone": "S_1 alone with its lr alpha_1 (what the later subsets add)",
+    "one_stage": "all subsets together as one stage with the last lr alpha_K (the curriculum's worth)",
+    "random_last": "S_1..S_{K-1} as learned, then random real images in place of S_K, same lrs "
+                   "(what distilling the last subset adds over real images)",
+}
+
+
+def control_curricula(subsets: list[tuple[torch.Tensor, torch.Tensor]], lrs: list[float], data: PreparedData,
+                      seed: int) -> dict[str, list[CurriculumStage]]:
+    """Evaluation-only controls of a SeqMatch set of K >= 2 subsets (see CONTROLS), by name."""
+    if len(subsets) < 2:
+        raise ValueError("controls compare the subsets of a SeqMatch set: it needs at least 2 subsets")
+    last_ipc = len(subsets[-1][1]) // data.num_classes
+    real = random_real_subset(data.train_images, data.train_labels, data.num_classes, last_ipc,
+                              make_generator(seed, "control-random-last"))
+    union = (torch.cat([s[0] for s in subsets]), torch.cat([s[1] for s in subsets]))
+    return {"first_subset_alone": curriculum_from_subsets(subsets[:1], lrs[:1]),
+            "one_stage": curriculum_from_subsets([union], lrs[-1:]),
+            "random_last": curriculum_from_subsets([*subsets[:-1], real], lrs)}
+
+
 def random_real_curriculum(data: PreparedData, config: RunConfig) -> list[CurriculumStage]:
     """The baseline: one stage of `config.ipc` random real images per class at `eval.baseline_lr`."""
     images, labels = random_real_subset(data.train_images, data.train_labels, data.num_classes, config.ipc,

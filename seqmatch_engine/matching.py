@@ -155,7 +155,7 @@ class ConvNetStep:
 
     def chunk(self, batch: int) -> int:
         """Rows per chunk: equal chunks whose first conv output is at most about CHUNK_BYTES."""
-        h, w = self.spec.image_size
+        h, w = self.spec.map_sizes()[0]
         largest = max(1, self.chunk_bytes // (4 * self.spec.width * h * w))
         count = -(-batch // largest)
         return -(-batch // count)

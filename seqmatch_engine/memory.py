@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,18 +37,13 @@ _RECOMPUTE_ACTIVATION_COPIES = 9.0   # one step's graph plus its vector-Jacobian
 
 def activation_elements(spec: ConvNetSpec, batch: int) -> int:
     """Elements of the conv outputs of one forward pass (the dominant saved tensors)."""
-    h, w = spec.image_size
-    total = 0
-    for _ in range(spec.depth):
-        total += batch * spec.width * h * w
-        h, w = h // 2, w // 2
-    return total
+    return sum(batch * spec.width * h * w for h, w in spec.map_sizes()[:-1])
 
 
 def replay_bytes(spec: ConvNetSpec, batch: int, element_size: int = 4) -> int:
     """Memory "recompute" keeps per rebuilt step (conv_replay.py): output and input gradient of
     every convolution after the first, and its weight gradient."""
-    first = batch * spec.width * spec.image_size[0] * spec.image_size[1]
+    first = batch * spec.width * math.prod(spec.map_sizes()[0])
     weights = (spec.depth - 1) * spec.width * spec.width * 9
     return int((2 * (activation_elements(spec, batch) - first) + weights) * element_size)
 

@@ -25,11 +25,23 @@ class ConvNetSpec:
     width: int = 128
     depth: int = 3
 
-    def feature_size(self) -> tuple[int, int]:
-        h, w = self.image_size
-        for _ in range(self.depth):
+    def padding(self, block: int) -> int:
+        """Zero padding of block `block`'s conv: 3 for the first conv of 1-channel input, as MTT's ConvNet
+        (28x28 MNIST-family images become 32x32 maps and 4x4 features), else 1 ('same')."""
+        return 3 if block == 0 and self.channels == 1 else 1
+
+    def map_sizes(self) -> list[tuple[int, int]]:
+        """(h, w) of each block's conv output, then of the pooled features: depth + 1 sizes."""
+        sizes, (h, w) = [], self.image_size
+        for d in range(self.depth):
+            grow = 2 * self.padding(d) - 2  # a 3x3 conv adds 2 * padding - 2 rows and columns
+            h, w = h + grow, w + grow
+            sizes.append((h, w))
             h, w = h // 2, w // 2
-        return h, w
+        return [*sizes, (h, w)]
+
+    def feature_size(self) -> tuple[int, int]:
+        return self.map_sizes()[-1]
 
     @property
     def feature_dim(self) -> int:
@@ -90,7 +102,7 @@ def convnet_features(flat: torch.Tensor, x: torch.Tensor, spec: ConvNetSpec) -> 
     params = unflatten(flat, spec)
     for d in range(spec.depth):
         w, b, gamma, beta = params[4 * d: 4 * d + 4]
-        x = F.conv2d(x, w, b, padding=1)
+        x = F.conv2d(x, w, b, padding=spec.padding(d))
         x = F.group_norm(x, spec.width, gamma, beta)  # instance norm with affine
         x = F.avg_pool2d(F.relu(x), 2)
     return x.flatten(1)
@@ -247,12 +259,12 @@ def _bmm_weight(weight2d: torch.Tensor, batch: int) -> torch.Tensor:
     return weight2d.unsqueeze(0).expand(batch, *weight2d.shape)
 
 
-def _fold(cols: torch.Tensor, size) -> torch.Tensor:
-    return F.fold(cols, tuple(size), 3, padding=1)
+def _fold(cols: torch.Tensor, size, padding: int) -> torch.Tensor:
+    return F.fold(cols, tuple(size), 3, padding=padding)
 
 
 class Im2colConv(torch.autograd.Function):
-    """3x3 'same' convolution without bias as im2col + batched matmul (for few input channels).
+    """3x3 convolution (zero padding `padding`) without bias as im2col + batched matmul (for few input channels).
 
     `graph_input_grad=False` declares that a differentiable (create_graph) backward never needs the
     input gradient, as inside the unroll where the input is the augmented image batch: the weight
@@ -260,13 +272,15 @@ class Im2colConv(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, graph_input_grad: bool = True) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, graph_input_grad: bool = True,
+                padding: int = 1) -> torch.Tensor:
         b, _, h, w = x.shape
         co = weight.shape[0]
-        cols = F.unfold(x, 3, padding=1)
+        cols = F.unfold(x, 3, padding=padding)
         ctx.save_for_backward(x, weight, cols)
-        ctx.graph_input_grad = graph_input_grad
-        return torch.bmm(_bmm_weight(weight.reshape(co, -1), b), cols).view(b, co, h, w)
+        ctx.graph_input_grad, ctx.padding = graph_input_grad, padding
+        grow = 2 * padding - 2
+        return torch.bmm(_bmm_weight(weight.reshape(co, -1), b), cols).view(b, co, h + grow, w + grow)
 
     @staticmethod
     def backward(ctx, grad):
@@ -276,25 +290,25 @@ class Im2colConv(torch.autograd.Function):
             dx = None
             if ctx.needs_input_grad[0] and ctx.graph_input_grad:
                 flat = grad.reshape(b, co, -1)
-                dx = _fold(torch.bmm(_bmm_weight(weight.reshape(co, -1).t(), b), flat), x.shape[-2:])
-            return dx, _Im2colWeightGrad.apply(grad, x, cols, weight.shape), None
+                dx = _fold(torch.bmm(_bmm_weight(weight.reshape(co, -1).t(), b), flat), x.shape[-2:], ctx.padding)
+            return dx, _Im2colWeightGrad.apply(grad, x, cols, weight.shape, ctx.padding), None, None
         flat = grad.reshape(b, co, -1)
         dweight = torch.bmm(flat, cols.transpose(1, 2)).sum(0).view(weight.shape)
         dx = None
         if ctx.needs_input_grad[0]:
-            dx = _fold(torch.bmm(_bmm_weight(weight.reshape(co, -1).t(), b), flat), x.shape[-2:])
-        return dx, dweight, None
+            dx = _fold(torch.bmm(_bmm_weight(weight.reshape(co, -1).t(), b), flat), x.shape[-2:], ctx.padding)
+        return dx, dweight, None, None
 
 
 class _Im2colWeightGrad(torch.autograd.Function):
     """dW = sum_b grad_b cols_b^T, bilinear in the output gradient and the input (through cols)."""
 
     @staticmethod
-    def forward(ctx, grad, x, cols, shape):
+    def forward(ctx, grad, x, cols, shape, padding):
         b, co = grad.shape[:2]
         flat = grad.reshape(b, co, -1)
         ctx.save_for_backward(flat, cols)
-        ctx.size = x.shape[-2:]
+        ctx.size, ctx.out_size, ctx.padding = x.shape[-2:], grad.shape[-2:], padding
         return torch.bmm(flat, cols.transpose(1, 2)).sum(0).view(shape)
 
     @staticmethod
@@ -303,9 +317,9 @@ class _Im2colWeightGrad(torch.autograd.Function):
         flat, cols = ctx.saved_tensors
         b, co, _ = flat.shape
         g2 = gweight.reshape(co, -1)
-        g_grad = torch.bmm(_bmm_weight(g2, b), cols).view(b, co, *ctx.size)
-        g_x = _fold(torch.bmm(_bmm_weight(g2.t(), b), flat), ctx.size) if ctx.needs_input_grad[1] else None
-        return g_grad, g_x, None, None
+        g_grad = torch.bmm(_bmm_weight(g2, b), cols).view(b, co, *ctx.out_size)
+        g_x = _fold(torch.bmm(_bmm_weight(g2.t(), b), flat), ctx.size, ctx.padding) if ctx.needs_input_grad[1] else None
+        return g_grad, g_x, None, None, None
 
 
 IM2COL_MAX_CHANNELS = 4  # first convs with at most this many input channels run as im2col
@@ -326,11 +340,11 @@ def fast_convnet_forward(pieces: list[torch.Tensor], x: torch.Tensor, spec: Conv
     for d in range(spec.depth):
         w, _, gamma, beta = pieces[4 * d: 4 * d + 4]
         if d == 0 and w.shape[1] <= IM2COL_MAX_CHANNELS:
-            z = Im2colConv.apply(h, w, graph_input_grad)
+            z = Im2colConv.apply(h, w, graph_input_grad, spec.padding(d))
         elif d > 0 and convs is not None:
             z = convs.conv(h, w)
         else:
-            z = F.conv2d(h, w, None, padding=1)
+            z = F.conv2d(h, w, None, padding=spec.padding(d))
         h = NormReLUPool.apply(z, gamma, beta)
     return F.linear(h.flatten(1), pieces[-2], pieces[-1])
 

@@ -56,6 +56,10 @@ def experts_root(base: Path | None = None) -> Path:
     return (base or home()) / "experts"
 
 
+def studies_root(base: Path | None = None) -> Path:
+    return (base or home()) / "studies"
+
+
 # Files inside one run folder.
 CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"
@@ -65,6 +69,15 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 SUBSETS_DIR = "subsets"
 SNAPSHOTS_DIR = "snapshots"
 EXPORT_DIR = "export"
+CONTROLS_FILE = "controls.json"
+
+# Files inside one study folder (studies/<id>/): its spec, progress, summary and its runs.
+STUDY_FILE = "study.json"
+STUDY_STATUS_FILE = "status.json"
+STUDY_SUMMARY_FILE = "summary.json"
+STUDY_TABLE_FILE = "summary.md"
+STUDY_EXPERTS_FILE = "experts.json"
+STUDY_RUNS_DIR = "runs"
 
 
 def subset_file(run_dir: Path, stage: int) -> Path:

@@ -45,25 +45,36 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_-]+", "-", text).strip("-")[:40]
 
 
+def _new_folder(root: Path, base: str) -> Path:
+    """Create and return root/base, or root/base-1, base-2, ... when taken."""
+    for n in range(1000):
+        path = root / (base if n == 0 else f"{base}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RunError(f"{root} already holds 1000 folders named {base}*; delete some")
+
+
 class RunFolder:
     def __init__(self, path: Path):
         self.path = Path(path)
 
     # -- creation and discovery -------------------------------------------------------------
     @classmethod
-    def create(cls, root: Path, config: RunConfig) -> "RunFolder":
-        """A new run folder named <time>-<method>-<name> holding the config and a 'created' status."""
+    def create(cls, root: Path, config: RunConfig, run_id: str | None = None) -> "RunFolder":
+        """A new run folder holding the config and a 'created' status, named `run_id` (which must not
+        exist yet) or <time>-<method>-<name>."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         base = "-".join(p for p in (stamp, config.method, _slug(config.name)) if p)
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
-        for n in range(1000):
-            path = root / (base if n == 0 else f"{base}-{n}")
-            try:
-                path.mkdir()
-                break
-            except FileExistsError:
-                continue
+        if run_id is not None:
+            path = paths.child(root, run_id, "run")
+            path.mkdir()
+        else:
+            path = _new_folder(root, base)
         run = cls(path)
         write_json(path / paths.CONFIG_FILE, config.to_dict())
         run.update_status(state="created", phase="queued", created=time.time())
@@ -192,6 +203,14 @@ class RunFolder:
 
     def eval(self) -> dict[str, Any] | None:
         path = self.path / paths.EVAL_FILE
+        return read_json(path) if path.exists() else None
+
+    def save_controls(self, result: dict[str, Any]) -> None:
+        write_json(self.path / paths.CONTROLS_FILE, result)
+
+    def controls(self) -> dict[str, Any] | None:
+        """Accuracies of the evaluation-only controls (evaluate.control_curricula), if measured."""
+        path = self.path / paths.CONTROLS_FILE
         return read_json(path) if path.exists() else None
 
     # -- export ----------------------------------------------------------------------------------

@@ -236,6 +236,18 @@ class Distiller:
         return self._train_experts(0, epochs, recipe,
                                    lambda i, g: init_convnet_params(self.spec, g, self.device))
 
+    def cached_stage1_experts(self) -> torch.Tensor:
+        """The stage-1 trajectories (n, E+1, P) read from the cache, without touching the run's status;
+        StorageError when any is missing."""
+        epochs, count = self.config.experts.epochs, self.config.experts.num_experts
+        recipe = self._expert_recipe(0, epochs, None)
+
+        def missing(i: int) -> torch.Tensor:
+            raise StorageError(f"stage-1 expert {i} is not in {self.cache.folder(recipe)}; run the study or "
+                               f"`experts` first")
+
+        return self.cache.load_or_train(recipe, count, (epochs + 1, self.spec.num_params), missing)
+
     def retrained_experts(self, stage: int, subsets: list[Subset]) -> torch.Tensor:
         """Trajectories (n, E_k+1, P) of nets first trained on U_1..U_{k-1}, then on real data."""
         epochs = self.config.experts.stage_epochs
@@ -317,14 +329,17 @@ class Distiller:
 
     def _select(self, k: int, iteration: int, images: torch.Tensor, lr: float, prior: list[Subset],
                 best: dict) -> None:
-        """Validation accuracy of the curriculum up to S_k with `images` (C*ipc_k, ...) at `lr`;
-        keep the best S_k (never looks at test data)."""
+        """Validation accuracy of the curriculum up to S_k with `images` (C*ipc_k, ...) at `lr`, the mean of
+        `eval.select_nets` nets; keep the best S_k (never looks at test data). Every candidate of a stage is
+        scored by the same nets (same initialisations, minibatches and augmentations), so the comparison
+        between candidates is paired."""
         cfg = self.config
         current = Subset(images, class_labels(self.data.num_classes, cfg.distill.subsets[k].ipc, self.device), lr)
         subsets = [*prior, current]
         curriculum = curriculum_from_subsets([(s.images, s.labels) for s in subsets], [s.lr for s in subsets])
         acc = evaluate_curriculum(curriculum, self.spec, cfg.eval, "convnet", cfg.eval.select_nets,
-                                  self.data.val_images, self.data.val_labels, cfg.seed, f"select-{k}-{iteration}")
+                                  self.data.val_images, self.data.val_labels, cfg.seed, f"select-{k}",
+                                  workers=parallel_workers(self.device))
         improved = acc.mean > best["accuracy"]
         if improved:
             best.update(accuracy=acc.mean, iteration=iteration, images=current.images.clone(), lr=current.lr)
@@ -425,7 +440,8 @@ class Distiller:
         baseline = random_real_curriculum(data, cfg)
         jobs = [("synthetic", curriculum)] + ([("random_real", baseline)] if cfg.eval.baseline else [])
         total = len(jobs) * len(cfg.eval.architectures) * cfg.eval.num_nets
-        result: dict[str, Any] = {"method": cfg.method, "ipc": cfg.ipc, "lrs": [s.lr for s in subsets],
+        result: dict[str, Any] = {"method": cfg.method, "ipc": cfg.ipc, "budget": cfg.budget,
+                                  "lrs": [s.lr for s in subsets],
                                   "eval_epochs": cfg.eval.epochs, "num_nets": cfg.eval.num_nets}
         done = 0
         for name, stages in jobs:

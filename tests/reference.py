@@ -17,8 +17,9 @@ from seqmatch_engine.models import ConvNetSpec
 def reference_convnet(spec: ConvNetSpec) -> nn.Sequential:
     """The ConvNet written as layers, without weights copied in yet."""
     layers, cin = [], spec.channels
-    for _ in range(spec.depth):
-        layers += [nn.Conv2d(cin, spec.width, 3, padding=1), nn.GroupNorm(spec.width, spec.width),
+    for d in range(spec.depth):
+        padding = 3 if cin == 1 and d == 0 else 1  # MTT's ConvNet pads 1-channel input by 3
+        layers += [nn.Conv2d(cin, spec.width, 3, padding=padding), nn.GroupNorm(spec.width, spec.width),
                    nn.ReLU(), nn.AvgPool2d(2)]
         cin = spec.width
     layers += [nn.Flatten(), nn.Linear(spec.feature_dim, spec.num_classes)]

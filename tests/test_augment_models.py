@@ -130,3 +130,45 @@ def test_expert_cache_trains_missing_only_and_rejects_stale_files(tmp_path):
     cache.expert_path(recipe, 0).write_bytes(b"half-written")
     with pytest.raises(StorageError, match="not a readable safetensors"):
         cache.load_or_train(recipe, 1, (3, 5), train_one)
+
+
+def test_zca_is_fitted_on_raw_pixels_as_mtt():
+    """With ZCA on, model inputs are W (x - mean) for x the raw [0,1] pixels, W from the training split's
+    unbiased covariance C = U diag(s) U^T as U diag(1/sqrt(s + 0.1)) U^T: no standardisation first."""
+    from seqmatch_engine.config import DataConfig
+    from seqmatch_engine.data import ImageDataset
+    from seqmatch_engine.prepare import prepare_data
+
+    g = make_generator(0, "raw")
+    raw = (torch.rand(60, 3, 4, 4, generator=g) * 255).to(torch.uint8)
+    labels = torch.arange(3).repeat(20)
+    dataset = ImageDataset("toy", ("a", "b", "c"), raw, labels, raw[:9], labels[:9], (0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
+    data = prepare_data(DataConfig(zca=True, val_per_class=2), 0, torch.device("cpu"), dataset)
+    train_rows, _ = split_train_val(labels, 3, 2, None, make_generator(0, "val-split"))
+    x = (raw[train_rows].double() / 255).flatten(1)
+    centred = x - x.mean(0)
+    cov = centred.T @ centred / (len(x) - 1)
+    s, u = torch.linalg.eigh(cov)
+    expected = (centred @ u @ torch.diag((s.clamp_min(0) + 0.1).rsqrt()) @ u.T).view(-1, 3, 4, 4)
+    torch.testing.assert_close(data.train_images.double(), expected, atol=2e-5, rtol=0)
+    # the display inverse gives back the raw pixels exactly (up to float32 rounding)
+    torch.testing.assert_close(data.transform.to_pixels(data.test_images), raw[:9].float() / 255, atol=2e-5, rtol=0)
+    # without ZCA: per-channel standardisation with the dataset's constants
+    plain = prepare_data(DataConfig(zca=False, val_per_class=2), 0, torch.device("cpu"), dataset)
+    mean, std = torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1), torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
+    torch.testing.assert_close(plain.test_images, (raw[:9].float() / 255 - mean) / std)
+
+
+def test_one_channel_first_conv_pads_by_three_as_mtt():
+    """28x28x1 -> 32x32 maps after the first conv -> 4x4 features after three pools; 3 channels pad 1."""
+    mnist = ConvNetSpec(1, (28, 28), 10, width=8, depth=3)
+    assert mnist.map_sizes() == [(32, 32), (16, 16), (8, 8), (4, 4)]
+    assert mnist.feature_size() == (4, 4) and mnist.feature_dim == 8 * 16
+    cifar = ConvNetSpec(3, (32, 32), 10, width=8, depth=3)
+    assert cifar.map_sizes() == [(32, 32), (16, 16), (8, 8), (4, 4)]
+    from seqmatch_engine.models import ConvNet, convnet_features, convnet_forward
+
+    params = init_convnet_params(mnist, make_generator(0, "pad"))
+    x = torch.randn(2, 1, 28, 28, generator=make_generator(1, "pad"))
+    assert convnet_features(params, x, mnist).shape == (2, 8 * 16)
+    torch.testing.assert_close(ConvNet(mnist, params)(x), convnet_forward(params, x, mnist), atol=1e-5, rtol=1e-4)

@@ -25,7 +25,7 @@ from safetensors import safe_open
 
 from seqmatch_engine import cli, paths, seqmatch
 from seqmatch_engine.config import RunConfig, load_preset
-from seqmatch_engine.runs import RunFolder
+from seqmatch_engine.runs import RunFolder, list_runs
 from seqmatch_engine.storage import read_tensors
 
 TWO_SUBSETS = [
@@ -348,13 +348,18 @@ def test_static_distill_makes_a_one_subset_run(finished, tmp_path, capsys):
     assert config.method == "mtt"
     assert len(config.distill.subsets) == 1
     subset = config.distill.subsets[0]
-    assert (subset.ipc, subset.interval, subset.iterations) == (2, (0, 3), 4)
-    assert captured.out.splitlines()[0].startswith("method mtt  IPC 2  learned lrs ")
+    assert (subset.ipc, subset.interval, subset.iterations) == (2, (0, 3), 2)  # per-image: as many as each subset
+    assert config.budget == "per-image" and "budget convention: per-image (authors' convention" in captured.err
+    assert captured.out.splitlines()[0].startswith("method mtt  IPC 2  budget per-image  learned lrs ")
     assert len(run.subsets()) == 1 and tuple(run.subsets()[0].images.shape) == (20, 1, 28, 28)
     assert "[experts 2]" not in captured.err
     assert "  S1 it 2: val acc " in captured.err  # select_every=2 reports validation accuracy
     selections = [r["iteration"] for r in run.metrics() if r["kind"] == "selection"]
-    assert selections == [0, 2, 4]
+    assert selections == [0, 2]
+    rc = cli.main(["--home", str(home), "distill", "--static", "--budget", "total", *tiny_args("name=total")])
+    assert rc == 0
+    total = [r for r in list_runs(home / "runs") if r.config().name == "total-mtt"][0].config()
+    assert total.budget == "total" and total.distill.subsets[0].iterations == 4
 
 
 class _StoppedControl(seqmatch.RunControl):

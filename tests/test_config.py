@@ -303,32 +303,45 @@ def test_split_ipc_needs_a_subset():
         split_ipc(10, 0)
 
 
-def test_as_static_keeps_total_ipc_and_sums_iterations():
+def three_subsets() -> RunConfig:
     raw = raw_config(experts={"epochs": 8, "stage_epochs": 8})
     raw["distill"]["subsets"] = [
         {"ipc": 3, "interval": [1, 6], "iterations": 4, "lr_init": 0.02},
         {"ipc": 2, "interval": [0, 4], "iterations": 5, "lr_init": 0.05},
         {"ipc": 2, "interval": [0, 3], "iterations": 6},
     ]
-    config = RunConfig.from_dict(raw)
-    static = as_static(config)
-    assert static.method == "mtt"
-    assert static.name == "t-mtt"
+    return RunConfig.from_dict(raw)
+
+
+@pytest.mark.parametrize("budget, iterations", [
+    ("per-image", 5),  # (3 * 4 + 2 * 5 + 2 * 6) / 7 = 34 / 7 = 4.86 updates per image on average
+    ("total", 15),     # 4 + 5 + 6
+])
+def test_as_static_under_each_budget_convention(budget, iterations):
+    config = three_subsets()
+    static = as_static(config, budget)
+    assert static.method == "mtt" and static.name == "t-mtt" and static.budget == budget
     assert static.ipc == config.ipc == 7
-    assert static.distill.subsets == [SubsetConfig(ipc=7, interval=(1, 6), iterations=15, lr_init=0.02)]
+    assert static.distill.subsets == [SubsetConfig(ipc=7, interval=(1, 6), iterations=iterations, lr_init=0.02)]
+    assert static.distill.nominal_groups == 3  # G1 draws static MTT in as many groups as SeqMatch has subsets
     assert static.distill.syn_steps == config.distill.syn_steps
     assert static.experts == config.experts and static.eval == config.eval
-    assert len(config.distill.subsets) == 3, "the original config is not changed"
+    assert len(config.distill.subsets) == 3 and config.budget is None, "the original config is not changed"
     assert RunConfig.from_dict(static.to_dict()) == static
 
 
-def test_as_static_of_the_preset_and_of_an_unnamed_config():
+def test_as_static_defaults_to_the_authors_convention():
     config = RunConfig.from_dict(load_preset("cpu-demo"))
     static = as_static(config)
-    assert (static.ipc, static.method, static.name) == (config.ipc, "mtt", "cpu-demo-mtt")
-    assert static.distill.subsets[0].iterations == sum(s.iterations for s in config.distill.subsets)
+    assert (static.ipc, static.method, static.name, static.budget) == (config.ipc, "mtt", "cpu-demo-mtt", "per-image")
+    assert static.distill.subsets[0].iterations == config.distill.subsets[0].iterations  # equal subsets: I, not K I
+    assert as_static(config, "total").distill.subsets[0].iterations == sum(s.iterations for s in config.distill.subsets)
     assert static.distill.subsets[0].interval == config.distill.subsets[0].interval
     assert as_static(RunConfig()).name == "mtt"
+    with pytest.raises(ConfigError, match="budget: unknown convention 'half'; use one of per-image, total"):
+        as_static(config, "half")
+    with pytest.raises(ConfigError, match="budget: must be one of per-image, total"):
+        RunConfig.from_dict({**config.to_dict(), "budget": "half"})
 
 
 # ----------------------------------------------------------------------------- overrides

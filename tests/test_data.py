@@ -269,12 +269,12 @@ def test_tiny_imagenet_rejects_unknown_val_wnid(tmp_path):
 def test_bundled_dataset():
     dataset = load_dataset("fashion-mnist-small")
     assert dataset.class_names == FASHION_CLASSES
-    assert dataset.train_images.shape == (6000, 1, 28, 28)
-    assert dataset.test_images.shape == (1000, 1, 28, 28)
+    assert dataset.train_images.shape == (20000, 1, 28, 28)
+    assert dataset.test_images.shape == (10000, 1, 28, 28)
     assert dataset.train_images.dtype == torch.uint8
     assert dataset.test_labels.dtype == torch.int64
-    assert torch.bincount(dataset.train_labels).tolist() == [600] * 10
-    assert torch.bincount(dataset.test_labels).tolist() == [100] * 10
+    assert torch.bincount(dataset.train_labels).tolist() == [2000] * 10
+    assert torch.bincount(dataset.test_labels).tolist() == [1000] * 10
     assert dataset.mean == (0.2861,) and dataset.std == (0.3530,)
     assert dataset.train_images.float().std() > 50  # real images, not blank
 

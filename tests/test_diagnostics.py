@@ -124,8 +124,8 @@ def home(tmp_path_factory):
     home = tmp_path_factory.mktemp("diag-home")
     runs = {}
     for name, config in (("recorded", tiny_config(diagnose_every=1)), ("plain", tiny_config()),
-                         ("mtt", as_static(tiny_config(diagnose_every=2)))):
-        run = RunFolder.create(home / "runs" / name, config)
+                         ("mtt", as_static(tiny_config(diagnose_every=2), "total"))):
+        run = RunFolder.create(home / "runs", config)
         Distiller(run, home / "experts").run()
         runs[name] = run
     return home, runs
@@ -306,11 +306,11 @@ def test_g4_uses_the_runs_own_evaluation_nets(diagnosed):
     evaluation = diagnostics.run.eval()
     assert g4["sets"]["synthetic"]["all"]["values"] == [evaluation["synthetic"]["convnet"]["values"][0]]
     assert g4["sets"]["random_real"]["all"]["values"] == [evaluation["random_real"]["convnet"]["values"][0]]
-    assert g4["easy_count"] + g4["hard_count"] == len(g4["hardness"]) == 1000
+    assert g4["easy_count"] + g4["hard_count"] == len(g4["hardness"]) == 10000
     assert g4["threshold"] == float(torch.tensor(g4["hardness"]).median())
     for name in ("synthetic", "random_real"):
         part = g4["sets"][name]
-        total = (part["easy"]["mean"] * g4["easy_count"] + part["hard"]["mean"] * g4["hard_count"]) / 1000
+        total = (part["easy"]["mean"] * g4["easy_count"] + part["hard"]["mean"] * g4["hard_count"]) / 10000
         assert total == pytest.approx(part["all"]["mean"])
 
 
@@ -341,8 +341,8 @@ def test_cli_diagnose_reports_missing_g1_and_unfinished_runs(home, tmp_path, cap
     assert cli.main(["--home", str(home_dir), "diagnose", str(runs["plain"].path), "--only", "g1"]) == 0
     captured = capsys.readouterr()
     assert "G1: no records" in captured.err and "coupling index (G1)          n/a" in captured.out
-    unfinished = RunFolder.create(tmp_path, tiny_config())
-    assert cli.main(["--home", str(home_dir), "diagnose", str(unfinished.path), "--only", "g2"]) == 2
+    unfinished = RunFolder.create(tmp_path / "runs", tiny_config())
+    assert cli.main(["--home", str(tmp_path), "diagnose", str(unfinished.path), "--only", "g2"]) == 2
     assert "has 0 of 2 subsets; finish it first" in capsys.readouterr().err
     with pytest.raises(RunError):
         RunDiagnostics(unfinished, home_dir / "experts")

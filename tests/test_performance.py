@@ -116,8 +116,10 @@ def test_fused_kernels_pass_gradcheck_and_gradgradcheck():
         assert torch.autograd.gradgradcheck(NormReLUPool.apply, (z, gamma, beta))
     x = torch.randn(2, 2, 5, 6, dtype=torch.float64, generator=g, requires_grad=True)
     w = torch.randn(3, 2, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
-    torch.testing.assert_close(Im2colConv.apply(x, w), F.conv2d(x, w, padding=1))
-    assert torch.autograd.gradgradcheck(Im2colConv.apply, (x, w))
+    for padding in (1, 3):  # 3: MTT's first conv on 1-channel input
+        conv = lambda x, w, padding=padding: Im2colConv.apply(x, w, True, padding)
+        torch.testing.assert_close(conv(x, w), F.conv2d(x, w, padding=padding))
+        assert torch.autograd.gradgradcheck(conv, (x, w))
 
 
 def test_replayed_convolution_has_the_derivatives_of_a_computed_one():

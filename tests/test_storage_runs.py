@@ -44,7 +44,7 @@ def tiny_config(**distill: object) -> RunConfig:
         "model": {"width": 8},
         "experts": {"num_experts": 1, "epochs": 3, "stage_epochs": 3},
         "distill": {"subsets": [{"ipc": 1, "interval": [0, 3], "iterations": 3}], "syn_steps": 2,
-                    "select_every": 0, "snapshot_every": 1, **distill},
+                    "select_every": 0, "snapshot_every": 1, "lr_lr": 1e-7, **distill},
         "eval": {"epochs": 1, "num_nets": 1},
     })
 

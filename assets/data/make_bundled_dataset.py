@@ -1,7 +1,7 @@
 """Build fashion_mnist_small.npz: a class-balanced Fashion-MNIST subset shipped with the repo.
 
 Reads Debian's ``dataset-fashion-mnist`` package (``apt-get install dataset-fashion-mnist``),
-keeps 600 train and 100 test images per class chosen with ``np.random.default_rng(0)``
+keeps 2000 train and all 1000 test images per class chosen with ``np.random.default_rng(0)``
 (indices sorted, so the original order is kept) and writes ``train_images`` (N, 28, 28)
 uint8, ``train_labels`` (N,) int64, ``test_images`` and ``test_labels`` with
 ``np.savez_compressed``. Needs only numpy. The array contents are reproducible; the zip
@@ -21,8 +21,8 @@ import numpy as np
 
 SOURCE_DIR = Path("/usr/share/datasets/fashion-mnist")
 OUTPUT_FILE = Path(__file__).resolve().parent / "fashion_mnist_small.npz"
-TRAIN_PER_CLASS = 600
-TEST_PER_CLASS = 100
+TRAIN_PER_CLASS = 2000
+TEST_PER_CLASS = 1000
 NUM_CLASSES = 10
 SEED = 0
 

@@ -1,0 +1,180 @@
+"""Studies: a grid of tiny runs, paired by seed, resumable, summarised from the runs' own files."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from configs import tiny_run_config
+
+from seqmatch_engine import cli, paths
+from seqmatch_engine.config import ConfigError
+from seqmatch_engine.experts import ExpertCache
+from seqmatch_engine.seqmatch import RunControl, StopRequested
+from seqmatch_engine.study import (
+    Cell,
+    StudyFolder,
+    StudySpec,
+    format_table,
+    load_study_spec,
+    run_id,
+    run_study,
+    study_preset_names,
+    summarise,
+)
+
+
+def tiny_spec(**changes) -> StudySpec:
+    base = tiny_run_config("base", 0, (1, 1), diagnose_every=2).to_dict()
+    base["eval"]["num_nets"] = 2
+    raw = {"name": "tiny", "config": base, "grid": [{"ipc": 2, "subsets": 2}], "seeds": [0, 1],
+           "methods": ["mtt", "seqmatch"], "budget": "per-image", **changes}
+    return StudySpec.from_dict(raw)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    home = tmp_path_factory.mktemp("study-home")
+    study = StudyFolder.create_or_open(paths.studies_root(home), tiny_spec())
+    started = []
+    summary = run_study(study, paths.experts_root(home), on_run=lambda rid, i, n: started.append(rid))
+    return home, study, summary, started
+
+
+def test_the_grid_expands_to_paired_configs():
+    spec = tiny_spec(budget="total")
+    cell = Cell(2, 2)
+    seq, mtt = spec.run_config(cell, 1, "seqmatch"), spec.run_config(cell, 1, "mtt")
+    assert [s.ipc for s in seq.distill.subsets] == [1, 1] and mtt.distill.subsets[0].ipc == 2
+    assert seq.seed == mtt.seed == 1 and mtt.budget == "total" and seq.budget is None
+    assert mtt.distill.subsets[0].iterations == 8  # total: 4 + 4
+    assert tiny_spec().run_config(cell, 1, "mtt").distill.subsets[0].iterations == 4  # per-image
+    assert (seq.data, seq.model, seq.experts, seq.eval) == (mtt.data, mtt.model, mtt.experts, mtt.eval)
+    assert [rid for rid, *_ in spec.plan()] == ["ipc002-k2-mtt-seed0", "ipc002-k2-seqmatch-seed0",
+                                                 "ipc002-k2-mtt-seed1", "ipc002-k2-seqmatch-seed1"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"grid": []}, "study.grid: needs at least one cell"),
+    ({"grid": [{"ipc": 1, "subsets": 2}]}, "IPC 1 cannot be split into 2 subsets"),
+    ({"grid": [{"ipc": 4, "subsets": 1}]}, "SeqMatch needs at least 2 subsets"),
+    ({"seeds": [0, 0]}, "study.seeds: needs distinct whole numbers"),
+    ({"methods": ["dm"]}, "study.methods: choose from mtt, seqmatch"),
+    ({"budget": "half"}, "study.budget: must be one of per-image, total"),
+    ({"name": "../x"}, "study.name"),
+    ({"colour": "red"}, "study.colour: unknown setting"),
+    ({"preset": "cpu-demo"}, "exactly one of preset"),
+    ({"grid": [{"ipc": 20, "subsets": 2}]}, "data.train_per_class"),
+])
+def test_bad_specs_name_the_field(change, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        tiny_spec(**change)
+
+
+def test_study_runs_every_cell_and_pairs_by_seed(finished):
+    home, study, summary, started = finished
+    assert started == [rid for rid, *_ in study.spec().plan()]
+    assert summary["runs_done"] == summary["runs_total"] == 4
+    # both methods of a seed trained against the same cached stage-1 experts: one recipe folder per seed
+    # for stage 1, plus one per SeqMatch run for its retrained stage-2 experts
+    recipes = [json.loads((p / "recipe.json").read_text()) for p in paths.experts_root(home).iterdir()
+               if (p / "recipe.json").is_file()]
+    assert sorted(r["seed"] for r in recipes if r["stage"] == 0) == [0, 1]
+    assert sorted(r["seed"] for r in recipes if r["stage"] == 1) == [0, 1]
+    for seed in (0, 1):
+        runs = {m: study.run(run_id(Cell(2, 2), seed, m)) for m in ("mtt", "seqmatch")}
+        results = {m: run.eval() for m, run in runs.items()}
+        # the random-real baseline is measured once per seed and shared
+        assert results["mtt"]["random_real"] == results["seqmatch"]["random_real"]
+        assert results["mtt"]["budget"] == "per-image" and results["seqmatch"]["budget"] is None
+        assert runs["mtt"].config().distill.nominal_groups == 2
+    seeds = sorted(int(s) for s in study.expert_accuracy())
+    assert seeds == [0, 1] and all(len(v) == 2 for v in study.expert_accuracy().values())
+
+
+def test_summary_numbers_are_the_runs_eval_values(finished):
+    _, study, summary, _ = finished
+    (row,) = summary["cells"]
+    for method in ("mtt", "seqmatch"):
+        values = [study.run(run_id(Cell(2, 2), s, method)).eval()["synthetic"]["convnet"]["mean"] for s in (0, 1)]
+        acc = row["methods"][method]["accuracy"]
+        assert acc["values"] == values
+        assert acc["mean"] == pytest.approx(sum(values) / 2)
+        assert acc["std"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)  # sample std of two values
+        assert row["methods"][method]["coupling"]["n"] == 2
+    differences = [study.run(run_id(Cell(2, 2), s, "seqmatch")).eval()["synthetic"]["convnet"]["mean"]
+                   - study.run(run_id(Cell(2, 2), s, "mtt")).eval()["synthetic"]["convnet"]["mean"] for s in (0, 1)]
+    assert row["paired"]["values"] == pytest.approx(differences) and row["paired"]["seeds"] == [0, 1]
+    assert set(row["controls"]) == {"first_subset_alone", "one_stage", "random_last"}
+    controls = study.run(run_id(Cell(2, 2), 0, "seqmatch")).controls()["accuracy"]
+    assert row["controls"]["one_stage"]["values"][0] == controls["one_stage"]["mean"]
+    table = format_table(summary)
+    assert "budget convention **per-image**" in table and "4/4 runs done" in table
+    assert f"{100 * row['paired']['mean']:+.2f} ± {100 * row['paired']['std']:.2f} (n=2)" in table
+    assert (study.path / paths.STUDY_TABLE_FILE).read_text() == table
+    assert study.status()["state"] == "done"
+
+
+def test_resume_skips_finished_runs_and_finishes_interrupted_ones(finished, tmp_path, monkeypatch):
+    import shutil
+
+    home, study, summary, _ = finished
+    copy = tmp_path / "home"
+    shutil.copytree(home, copy)
+    again = StudyFolder.create_or_open(paths.studies_root(copy), study.spec())
+    # forget the last run's result: it is redone, the others are only read
+    last = again.run(run_id(Cell(2, 2), 1, "seqmatch"))
+    before = {rid: (again.run(rid).path / "eval.json").stat().st_mtime_ns for rid, *_ in study.spec().plan()}
+    (last.path / "eval.json").unlink()
+    last.update_status(state="running")
+    trained = []
+    original = ExpertCache.load_or_train
+
+    def spy(self, recipe, count, shape, train_one, *args, **kwargs):
+        return original(self, recipe, count, shape, lambda i: trained.append(i) or train_one(i), *args, **kwargs)
+
+    monkeypatch.setattr(ExpertCache, "load_or_train", spy)
+    resumed = run_study(again, paths.experts_root(copy))
+    assert trained == []  # every expert came from the cache
+    for rid, *_ in study.spec().plan()[:-1]:
+        assert (again.run(rid).path / "eval.json").stat().st_mtime_ns == before[rid]
+    assert resumed["cells"][0]["methods"]["seqmatch"]["accuracy"]["values"] == \
+        summary["cells"][0]["methods"]["seqmatch"]["accuracy"]["values"]
+
+
+def test_a_stopped_study_says_so_and_resumes(tmp_path):
+    spec = tiny_spec(seeds=[3], controls=False)
+    study = StudyFolder.create_or_open(paths.studies_root(tmp_path), spec)
+    control = RunControl()
+    control.stop()
+    with pytest.raises(StopRequested):
+        run_study(study, paths.experts_root(tmp_path), control=control)
+    assert study.status()["state"] == "stopped"
+    summary = run_study(study, paths.experts_root(tmp_path))
+    assert summary["runs_done"] == 2 and study.status()["state"] == "done"
+
+
+def test_a_changed_spec_is_refused(tmp_path):
+    StudyFolder.create_or_open(paths.studies_root(tmp_path), tiny_spec())
+    with pytest.raises(ConfigError, match="exists .* with another spec"):
+        StudyFolder.create_or_open(paths.studies_root(tmp_path), tiny_spec(seeds=[0, 1, 2]))
+
+
+def test_study_presets_load_and_validate():
+    assert study_preset_names()
+    for name in study_preset_names():
+        spec = load_study_spec(name)
+        assert spec.budget == "per-image" and len(spec.seeds) >= 3 and set(spec.methods) == {"mtt", "seqmatch"}
+
+
+def test_cli_study_summary_and_errors(finished, tmp_path, capsys):
+    home, study, summary, _ = finished
+    spec_file = tmp_path / "tiny.json"
+    spec_file.write_text(json.dumps(study.spec().to_dict()))
+    assert cli.main(["--home", str(home), "study", str(spec_file), "--summary"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == format_table(summarise(study)) + "\n"
+    assert "budget convention: per-image" in captured.err
+    assert cli.main(["--home", str(tmp_path), "study", str(tmp_path / "missing.json")]) == 2
+    assert "neither a study preset" in capsys.readouterr().err
+    assert cli.main(["--home", str(tmp_path), "study"]) == 2
+    assert "give a spec file or --preset" in capsys.readouterr().err
