@@ -200,9 +200,10 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         with TaskBar("held-out experts") as bar:
             diagnostics.held_out_experts(bar)
         descriptions = {"g2": "G2 matching error", "g3": f"G3 features ({args.reducer})", "g4": "G4 easy/hard"}
+        partner = RunFolder.from_argument(paths.runs_root(args.home), args.partner) if args.partner else None
         for name in todo:
             with TaskBar(descriptions[name]) as bar:
-                getattr(diagnostics, name)(bar)
+                diagnostics.compute(name, bar, partner)
     reused = [name for name in wanted if name not in todo]
     print(f"run {run.id}: computed {', '.join(todo) or 'nothing'}"
           + (f"; already there: {', '.join(reused)} (--force recomputes)" if reused else ""))
@@ -295,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--draws", type=int, default=2, help="G2 unroll plans per held-out expert and start epoch")
     sub.add_argument("--nets", type=int, default=2, help="G4 nets per set")
     sub.add_argument("--force", action="store_true", help="recompute G2-G4 even when the run has them")
+    sub.add_argument("--partner", metavar="RUN",
+                     help="for a static MTT run: the SeqMatch run (same seed) whose retrained-expert families G2 "
+                          "also scores it on")
     sub.set_defaults(func=cmd_diagnose)
     sub = commands.add_parser("study", help="a grid of runs (method x IPC x seed), paired by seed, resumable, summarised")
     sub.add_argument("spec", nargs="?", help="a study spec JSON file (see assets/studies/)")

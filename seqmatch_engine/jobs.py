@@ -21,6 +21,7 @@ from .diagnostics import COMPUTED, DiagnosticsOptions, RunDiagnostics
 from .runs import RunError, RunFolder
 from .seqmatch import Distiller, Event, RunControl, StopRequested
 from .storage import read_tensors
+from .study import StudyFolder, StudySpec, run_study
 
 MAX_POINTS = 400  # curve points kept per series (older points are thinned)
 
@@ -134,7 +135,7 @@ class _LiveObserver:
 
 @dataclass
 class _Job:
-    run: RunFolder
+    run: RunFolder | None  # None for a study (its runs are folders of the study)
     control: RunControl
     live: LiveState
     work: Callable[["_Job"], bool]  # runs the job in the worker; True: finished, False: stopped
@@ -147,6 +148,7 @@ class JobManager:
         self.home = home
         self.runs_root = paths.runs_root(home)
         self.experts_root = paths.experts_root(home)
+        self.studies_root = paths.studies_root(home)
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._queue: queue.Queue[str] = queue.Queue()
@@ -174,9 +176,12 @@ class JobManager:
         run.update_status(state="queued", phase="queued")
         return self._queue_job(_Job(run, RunControl(), LiveState(run.id), self._distil))
 
-    def submit_diagnostics(self, run_id: str, options: DiagnosticsOptions, which: tuple[str, ...] = COMPUTED) -> str:
-        """Queue G2-G4 (those in `which`) for a finished run; returns the job id to poll with `live`."""
+    def submit_diagnostics(self, run_id: str, options: DiagnosticsOptions, which: tuple[str, ...] = COMPUTED,
+                           partner_id: str | None = None) -> str:
+        """Queue G2-G4 (those in `which`) for a finished run (G2 of static MTT also on the retrained-expert
+        families of SeqMatch run `partner_id`); returns the job id to poll with `live`."""
         run = self.run(run_id)
+        partner = self.run(partner_id) if partner_id else None
         job_id = f"diagnostics:{run_id}"
         existing = self._jobs.get(job_id)
         if existing and existing.live.state in ("queued", "running"):
@@ -192,10 +197,34 @@ class JobManager:
 
                 with self._lock:
                     job.live.phase, job.live.progress = f"computing {name.upper()}", None
-                getattr(diagnostics, name)(progress)
+                diagnostics.compute(name, progress, partner)
             return True
 
         return self._queue_job(_Job(run, RunControl(), LiveState(job_id), work))
+
+    def submit_study(self, spec: StudySpec) -> str:
+        """Queue (or resume) a study: its runs train one after the other like any run; returns the job id."""
+        study = StudyFolder.create_or_open(self.studies_root, spec)
+        job_id = f"study:{study.id}"
+        existing = self._jobs.get(job_id)
+        if existing and existing.live.state in ("queued", "running", "paused"):
+            return job_id
+
+        def work(job: _Job) -> bool:
+            def on_run(run_id: str, index: int, total: int) -> None:
+                with self._lock:
+                    job.live.phase, job.live.progress = f"run {index + 1}/{total}: {run_id}", (index, total)
+
+            def observer(event: Event) -> None:
+                if event.kind == "phase":
+                    with self._lock:
+                        job.live.phase = f"{job.live.phase.split(' · ')[0]} · {event.data['name']}"
+
+            run_study(study, self.experts_root, observer, job.control, on_run)
+            return True
+
+        study.update_status(state="queued")
+        return self._queue_job(_Job(None, RunControl(), LiveState(job_id), work))
 
     def _queue_job(self, job: _Job) -> str:
         with self._lock:

@@ -144,3 +144,28 @@ def test_start_poll_pause_resume_stop_reopen_export_import(app, tmp_path):
 
     message, rows, _ = client.predict(imported, api_name="/delete_run")
     assert "Deleted" in message and not any(r[0] == imported for r in rows["data"])
+
+
+def test_studies_tab_lists_shows_and_refuses(app, tmp_path):
+    from test_study import tiny_spec
+
+    from seqmatch_engine import paths
+    from seqmatch_engine.study import StudyFolder, run_study
+    from views.studies_tab import StudiesTab
+
+    client, manager = app
+    study = StudyFolder.create_or_open(manager.studies_root, tiny_spec(seeds=[0], controls=False))
+    run_study(study, paths.experts_root(tmp_path))
+    choices = client.predict(api_name="/study_list")
+    assert "tiny" in str(choices)
+    status, table, accuracy, paired, coupling = client.predict("tiny", api_name="/study_show")
+    assert "Done" in status and "2/2 runs done" in status
+    assert "budget convention **per-image**" in table and "| 2 | 2 |" in table
+    assert accuracy is not None and paired is not None and coupling is not None
+    status, table, *_ = client.predict("../runs", api_name="/study_show")
+    assert "refused" in status and table == ""
+    with pytest.raises(gradio_client.exceptions.AppError, match="not in the list of choices"):
+        client.predict("../../etc/passwd", api_name="/study_start")  # the preset list itself refuses it
+    studies = StudiesTab(manager)
+    _, message = studies.on_start("../../etc/passwd")
+    assert "Cannot start the study" in message and "not found" in message

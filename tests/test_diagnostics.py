@@ -7,6 +7,7 @@ which on a shared 2-core machine is many times faster for nets this small.
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -189,23 +190,56 @@ def diagnosed(home):
     return diagnostics, diagnostics.g2(), diagnostics.g3(), diagnostics.g4()
 
 
-def test_g2_equals_matching_loss_for_the_same_start_epoch_and_plan(diagnosed):
-    diagnostics, g2, _, _ = diagnosed
+def expected_curve(diagnostics, family, experts, images, labels, lr, batch):
+    """L(t) per held-out expert, computed directly from matching_loss with the plans G2 must use."""
     config, data = diagnostics.config, diagnostics.data
-    experts = diagnostics.held_out_experts()
-    images, labels = diagnostics.run_set()
-    assert g2["start_epochs"] == [0, 1, 2] and len(g2["per_expert"]) == 2
-    lr = torch.tensor(diagnostics.subsets[-1].lr)  # both intervals hold t: the later subset's lr
-    for t in g2["start_epochs"]:
-        losses = []
-        for e in range(2):
-            generator = make_generator(config.seed, "g2", e, t, 0)
-            plan = draw_unroll_plan(generator, len(labels), 10 * 1, 3, data.image_size, DSA_OPERATIONS)
-            loss = matching_loss(diagnostics.forward, experts[e, t], experts[e, t + 1], images, labels, lr, plan)
-            losses.append(float(loss.detach()))
-            assert g2["per_expert"][e][t] == pytest.approx(losses[-1], rel=1e-6)
-        assert g2["mean"][t] == pytest.approx(sum(losses) / 2, rel=1e-6)
+    curve = []
+    for e in range(len(experts)):
+        row = []
+        for t in range(experts.shape[1] - 1):
+            plan = draw_unroll_plan(make_generator(config.seed, "g2", family, e, t, 0), len(labels), batch, 3,
+                                    data.image_size, DSA_OPERATIONS)
+            row.append(float(matching_loss(diagnostics.forward, experts[e, t], experts[e, t + 1], images, labels,
+                                           torch.tensor(lr), plan).detach()))
+        curve.append(row)
+    return curve
+
+
+def test_g2_scores_each_subset_on_the_trajectories_it_was_learned_against(diagnosed):
+    """SeqMatch (S1: 2/class, S2: 1/class, retrained experts): family 1 (stage-1 experts) is scored with
+    U_1 = S1 and alpha_1 on batches of 20; family 2 (pre-trained on S1, then real data) with U_2 and alpha_2
+    on batches of 10, as while S2 was learned."""
+    diagnostics, g2, _, _ = diagnosed
+    s1, s2 = diagnostics.subsets
+    assert [f["family"] for f in g2["families"]] == [1, 2] and g2["version"] == 2
+    one, two = g2["families"]
+    assert one["subset"] == [0, 0, 0] and two["subset"] == [1, 1, 1] and two["source_run"] == diagnostics.run.id
+    torch.testing.assert_close(torch.tensor(one["per_expert"]), torch.tensor(expected_curve(
+        diagnostics, 0, diagnostics.held_out_experts(), s1.images, s1.labels, s1.lr, 20)), rtol=1e-6, atol=0)
+    retrained = diagnostics.held_out_retrained(1, diagnostics.subsets)
+    union = torch.cat([s1.images, s2.images]), torch.cat([s1.labels, s2.labels])
+    torch.testing.assert_close(torch.tensor(two["per_expert"]),
+                               torch.tensor(expected_curve(diagnostics, 1, retrained, *union, s2.lr, 10)), rtol=1e-6, atol=0)
+    assert two["mean"][0] == pytest.approx(sum(row[0] for row in two["per_expert"]) / 2, rel=1e-9)
     assert store.read_g2(diagnostics.run.path) == g2
+
+
+def test_g2_of_static_mtt_uses_its_whole_set_on_the_partners_families(home, diagnosed, tmp_path):
+    home_dir, runs = home
+    seqmatch, _, _, _ = diagnosed
+    copy = RunFolder(shutil.copytree(runs["mtt"].path, tmp_path / runs["mtt"].id))  # the module's run stays as it was
+    static = RunDiagnostics(copy, home_dir / "experts", DiagnosticsOptions(experts=2, draws=1))
+    alone = static.g2()
+    assert [f["family"] for f in alone["families"]] == [1]  # no partner: stage-1 experts only
+    paired = static.g2(partner=runs["recorded"])
+    assert [f["family"] for f in paired["families"]] == [1, 2] and paired["families"][1]["subset"] == [0, 0, 0]
+    (learned,) = static.subsets
+    retrained = seqmatch.held_out_retrained(1, seqmatch.subsets)  # the partner's family 2, from the same cache
+    torch.testing.assert_close(static.held_out_retrained(1, seqmatch.subsets), retrained)
+    torch.testing.assert_close(torch.tensor(paired["families"][1]["per_expert"]), torch.tensor(
+        expected_curve(static, 1, retrained, learned.images, learned.labels, learned.lr, 30)), rtol=1e-6, atol=0)
+    with pytest.raises(RunError, match="not a SeqMatch run"):
+        static.g2(partner=copy)
 
 
 def test_held_out_experts_are_not_the_distillation_experts(diagnosed):
@@ -318,7 +352,7 @@ def test_summary_collects_g1_g2_g4(diagnosed):
     diagnostics, g2, _, g4 = diagnosed
     values = summary(diagnostics.run.path)
     assert values["coupling_index"] == coupling_index(store.read_g1(diagnostics.run.path))
-    assert values["late_matching_error"] == g2["mean"][-1]  # ceil(0.25 * 3) = 1 start epoch
+    assert values["late_matching_error"] == [f["mean"][-1] for f in g2["families"]]  # ceil(0.25 * 3) = 1 epoch
     assert values["hard_accuracy_synthetic"] == g4["sets"]["synthetic"]["hard"]["mean"]
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import plotly.graph_objects as go
+import pytest
 import torch
 
 from seqmatch_engine.diagnostics.features import Embedding
@@ -17,6 +18,8 @@ from views.figures import (
     g4_figure,
     stage_offsets,
 )
+from views.palette import METHOD_COLOURS
+from views.study_figures import accuracy_vs_ipc, coupling_vs_ipc, paired_differences
 
 
 def g1_records(per_stage: int = 4) -> list[dict]:
@@ -71,16 +74,55 @@ def test_g1_lines_pairs_within_and_stage_offsets():
     assert len(long.data[0].x) == 50 and long.data[0].x[-1] == 2000
 
 
-def test_g2_figure_one_line_per_run():
-    mtt = {"method": "mtt", "start_epochs": [0, 1, 2], "mean": [0.5, 0.6, 0.9], "std": [0.1, 0.1, 0.2]}
-    seq = {"label": "SeqMatch", "start_epochs": [0, 1, 2], "mean": [0.5, 0.5, 0.6], "std": [0.1, 0.0, 0.1]}
+def family(k: int, mean: list[float], std: list[float]) -> dict:
+    return {"family": k, "start_epochs": list(range(len(mean))), "mean": mean, "std": std}
+
+
+def test_g2_figure_one_line_per_run_and_family_coloured_by_method():
+    mtt = {"method": "mtt", "families": [family(1, [0.5, 0.6, 0.9], [0.1, 0.1, 0.2]), family(2, [0.7, 0.8], [0, 0])]}
+    seq = {"method": "seqmatch", "label": "SeqMatch", "families": [family(1, [0.5, 0.5, 0.6], [0.1, 0.0, 0.1])]}
     figure = g2_figure([mtt, seq])
-    assert [trace.name for trace in figure.data] == ["mtt", "SeqMatch"]
+    assert [trace.name for trace in figure.data] == ["mtt · stage-1 experts", "mtt · experts pre-trained on U1",
+                                                     "SeqMatch · stage-1 experts"]
     assert list(figure.data[0].error_y.array) == [0.1, 0.1, 0.2]
-    assert figure.layout.xaxis.title.text == "start epoch t of held-out experts"
+    assert [t.line.color for t in figure.data] == [METHOD_COLOURS["mtt"]] * 2 + [METHOD_COLOURS["seqmatch"]]
+    assert [t.line.dash for t in figure.data] == ["solid", "dash", "solid"]
+    assert figure.layout.xaxis.title.text == "start epoch t (of each family's trajectories)"
     assert figure.layout.yaxis.title.text == "normalised matching loss L(t)"
-    long = {"start_epochs": list(range(1000)), "mean": [1.0] * 1000, "std": [0.0] * 1000}
+    long = {"families": [family(1, [1.0] * 1000, [0.0] * 1000)]}
     assert len(g2_figure([long], max_points=100).data[0].x) == 100
+
+
+def study_summary() -> dict:
+    """Two cells; IPC 20 has two seeds, IPC 10 one SeqMatch seed only (unpaired)."""
+    def stat(values):
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+        return {"mean": mean, "std": std, "n": len(values), "values": values}
+
+    return {"study": "s", "budget": "per-image", "seeds": [0, 1], "cells": [
+        {"ipc": 10, "subsets": 2, "methods": {"seqmatch": {"accuracy": stat([0.7]), "coupling": stat([0.3])}},
+         "random_real": stat([0.6]), "paired": None, "controls": {}},
+        {"ipc": 20, "subsets": 2, "methods": {"mtt": {"accuracy": stat([0.8, 0.82]), "coupling": stat([0.5, 0.7])},
+                                              "seqmatch": {"accuracy": stat([0.79, 0.83]), "coupling": None}},
+         "random_real": stat([0.7, 0.72]), "paired": {**stat([-0.01, 0.01]), "seeds": [0, 1]}, "controls": {}}]}
+
+
+def test_study_figures_have_one_trace_per_method_with_error_bars():
+    summary = study_summary()
+    figure = accuracy_vs_ipc(summary)
+    assert [t.name for t in figure.data] == ["static MTT", "SeqMatch", "random real"]
+    assert list(figure.data[0].x) == [20] and list(figure.data[1].x) == [10, 20]
+    assert list(figure.data[0].y) == [81.0] and list(figure.data[0].error_y.array) == [pytest.approx(100 * 0.02 / 2 ** 0.5)]
+    assert [t.line.color for t in figure.data] == [METHOD_COLOURS[m] for m in ("mtt", "seqmatch", "random_real")]
+    assert "mean ± std over 2 seeds" in figure.layout.title.text and "per-image budget" in figure.layout.title.text
+    paired = paired_differences(summary)
+    assert list(paired.data[0].x) == [20, 20] and list(paired.data[0].y) == [-1.0, 1.0]
+    assert list(paired.data[1].y) == [0.0] and paired.data[1].name == "mean ± std"
+    coupling = coupling_vs_ipc(summary)
+    assert [t.name for t in coupling.data] == ["static MTT", "SeqMatch"]
+    assert list(coupling.data[0].y) == [pytest.approx(0.6)] and list(coupling.data[1].x) == [10]
+    assert "demonstration" in accuracy_vs_ipc({**summary, "seeds": [0]}).layout.title.text
 
 
 def embedding(sources: list[str]) -> Embedding:

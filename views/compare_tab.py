@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import gradio as gr
 import plotly.graph_objects as go
 
-from seqmatch_engine.config import ConfigError, preset_names
+from seqmatch_engine.config import BUDGET_NOTES, ConfigError, preset_names
 from seqmatch_engine.jobs import JobManager
 from seqmatch_engine.runs import RunError, list_runs
 from seqmatch_engine.storage import StorageError
@@ -14,8 +14,15 @@ from seqmatch_engine.storage import StorageError
 from .forms import FormValues, compare_pair, form_defaults
 from .live_view import LiveView, poll_outputs
 from .overlays import comparison_overlays
+from .palette import method_colour
 
 DEFAULT_PRESET = "cpu-demo"
+BUDGET_EXPLAINED = (
+    "**Budget.** *Per image* (the authors' convention, default): each SeqMatch subset runs as many iterations as "
+    "static MTT's whole run, so every image gets the same number of updates and the compute is about equal. "
+    "*Total*: static MTT runs the sum of the subsets' iterations, twice the updates per image at K = 2. "
+    "**Headroom.** SeqMatch can only help where the experts end well above what static MTT reaches; on the small "
+    "CPU presets they barely do, so expect little difference here (see the Studies tab for the numbers).")
 
 
 def accuracy_figure(results: list[tuple[str, dict | None]]) -> go.Figure:
@@ -29,13 +36,13 @@ def accuracy_figure(results: list[tuple[str, dict | None]]) -> go.Figure:
         names.append(label)
         means.append(100 * acc["mean"])
         stds.append(100 * acc["std"])
-        colours.append("#db2777" if label.startswith("SeqMatch") else "#2563eb")
+        colours.append(method_colour(result.get("method")))
         baseline = baseline or result.get("random_real", {}).get("convnet")
     if baseline:
         names.append("random real")
         means.append(100 * baseline["mean"])
         stds.append(100 * baseline["std"])
-        colours.append("#94a3b8")
+        colours.append(method_colour("random_real"))
     figure = go.Figure(go.Bar(x=names, y=means, error_y={"type": "data", "array": stds}, marker_color=colours,
                               text=[f"{m:.1f}" for m in means], textposition="outside"))
     figure.update_layout(title="Test accuracy (ConvNet, mean ± std over nets)", yaxis_title="accuracy (%)",
@@ -66,7 +73,10 @@ class CompareTab:
             self.ipc = gr.Number(defaults.ipc, label="Total IPC", precision=0, scale=1)
             self.num_subsets = gr.Number(defaults.num_subsets, label="SeqMatch subsets K", precision=0, scale=1)
             self.iterations = gr.Number(defaults.iterations, label="Iterations per subset", precision=0, scale=1)
+            self.budget = gr.Dropdown([("per image (authors')", "per-image"), ("total", "total")], value="per-image",
+                                      label="Budget convention", scale=1, elem_id="sm-compare-budget")
             self.start = gr.Button("Start comparison", variant="primary", scale=1, elem_id="sm-compare-start")
+        gr.Markdown(BUDGET_EXPLAINED, elem_classes="sm-note")
         with gr.Accordion("…or pick two finished runs", open=False):
             with gr.Row():
                 self.pick_mtt = gr.Dropdown(run_choices(self.manager, "mtt"), label="Static MTT run",
@@ -93,7 +103,7 @@ class CompareTab:
     def wire(self, timer: gr.Timer) -> None:
         self.mtt_state = gr.BrowserState(None, storage_key="seqmatch-compare-mtt")
         self.seq_state = gr.BrowserState(None, storage_key="seqmatch-compare-seq")
-        self.start.click(self.on_start, [self.preset, self.ipc, self.num_subsets, self.iterations],
+        self.start.click(self.on_start, [self.preset, self.ipc, self.num_subsets, self.iterations, self.budget],
                          [self.mtt_state, self.seq_state, self.message], api_name="compare_start")
         self.show.click(self.on_show, [self.pick_mtt, self.pick_seq], [self.mtt_state, self.seq_state, self.message],
                         api_name="compare_show")
@@ -103,16 +113,19 @@ class CompareTab:
         outputs = [self.accuracy, self.overlays, self.g1, self.g2, self.g4]
         self.refresh.click(self.on_refresh, [self.mtt_state, self.seq_state], outputs, api_name="compare_charts")
 
-    def on_start(self, preset: str, ipc: float, num_subsets: float, iterations: float):
-        values = form_defaults(preset)
-        values = FormValues(**{**values.__dict__, "ipc": ipc, "num_subsets": num_subsets, "iterations": iterations})
+    def on_start(self, preset: str, ipc: float, num_subsets: float, iterations: float, budget: str = "per-image"):
         try:
-            mtt, seqmatch = compare_pair(values)
+            values = form_defaults(preset)
+            values = FormValues(**{**values.__dict__, "ipc": ipc, "num_subsets": num_subsets, "iterations": iterations})
+            mtt, seqmatch = compare_pair(values, budget)
         except ConfigError as error:
             return None, None, f"**Cannot start:** {error}"
         mtt_id, seq_id = self.manager.submit(mtt), self.manager.submit(seqmatch)
-        return mtt_id, seq_id, (f"Queued static MTT `{mtt_id}` then SeqMatch `{seq_id}` (one run trains at a time; "
-                                f"they share the stage-1 experts).")
+        return mtt_id, seq_id, (
+            f"Queued static MTT `{mtt_id}` ({mtt.distill.subsets[0].iterations} iterations) then SeqMatch `{seq_id}` "
+            f"({' + '.join(str(s.iterations) for s in seqmatch.distill.subsets)} iterations): budget convention "
+            f"**{budget}**, {BUDGET_NOTES[budget]}. One seed: a demonstration, not evidence (the Studies tab runs "
+            f"several). They share the stage-1 experts and the random-real baseline.")
 
     def on_show(self, mtt_id: str | None, seq_id: str | None):
         if not mtt_id or not seq_id:
@@ -128,4 +141,7 @@ class CompareTab:
                 continue
         figure = accuracy_figure([(f"{label} IPC {run.config().ipc}", run.eval()) for label, run in runs])
         text, g1, g2, g4 = comparison_overlays(runs)
-        return figure, text, g1, g2, g4
+        budgets = {run.config().budget for _, run in runs if run.config().method == "mtt"}
+        note = "; ".join(f"budget convention **{b}**: {BUDGET_NOTES[b]}" for b in budgets if b) or \
+            "budget convention: not recorded (these runs were not started as a pair)"
+        return figure, f"{note}. One seed per method: a demonstration, not evidence.\n\n{text}", g1, g2, g4

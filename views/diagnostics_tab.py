@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from seqmatch_engine.diagnostics import COMPUTED, DiagnosticsOptions, missing
-from seqmatch_engine.diagnostics.store import read_g1
+from seqmatch_engine.diagnostics.store import read_g1, read_g2
 from seqmatch_engine.jobs import JobManager
 from seqmatch_engine.runs import RunError, RunFolder, list_runs
 
@@ -18,6 +18,19 @@ from .render import status_html
 
 def finished_runs(manager: JobManager) -> list[str]:
     return [run.id for run in list_runs(manager.runs_root) if run.status().get("state") == "done"]
+
+
+def g2_partner(run: RunFolder, runs: dict[str, RunFolder]) -> RunFolder | None:
+    """For a static MTT run: the selected SeqMatch run of the same seed (retrained experts) whose families G2
+    also scores it on; None otherwise."""
+    config = run.config()
+    if config.method != "mtt":
+        return None
+    for other in runs.values():
+        theirs = other.config()
+        if theirs.method == "seqmatch" and theirs.seed == config.seed and theirs.distill.expert_source == "retrained":
+            return other
+    return None
 
 
 @dataclass
@@ -82,11 +95,17 @@ class DiagnosticsTab:
             return None, "<div class='sm-status'>Pick a finished run first.</div>"
         jobs = []
         try:
-            for run_id in run_ids:
-                lacking = missing(self.manager.run(run_id).path, reducer)
+            runs = {run_id: self.manager.run(run_id) for run_id in run_ids}
+            for run_id, run in runs.items():
+                partner = g2_partner(run, runs)
+                lacking = missing(run.path, reducer)
+                g2 = read_g2(run.path)
+                if partner and g2 and "g2" not in lacking and len(g2.get("families", [])) < 2:
+                    lacking.append("g2")  # computed alone before: now also on the partner's families
                 if lacking:
                     jobs.append(self.manager.submit_diagnostics(run_id, DiagnosticsOptions(reducer=reducer),
-                                                                tuple(n for n in COMPUTED if n in lacking)))
+                                                                tuple(n for n in COMPUTED if n in lacking),
+                                                                partner.id if partner else None))
         except RunError as error:
             return None, status_html(None, error=str(error))
         if not jobs:

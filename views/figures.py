@@ -11,9 +11,10 @@ import plotly.graph_objects as go
 
 from seqmatch_engine.diagnostics.features import Embedding
 
+from .palette import FAMILY_DASHES, SERIES_COLOURS, method_colour
+
 CLASS_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                  "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd"]
-SERIES_COLOURS = ["#2563eb", "#db2777", "#059669", "#d97706", "#7c3aed", "#0891b2"]
 SYMBOLS = ["circle", "diamond", "square", "triangle-up", "x", "star", "pentagon", "triangle-down", "cross",
            "hexagram"]
 MAX_POINTS = 400   # points per line
@@ -112,19 +113,26 @@ def g1_lines(records: list[dict[str, Any]], stage_iterations: list[int] | None =
 
 
 # -- G2 -------------------------------------------------------------------------------------------------
+FAMILY_NAMES = {1: "stage-1 experts", 2: "experts pre-trained on U1", 3: "experts pre-trained on U2"}
+
+
 def g2_figure(runs_data: list[dict[str, Any]], max_points: int = MAX_POINTS) -> go.Figure:
-    """G2 results (g2.json dicts, each with an optional "label") -> L(t) by start epoch, one line per run,
-    with the spread over held-out experts and draws as error bars."""
+    """G2 results (g2.json dicts, each with an optional "label") -> L(t) by start epoch: one colour per method,
+    one dash per family of held-out trajectories, the spread over experts and draws as error bars."""
     figure = go.Figure()
     for i, data in enumerate(runs_data):
-        keep = downsample(len(data["start_epochs"]), max_points)
         label = data.get("label") or data.get("method") or f"run {i + 1}"
-        figure.add_trace(go.Scatter(
-            x=[data["start_epochs"][j] for j in keep], y=[data["mean"][j] for j in keep],
-            error_y={"type": "data", "array": [data["std"][j] for j in keep], "visible": True},
-            mode="lines+markers", name=label, line={"color": _colour(SERIES_COLOURS, i)}))
-    figure.update_layout(title="Matching error by expert epoch (held-out experts)",
-                         xaxis_title="start epoch t of held-out experts", yaxis_title="normalised matching loss L(t)")
+        for family in data.get("families", []):
+            keep = downsample(len(family["start_epochs"]), max_points)
+            k = family["family"]
+            figure.add_trace(go.Scatter(
+                x=[family["start_epochs"][j] for j in keep], y=[family["mean"][j] for j in keep],
+                error_y={"type": "data", "array": [family["std"][j] for j in keep], "visible": True},
+                mode="lines+markers", name=f"{label} · {FAMILY_NAMES.get(k, f'family {k}')}",
+                line={"color": method_colour(data.get("method"), i), "dash": FAMILY_DASHES[(k - 1) % 4]}))
+    figure.update_layout(title="G2: matching error by start epoch of held-out trajectories",
+                         xaxis_title="start epoch t (of each family's trajectories)",
+                         yaxis_title="normalised matching loss L(t)", legend={"orientation": "h", "y": -0.25})
     return figure
 
 
@@ -188,11 +196,13 @@ def g3_figure(embedding: Embedding) -> go.Figure:
 
 # -- G4 -------------------------------------------------------------------------------------------------
 def g4_entries(result: dict[str, Any], label: str | None = None, baseline: bool = True) -> list[dict[str, Any]]:
-    """A g4.json dict -> bar entries {label, easy, hard} for its set and (optionally) the random-real baseline."""
+    """A g4.json dict -> bar entries {label, method, easy, hard} for its set and (optionally) random real."""
     label = label or result.get("method", "synthetic")
-    entries = [{"label": label, **{p: result["sets"]["synthetic"][p] for p in ("easy", "hard")}}]
+    entries = [{"label": label, "method": result.get("method"),
+                **{p: result["sets"]["synthetic"][p] for p in ("easy", "hard")}}]
     if baseline and "random_real" in result["sets"]:
-        entries.append({"label": "random real", **{p: result["sets"]["random_real"][p] for p in ("easy", "hard")}})
+        entries.append({"label": "random real", "method": "random_real",
+                        **{p: result["sets"]["random_real"][p] for p in ("easy", "hard")}})
     return entries
 
 
@@ -205,7 +215,7 @@ def g4_figure(entries: list[dict[str, Any]]) -> go.Figure:
         stds = [0 if entry[p]["std"] is None else 100 * entry[p]["std"] for p in parts]
         figure.add_trace(go.Bar(x=["easy test images", "hard test images"], y=means, name=entry["label"],
                                 error_y={"type": "data", "array": stds, "visible": True},
-                                marker_color=_colour(SERIES_COLOURS, i)))
+                                marker_color=method_colour(entry.get("method"), i)))
     figure.update_layout(title="Accuracy on easy and hard test images", barmode="group",
                          xaxis_title="test images (split by expert hardness)", yaxis_title="test accuracy (%)")
     return figure

@@ -90,9 +90,9 @@ def config_from_form(values: FormValues) -> RunConfig:
     return RunConfig.from_dict(raw)
 
 
-def compare_pair(values: FormValues) -> tuple[RunConfig, RunConfig]:
-    """(static MTT, SeqMatch) at the same total IPC from one form."""
+def compare_pair(values: FormValues, budget: str = "per-image") -> tuple[RunConfig, RunConfig]:
+    """(static MTT, SeqMatch) at the same total IPC from one form, MTT's iterations by the budget convention."""
     seqmatch = config_from_form(FormValues(**{**values.__dict__, "method": METHODS[0]}))
     if len(seqmatch.distill.subsets) < 2:
         raise ConfigError("number of subsets: a comparison needs SeqMatch with at least 2 subsets")
-    return as_static(seqmatch), seqmatch
+    return as_static(seqmatch, budget), seqmatch

@@ -13,6 +13,7 @@ from .distil_tab import DistilTab
 from .learn_tab import LearnTab
 from .live_view import LiveView
 from .runs_tab import RunsTab
+from .studies_tab import StudiesTab
 
 POLL_SECONDS = 1.0
 TITLE = "SeqMatch Studio"
@@ -24,6 +25,7 @@ def build_app(manager: JobManager) -> gr.Blocks:
     compare = CompareTab(manager)
     diagnostics = DiagnosticsTab(manager)
     runs = RunsTab(manager)
+    studies = StudiesTab(manager)
     learn = LearnTab()
     with gr.Blocks(title=TITLE, delete_cache=(600, 3600)) as demo:
         gr.HTML("<div class='sm-header'><h1>SeqMatch Studio</h1>"
@@ -37,6 +39,8 @@ def build_app(manager: JobManager) -> gr.Blocks:
                 compare.build()
             with gr.Tab("Diagnostics", id="diagnostics"):
                 diagnostics.build()
+            with gr.Tab("Studies", id="studies"):
+                studies.build()
             with gr.Tab("Runs", id="runs"):
                 runs.build()
             with gr.Tab("Learn", id="learn"):
@@ -45,6 +49,7 @@ def build_app(manager: JobManager) -> gr.Blocks:
         compare.wire(timer)
         diagnostics.wire(timer)
         runs.wire(run_state)
+        studies.wire(timer, demo)
         demo.load(reattach(manager), run_state, run_state)
     for handler in demo.fns.values():  # handlers run in Gradio's threads, beside the training worker
         if handler.fn is not None:

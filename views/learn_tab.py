@@ -31,15 +31,26 @@ SECTIONS = [
      "S₁ against ordinary experts; then S₂ against experts that were first trained on S₁, so S₂ can only "
      "help by teaching what S₁ does not; and so on. Earlier subsets stay frozen. Evaluation trains a "
      "fresh net on S₁, then on S₁∪S₂, …, each with its learned step size."),
+    ("A fair comparison: budget and headroom",
+     "**Same budget.** In the authors' code every SeqMatch subset is its own distillation run, as long as static "
+     "MTT's whole run: every image gets the same number of updates and the compute is about equal. That is the "
+     "default here (*per image*); giving static MTT the sum of the subsets' iterations (*total*) doubles its "
+     "updates per image at K = 2.\n\n"
+     "**Headroom.** SeqMatch can only add what the experts know and static MTT misses, so the experts must end "
+     "clearly above static MTT at that IPC; the paper also ties coupling to larger IPC. On a laptop's small "
+     "presets the experts barely beat static MTT, so a single run there is a demonstration, not evidence: the "
+     "**Studies** tab pairs both methods over several seeds and IPCs and shows the paired difference."),
     ("What the live view shows",
      "Each panel is one subset: a row per class, a column per image. The panel marked *learning* is the "
      "one being optimised; *frozen* panels are finished. Below: the matching loss (lower is better), the "
-     "learned step size α, and the start epoch *t* drawn at each iteration."),
+     "learned step size α, and the start epoch *t* drawn at each iteration. α learns slowly (lr_lr 1e-5): in "
+     "short runs it moves by about a percent, so its curve is nearly flat; that is expected."),
     ("What the diagnostics show",
      "- **G1 gradient similarity**: cosine between the mean gradients of different subsets. High values "
      "mean the subsets are pushed the same way: coupling.\n"
      "- **G2 matching error by expert epoch**: how well the finished set reproduces each stretch of "
-     "training of experts it never saw. Static sets tend to fail on late epochs.\n"
+     "training of held-out experts, each subset on trajectories made the way its own experts were made "
+     "(stage-1 experts; experts pre-trained on S₁, …). The paper argues static sets fail on late knowledge.\n"
      "- **G3 feature map**: real and synthetic images in the feature space of experts at several epochs.\n"
      "- **G4 easy vs hard**: accuracy on test images that experts learn early (easy) or late (hard)."),
 ]
@@ -53,5 +64,6 @@ class LearnTab:
                 gr.Markdown(text)
         pictures = sorted(LEARN_DIR.glob("*.png"))
         if pictures:
-            gr.Gallery([(str(p), p.stem.replace("_", " ")) for p in pictures], label="From real runs",
+            gr.Gallery([(str(p), p.stem.replace("_", " ")) for p in pictures],
+                       label="From real runs (single runs of cpu-demo: demonstrations, not evidence)",
                        columns=min(3, len(pictures)), height="auto", allow_preview=True, object_fit="contain")

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from seqmatch_engine.diagnostics import load_embedding, summary
+from seqmatch_engine.diagnostics import format_late_errors, load_embedding, summary
 from seqmatch_engine.diagnostics.gradients import mean_off_diagonal
 from seqmatch_engine.diagnostics.store import read_g1, read_g2, read_g4
 from seqmatch_engine.runs import RunFolder
 
-from .figures import SERIES_COLOURS, g1_lines, g2_figure, g3_figure, g4_entries, g4_figure
+from .figures import g1_lines, g2_figure, g3_figure, g4_entries, g4_figure
+from .palette import method_colour
 
 
 def _number(value: float | None, percent: bool = False) -> str:
@@ -27,7 +28,7 @@ def summary_markdown(runs: list[tuple[str, RunFolder]]) -> str:
         acc = result.get("synthetic", {}).get("convnet")
         accuracy = f"{100 * acc['mean']:.1f} ± {100 * acc['std']:.1f} %" if acc else "–"
         rows.append(f"| {label} | {accuracy} | {_number(values['coupling_index'])} | "
-                    f"{_number(values['late_matching_error'])} | "
+                    f"{format_late_errors(values['late_matching_error'])} | "
                     f"{_number(values['easy_accuracy_synthetic'], True)} / "
                     f"{_number(values['hard_accuracy_synthetic'], True)} |")
     return "\n".join(rows)
@@ -40,7 +41,7 @@ def coupling_over_time(runs: list[tuple[str, RunFolder]]) -> go.Figure:
         points = [(position, value) for position, record in enumerate(read_g1(run.path))
                   if len(record["matrix"]) >= 2 and (value := mean_off_diagonal(record["matrix"])) is not None]
         figure.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines", name=label,
-                                    line={"color": SERIES_COLOURS[i % len(SERIES_COLOURS)]}))
+                                    line={"color": method_colour(run.config().method, i)}))
     figure.update_layout(title="G1 coupling: mean cosine between subsets' gradients", template="plotly_white",
                          xaxis_title="G1 record (distillation time →)", yaxis_title="cosine", height=320,
                          margin={"l": 50, "r": 10, "t": 50, "b": 40})

@@ -13,7 +13,8 @@ from seqmatch_engine.imaging import image_grid
 from seqmatch_engine.jobs import LiveState
 from seqmatch_engine.prepare import PixelTransform
 
-STAGE_COLOURS = ["#2563eb", "#db2777", "#059669", "#d97706", "#7c3aed", "#0891b2"]
+from .palette import STAGE_COLOURS
+
 FONT_PATH = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 
 

@@ -12,7 +12,16 @@ Nothing here imports a UI library; views/figures.py turns these results into fig
 """
 from .features import REDUCERS, Embedding
 from .gradients import coupling_index, gradient_similarity
-from .runner import COMPUTED, DiagnosticsOptions, RunDiagnostics, format_summary, load_embedding, missing, summary
+from .runner import (
+    COMPUTED,
+    DiagnosticsOptions,
+    RunDiagnostics,
+    format_late_errors,
+    format_summary,
+    load_embedding,
+    missing,
+    summary,
+)
 
 __all__ = ["COMPUTED", "REDUCERS", "DiagnosticsOptions", "Embedding", "RunDiagnostics", "coupling_index",
-           "format_summary", "gradient_similarity", "load_embedding", "missing", "summary"]
+           "format_late_errors", "format_summary", "gradient_similarity", "load_embedding", "missing", "summary"]

@@ -1,21 +1,25 @@
-"""G2: matching error of a finished set by start epoch of held-out experts.
+"""G2: matching error of a finished set by start epoch of held-out trajectories, like with like.
 
-For each start epoch t = 0 .. E - M of every held-out trajectory theta* (n, E+1, P), the
-student starts at theta*_t, trains on the run's full set U_K for N = syn_steps planned
-steps and is scored by the ordinary normalised MTT loss against theta*_{t+M}:
+For each start epoch t of every held-out trajectory theta* (n, E+1, P), the student starts at
+theta*_t, trains for N = syn_steps planned steps on a set X with lr alpha and is scored by the
+ordinary normalised MTT loss against theta*_{t+M}:
 
     L(t) = ||theta_N - theta*_{t+M}||^2 / ||theta*_t - theta*_{t+M}||^2      (matching.matching_loss)
 
-averaged over held-out experts and `draws` seeded unroll plans per (expert, t).
+averaged over held-out trajectories and `draws` seeded unroll plans per (trajectory, t).
 
-Choice of the student's lr: the learned lr alpha_k of the subset k whose interval
-[a_k, b_k) contains t; where several do (overlapping intervals), the latest subset, whose
-lr was learned with the fullest set; where none does, the subset whose interval lies
-nearest to t (ties: the later one). The minibatch size is that subset's batch during
-distillation (distill.batch_syn, or classes x ipc_k). For static MTT this is always
-alpha_1 and the full batch. For `expert_source = "retrained"` the intervals of later
-stages are epochs of re-trained experts, so this mapping onto stage-1 epochs is a
-convention, not an identity.
+Held-out trajectories come in families, made the way each stage's experts were made (never the
+ones a set was distilled against):
+- family 1: stage-1 experts (random init, real data);
+- family k >= 2 (expert_source "retrained"): nets first trained on the SeqMatch set's U_1..U_{k-1}
+  with its learned lrs, then on real data.
+Each set is scored only with the data it was learned with: on family k, SeqMatch's student trains
+on U_k = S_1..S_k with alpha_k and minibatches of C * ipc_k, exactly as while S_k was distilled;
+static MTT trains on its whole set with alpha_1 on every family (for k >= 2, the families of the
+SeqMatch run it is compared with). So neither method is scored on trajectories only the other was
+asked to match, except that static MTT is also asked about later knowledge, which is the question.
+With expert_source "window", family 1 alone is used and epoch t is scored with the subset k whose
+interval [a_k, b_k) contains t (the latest; else the nearest, the later on ties).
 """
 from __future__ import annotations
 
@@ -43,10 +47,10 @@ def owning_subset(t: int, intervals: list[tuple[int, int]]) -> int:
     return max(k for k, d in enumerate(distances) if d == nearest)
 
 
-def g2_plan(seed: int, expert: int, t: int, draw: int, num_images: int, batch_size: int, steps: int,
+def g2_plan(seed: int, family: int, expert: int, t: int, draw: int, num_images: int, batch_size: int, steps: int,
             image_size: tuple[int, int], augment: bool = True) -> UnrollPlan:
-    """The seeded unroll plan for (held-out expert, start epoch, draw): the same for every run of one seed."""
-    generator = make_generator(seed, "g2", expert, t, draw)
+    """The seeded unroll plan for (family, held-out expert, start epoch, draw): the same for every run of one seed."""
+    generator = make_generator(seed, "g2", family, expert, t, draw)
     return draw_unroll_plan(generator, num_images, batch_size, steps, image_size, DSA_OPERATIONS if augment else None)
 
 
@@ -59,13 +63,16 @@ def loss_at(forward: ForwardFn, trajectory: torch.Tensor, t: int, expert_epochs:
     return float(matching_loss(forward, start, target, images.detach(), labels, lr_tensor, plan).detach())
 
 
-def matching_error_curve(forward: ForwardFn, experts: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
-                         expert_epochs: int, lr_for: Callable[[int], float],
+SetFn = Callable[[int], tuple[torch.Tensor, torch.Tensor, float]]  # start epoch -> (images, labels, lr)
+
+
+def matching_error_curve(forward: ForwardFn, experts: torch.Tensor, expert_epochs: int, set_for: SetFn,
                          plan_for: Callable[[int, int, int], UnrollPlan], draws: int,
                          progress: ProgressFn | None = None) -> dict:
     """L(t) for every start epoch of held-out experts (n, E+1, P).
 
-    `lr_for(t)` gives the student lr, `plan_for(expert, t, draw)` the unroll plan.
+    `set_for(t)` gives the student's images (n, C, H, W), labels (n,) and lr, `plan_for(expert, t, draw)`
+    the unroll plan.
     Returns start_epochs (T,), mean (T,), std (T,) over all (expert, draw) pairs, and
     per_expert (n, T) means over draws.
     """
@@ -76,7 +83,8 @@ def matching_error_curve(forward: ForwardFn, experts: torch.Tensor, images: torc
     total, done = count * len(starts) * draws, 0
     for e in range(count):
         for j, t in enumerate(starts):
-            losses = [loss_at(forward, experts[e], t, expert_epochs, images, labels, lr_for(t), plan_for(e, t, d))
+            images, labels, lr = set_for(t)
+            losses = [loss_at(forward, experts[e], t, expert_epochs, images, labels, lr, plan_for(e, t, d))
                       for d in range(draws)]
             per_expert[e][j] = statistics.fmean(losses)
             values[j] += losses

@@ -14,8 +14,8 @@ from typing import Any, Callable
 import torch
 
 from ..evaluate import curriculum_from_subsets, random_real_curriculum, train_curriculum
-from ..experts import ExpertCache, recipe_key, train_trajectory
-from ..models import build_eval_net, init_convnet_params
+from ..experts import ExpertCache, recipe_key, tensor_digest, train_trajectory
+from ..models import ConvNet, build_eval_net, init_convnet_params
 from ..prepare import PreparedData, prepare_data
 from ..runs import RunError, RunFolder, Subset
 from ..seeding import make_generator
@@ -104,30 +104,89 @@ class RunDiagnostics:
         labels = torch.cat([s.labels for s in self.subsets]).to(self.device)
         return images, labels
 
+    def compute(self, name: str, progress: ProgressFn | None = None, partner: RunFolder | None = None):
+        """Compute and cache one of COMPUTED ("g2" takes the SeqMatch partner of a static MTT run)."""
+        if name not in COMPUTED:
+            raise ValueError(f"unknown diagnostic {name!r}; choose from {', '.join(COMPUTED)}")
+        return self.g2(progress, partner) if name == "g2" else getattr(self, name)(progress)
+
     # -- G2 ----------------------------------------------------------------------------------------------
-    def g2(self, progress: ProgressFn | None = None) -> dict[str, Any]:
-        """Matching error L(t) of U_K by held-out start epoch (see matching_error); saved to g2.json."""
+    def held_out_retrained(self, stage: int, source: list[Subset], progress: ProgressFn | None = None) -> torch.Tensor:
+        """Held-out trajectories (options.experts, E_k+1, P) made as SeqMatch's stage-`stage` experts: fresh nets
+        trained on the curriculum U_1..U_stage of `source` (a SeqMatch set's subsets) with their lrs, then on
+        real data for experts.stage_epochs epochs; cached, with a seed tag no distillation uses."""
+        cfg, e, spec, data = self.config, self.config.experts, self.spec, self.data
+        prior = source[:stage]
+        curriculum = curriculum_from_subsets([(s.images.to(self.device), s.labels.to(self.device)) for s in prior],
+                                             [s.lr for s in prior])
+        digest = tensor_digest(*[t for s in prior for t in (s.images, s.labels, torch.tensor(s.lr))])
+        recipe = {**self.distiller._expert_recipe(stage, e.stage_epochs, f"curriculum-{digest}-eval{cfg.eval.epochs}"),
+                  "held_out": "diagnostics"}
+
+        def train_one(i: int) -> torch.Tensor:
+            generator = make_generator(cfg.seed, "held-out-expert", stage, i)
+            net = ConvNet(spec, init_convnet_params(spec, generator)).to(self.device)
+            train_curriculum(net, curriculum, cfg.eval, generator)
+            return train_trajectory(spec, data.train_images, data.train_labels, net.flat.detach(), e.stage_epochs,
+                                    e.lr, e.batch_size, e.augment, generator)
+
+        return self.cache.load_or_train(recipe, self.options.experts, (e.stage_epochs + 1, spec.num_params),
+                                        train_one, progress)
+
+    def g2(self, progress: ProgressFn | None = None, partner: RunFolder | None = None) -> dict[str, Any]:
+        """Matching error L(t) by start epoch on every family of held-out trajectories (see matching_error's
+        module docstring); saved to g2.json.
+
+        Family 1: stage-1 experts (random init). Families k >= 2 (expert_source "retrained"): experts
+        pre-trained on U_1..U_{k-1} of this SeqMatch run, or for static MTT of its SeqMatch `partner` (the
+        same seed's run of a comparison or study); without a partner static MTT is scored on family 1 only.
+        """
         cfg, dist, data = self.config, self.config.distill, self.data
-        experts = self.held_out_experts()
-        images, labels = self.run_set()
+        source = self.subsets if cfg.method == "seqmatch" else (partner_subsets(partner) if partner else [])
+        retrained = dist.expert_source == "retrained" if cfg.method == "seqmatch" else bool(source)
+        count = len(source) if retrained else 1
         intervals = [tuple(s.interval) for s in dist.subsets]
-        lrs = [s.lr for s in self.subsets]
+        families = []
 
-        def plan_for(e: int, t: int, draw: int):
-            k = owning_subset(t, intervals)
-            batch = dist.batch_syn or data.num_classes * dist.subsets[k].ipc
-            return g2_plan(cfg.seed, e, t, draw, len(labels), batch, dist.syn_steps, data.image_size)
+        for family in range(count):
+            experts = self.held_out_experts() if family == 0 else self.held_out_retrained(family, source)
 
-        curve = matching_error_curve(self.forward, experts, images, labels, dist.expert_epochs,
-                                     lambda t: lrs[owning_subset(t, intervals)], plan_for, self.options.draws,
-                                     progress)
-        result = {"method": cfg.method, "run": self.run.id, "ipc": cfg.ipc, **curve,
-                  "lr_subset": [owning_subset(t, intervals) for t in curve["start_epochs"]], "lrs": lrs,
-                  "experts": len(experts), "draws": self.options.draws, "expert_epochs": dist.expert_epochs,
-                  "syn_steps": dist.syn_steps, "held_out_key": recipe_key(self.held_out_recipe())}
-        result["late_error"] = late_matching_error(result)
+            def scored(t: int, family: int = family) -> int:
+                """The subset whose set U_k and lr score start epoch t of this family."""
+                if cfg.method == "mtt":
+                    return 0
+                return owning_subset(t, intervals) if not retrained else family
+
+            def plan_for(e: int, t: int, draw: int, family: int = family):
+                k = scored(t)
+                images, _, _ = self.scoring_set(k)
+                batch = dist.batch_syn or data.num_classes * dist.subsets[k].ipc
+                return g2_plan(cfg.seed, family, e, t, draw, len(images), batch, dist.syn_steps, data.image_size)
+
+            def progress_family(done: int, all_: int, family: int = family) -> None:
+                if progress:
+                    progress(family * all_ + done, count * all_)
+
+            curve = matching_error_curve(self.forward, experts, dist.expert_epochs,
+                                         lambda t, scored=scored: self.scoring_set(scored(t)), plan_for,
+                                         self.options.draws, progress_family)
+            families.append({**curve, "family": family + 1, "subset": [scored(t) for t in curve["start_epochs"]],
+                             "source_run": None if family == 0 else (self.run.id if cfg.method == "seqmatch"
+                                                                      else partner.id),
+                             "late_error": late_matching_error(curve)})
+        result = {"method": cfg.method, "run": self.run.id, "ipc": cfg.ipc, "families": families,
+                  "lrs": [s.lr for s in self.subsets], "experts": self.options.experts, "draws": self.options.draws,
+                  "expert_epochs": dist.expert_epochs, "syn_steps": dist.syn_steps,
+                  "held_out_key": recipe_key(self.held_out_recipe()), "version": 2}
         store.write_g2(self.run.path, result)
         return result
+
+    def scoring_set(self, k: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(images, labels, lr) a student trains on to score subset k: U_k = S_1..S_k with alpha_k for SeqMatch,
+        the whole set with alpha_1 for static MTT."""
+        images = torch.cat([s.images for s in self.subsets[:k + 1]]).to(self.device)
+        labels = torch.cat([s.labels for s in self.subsets[:k + 1]]).to(self.device)
+        return images, labels, self.subsets[k].lr
 
     # -- G3 ----------------------------------------------------------------------------------------------
     def points(self, source: str | None = None, with_real: bool = True) -> PointSet:
@@ -184,9 +243,23 @@ class RunDiagnostics:
         store.write_g4(self.run.path, result)
         return result
 
+def partner_subsets(partner: RunFolder) -> list[Subset]:
+    """The finished subsets of a SeqMatch run whose retrained-expert families static MTT is scored on."""
+    config, subsets = partner.config(), partner.subsets()
+    if config.method != "seqmatch" or config.distill.expert_source != "retrained":
+        raise RunError(f"run {partner.id} is not a SeqMatch run with retrained experts: it cannot serve as the "
+                       f"partner whose expert families static MTT is scored on")
+    if len(subsets) < len(config.distill.subsets):
+        raise RunError(f"partner run {partner.id} is not finished ({len(subsets)} of {len(config.distill.subsets)} "
+                       f"subsets)")
+    return subsets
+
+
 def missing(run_dir: Path, reducer: str | None = None) -> list[str]:
     """Which of G2-G4 a run folder lacks (G3 also when it was cached with another reducer)."""
-    lacking = [name for name, read in (("g2", store.read_g2), ("g4", store.read_g4)) if read(run_dir) is None]
+    g2 = store.read_g2(run_dir)
+    lacking = ["g2"] if g2 is None or g2.get("version") != 2 else []  # version 1 scored every set on stage-1 experts
+    lacking += ["g4"] if store.read_g4(run_dir) is None else []
     g3 = store.read_g3(run_dir)
     if g3 is None or (reducer and g3[1].get("reducer") != reducer):
         lacking.append("g3")
@@ -224,14 +297,23 @@ def overlay_embedding(runs: list[RunDiagnostics], labels: list[str], reducer: st
 
 
 def summary(run_dir: Path) -> dict[str, Any]:
-    """Coupling index (G1), late-epoch matching error (G2) and easy/hard accuracies (G4); None where absent."""
+    """Coupling index (G1), late-epoch matching error (G2, one value per family of held-out trajectories) and
+    easy/hard accuracies (G4); None where absent."""
     g2, g4 = store.read_g2(run_dir), store.read_g4(run_dir)
+    families = g2.get("families") if g2 else None
     result: dict[str, Any] = {"coupling_index": coupling_index(store.read_g1(run_dir)),
-                              "late_matching_error": g2["late_error"] if g2 else None}
+                              "late_matching_error": [f["late_error"] for f in families] if families else None}
     for name in ("synthetic", "random_real"):
         for part in ("easy", "hard"):
             result[f"{part}_accuracy_{name}"] = g4["sets"][name][part]["mean"] if g4 else None
     return result
+
+
+def format_late_errors(values: list[float] | None) -> str:
+    """Late-epoch matching errors per family of held-out trajectories: 'family 1 0.4120 · family 2 0.5510'."""
+    if not values:
+        return "n/a"
+    return " · ".join(f"family {k + 1} {v:.4f}" for k, v in enumerate(values))
 
 
 def format_summary(values: dict[str, Any]) -> str:
@@ -243,7 +325,7 @@ def format_summary(values: dict[str, Any]) -> str:
 
     return "\n".join([
         f"coupling index (G1)          {number(values['coupling_index'])}",
-        f"late-epoch matching error    {number(values['late_matching_error'])}",
+        f"late-epoch matching error    {format_late_errors(values['late_matching_error'])}",
         f"hard-image accuracy (G4)     {number(values['hard_accuracy_synthetic'], True)} synthetic, "
         f"{number(values['hard_accuracy_random_real'], True)} random real",
         f"easy-image accuracy (G4)     {number(values['easy_accuracy_synthetic'], True)} synthetic, "

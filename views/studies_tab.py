@@ -1,0 +1,133 @@
+"""Studies tab: list, start and follow studies (grids of paired runs); their table and figures."""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+import gradio as gr
+
+from seqmatch_engine.config import BUDGET_NOTES, ConfigError
+from seqmatch_engine.jobs import JobManager
+from seqmatch_engine.runs import RunError
+from seqmatch_engine.storage import StorageError
+from seqmatch_engine.study import StudyFolder, format_table, list_studies, load_study_spec, study_preset_names, summarise
+
+from .render import format_seconds
+from .study_figures import accuracy_vs_ipc, coupling_vs_ipc, paired_differences
+
+HEADROOM_NOTE = (
+    "**Read this first.** A study pairs the methods by seed: both use that seed's experts, evaluation nets and "
+    "random-real baseline, so the paired difference is the fair number. SeqMatch's mechanism needs *headroom*: "
+    "the experts it imitates must end clearly above what static MTT reaches at that IPC, or there is no late "
+    "knowledge left to capture. One seed is a demonstration, not evidence.")
+
+
+def study_choices(manager: JobManager) -> list[str]:
+    return [study.id for study in list_studies(manager.studies_root)]
+
+
+def study_status_html(study: StudyFolder, live) -> str:
+    """Progress of a study: state, runs done of total, the run in progress (from the job when this app runs it)."""
+    status = study.status()
+    state = live.state if live else status.get("state", "?")
+    if state in ("running", "queued", "created") and live is None:
+        state = "interrupted"  # started elsewhere or before a restart: Start resumes it
+    done, total = status.get("done", 0), status.get("total", 0)
+    parts = [f"<b>{html.escape(state.title())}</b>", f"{done}/{total} runs done"]
+    if live and live.state == "running":
+        parts.append(html.escape(live.phase))
+    if status.get("started") and status.get("updated") and done:
+        per_run = (status["updated"] - status["started"]) / max(done, 1)
+        if state == "running" and total > done:
+            parts.append(f"about {format_seconds(per_run * (total - done))} left at this pace")
+    bar = f"<div class='sm-bar'><div style='width:{100 * done / total:.1f}%'></div></div>" if total else ""
+    error = f"<div class='sm-error'>{html.escape(status['error'])}</div>" if status.get("error") else ""
+    return f"<div class='sm-status'>{' · '.join(parts)}{bar}{error}</div>"
+
+
+@dataclass
+class StudiesTab:
+    manager: JobManager
+
+    def build(self) -> None:
+        gr.Markdown(HEADROOM_NOTE, elem_classes="sm-note")
+        with gr.Row():
+            self.preset = gr.Dropdown(study_preset_names(), value=(study_preset_names() or [None])[0],
+                                      label="Study preset (assets/studies/)", scale=2)
+            self.start = gr.Button("Start / resume study", variant="primary", scale=1, elem_id="sm-study-start")
+            self.stop = gr.Button("Stop", scale=0)
+        with gr.Row():
+            self.selected = gr.Dropdown(study_choices(self.manager), label="Study", scale=3, allow_custom_value=True,
+                                        elem_id="sm-study-select")
+            self.refresh = gr.Button("↻ studies", size="sm", scale=0)
+        self.status = gr.HTML(elem_classes="sm-status-box")
+        self.message = gr.Markdown()
+        self.table = gr.Markdown(elem_id="sm-study-table")
+        with gr.Row():
+            self.accuracy = gr.Plot(label="Accuracy vs IPC")
+            self.paired = gr.Plot(label="Paired differences")
+        self.coupling = gr.Plot(label="Coupling vs IPC")
+
+    def wire(self, timer: gr.Timer, demo: gr.Blocks) -> None:
+        figures = [self.table, self.accuracy, self.paired, self.coupling]
+        self.start.click(self.on_start, self.preset, [self.selected, self.message], api_name="study_start")
+        self.stop.click(self.on_stop, self.selected, self.message, api_name="study_stop")
+        self.refresh.click(self.on_refresh, None, self.selected, api_name="study_list")
+        self.selected.change(self.on_select, self.selected, [self.status, *figures], api_name="study_show")
+        timer.tick(self.on_poll, self.selected, self.status, concurrency_limit=None, show_progress="hidden",
+                   api_name="study_poll")
+        demo.load(self.on_refresh, None, self.selected)
+
+    # -- handlers -------------------------------------------------------------------------------------
+    def _study(self, study_id: str | None) -> StudyFolder:
+        if not study_id:
+            raise RunError("pick a study first (or start one)")
+        return StudyFolder.find(self.manager.studies_root, study_id)
+
+    def on_refresh(self):
+        return gr.update(choices=study_choices(self.manager))
+
+    def on_start(self, preset: str | None):
+        try:
+            if preset not in study_preset_names():  # checked first: a request never names a file to read
+                raise ConfigError(f"study preset {str(preset)[:80]!r} not found; pick one of the list")
+            spec = load_study_spec(preset)
+            job = self.manager.submit_study(spec)
+        except (ConfigError, RunError, StorageError) as error:
+            return gr.update(), f"**Cannot start the study:** {error}"
+        position = self.manager.queue_position(job)
+        note = "" if position <= 0 else f" It waits for {position} job(s) ahead of it."
+        return gr.update(choices=study_choices(self.manager), value=spec.name), (
+            f"Study `{spec.name}` queued: {len(spec.plan())} runs, budget convention **{spec.budget}** "
+            f"({BUDGET_NOTES[spec.budget]}). Finished runs are kept; starting it again resumes it.{note}")
+
+    def on_stop(self, study_id: str | None) -> str:
+        job = f"study:{study_id}"
+        if not study_id or not self.manager.owns(job):
+            return "This app is not running that study."
+        self.manager.stop(job)
+        return f"Stopping `{study_id}` after the current outer iteration; Start resumes it."
+
+    def on_select(self, study_id: str | None):
+        if not study_id:
+            return "", "", None, None, None
+        try:
+            study = self._study(study_id)
+            summary = summarise(study)
+        except (RunError, StorageError, ConfigError) as error:
+            return study_status_html_error(str(error)), "", None, None, None
+        return (study_status_html(study, self.manager.live(f"study:{study.id}")), format_table(summary),
+                accuracy_vs_ipc(summary), paired_differences(summary), coupling_vs_ipc(summary))
+
+    def on_poll(self, study_id: str | None):
+        if not study_id:
+            return gr.skip()
+        try:
+            study = self._study(study_id)
+        except RunError as error:
+            return study_status_html_error(str(error))
+        return study_status_html(study, self.manager.live(f"study:{study.id}"))
+
+
+def study_status_html_error(text: str) -> str:
+    return f"<div class='sm-status'><div class='sm-error'>{html.escape(text)}</div></div>"
