@@ -85,6 +85,9 @@ def format_accuracy(result: dict) -> str:
         for arch, acc in result.get(name, {}).items():
             lines.append(f"{name:12s} {arch:9s} {100 * acc['mean']:6.2f} ± {100 * acc['std']:.2f} %  "
                          f"({len(acc['values'])} nets)")
+    if result.get("diverged"):
+        lines.append(f"warning: {', '.join(f'S{k + 1}' for k in result['diverged'])} diverged and kept earlier, sane "
+                     f"images; this accuracy is not the method's (see the messages above)")
     return "\n".join(lines)
 
 

@@ -312,7 +312,24 @@ def matching_loss(forward: ForwardFn, start: torch.Tensor, target: torch.Tensor,
 
 
 class DivergenceError(RuntimeError):
-    """The matching loss or the learned lr left the range where optimisation makes sense."""
+    """The matching loss, the pixels or the learned lr left the range where optimisation makes sense."""
+
+
+PIXEL_GROWTH = 20.0  # an image whose RMS exceeds this many times the real images' RMS has exploded
+
+
+def check_pixels(images: torch.Tensor, pixel_limit: float | None, lr_img: float) -> None:
+    """Raise DivergenceError for non-finite pixels, or an image (n, C, H, W) whose RMS exceeds `pixel_limit`."""
+    images = images.detach()
+    if not bool(torch.isfinite(images).all()):
+        raise DivergenceError(f"synthetic pixels became NaN/inf: lower distill.lr_img (now {lr_img:g})")
+    if pixel_limit is None or not len(images):
+        return
+    largest = float(images.flatten(1).pow(2).mean(1).sqrt().max())
+    if largest > pixel_limit:
+        raise DivergenceError(f"synthetic pixels exploded (an image's RMS reached {largest:.3g}, over "
+                              f"{PIXEL_GROWTH:g} times the real images' {pixel_limit / PIXEL_GROWTH:.3g}): "
+                              f"lower distill.lr_img (now {lr_img:g})")
 
 
 def check_finite_step(loss: float, lr: float, max_lr: float) -> None:
@@ -335,14 +352,16 @@ class MatchingState:
     lr: torch.Tensor       # () leaf, requires grad
     image_optimizer: torch.optim.Optimizer
     lr_optimizer: torch.optim.Optimizer
+    pixel_limit: float | None = None  # largest sane per-image RMS (PIXEL_GROWTH x the real images'); None: unchecked
 
     @classmethod
-    def create(cls, images: torch.Tensor, lr: float, lr_img: float, lr_lr: float, momentum: float) -> "MatchingState":
+    def create(cls, images: torch.Tensor, lr: float, lr_img: float, lr_lr: float, momentum: float,
+               pixel_limit: float | None = None) -> "MatchingState":
         images = images.detach().clone().requires_grad_(True)
         lr_tensor = torch.tensor(float(lr), device=images.device, requires_grad=True)
         return cls(images, lr_tensor,
                    torch.optim.SGD([images], lr=lr_img, momentum=momentum),
-                   torch.optim.SGD([lr_tensor], lr=lr_lr, momentum=momentum))
+                   torch.optim.SGD([lr_tensor], lr=lr_lr, momentum=momentum), pixel_limit)
 
 
 @dataclass(frozen=True)
@@ -380,7 +399,6 @@ def outer_step(forward: ForwardFn, state: MatchingState, frozen_images: torch.Te
             grads = torch.cat([frozen.grad.detach(), grads])
     state.image_optimizer.step()
     state.lr_optimizer.step()
-    if not bool(torch.isfinite(state.images.detach()).all()):
-        raise DivergenceError("synthetic pixels became NaN/inf: lower distill.lr_img")
-    check_finite_step(value, float(state.lr.detach()), max_lr)
+    check_pixels(state.images, state.pixel_limit, state.image_optimizer.param_groups[0]["lr"])  # before the lr:
+    check_finite_step(value, float(state.lr.detach()), max_lr)  # exploding pixels are what drive the lr negative
     return StepResult(value, grads)

@@ -31,7 +31,7 @@ from .evaluate import (
     train_curriculum,
 )
 from .experts import ExpertCache, recipe_key, tensor_digest, train_trajectory
-from .matching import ConvNetStudent, DivergenceError, MatchingState, draw_unroll_plan, outer_step
+from .matching import PIXEL_GROWTH, ConvNetStudent, DivergenceError, MatchingState, draw_unroll_plan, outer_step
 from .memory import choose_memory_mode
 from .models import ConvNet, ConvNetSpec, convnet_forward, default_depth, init_convnet_params
 from .parallel import parallel_workers
@@ -150,6 +150,11 @@ class Distiller:
 
     def forward(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return convnet_forward(params, x, self.spec)
+
+    @property
+    def pixel_limit(self) -> float:
+        """Largest sane per-image RMS of a learned image: PIXEL_GROWTH times the real training images' RMS."""
+        return PIXEL_GROWTH * float(self.data.train_images.pow(2).mean().sqrt())
 
     # -- the whole run ---------------------------------------------------------------------------------
     def run(self) -> dict[str, Any] | None:
@@ -279,7 +284,7 @@ class Distiller:
             state, generator, iteration, best = resumed
         else:
             init = initial_images(data, sub.ipc, dist.init, make_generator(cfg.seed, "init", k))
-            state = MatchingState.create(init, sub.lr_init, dist.lr_img, dist.lr_lr, dist.momentum)
+            state = MatchingState.create(init, sub.lr_init, dist.lr_img, dist.lr_lr, dist.momentum, self.pixel_limit)
             generator = make_generator(cfg.seed, "distill", k)
             iteration, best = 0, {"accuracy": -1.0, "iteration": 0, "images": init.clone(), "lr": sub.lr_init}
         memory = choose_memory_mode(dist.memory_mode, self.spec, batch_syn, dist.syn_steps, len(labels), self.device)
@@ -304,7 +309,7 @@ class Distiller:
                 step = outer_step(student, state, frozen, labels, start, target, plan, dist.max_lr,
                                   g1.due(iteration + 1))  # record_gradients: G1 measures, never changes, the step
             except DivergenceError as error:
-                return self._stop_diverged(k, iteration, error, best, last_good, labels_k)
+                return self._stop_diverged(k, iteration, error, best, labels_k)
             loss = step.loss
             g1.record(iteration + 1, step.image_grads, start_epoch=t, loss=loss)
             last_good = (state.images.detach().clone(), float(state.lr.detach()))
@@ -377,7 +382,7 @@ class Distiller:
         tensors, info = found
         dist, sub = self.config.distill, self.config.distill.subsets[k]
         state = MatchingState.create(tensors["images"].to(self.device), float(tensors["lr"]), dist.lr_img,
-                                     dist.lr_lr, dist.momentum)
+                                     dist.lr_lr, dist.momentum, self.pixel_limit)
         for name, optimizer, param in (("image_momentum", state.image_optimizer, state.images),
                                        ("lr_momentum", state.lr_optimizer, state.lr)):
             if name in tensors:
@@ -391,13 +396,18 @@ class Distiller:
         return state, generator, info["iteration"], best
 
     def _stop_diverged(self, k: int, iteration: int, error: DivergenceError, best: dict,
-                       last_good: tuple[torch.Tensor, float], labels: torch.Tensor) -> Subset:
-        """End stage k at a divergence, keeping the best (or last good) images; record why."""
-        use_best = self.config.distill.select_every and best["accuracy"] >= 0
-        images, lr = (best["images"], best["lr"]) if use_best else last_good
-        text = (f"S{k + 1} stopped at iteration {iteration + 1}: {error}. Kept the "
-                f"{'best validated' if use_best else 'last good'} images (lr {lr:.4g}).")
+                       labels: torch.Tensor) -> Subset:
+        """End stage k at a divergence, keeping images known to be sane: the best validated ones, else the
+        initial ones (the last images before the error may already be far off: exploding pixels grow for
+        several iterations before any check fires); record why, so that later stages and the report know."""
+        validated = best["accuracy"] >= 0
+        images, lr = best["images"], best["lr"]  # `best` starts as the initial images and lr
+        kept = (f"the best validated images (iteration {best['iteration']})" if validated
+                else "the initial images (nothing was validated before)")
+        text = f"S{k + 1} stopped at iteration {iteration + 1}: {error}. Kept {kept}, lr {lr:.4g}."
         self.run_folder.add_message("warning", text)
+        diverged = [*self.run_folder.status().get("diverged", []), k]
+        self.run_folder.update_status(diverged=diverged)
         self.run_folder.log({"kind": "divergence", "stage": k, "iteration": iteration + 1, "message": str(error)})
         self.emit("phase", k, name=f"S{k + 1} diverged", message=text)
         subset = Subset(images.detach().clone(), labels, float(lr))
@@ -441,6 +451,7 @@ class Distiller:
         jobs = [("synthetic", curriculum)] + ([("random_real", baseline)] if cfg.eval.baseline else [])
         total = len(jobs) * len(cfg.eval.architectures) * cfg.eval.num_nets
         result: dict[str, Any] = {"method": cfg.method, "ipc": cfg.ipc, "budget": cfg.budget,
+                                  "diverged": self.run_folder.status().get("diverged", []),
                                   "lrs": [s.lr for s in subsets],
                                   "eval_epochs": cfg.eval.epochs, "num_nets": cfg.eval.num_nets}
         done = 0

@@ -178,3 +178,16 @@ def test_recording_gradients_measures_frozen_images_without_changing_the_step():
     x = images.clone().requires_grad_(True)
     matching_loss(forward, start, target, x, labels, torch.tensor(0.05), plan).backward()
     torch.testing.assert_close(b.image_grads, x.grad)
+
+
+def test_pixel_guard_names_lr_img():
+    from seqmatch_engine.matching import check_pixels
+
+    sane = torch.ones(3, 1, 2, 2)
+    check_pixels(sane, pixel_limit=20.0, lr_img=100.0)
+    with pytest.raises(DivergenceError, match=r"NaN/inf: lower distill.lr_img \(now 100\)"):
+        check_pixels(torch.full((1, 1, 2, 2), float("nan")), 20.0, 100.0)
+    exploded = torch.cat([sane, torch.full((1, 1, 2, 2), 21.0)])
+    with pytest.raises(DivergenceError, match=r"RMS reached 21.*over 20 times the real images' 1: lower distill.lr_img"):
+        check_pixels(exploded, 20.0, 100.0)
+    check_pixels(exploded, None, 100.0)  # no limit: only finiteness

@@ -154,14 +154,38 @@ def test_stop_and_pause_between_iterations(tmp_path):
     paused.checkpoint()  # returns at once when running
 
 
-def test_exploding_lr_stops_the_stage_with_a_message_and_keeps_good_images(tmp_path):
+def test_exploding_lr_stops_the_stage_with_a_message_and_keeps_the_initial_images(tmp_path):
     run, result = run_to_end(tmp_path, tiny_config(lr_lr=1e9))
     assert result is not None  # the run went on with what was kept
     messages = [m["text"] for m in run.status()["messages"] if m["level"] == "warning"]
-    assert messages and "lower distill.lr_lr" in messages[0] and "Kept the last good images" in messages[0]
+    assert messages and "lower distill.lr_lr" in messages[0]
+    assert "Kept the initial images (nothing was validated before)" in messages[0]
+    data = prepare_data(run.config().data, run.config().seed, torch.device("cpu"))
+    init = initial_images(data, 1, "real", make_generator(run.config().seed, "init", 0))
+    assert torch.equal(run.subsets()[0].images, init)
+    assert run.subsets()[0].lr == pytest.approx(run.config().distill.subsets[0].lr_init)  # stored as float32
     for subset in run.subsets():
         assert torch.isfinite(subset.images).all() and 0 < subset.lr <= 1.0
     assert any(r["kind"] == "divergence" for r in run.metrics())
+    assert result["diverged"] == run.status()["diverged"] and 0 in result["diverged"]
+
+
+def test_exploding_pixels_are_caught_early_blame_lr_img_and_keep_the_best_validated_images(tmp_path):
+    """A pixel lr far too large: the guard fires on the pixels, before the learned lr turns negative, names
+    distill.lr_img, keeps the best validated images (sane, as every kept image), and stage 2 builds on them."""
+    config = tiny_config(lr_img=2e4, select_every=1)
+    run, result = run_to_end(tmp_path, config)
+    warnings = [m["text"] for m in run.status()["messages"] if m["level"] == "warning"]
+    assert warnings and all("synthetic pixels exploded" in text and "lower distill.lr_img (now 20000)" in text
+                            for text in warnings), warnings
+    assert "Kept the best validated images (iteration 0)" in warnings[0]
+    divergences = [r for r in run.metrics() if r["kind"] == "divergence"]
+    assert divergences[0]["iteration"] == 2  # caught at 20x the normal scale, long before the pixels reach 1e6
+    data = prepare_data(config.data, config.seed, torch.device("cpu"))
+    limit = 20 * float(data.train_images.pow(2).mean().sqrt())
+    for subset in run.subsets():
+        assert float(subset.images.flatten(1).pow(2).mean(1).sqrt().max()) < limit
+    assert result["diverged"][0] == 0 and result["diverged"] == run.status()["diverged"]
 
 
 def test_the_random_real_baseline_is_measured_once_per_recipe(tmp_path, monkeypatch):

@@ -143,4 +143,10 @@ def accuracy_markdown(result: dict | None) -> str:
         for arch, acc in result.get(name, {}).items():
             rows.append(f"| {title} | {arch} | **{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} %** | "
                         f"{len(acc['values'])} |")
-    return "\n".join(rows)
+    notes = []
+    if result.get("budget"):
+        notes.append(f"Static MTT under the **{result['budget']}** budget convention.")
+    if result.get("diverged"):
+        stages = ", ".join(f"S{k + 1}" for k in result["diverged"])
+        notes.append(f"⚠ {stages} diverged and kept earlier, sane images: this accuracy is not the method's.")
+    return "\n".join(rows) + "".join(f"\n\n{note}" for note in notes)
