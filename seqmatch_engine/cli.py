@@ -158,10 +158,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     for run in list_runs(paths.runs_root(args.home)):
-        status, result = run.status(), run.eval()
-        acc = result["synthetic"]["convnet"]["mean"] if result and "convnet" in result.get("synthetic", {}) else None
-        print(f"{run.id:45s} {status.get('state', '?'):8s} {status.get('phase', ''):18s} "
-              f"{'' if acc is None else f'{100 * acc:.2f} %'}")
+        row = run.overview()
+        state = "interrupted" if row.state in ("running", "queued", "created") else row.state
+        acc = "" if row.accuracy is None else f"{100 * row.accuracy['mean']:.2f} %"
+        print(f"{row.id:45s} {state:11s} {row.phase:18s} {acc}" + (f"  ({row.problem})" if row.problem else ""))
     return 0
 
 

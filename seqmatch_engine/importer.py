@@ -28,12 +28,34 @@ class ImportFailed(ValueError):
 
 
 def load_public_file(path: Path) -> object:
-    """torch.load with weights_only=True and readable errors."""
+    """torch.load with weights_only=True and readable errors (never loads code)."""
+    name = Path(path).name
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as error:
-        raise ImportFailed(f"{Path(path).name}: not a tensor file saved by the MTT/SeqMatch code "
-                           f"(refused to load it safely: {str(error).splitlines()[0][:200]})") from None
+    except pickle.UnpicklingError as error:
+        if "weights only" in str(error).lower() or "weights_only" in str(error):
+            raise ImportFailed(
+                f"{name} holds Python objects other than tensors (a pickle that can run code when it is loaded), "
+                f"so it was not loaded. The MTT/SeqMatch code saves tensors only: this file came from somewhere "
+                f"else. Do not load it with safety checks off.") from None
+        raise ImportFailed(f"{name} is damaged or not a PyTorch file; it was not loaded") from None
+    except (RuntimeError, EOFError, ValueError, AttributeError, OSError):
+        raise ImportFailed(f"{name} is damaged, truncated or not a PyTorch file; it was not loaded") from None
+
+
+def _check_set(images: torch.Tensor, labels: torch.Tensor, lr: float) -> None:
+    """Refuse a distilled set that cannot be evaluated; messages name the file and the field."""
+    bad = int((~torch.isfinite(images)).sum())
+    if bad:
+        raise ImportFailed(f"images_best.pt: {bad} pixel values are NaN or infinite; the set is damaged "
+                           f"(it was probably saved after its distillation diverged)")
+    if labels.numel() == 0:
+        raise ImportFailed("labels_best.pt holds no labels: a set needs at least one image per class")
+    if int(labels.min()) < 0:
+        raise ImportFailed(f"labels_best.pt: labels must be class indices 0, 1, ...; found {int(labels.min())}")
+    if not (lr > 0 and lr == lr and lr != float("inf")):
+        raise ImportFailed(f"best_lr.pt: the learned lr is {lr:g}; it must be a positive number (a set whose lr "
+                           f"diverged cannot be trained on)")
 
 
 def _tensor(value: object, name: str, ndim: int | tuple[int, ...]) -> torch.Tensor:
@@ -52,13 +74,16 @@ def import_distilled_set(files: list[Path], dataset: str, zca: bool, runs_root: 
         raise ImportFailed(f"a distilled set needs {' and '.join(SET_FILES[:2])}; missing {', '.join(missing)}")
     images = _tensor(load_public_file(by_name["images_best.pt"]), "images_best.pt", 4).float()
     labels = _tensor(load_public_file(by_name["labels_best.pt"]), "labels_best.pt", (1, 2))
-    labels = labels.argmax(1) if labels.dim() == 2 else labels.long()
+    if labels.dim() == 2:  # soft labels (DATM/TESLA style): the most likely class
+        labels = labels.argmax(1) if len(labels) and labels.shape[1] else labels.new_zeros(len(labels))
+    labels = labels.long()
     lr = 0.01
     if "best_lr.pt" in by_name:
         lr_value = _tensor(load_public_file(by_name["best_lr.pt"]), "best_lr.pt", (0, 1))
         lr = float(lr_value.reshape(-1)[0])
     if len(labels) != len(images):
         raise ImportFailed(f"images_best.pt has {len(images)} images but labels_best.pt {len(labels)} labels")
+    _check_set(images, labels, lr)
     num_classes = int(labels.max()) + 1
     counts = torch.bincount(labels, minlength=num_classes)
     if not bool((counts == counts[0]).all()):
@@ -102,6 +127,8 @@ def import_expert_buffer(path: Path, experts_root: Path) -> tuple[Path, int, int
     if len({tuple(t.shape) for t in trajectories}) != 1:
         raise ImportFailed(f"{Path(path).name}: trajectories differ in length or parameter count")
     stacked = torch.stack(trajectories)
+    if not bool(torch.isfinite(stacked).all()):
+        raise ImportFailed(f"{Path(path).name}: some parameters are NaN or infinite; the buffer is damaged")
     recipe = {"imported": Path(path).name, "digest": tensor_digest(stacked[:, 0])}
     cache = ExpertCache(experts_root)
     cache.load_or_train(recipe, len(stacked), tuple(stacked.shape[1:]), lambda i: stacked[i])

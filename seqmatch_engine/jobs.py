@@ -20,7 +20,7 @@ from .config import RunConfig
 from .diagnostics import COMPUTED, DiagnosticsOptions, RunDiagnostics
 from .runs import RunError, RunFolder
 from .seqmatch import Distiller, Event, RunControl, StopRequested
-from .storage import read_tensors
+from .storage import StorageError, read_tensors
 from .study import StudyFolder, StudySpec, run_study
 
 MAX_POINTS = 400  # curve points kept per series (older points are thinned)
@@ -263,9 +263,13 @@ class JobManager:
         job = self._jobs.get(run_id)
         if job is None:
             try:
-                return live_from_folder(self.run(run_id))
+                run = self.run(run_id)
             except RunError:
                 return None
+            try:
+                return live_from_folder(run)
+            except (StorageError, ValueError) as error:  # a damaged file: say which and what to do
+                return LiveState(run.id, state="unreadable", phase="unreadable", error=str(error))
         with self._lock:
             live = job.live
             return replace(live, losses=list(live.losses), lrs=list(live.lrs), start_epochs=list(live.start_epochs),

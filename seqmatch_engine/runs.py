@@ -15,7 +15,7 @@ import json
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,19 @@ from . import paths
 from .config import RunConfig
 from .imaging import image_grid, save_png
 from .prepare import PixelTransform
-from .storage import append_jsonl, read_json, read_jsonl, read_tensors, write_json, write_tensors, write_text
+from .storage import (
+    StorageError,
+    append_jsonl,
+    check_tensor_file,
+    read_json,
+    read_jsonl,
+    read_tensors,
+    write_json,
+    write_tensors,
+    write_text,
+)
+
+_SUBSET_WAY_OUT = "Delete it and every later subset file, then resume the run: those subsets are learned again"
 
 
 class RunError(ValueError):
@@ -55,6 +67,23 @@ def _new_folder(root: Path, base: str) -> Path:
         except FileExistsError:
             continue
     raise RunError(f"{root} already holds 1000 folders named {base}*; delete some")
+
+
+@dataclass(frozen=True)
+class RunOverview:
+    """One row of a list of runs. `state` is the run's own, or "unreadable" (then `problem` says why and what
+    to do); accuracies are {"mean", "std", "values"} dicts of the ConvNet evaluation, None until evaluated."""
+
+    id: str
+    method: str | None
+    ipc: int | None
+    state: str
+    phase: str
+    accuracy: dict[str, Any] | None
+    baseline: dict[str, Any] | None
+    problem: str | None = None
+    budget: str | None = None
+    diverged: list[int] = field(default_factory=list)
 
 
 class RunFolder:
@@ -122,10 +151,19 @@ class RunFolder:
 
     def status(self) -> dict[str, Any]:
         path = self.path / paths.STATUS_FILE
-        return read_json(path) if path.exists() else {}
+        try:
+            return read_json(path) if path.exists() else {}
+        except StorageError as error:
+            raise StorageError(f"{error}. Delete {path}: the run then lists as interrupted, and resuming it "
+                               f"rewrites the file") from None
 
     def update_status(self, **fields: Any) -> dict[str, Any]:
-        status = {**self.status(), **fields, "updated": time.time()}
+        """Merge `fields` into status.json (a damaged status.json is replaced: the run's owner rewrites it)."""
+        try:
+            previous = self.status()
+        except StorageError:
+            previous = {}
+        status = {**previous, **fields, "updated": time.time()}
         write_json(self.path / paths.STATUS_FILE, status)
         return status
 
@@ -166,9 +204,20 @@ class RunFolder:
         """Finished subsets S_1, S_2, ... in order (stops at the first missing one)."""
         found = []
         while paths.subset_file(self.path, len(found)).is_file():
-            t = read_tensors(paths.subset_file(self.path, len(found)), ("images", "labels", "lr"))
+            try:
+                t = read_tensors(paths.subset_file(self.path, len(found)), ("images", "labels", "lr"))
+            except StorageError as error:
+                raise StorageError(f"{error}. {_SUBSET_WAY_OUT}") from None
             found.append(Subset(t["images"], t["labels"].long(), float(t["lr"])))
         return found
+
+    def _check_subsets(self, count: int) -> None:
+        """StorageError (with the way out) when a subset file exists but is damaged."""
+        for stage in range(count):
+            try:
+                check_tensor_file(paths.subset_file(self.path, stage))
+            except StorageError as error:
+                raise StorageError(f"{error}. {_SUBSET_WAY_OUT}") from None
 
     def save_checkpoint(self, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
         write_tensors(self.path / paths.CHECKPOINT_FILE, tensors, metadata={"info": json.dumps(info)})
@@ -238,6 +287,20 @@ class RunFolder:
     def delete(self) -> None:
         shutil.rmtree(self.path)
 
+    def overview(self) -> "RunOverview":
+        """What a list of runs shows about this one; never raises: a damaged file makes it 'unreadable' with the
+        file and what to do."""
+        try:
+            config, status, result = self.config(), self.status(), self.eval()
+            self._check_subsets(len(config.distill.subsets))
+        except (ValueError, OSError) as error:
+            return RunOverview(self.id, None, None, "unreadable", "", None, None, str(error))
+        state = status.get("state", "created")
+        accuracy = (result or {}).get("synthetic", {}).get("convnet")
+        baseline = (result or {}).get("random_real", {}).get("convnet")
+        return RunOverview(self.id, config.method, config.ipc, state, status.get("phase", ""),
+                           accuracy, baseline, None, config.budget, (result or {}).get("diverged", []))
+
 
 def list_runs(root: Path | None = None) -> list[RunFolder]:
     """Run folders under `root` (default: the runs root), newest first."""
@@ -250,7 +313,7 @@ def list_runs(root: Path | None = None) -> list[RunFolder]:
         """Folder time stamp (to the second), then the exact creation time within that second."""
         try:
             return (run.id[:15], run.status().get("created", 0.0))
-        except ValueError:
+        except (ValueError, OSError):  # a damaged status.json: the run still lists, by its name
             return (run.id[:15], 0.0)
 
     return sorted(runs, key=created, reverse=True)

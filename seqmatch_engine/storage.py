@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 
@@ -81,6 +81,21 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
     """Atomically save CPU-contiguous copies of `tensors` as safetensors."""
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     _atomic_write_bytes(path, save(cpu, metadata=metadata))
+
+
+def check_tensor_file(path: Path) -> None:
+    """Raise StorageError when an existing safetensors file's header cannot be read (truncated or foreign);
+    reads the header only. A missing file is fine (not written yet)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    try:
+        with safe_open(str(path), "pt") as handle:
+            handle.keys()
+        if path.stat().st_size < 8:
+            raise ValueError("too short")
+    except (SafetensorError, OSError, ValueError) as error:
+        raise StorageError(f"{path} is damaged ({error})") from None
 
 
 def read_tensors(path: Path, required: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:

@@ -140,7 +140,9 @@ def test_start_poll_pause_resume_stop_reopen_export_import(app, tmp_path):
     message, _, _ = client.predict([gradio_client.handle_file(str(tmp_path / "evil" / n)) for n in
                                     ("images_best.pt", "labels_best.pt")], "fashion-mnist-small", False,
                                    api_name="/import_files")
-    assert "Import failed" in message and "safely" in message
+    assert "Import failed" in message and "images_best.pt holds Python objects other than tensors" in message
+    assert "was not loaded" in message and "Do not load it with safety checks off" in message
+    assert "weights_only" not in message and "False" not in message  # no advice to switch the check off
 
     message, rows, _ = client.predict(imported, api_name="/delete_run")
     assert "Deleted" in message and not any(r[0] == imported for r in rows["data"])

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from pathlib import Path
 
 import pytest
+import torch
 from test_app import free_port
 
 from seqmatch_engine import cli, paths
@@ -134,3 +136,84 @@ def test_app_refuses_hostile_run_ids(app_with_victim):
     assert (victim / paths.CONFIG_FILE).is_file() and run.path.is_dir()
     assert sorted(p.name for p in root.parent.rglob("*")) == before
     assert not list(Path("/").glob("*-set.zip"))
+
+
+def finished_copy(tmp_path):
+    """Two finished tiny runs (copied from the CLI tests' fixture would couple modules: made here, tiny)."""
+    from configs import tiny_run_config
+
+    from seqmatch_engine.seqmatch import Distiller
+
+    home = tmp_path / "home"
+    runs = []
+    for seed in (0, 1):
+        run = RunFolder.create(paths.runs_root(home), tiny_run_config(f"r{seed}", seed, (1,)))
+        Distiller(run, paths.experts_root(home)).run()
+        runs.append(run)
+    return home, runs
+
+
+def test_a_damaged_status_or_subset_marks_one_run_unreadable_and_nothing_else(tmp_path, capsys):
+    home, (good, damaged) = finished_copy(tmp_path)
+    (damaged.path / paths.STATUS_FILE).write_text('{"state": "do')
+    assert cli.main(["--home", str(home), "runs"]) == 0
+    out = capsys.readouterr().out
+    good_line = next(line for line in out.splitlines() if line.startswith(good.id))
+    bad_line = next(line for line in out.splitlines() if line.startswith(damaged.id))
+    assert " done " in good_line and "%" in good_line
+    assert "unreadable" in bad_line and "status.json is not valid JSON" in bad_line and "Delete" in bad_line
+    manager = JobManager(home)
+    live = manager.live(damaged.id)
+    assert live.state == "unreadable" and "status.json" in live.error
+    from views.layout import build_app
+    from views.runs_tab import run_rows
+
+    build_app(manager)  # the app starts
+    rows = {row[0]: row for row in run_rows(manager)}
+    assert rows[good.id][3] == "done" and rows[damaged.id][3] == "unreadable"
+    # resuming rewrites the damaged status: the owner of a run repairs it
+    damaged.update_status(state="stopped")
+    assert damaged.status()["state"] == "stopped"
+    # a truncated subset: the run is no longer shown as done with its old accuracy
+    subset = paths.subset_file(good.path, 0)
+    subset.write_bytes(subset.read_bytes()[:40])
+    row = good.overview()
+    assert row.state == "unreadable" and row.accuracy is None
+    assert "S1.safetensors is damaged" in row.problem and "resume the run" in row.problem
+    with pytest.raises(OSError, match="Delete it and every later subset file, then resume the run"):
+        good.subsets()
+
+
+@pytest.mark.parametrize("images, labels, lr, message", [
+    (torch.full((10, 1, 28, 28), float("nan")), torch.arange(10), 0.01,
+     "images_best.pt: 7840 pixel values are NaN or infinite"),
+    (torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long), 0.01, "labels_best.pt holds no labels"),
+    (torch.zeros(10, 1, 28, 28), torch.arange(10) - 1, 0.01, "labels_best.pt: labels must be class indices 0, 1, ...; "
+                                                              "found -1"),
+    (torch.zeros(10, 1, 28, 28), torch.arange(10), -0.01, "best_lr.pt: the learned lr is -0.01; it must be a positive"),
+    (torch.zeros(10, 1, 28, 28), torch.arange(10), float("nan"), "best_lr.pt: the learned lr is nan"),
+    (torch.zeros(10, 1, 28, 28), torch.zeros(0, dtype=torch.long), 0.01, "has 10 images but labels_best.pt 0 labels"),
+])
+def test_imports_refuse_sets_that_cannot_be_evaluated(tmp_path, images, labels, lr, message):
+    from seqmatch_engine.importer import ImportFailed, import_distilled_set
+
+    files = []
+    for name, value in (("images_best.pt", images), ("labels_best.pt", labels), ("best_lr.pt", torch.tensor(lr))):
+        torch.save(value, tmp_path / name)
+        files.append(tmp_path / name)
+    with pytest.raises(ImportFailed, match=re.escape(message)):
+        import_distilled_set(files, "fashion-mnist-small", False, tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()  # nothing was written
+
+
+def test_a_damaged_or_hostile_buffer_is_refused_with_its_name(tmp_path):
+    from seqmatch_engine.importer import ImportFailed, import_expert_buffer
+
+    buffer = tmp_path / "replay_buffer_0.pt"
+    torch.save([[[torch.ones(3)], [torch.full((3,), float("inf"))]]], buffer)
+    with pytest.raises(ImportFailed, match="replay_buffer_0.pt: some parameters are NaN or infinite"):
+        import_expert_buffer(buffer, tmp_path / "experts")
+    buffer.write_bytes(buffer.read_bytes()[:30])
+    with pytest.raises(ImportFailed, match="replay_buffer_0.pt is damaged, truncated or not a PyTorch file"):
+        import_expert_buffer(buffer, tmp_path / "experts")
+    assert not (tmp_path / "experts").exists()

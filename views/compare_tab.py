@@ -8,8 +8,7 @@ import plotly.graph_objects as go
 
 from seqmatch_engine.config import BUDGET_NOTES, ConfigError, preset_names
 from seqmatch_engine.jobs import JobManager
-from seqmatch_engine.runs import RunError, list_runs
-from seqmatch_engine.storage import StorageError
+from seqmatch_engine.runs import RunError, RunFolder, list_runs
 
 from .forms import FormValues, compare_pair, form_defaults
 from .live_view import LiveView, poll_outputs
@@ -52,14 +51,8 @@ def accuracy_figure(results: list[tuple[str, dict | None]]) -> go.Figure:
 
 
 def run_choices(manager: JobManager, method: str) -> list[str]:
-    choices = []
-    for run in list_runs(manager.runs_root):
-        try:
-            if run.config().method == method:
-                choices.append(run.id)
-        except (ValueError, StorageError):
-            continue
-    return choices
+    return [row.id for row in map(RunFolder.overview, list_runs(manager.runs_root))
+            if row.method == method and row.state == "done"]
 
 
 @dataclass

@@ -17,7 +17,7 @@ from .render import status_html
 
 
 def finished_runs(manager: JobManager) -> list[str]:
-    return [run.id for run in list_runs(manager.runs_root) if run.status().get("state") == "done"]
+    return [row.id for row in map(RunFolder.overview, list_runs(manager.runs_root)) if row.state == "done"]
 
 
 def g2_partner(run: RunFolder, runs: dict[str, RunFolder]) -> RunFolder | None:

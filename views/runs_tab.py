@@ -20,8 +20,7 @@ from .render import accuracy_markdown, subset_panels
 COLUMNS = ["run", "method", "IPC", "state", "phase", "accuracy", "random real"]
 
 
-def convnet_accuracy(result: dict | None, name: str) -> str:
-    value = (result or {}).get(name, {}).get("convnet")
+def _percent(value: dict | None) -> str:
     return f"{100 * value['mean']:.1f} ± {100 * value['std']:.1f}" if value else ""
 
 
@@ -29,19 +28,13 @@ def run_rows(manager: JobManager) -> list[list]:
     """One table row per run folder, newest first."""
     rows = []
     for run in list_runs(manager.runs_root):
-        try:
-            config, status, result = run.config(), run.status(), run.eval()
-        except (ValueError, StorageError):
-            rows.append([run.id, "?", "", "unreadable", "", "", ""])
-            continue
+        row = run.overview()
         if manager.owns(run.id):
             state = manager.live(run.id).state
         else:
-            state = status.get("state", "?")
-            state = "interrupted" if state in ("running", "queued", "created") else state  # resumable
-
-        rows.append([run.id, config.method, config.ipc, state, status.get("phase", ""),
-                     convnet_accuracy(result, "synthetic"), convnet_accuracy(result, "random_real")])
+            state = "interrupted" if row.state in ("running", "queued", "created") else row.state  # resumable
+        rows.append([row.id, row.method or "?", row.ipc or "", state, row.problem or row.phase,
+                     _percent(row.accuracy) + (" ⚠ diverged" if row.diverged else ""), _percent(row.baseline)])
     return rows
 
 
