@@ -18,8 +18,13 @@ def main(argv: list[str] | None = None) -> None:
     manager = JobManager(args.home)
     demo = build_app(manager)
     demo.queue(default_concurrency_limit=4)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True, **launch_options())
+    except OSError as error:
+        raise SystemExit(f"error: cannot serve on {args.host}:{args.port} ({error}): the port is in use or the "
+                         f"address is not this machine's; pass another --port, or stop the other server") from None
     print(f"SeqMatch Studio on http://{args.host}:{args.port}  (runs in {manager.runs_root})", flush=True)
-    demo.launch(server_name=args.host, server_port=args.port, **launch_options())
+    demo.block_thread()
 
 
 if __name__ == "__main__":

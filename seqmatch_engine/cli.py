@@ -92,14 +92,16 @@ def format_accuracy(result: dict) -> str:
 
 
 def cmd_experts(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    run = RunFolder.create(paths.runs_root(args.home), config)
-    distiller = Distiller(run, paths.experts_root(args.home), ProgressBars())
+    import tempfile
+
     from .prepare import prepare_data
 
-    distiller.data = prepare_data(config.data, config.seed, distiller.device)
-    experts = distiller.stage1_experts()
-    run.delete()
+    config = config_from_args(args)
+    with tempfile.TemporaryDirectory(prefix="seqmatch-experts-") as scratch:  # never a run the app would list
+        run = RunFolder.create(Path(scratch), config)
+        distiller = Distiller(run, paths.experts_root(args.home), ProgressBars())
+        distiller.data = prepare_data(config.data, config.seed, distiller.device)
+        experts = distiller.stage1_experts()
     print(f"{len(experts)} stage-1 experts x {experts.shape[1] - 1} epochs cached under {paths.experts_root(args.home)}")
     return 0
 
@@ -110,6 +112,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
             raise ConfigError("--resume continues a run with the config saved in its folder; "
                               "drop --set, --config and --static (start a new run to change settings)")
         run = RunFolder.from_argument(paths.runs_root(args.home), args.resume)
+        if run.status().get("state") == "done":
+            raise RunError(f"run {run.id} is finished; nothing to resume (its results are kept). To evaluate it "
+                           f"again: python -m seqmatch_engine evaluate {run.path}")
     else:
         config = config_from_args(args)
         resolve_device(config.device)  # fail before creating a run folder
@@ -119,7 +124,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if budget:
         print(f"budget convention: {budget} ({BUDGET_NOTES[budget]})", file=sys.stderr)
     distiller = Distiller(run, paths.experts_root(args.home), ProgressBars())
-    result = distiller.run()
+    try:
+        result = distiller.run()
+    except DatasetError:
+        if not args.resume:
+            run.delete()  # nothing was done: leave no run folder behind
+        raise
     for message in run.status().get("messages", []):
         print(f"{message['level']}: {message['text']}", file=sys.stderr)
     if result is None:
@@ -151,7 +161,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    folder = RunFolder.from_argument(paths.runs_root(args.home), args.run).export(Path(args.out) if args.out else None)
+    run = RunFolder.from_argument(paths.runs_root(args.home), args.run)
+    folder = run.export(Path(args.out) if args.out else None)
     print(f"exported to {folder}")
     return 0
 

@@ -225,13 +225,13 @@ def _missing_error(name: str, where: Path | str, layout: str, how_to_get: str) -
 
 def _download_hint(name: str) -> str:
     return (
-        f"To fetch it, call load_dataset({name!r}, download=True) (CLI: --download) while online."
+        f"To fetch it while online: CLI `--set data.download=true`, Python load_dataset({name!r}, download=True)."
     )
 
 
 _REPLACE_HINT = (
-    "Replace it with an intact copy, e.g. delete it and load again with "
-    "download=True (CLI: --download)."
+    "Replace it with an intact copy, e.g. delete it and load again while online with "
+    "`--set data.download=true` (Python: download=True)."
 )
 
 

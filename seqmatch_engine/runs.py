@@ -141,6 +141,12 @@ class RunFolder:
             argument = resolved.name
         return cls.find(root, argument)
 
+    def _require_folder(self) -> None:
+        """Writes go to an existing run only: a folder deleted while a run used it is not recreated half-empty."""
+        if not (self.path / paths.CONFIG_FILE).is_file():
+            raise RunError(f"the run folder {self.path} (or its {paths.CONFIG_FILE}) was deleted while the run was "
+                           f"using it; nothing more is written there. Start a new run.")
+
     @property
     def id(self) -> str:
         return self.path.name
@@ -159,6 +165,7 @@ class RunFolder:
 
     def update_status(self, **fields: Any) -> dict[str, Any]:
         """Merge `fields` into status.json (a damaged status.json is replaced: the run's owner rewrites it)."""
+        self._require_folder()
         try:
             previous = self.status()
         except StorageError:
@@ -172,6 +179,7 @@ class RunFolder:
         self.update_status(messages=[*messages, {"level": level, "text": text, "time": time.time()}])
 
     def log(self, record: dict[str, Any]) -> None:
+        self._require_folder()
         append_jsonl(self.path / paths.METRICS_FILE, record)
 
     def metrics(self) -> list[dict[str, Any]]:
@@ -185,6 +193,7 @@ class RunFolder:
 
     # -- tensors ---------------------------------------------------------------------------------
     def save_transform(self, transform: PixelTransform) -> None:
+        self._require_folder()
         tensors = {"mean": transform.mean, "std": transform.std}
         if transform.zca_matrix is not None:
             tensors.update(zca_mean=transform.zca_mean, zca_matrix=transform.zca_matrix,
@@ -196,6 +205,7 @@ class RunFolder:
         return PixelTransform(t["mean"], t["std"], t.get("zca_mean"), t.get("zca_matrix"), t.get("zca_inverse"))
 
     def save_subset(self, stage: int, subset: Subset, info: dict[str, Any]) -> None:
+        self._require_folder()
         write_tensors(paths.subset_file(self.path, stage),
                       {"images": subset.images, "labels": subset.labels, "lr": torch.tensor(subset.lr)},
                       metadata={"info": json.dumps(info)})
@@ -220,6 +230,7 @@ class RunFolder:
                 raise StorageError(f"{error}. {_SUBSET_WAY_OUT}") from None
 
     def save_checkpoint(self, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+        self._require_folder()
         write_tensors(self.path / paths.CHECKPOINT_FILE, tensors, metadata={"info": json.dumps(info)})
 
     def checkpoint(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
@@ -228,15 +239,26 @@ class RunFolder:
             return None
         from safetensors import safe_open
 
-        tensors = read_tensors(path)
-        with safe_open(str(path), "pt") as handle:
-            info = json.loads((handle.metadata() or {}).get("info", "{}"))
+        tensors = read_tensors(path, ("images", "lr", "generator", "best_images"))
+        try:
+            with safe_open(str(path), "pt") as handle:
+                info = json.loads((handle.metadata() or {}).get("info", "{}"))
+            int(info["stage"]), int(info["iteration"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise StorageError(f"{path} has damaged metadata ({error})") from None
         return tensors, info
+
+    def set_aside_checkpoint(self) -> Path:
+        """Rename a (damaged) checkpoint to checkpoint.damaged-<time>.safetensors; returns the new path."""
+        aside = self.path / f"checkpoint.damaged-{time.strftime('%Y%m%d-%H%M%S')}.safetensors"
+        (self.path / paths.CHECKPOINT_FILE).replace(aside)
+        return aside
 
     def clear_checkpoint(self) -> None:
         (self.path / paths.CHECKPOINT_FILE).unlink(missing_ok=True)
 
     def save_snapshot(self, stage: int, iteration: int, images: torch.Tensor, lr: float) -> None:
+        self._require_folder()
         write_tensors(paths.snapshot_file(self.path, stage, iteration), {"images": images, "lr": torch.tensor(lr)})
 
     def snapshots(self) -> list[tuple[int, int, Path]]:
@@ -248,6 +270,7 @@ class RunFolder:
         return sorted(found)
 
     def save_eval(self, result: dict[str, Any]) -> None:
+        self._require_folder()
         write_json(self.path / paths.EVAL_FILE, result)
 
     def eval(self) -> dict[str, Any] | None:
@@ -270,6 +293,13 @@ class RunFolder:
             raise RunError(f"run {self.id} has no finished subset to export yet")
         config = self.config()
         destination = Path(destination or self.path / paths.EXPORT_DIR)
+        if destination.exists() and not destination.is_dir():
+            raise RunError(f"{destination.resolve()} is a file: give --out a folder (new or existing) to write the set to")
+        try:
+            destination.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RunError(f"cannot create the folder {destination.resolve()} ({error.strerror}): give --out a folder "
+                           f"you can write to") from None
         transform = self.transform()
         num_classes = int(max(int(s.labels.max()) for s in subsets)) + 1
         tensors: dict[str, torch.Tensor] = {}

@@ -36,7 +36,7 @@ from .memory import choose_memory_mode
 from .models import ConvNet, ConvNetSpec, convnet_forward, default_depth, init_convnet_params
 from .parallel import parallel_workers
 from .prepare import PreparedData, prepare_data
-from .runs import RunFolder, Subset
+from .runs import RunError, RunFolder, Subset
 from .seeding import make_generator, resolve_device
 from .storage import StorageError, read_json, write_json
 
@@ -186,8 +186,11 @@ class Distiller:
             self.emit("phase", name="stopped")
             return None
         except Exception as error:
-            self.run_folder.update_status(state="failed", phase="failed", error=f"{type(error).__name__}: {error}",
-                                          phase_seconds=self._time_phase(None))
+            try:
+                self.run_folder.update_status(state="failed", phase="failed", error=f"{type(error).__name__}: {error}",
+                                              phase_seconds=self._time_phase(None))
+            except RunError:
+                pass  # the folder itself is gone: nothing to record it in
             self.emit("error", message=str(error), kind_name=type(error).__name__)
             raise
 
@@ -375,7 +378,13 @@ class Distiller:
 
         Without a checkpoint the stage starts over, so records an earlier attempt left are dropped.
         """
-        found = self.run_folder.checkpoint()
+        try:
+            found = self.run_folder.checkpoint()
+        except StorageError as error:  # a damaged checkpoint: set it aside and learn the stage again
+            aside = self.run_folder.set_aside_checkpoint()
+            self.run_folder.add_message("warning", f"{error}; moved it to {aside.name} and started S{k + 1} again "
+                                                   f"from its beginning")
+            found = None
         if not found or found[1].get("stage") != k:
             self.run_folder.truncate_metrics(k, 0)
             return None

@@ -217,3 +217,109 @@ def test_a_damaged_or_hostile_buffer_is_refused_with_its_name(tmp_path):
     with pytest.raises(ImportFailed, match="replay_buffer_0.pt is damaged, truncated or not a PyTorch file"):
         import_expert_buffer(buffer, tmp_path / "experts")
     assert not (tmp_path / "experts").exists()
+
+
+# -- the weaker spots: one test each, through the real entry point ---------------------------------------------
+def test_missing_dataset_names_the_real_option_and_leaves_no_run_behind(tmp_path, capsys):
+    home = tmp_path / "home"
+    for command in (["distill"], ["experts"]):
+        rc = cli.main(["--home", str(home), *command, "--set", "data.dataset=cifar10",
+                       "--set", f"data.root={tmp_path / 'data'}"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "dataset 'cifar10' not found at" in err and "--set data.download=true" in err, err
+        assert "CLI: --download" not in err
+        assert not (home / "runs").exists() or not list((home / "runs").iterdir())
+
+
+def test_a_damaged_checkpoint_is_set_aside_and_the_stage_learned_again(tmp_path, capsys):
+    from test_cli import tiny_args
+
+    from seqmatch_engine.seqmatch import Distiller, RunControl
+
+    home = tmp_path / "home"
+    config = cli.config_from_args(cli.build_parser().parse_args(["distill", *tiny_args("distill.snapshot_every=1")]))
+    run = RunFolder.create(paths.runs_root(home), config)
+    control = RunControl()
+    Distiller(run, paths.experts_root(home), lambda e: e.kind == "iteration" and control.stop(), control).run()
+    checkpoint = run.path / paths.CHECKPOINT_FILE
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    assert cli.main(["--home", str(home), "distill", "--resume", run.id]) == 0
+    err = capsys.readouterr().err
+    assert "checkpoint.safetensors is not a readable safetensors file" in err and "started S1 again" in err
+    assert run.status()["state"] == "done" and list(run.path.glob("checkpoint.damaged-*.safetensors"))
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path, capsys):
+    home, (run, _) = finished_copy(tmp_path)
+    before = (run.path / paths.EVAL_FILE).read_bytes()
+    assert cli.main(["--home", str(home), "distill", "--resume", run.id]) == 2
+    err = capsys.readouterr().err
+    assert f"run {run.id} is finished; nothing to resume" in err and "seqmatch_engine evaluate" in err
+    assert (run.path / paths.EVAL_FILE).read_bytes() == before
+
+
+def test_export_to_a_file_or_an_impossible_folder_says_so(tmp_path, capsys):
+    home, (run, _) = finished_copy(tmp_path)
+    existing = tmp_path / "a-file"
+    existing.write_text("keep me")
+    assert cli.main(["--home", str(home), "export", run.id, "--out", str(existing)]) == 2
+    assert "is a file: give --out a folder" in capsys.readouterr().err and existing.read_text() == "keep me"
+    assert cli.main(["--home", str(home), "export", run.id, "--out", str(existing / "below")]) == 2
+    assert "cannot create the folder" in capsys.readouterr().err
+
+
+def test_a_run_deleted_while_training_is_not_recreated(tmp_path):
+    import shutil
+
+    from configs import tiny_run_config
+
+    from seqmatch_engine.seqmatch import Distiller
+
+    run = RunFolder.create(tmp_path / "runs", tiny_run_config("gone", 0, (1,)))
+
+    def delete_it(event):
+        if event.kind == "iteration" and event.iteration == 2:
+            shutil.rmtree(run.path)
+
+    with pytest.raises(RunError, match="was deleted while the run was using it"):
+        Distiller(run, tmp_path / "experts", delete_it).run()
+    assert not run.path.exists()
+
+
+def test_the_app_reports_a_port_in_use_without_a_traceback(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "app.py", "--port", str(port), "--home", str(tmp_path)],
+                              cwd=paths.REPO_DIR, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert f"cannot serve on 127.0.0.1:{port}" in proc.stderr and "pass another --port" in proc.stderr
+    assert "Traceback" not in proc.stderr and "SeqMatch Studio on http" not in proc.stdout
+
+
+def test_unexpected_handler_failures_show_their_cause_not_a_bare_error():
+    import gradio as gr
+
+    from views.layout import readable_errors
+
+    def broken(value):
+        raise KeyError("snapshot")
+
+    with pytest.raises(gr.Error) as info:
+        readable_errors(broken)(1)
+    assert "KeyError: 'snapshot'" in info.value.message and "reload the page" in info.value.message
+
+
+def test_an_emptied_form_field_is_named(app_with_victim):
+    from test_app import smoke_form
+
+    client, *_ = app_with_victim
+    for field, label in (("lr_img", "pixel lr (lr_img): the field is empty"), ("iterations", "iterations per subset: "
+                                                                                             "the field is empty")):
+        run_id, message = client.predict(*smoke_form(**{field: None}), None, api_name="/start")
+        assert run_id is None and "Cannot start" in message and label in message, message

@@ -63,14 +63,24 @@ def form_defaults(preset: str) -> FormValues:
 
 
 def _whole(value: float | int | None, name: str) -> int:
-    if value is None or float(value) != int(value):
+    if value is None or value == "":
+        raise ConfigError(f"{name}: the field is empty; enter a whole number")
+    if float(value) != int(value):
         raise ConfigError(f"{name}: expected a whole number, got {value!r}")
     return int(value)
+
+
+def _number(value: float | int | None, name: str) -> float:
+    if value is None or value == "":
+        raise ConfigError(f"{name}: the field is empty; enter a number")
+    return float(value)
 
 
 def config_from_form(values: FormValues) -> RunConfig:
     """Validate the form against its preset; raises ConfigError naming the field to fix."""
     raw = load_preset(values.preset)
+    if not values.intervals:
+        raise ConfigError("start-epoch intervals: the field is empty; enter e.g. 0-8 (one per subset, or one for all)")
     ipc = _whole(values.ipc, "IPC")
     count = 1 if values.method == METHODS[1] else _whole(values.num_subsets, "number of subsets")
     sizes = split_ipc(ipc, count)
@@ -80,7 +90,8 @@ def config_from_form(values: FormValues) -> RunConfig:
                 "lr_init": lr_init} for n, iv in zip(sizes, intervals)]
     overrides = {
         "distill.subsets": subsets, "distill.syn_steps": _whole(values.syn_steps, "syn_steps"),
-        "distill.lr_img": float(values.lr_img), "distill.lr_lr": float(values.lr_lr),
+        "distill.lr_img": _number(values.lr_img, "pixel lr (lr_img)"),
+        "distill.lr_lr": _number(values.lr_lr, "lr of the learned lr (lr_lr)"),
         "experts.num_experts": _whole(values.num_experts, "experts"),
         "experts.epochs": _whole(values.expert_epochs, "expert epochs"),
         "eval.epochs": _whole(values.eval_epochs, "evaluation epochs"),

@@ -1,6 +1,8 @@
 """The whole app: one Blocks with a tab per task, a shared job manager and one poll timer."""
 from __future__ import annotations
 
+import functools
+
 import gradio as gr
 
 from seqmatch_engine.jobs import JobManager
@@ -53,8 +55,24 @@ def build_app(manager: JobManager) -> gr.Blocks:
         demo.load(reattach(manager), run_state, run_state)
     for handler in demo.fns.values():  # handlers run in Gradio's threads, beside the training worker
         if handler.fn is not None:
-            handler.fn = single_core(handler.fn)
+            handler.fn = readable_errors(single_core(handler.fn))
     return demo
+
+
+def readable_errors(fn):
+    """`fn`, but an unexpected failure shows its cause and what to do in the page, never Gradio's bare "Error"
+    (handlers report the failures they expect themselves, as messages in their outputs)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as error:
+            raise gr.Error(f"{type(error).__name__}: {error}. Runs on disk are untouched; reload the page, and if "
+                           f"this repeats, the server's console has the details.", print_exception=True) from error
+
+    return wrapper
 
 
 def reattach(manager: JobManager):
