@@ -110,14 +110,6 @@ class RunFolder:
         return run
 
     @classmethod
-    def open(cls, path: Path) -> "RunFolder":
-        path = Path(path)
-        if not (path / paths.CONFIG_FILE).is_file():
-            raise RunError(f"{path.resolve()} is not a run folder (no {paths.CONFIG_FILE}); "
-                           f"runs live under {paths.runs_root()}")
-        return cls(path)
-
-    @classmethod
     def find(cls, root: Path, run_id: object) -> "RunFolder":
         """The run `run_id` (an untrusted id from a request) under `root`; refuses ids that leave it."""
         try:

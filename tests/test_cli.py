@@ -67,7 +67,7 @@ def run_main(argv: list[str]) -> tuple[int, str, str]:
 def only_run(home: Path) -> RunFolder:
     runs = sorted(p for p in (home / "runs").iterdir() if p.is_dir())
     assert len(runs) == 1, runs
-    return RunFolder.open(runs[0])
+    return RunFolder(runs[0])
 
 
 def preset_files() -> list[str]:
@@ -131,7 +131,7 @@ def test_default_home_comes_from_seqmatch_home(tmp_path, monkeypatch, capsys):
     assert cli.main(["runs"]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(run.id)
-    assert line.split()[1:3] == ["created", "queued"]
+    assert line.split()[1:3] == ["interrupted", "queued"]  # nothing runs it: resumable, as the app says
 
 
 # ----------------------------------------------------------------------------- config errors -> exit 2

@@ -167,7 +167,7 @@ def test_resumed_stage_does_not_duplicate_g1_records(home, tmp_path):
     with pytest.raises(Killed):
         Distiller(run, home_dir / "experts", kill).run()
     assert store.read_g1(run.path)[-1]["iteration"] == 3  # recorded past the checkpoint at iteration 2
-    Distiller(RunFolder.open(run.path), home_dir / "experts").run()
+    Distiller(RunFolder(run.path), home_dir / "experts").run()
     assert store.read_g1(run.path) == store.read_g1(runs["recorded"].path)
 
 

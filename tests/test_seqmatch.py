@@ -124,7 +124,7 @@ def test_same_seed_same_images_and_resume_after_kill_matches(tmp_path):
     with pytest.raises(Killed):
         Distiller(run, tmp_path / "experts", kill_in_stage_two).run()
     assert run.status()["state"] == "failed" and len(run.subsets()) == 1
-    result = Distiller(RunFolder.open(run.path), tmp_path / "experts").run()
+    result = Distiller(RunFolder(run.path), tmp_path / "experts").run()
     assert result is not None
     for a, b in zip(reference.subsets(), run.subsets()):
         assert torch.equal(a.images, b.images) and a.lr == b.lr

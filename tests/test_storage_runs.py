@@ -257,16 +257,16 @@ def test_create_in_the_same_second_makes_distinct_folders(tmp_path, stamps):
     assert ids == [base, f"{base}-1", f"{base}-2"]
 
 
-def test_open_a_run_and_a_non_run(tmp_path):
+def test_find_a_run_and_a_non_run(tmp_path):
     run = RunFolder.create(tmp_path / "runs", preset_config())
-    assert RunFolder.open(run.path).config() == run.config()
-    folder = tmp_path / "plain"
-    folder.mkdir()
+    assert RunFolder.find(tmp_path / "runs", run.id).config() == run.config()
+    (tmp_path / "runs" / "plain").mkdir()
     with pytest.raises(RunError) as info:
-        RunFolder.open(folder)
-    assert str(info.value).startswith(f"{folder.resolve()} is not a run folder (no config.json)")
-    with pytest.raises(RunError, match="is not a run folder"):
-        RunFolder.open(tmp_path / "does-not-exist")
+        RunFolder.find(tmp_path / "runs", "plain")
+    assert str(info.value) == (f"no run 'plain' in {(tmp_path / 'runs').resolve()}: it was deleted or never existed; "
+                               f"refresh the list of runs")
+    with pytest.raises(RunError, match="never existed"):
+        RunFolder.find(tmp_path / "runs", "does-not-exist")
 
 
 def test_update_status_merges_fields(tmp_path):
@@ -352,10 +352,15 @@ def test_snapshots_are_listed_in_order(tmp_path):
 def test_checkpoint_round_trip(tmp_path):
     run = RunFolder.create(tmp_path, preset_config())
     assert run.checkpoint() is None
-    run.save_checkpoint({"images": torch.ones(2, 3)}, {"stage": 1, "iteration": 7})
+    saved = {"images": torch.ones(2, 3), "lr": torch.tensor(0.1), "generator": torch.zeros(3, dtype=torch.uint8),
+             "best_images": torch.zeros(2, 3)}
+    run.save_checkpoint(saved, {"stage": 1, "iteration": 7})
     tensors, info = run.checkpoint()
     assert torch.equal(tensors["images"], torch.ones(2, 3))
     assert info == {"stage": 1, "iteration": 7}
+    run.save_checkpoint({"images": torch.ones(2, 3)}, {"stage": 1, "iteration": 7})
+    with pytest.raises(StorageError, match="lacks lr, generator, best_images"):
+        run.checkpoint()
     run.clear_checkpoint()
     assert run.checkpoint() is None
     run.clear_checkpoint()  # clearing twice is fine
