@@ -4,7 +4,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from seqmatch_engine.jobs import JobManager
+import torch
+
+from seqmatch_engine.executors import ClusterError, make_executor
+from seqmatch_engine.manager import JobManager
 from views.layout import build_app, launch_options
 
 
@@ -14,8 +17,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--home", type=Path, default=None,
                         help="folder holding runs/ and experts/ (default: $SEQMATCH_HOME or the current folder)")
+    parser.add_argument("--cluster", metavar="ADDRESS",
+                        help="run experts and evaluation nets on Dask: local:N or tcp://HOST:8786 "
+                             "(default: $SEQMATCH_CLUSTER, else this process)")
     args = parser.parse_args(argv)
-    manager = JobManager(args.home)
+    try:
+        executor = make_executor(args.cluster, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    except ClusterError as error:
+        raise SystemExit(f"error: {error}") from None
+    print(f"jobs run on: {executor.describe()}", flush=True)
+    manager = JobManager(args.home, executor)
     demo = build_app(manager)
     demo.queue(default_concurrency_limit=4)
     try:

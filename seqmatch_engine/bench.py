@@ -486,10 +486,9 @@ def section_evaluation(reps: int, out: Out) -> dict[str, Any]:
 
 def section_first_image(quick: bool, out: Out, progress: Out) -> dict[str, Any]:
     from .config import RunConfig, apply_overrides, load_preset
-    from .jobs import JobManager
-    from .prepare import prepare_data
-    from .runs import RunFolder
-    from .seqmatch import Distiller
+    from .context import RunContext
+    from .manager import JobManager
+    from .runs import RunState
 
     overrides = ["device=cpu"] + (["experts.num_experts=1"] if quick else [])
     config = RunConfig.from_dict(apply_overrides(load_preset("cpu-demo"), overrides))
@@ -497,23 +496,19 @@ def section_first_image(quick: bool, out: Out, progress: Out) -> dict[str, Any]:
         home = Path(home)
         progress("[first image] pre-training the cpu-demo experts ...")
         t0 = time.perf_counter()
-        run = RunFolder.create(home / "runs", config)
-        distiller = Distiller(run, home / "experts")
-        distiller.data = prepare_data(config.data, config.seed, distiller.device)
-        distiller.stage1_experts()
-        run.delete()
+        RunContext(config, home / "experts").stage1_experts()
         pretrain = time.perf_counter() - t0
         manager = JobManager(home)
         submitted = time.time()
         run_id = manager.submit(config)
         deadline = time.time() + 300
         live = manager.live(run_id)
-        while (live is None or live.first_image_s is None) and time.time() < deadline and live.state != "failed":
+        while (live is None or live.first_image_s is None) and time.time() < deadline and live.state != RunState.FAILED:
             time.sleep(0.02)
             live = manager.live(run_id)
         seen = time.time()
         manager.stop(run_id)
-        while manager.live(run_id).state in ("queued", "running", "paused") and time.time() < deadline + 120:
+        while manager.live(run_id).state.active and time.time() < deadline + 120:
             time.sleep(0.1)
     first = live.first_image_s if live is not None else None
     text = ("none within 300 s" if first is None

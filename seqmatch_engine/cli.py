@@ -19,10 +19,12 @@ from .config import (
     load_preset,
     preset_names,
 )
+from .context import RunContext
 from .data import DatasetError
-from .runs import RunError, RunFolder, list_runs
+from .executors import CLUSTER_ENV, ClusterError, Executor, make_executor
+from .runs import RunError, RunFolder, RunState, list_runs
 from .seeding import resolve_device
-from .seqmatch import Distiller, Event, StopRequested
+from .seqmatch import Distiller, Event, EventKind, StopRequested, evaluate_run
 from .storage import StorageError
 
 DEFAULT_PRESET = "cpu-demo"
@@ -48,26 +50,26 @@ class ProgressBars:
         self.bar, self.key = None, None
 
     def __call__(self, event: Event) -> None:
-        if event.kind == "phase":
+        if event.kind == EventKind.PHASE:
             self.close()
             tqdm.write(f"[{event.data['name']}]" + (f" {event.data['message']}" if "message" in event.data else ""),
                        file=sys.stderr)
-        elif event.kind == "progress":
+        elif event.kind == EventKind.PROGRESS:
             task = event.data["task"]
             bar = self._bar((task, event.stage), event.data["total"],
                             f"experts S{event.stage + 1}" if task == "experts" else task)
             bar.n = event.data["done"]
             bar.refresh()
-        elif event.kind == "iteration":
+        elif event.kind == EventKind.ITERATION:
             bar = self._bar(("distil", event.stage), event.data["total"], f"distilling S{event.stage + 1}")
             bar.n = event.iteration
             bar.set_postfix(loss=f"{event.data['loss']:.4f}", lr=f"{event.data['lr']:.4g}",
                             t=event.data["start_epoch"], refresh=True)
-        elif event.kind == "selection":
+        elif event.kind == EventKind.SELECTION:
             tqdm.write(f"  S{event.stage + 1} it {event.iteration}: val acc {100 * event.data['val_accuracy']:.2f} % "
                        f"(best {100 * event.data['best_accuracy']:.2f} % at it {event.data['best_iteration']})",
                        file=sys.stderr)
-        elif event.kind in ("done", "error"):
+        elif event.kind in (EventKind.DONE, EventKind.ERROR):
             self.close()
 
 
@@ -91,17 +93,24 @@ def format_accuracy(result: dict) -> str:
     return "\n".join(lines)
 
 
+def executor_from_args(args: argparse.Namespace, config: RunConfig) -> Executor:
+    """The executor --cluster (or $SEQMATCH_CLUSTER) names, else local; printed so that users see where jobs run."""
+    executor = make_executor(getattr(args, "cluster", None), resolve_device(config.device))
+    print(f"jobs run on: {executor.describe()}", file=sys.stderr)
+    return executor
+
+
 def cmd_experts(args: argparse.Namespace) -> int:
-    import tempfile
-
-    from .prepare import prepare_data
-
     config = config_from_args(args)
-    with tempfile.TemporaryDirectory(prefix="seqmatch-experts-") as scratch:  # never a run the app would list
-        run = RunFolder.create(Path(scratch), config)
-        distiller = Distiller(run, paths.experts_root(args.home), ProgressBars())
-        distiller.data = prepare_data(config.data, config.seed, distiller.device)
-        experts = distiller.stage1_experts()
+    executor = executor_from_args(args, config)
+    try:
+        ctx = RunContext(config, paths.experts_root(args.home), executor=executor)
+        bars = ProgressBars()
+        experts = ctx.stage1_experts(lambda done, total: bars(Event(EventKind.PROGRESS, 0, data={
+            "task": "experts", "done": done, "total": total})))
+        bars.close()
+    finally:
+        executor.close()
     print(f"{len(experts)} stage-1 experts x {experts.shape[1] - 1} epochs cached under {paths.experts_root(args.home)}")
     return 0
 
@@ -112,7 +121,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
             raise ConfigError("--resume continues a run with the config saved in its folder; "
                               "drop --set, --config and --static (start a new run to change settings)")
         run = RunFolder.from_argument(paths.runs_root(args.home), args.resume)
-        if run.status().get("state") == "done":
+        if run.status().get("state") == RunState.DONE:
             raise RunError(f"run {run.id} is finished; nothing to resume (its results are kept). To evaluate it "
                            f"again: python -m seqmatch_engine evaluate {run.path}")
     else:
@@ -123,13 +132,15 @@ def cmd_distill(args: argparse.Namespace) -> int:
     budget = run.config().budget
     if budget:
         print(f"budget convention: {budget} ({BUDGET_NOTES[budget]})", file=sys.stderr)
-    distiller = Distiller(run, paths.experts_root(args.home), ProgressBars())
+    executor = executor_from_args(args, run.config())
     try:
-        result = distiller.run()
+        result = Distiller(run, paths.experts_root(args.home), ProgressBars(), executor=executor).run()
     except DatasetError:
         if not args.resume:
             run.delete()  # nothing was done: leave no run folder behind
         raise
+    finally:
+        executor.close()
     for message in run.status().get("messages", []):
         print(f"{message['level']}: {message['text']}", file=sys.stderr)
     if result is None:
@@ -151,12 +162,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in (("num_nets", args.nets), ("epochs", args.epochs),
                                  ("architectures", args.arch)) if v is not None}
     config = RunConfig.from_dict({**config.to_dict(), "eval": {**config.to_dict()["eval"], **changes}})
-    distiller = Distiller(run, paths.experts_root(args.home), ProgressBars())
-    distiller.config = config
-    from .prepare import prepare_data
-
-    distiller.data = prepare_data(config.data, config.seed, distiller.device)
-    print(format_accuracy(distiller.final_evaluation(subsets)))
+    executor = executor_from_args(args, config)
+    try:
+        bars = ProgressBars()
+        ctx = RunContext(config, paths.experts_root(args.home), executor=executor)
+        result = evaluate_run(ctx, run, subsets, lambda kind, stage=None, iteration=None, **data: bars(
+            Event(kind, stage, iteration, data)))
+        bars.close()
+    finally:
+        executor.close()
+    print(format_accuracy(result))
     return 0
 
 
@@ -170,7 +185,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     for run in list_runs(paths.runs_root(args.home)):
         row = run.overview()
-        state = "interrupted" if row.state in ("running", "queued", "created") else row.state
+        state = RunState.on_disk({"state": row.state})
         acc = "" if row.accuracy is None else f"{100 * row.accuracy['mean']:.2f} %"
         print(f"{row.id:45s} {state:11s} {row.phase:18s} {acc}" + (f"  ({row.problem})" if row.problem else ""))
     return 0
@@ -245,11 +260,14 @@ def cmd_study(args: argparse.Namespace) -> int:
         bars.close()
         tqdm.write(f"== run {index + 1}/{total}: {run_id}", file=sys.stderr)
 
+    executor = executor_from_args(args, spec.run_config(spec.grid[0], spec.seeds[0], spec.methods[0]))
     try:
-        summary = run_study(study, paths.experts_root(args.home), bars, on_run=on_run)
+        summary = run_study(study, paths.experts_root(args.home), bars, on_run=on_run, executor=executor)
     except StopRequested:
         print(f"stopped; resume with the same command (finished runs are kept): {study.path}", file=sys.stderr)
         return 1
+    finally:
+        executor.close()
     print(format_table(summary))
     return 0
 
@@ -279,8 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--set", action="append", metavar="KEY=VALUE",
                          help="override a setting, e.g. --set distill.syn_steps=20 (repeatable)")
 
+    def with_cluster(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--cluster", metavar="ADDRESS",
+                         help="run experts and evaluation nets on Dask: local:N (N worker processes here) or "
+                              f"tcp://HOST:8786 (a running scheduler); default ${CLUSTER_ENV}, else this process")
+
     sub = commands.add_parser("experts", help="train and cache the stage-1 expert trajectories")
     with_config(sub)
+    with_cluster(sub)
     sub.set_defaults(func=cmd_experts)
     sub = commands.add_parser("distill", help="distil a set (SeqMatch, or static MTT with --static) and evaluate it")
     with_config(sub)
@@ -289,12 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --static: per-image (the authors' convention, default): as many iterations as each "
                           "subset; total: the sum of the subsets' iterations")
     sub.add_argument("--resume", metavar="RUN", help="continue a stopped or killed run folder")
+    with_cluster(sub)
     sub.set_defaults(func=cmd_distill)
     sub = commands.add_parser("evaluate", help="re-evaluate a finished run")
     sub.add_argument("run")
     sub.add_argument("--nets", type=int)
     sub.add_argument("--epochs", type=int)
     sub.add_argument("--arch", nargs="+", help="convnet resnet18 vgg11 alexnet")
+    with_cluster(sub)
     sub.set_defaults(func=cmd_evaluate)
     sub = commands.add_parser("export", help="write a run's set as safetensors + PNG grids")
     sub.add_argument("run")
@@ -318,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("spec", nargs="?", help="a study spec JSON file (see assets/studies/)")
     sub.add_argument("--preset", help="a study preset from assets/studies/ instead of a file")
     sub.add_argument("--summary", action="store_true", help="only rebuild and print the summary of what has run")
+    with_cluster(sub)
     sub.set_defaults(func=cmd_study)
     sub = commands.add_parser("bench", help="speed and memory of the engine vs plain references (prints a report)")
     sub.add_argument("--quick", action="store_true", help="one round per measurement, 1 expert for the first-image test")
@@ -332,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, RunError, StorageError, ValueError) as error:
+    except (ConfigError, DatasetError, RunError, StorageError, ValueError, ClusterError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

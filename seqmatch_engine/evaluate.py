@@ -17,8 +17,6 @@ from torch import nn
 from .augment import DSA_OPERATIONS, augment
 from .config import EvalConfig, RunConfig
 from .matching import draw_minibatches
-from .models import ConvNetSpec, build_eval_net
-from .parallel import run_in_parallel
 from .prepare import PreparedData
 from .seeding import make_generator
 
@@ -45,11 +43,12 @@ def curriculum_from_subsets(subsets: list[tuple[torch.Tensor, torch.Tensor]], lr
 
 
 def train_curriculum(net: nn.Module, stages: list[CurriculumStage], config: EvalConfig,
-                     generator: torch.Generator) -> nn.Module:
-    """Train `net` in place through `stages` in order (see module docstring)."""
+                     generator: torch.Generator, on_epoch: Callable[[int], None] | None = None) -> nn.Module:
+    """Train `net` in place through `stages` in order (see module docstring); `on_epoch(n)` after the n-th
+    epoch of the whole curriculum."""
     operations = DSA_OPERATIONS if config.augment else None
     net.train()
-    for stage in stages:
+    for k, stage in enumerate(stages):
         optimizer = torch.optim.SGD(net.parameters(), lr=stage.lr, momentum=config.momentum,
                                     weight_decay=config.weight_decay)
         for epoch in range(config.epochs):
@@ -66,6 +65,8 @@ def train_curriculum(net: nn.Module, stages: list[CurriculumStage], config: Eval
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+            if on_epoch:
+                on_epoch(k * config.epochs + epoch + 1)
     return net
 
 
@@ -98,25 +99,6 @@ class Accuracy:
 
     def __str__(self) -> str:
         return f"{100 * self.mean:.2f} ± {100 * self.std:.2f} %"
-
-
-def evaluate_curriculum(stages: list[CurriculumStage], spec: ConvNetSpec, config: EvalConfig, arch: str,
-                        num_nets: int, test_images: torch.Tensor, test_labels: torch.Tensor, seed: int,
-                        tag: str, progress: ProgressFn | None = None, workers: int = 1) -> Accuracy:
-    """Train `num_nets` fresh `arch` nets through `stages` and measure accuracy on the test tensors
-    (`workers` nets at a time, see parallel.run_in_parallel; net i's result does not depend on it)."""
-    def train_and_measure(i: int) -> float:
-        generator = make_generator(seed, "eval", tag, arch, i)
-        net = build_eval_net(arch, spec, generator, test_images.device)
-        train_curriculum(net, stages, config, generator)
-        return accuracy(net, test_images, test_labels)
-
-    values: dict[int, float] = {}
-    for i, value in run_in_parallel(train_and_measure, list(range(num_nets)), workers):
-        values[i] = value
-        if progress:
-            progress(len(values), num_nets)
-    return Accuracy([values[i] for i in range(num_nets)])
 
 
 CONTROLS = {

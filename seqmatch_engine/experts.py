@@ -18,8 +18,7 @@ from .augment import DSA_OPERATIONS, augment
 from .matching import ConvNetStep, draw_minibatches
 from .memory import tune_cpu_allocator
 from .models import ConvNetSpec
-from .parallel import run_in_parallel
-from .storage import StorageError, read_json, read_tensors, write_json, write_tensors
+from .storage import StorageError, read_json, read_tensors, tensor_shape, write_json, write_tensors
 
 EpochFn = Callable[[int], None]  # called with the epoch just finished
 # First-order steps use smaller chunks than the unroll (measured best at 3-5 MB of first conv output).
@@ -95,37 +94,34 @@ class ExpertCache:
     def cached_count(self, recipe: dict[str, Any], count: int) -> int:
         return sum(self.expert_path(recipe, i).is_file() for i in range(count))
 
-    def load_or_train(self, recipe: dict[str, Any], count: int, shape: tuple[int, int],
-                      train_one: Callable[[int], torch.Tensor],
-                      on_expert: Callable[[int, int], None] | None = None, workers: int = 1) -> torch.Tensor:
-        """Trajectories (count, E+1, P): cached files are read, missing ones trained (`workers` at
-        a time, see `parallel.run_in_parallel`) and each saved as soon as it is done.
-
-        `train_one(i)` trains expert i; `shape` is (E+1, P) and guards against stale files;
-        `on_expert(done, count)` follows progress.
-        """
+    def missing(self, recipe: dict[str, Any], count: int, shape: tuple[int, int]) -> list[int]:
+        """Indices < count without a cached trajectory; records the recipe, and refuses a folder holding
+        another recipe's experts or files of the wrong shape (E+1, P)."""
         folder = self.folder(recipe)
         recipe_file = folder / "recipe.json"
         if recipe_file.exists() and read_json(recipe_file) != recipe:
             raise StorageError(f"{folder} holds experts of a different recipe (hash collision or edited "
                                f"file); delete that folder and run again")
         write_json(recipe_file, recipe)
-        trajectories: dict[int, torch.Tensor] = {}
-        missing = []
+        lacking = []
         for i in range(count):
             path = self.expert_path(recipe, i)
             if not path.is_file():
-                missing.append(i)
+                lacking.append(i)
                 continue
-            trajectories[i] = read_tensors(path, ("trajectory",))["trajectory"]
-            if tuple(trajectories[i].shape) != tuple(shape):
-                raise StorageError(f"{path} has shape {tuple(trajectories[i].shape)}, expected {tuple(shape)}; "
-                                   f"delete {folder} and run again")
-        if on_expert and trajectories:
-            on_expert(len(trajectories), count)
-        for i, trajectory in run_in_parallel(train_one, missing, workers):
-            write_tensors(self.expert_path(recipe, i), {"trajectory": trajectory})
-            trajectories[i] = trajectory
-            if on_expert:
-                on_expert(len(trajectories), count)
-        return torch.stack([trajectories[i] for i in range(count)])
+            found = tensor_shape(path, "trajectory")
+            if found != tuple(shape):
+                raise StorageError(f"{path} has shape {found}, expected {tuple(shape)}; delete {folder} and run again")
+        return lacking
+
+    def save(self, recipe: dict[str, Any], index: int, trajectory: torch.Tensor) -> None:
+        write_tensors(self.expert_path(recipe, index), {"trajectory": trajectory})
+
+    def load(self, recipe: dict[str, Any], count: int, shape: tuple[int, int]) -> torch.Tensor:
+        """Trajectories (count, E+1, P) from the cache; StorageError naming the first one missing."""
+        lacking = self.missing(recipe, count, shape)
+        if lacking:
+            raise StorageError(f"expert {lacking[0]} of {self.folder(recipe)} is not cached yet; train the experts "
+                               f"first (a run does, or `python -m seqmatch_engine experts`)")
+        return torch.stack([read_tensors(self.expert_path(recipe, i), ("trajectory",))["trajectory"]
+                            for i in range(count)])

@@ -17,7 +17,7 @@ import torch
 from .config import RunConfig, load_preset
 from .experts import ExpertCache, tensor_digest
 from .prepare import prepare_data
-from .runs import RunFolder, Subset
+from .runs import RunFolder, RunState, Subset
 from .seeding import resolve_device
 
 SET_FILES = ("images_best.pt", "labels_best.pt", "best_lr.pt")
@@ -104,7 +104,7 @@ def import_distilled_set(files: list[Path], dataset: str, zca: bool, runs_root: 
     run = RunFolder.create(runs_root, config)
     run.save_transform(data.transform)
     run.save_subset(0, Subset(images[order], labels[order], lr), {"imported_from": sorted(by_name)})
-    run.update_status(state="done", phase="imported (not evaluated)", class_names=list(data.class_names),
+    run.update_status(state=RunState.DONE, phase="imported (not evaluated)", class_names=list(data.class_names),
                       dataset=data.name)
     return run
 
@@ -131,5 +131,7 @@ def import_expert_buffer(path: Path, experts_root: Path) -> tuple[Path, int, int
         raise ImportFailed(f"{Path(path).name}: some parameters are NaN or infinite; the buffer is damaged")
     recipe = {"imported": Path(path).name, "digest": tensor_digest(stacked[:, 0])}
     cache = ExpertCache(experts_root)
-    cache.load_or_train(recipe, len(stacked), tuple(stacked.shape[1:]), lambda i: stacked[i])
+    cache.missing(recipe, len(stacked), tuple(stacked.shape[1:]))  # records the recipe, refuses a clash
+    for i, trajectory in enumerate(stacked):
+        cache.save(recipe, i, trajectory)
     return cache.folder(recipe), *stacked.shape

@@ -1,325 +1,137 @@
-"""Background jobs: one worker thread runs queued run folders one at a time.
+"""Jobs that can travel: the heavy, independent pieces of a run as small picklable specs + pure functions.
 
-A UI (or a test) submits configs, then polls `JobManager.live(run_id)` for a snapshot of what
-the driver last reported. Observers only copy small values under a lock, so the distillation
-loop never waits for a reader. Pause / resume / stop go through each job's RunControl.
+    ExpertJob  -> train_expert(job, on_epoch)    a trajectory (E+1, P): expert i of a recipe, from random init
+                                                 or (SeqMatch stage k) after the curriculum U_1..U_{k-1}
+    EvalJob    -> train_and_test(job, on_epoch)  the accuracy of evaluation net i trained on a curriculum
+
+A job carries everything that determines its result by value (the curriculum's tensors and lrs, the
+net's shape, the settings, the seed tags), except the real data, which it names (DataRef) and a
+worker prepares once per process. Its random draws come from generators seeded by (run seed,
+purpose, index), never from the worker or the order of completion, so a job gives the same bits
+wherever it runs. Jobs return their result; the driver alone writes files.
 """
 from __future__ import annotations
 
-import queue
+import json
 import threading
-import time
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
-from . import paths
-from .config import RunConfig
-from .diagnostics import COMPUTED, DiagnosticsOptions, RunDiagnostics
-from .runs import RunError, RunFolder
-from .seqmatch import Distiller, Event, RunControl, StopRequested
-from .storage import StorageError, read_tensors
-from .study import StudyFolder, StudySpec, run_study
+from .config import DataConfig, EvalConfig
+from .evaluate import CurriculumStage, accuracy, train_curriculum
+from .experts import train_trajectory
+from .models import ConvNet, ConvNetSpec, build_eval_net, init_convnet_params
+from .prepare import PreparedData, prepare_data
+from .seeding import make_generator
 
-MAX_POINTS = 400  # curve points kept per series (older points are thinned)
-
-
-@dataclass
-class LiveState:
-    """What a viewer needs about one job; `images` are model inputs (n, C, H, W) per subset."""
-
-    run_id: str
-    state: str = "queued"           # queued | running | paused | done | failed | stopped
-    phase: str = "queued"
-    memory_mode: str | None = None  # the matching step's memory mode: "unrolled" or "recompute"
-    memory_note: str | None = None  # why that mode, with the estimates (MemoryChoice.describe)
-    stage: int | None = None
-    iteration: int = 0
-    iterations: int = 0
-    progress: tuple[int, int] | None = None   # (done, total) of experts / evaluation
-    eta_s: float | None = None
-    losses: list[tuple[int, int, float]] = field(default_factory=list)      # (stage, iteration, loss)
-    lrs: list[tuple[int, int, float]] = field(default_factory=list)
-    start_epochs: list[tuple[int, int, int]] = field(default_factory=list)
-    selections: list[tuple[int, int, float]] = field(default_factory=list)  # (stage, iteration, val acc)
-    images: dict[int, torch.Tensor] = field(default_factory=dict)           # stage -> latest images
-    image_version: int = 0
-    evaluation: list[dict[str, Any]] = field(default_factory=list)
-    messages: list[str] = field(default_factory=list)
-    error: str | None = None
-    started: float | None = None
-    first_image_s: float | None = None   # seconds from start to the first published image
+EpochFn = Callable[[int], None]  # called after each epoch (of an expert, or of an evaluation net's curriculum)
 
 
-def live_from_folder(run: RunFolder) -> LiveState:
-    """A LiveState rebuilt from a run folder alone (a finished run, or one from an earlier process)."""
-    status = run.status()
-    state = status.get("state", "created")
-    if state in ("running", "queued", "created"):
-        state = "interrupted"  # no worker in this process owns it: resumable
-    live = LiveState(run.id, state=state, phase=status.get("phase", state), memory_mode=status.get("memory_mode"),
-                     memory_note=status.get("memory_note"),
-                     stage=status.get("stage"),
-                     iteration=status.get("iteration", 0), iterations=status.get("iterations", 0),
-                     error=status.get("error"), messages=[m["text"] for m in status.get("messages", [])])
-    for record in run.metrics():
-        point = (record.get("stage", 0), record.get("iteration", 0))
-        if record.get("kind") == "iteration":
-            live.losses.append((*point, record["loss"]))
-            live.lrs.append((*point, record["lr"]))
-            live.start_epochs.append((*point, record["start_epoch"]))
-        elif record.get("kind") == "selection":
-            live.selections.append((*point, record["val_accuracy"]))
-    live.losses, live.lrs, live.start_epochs = _thin(live.losses), _thin(live.lrs), _thin(live.start_epochs)
-    live.images = {k: subset.images for k, subset in enumerate(run.subsets())}
-    snapshots = run.snapshots()
-    if snapshots and snapshots[-1][0] not in live.images:
-        stage, _, path = snapshots[-1]
-        live.images[stage] = read_tensors(path, ("images",))["images"]
-    live.image_version = len(snapshots) + len(live.images)
-    return live
+@dataclass(frozen=True)
+class DataRef:
+    """Names a prepared dataset: the data settings (as JSON) and the seed of the train/validation split."""
+
+    data_json: str
+    seed: int
+
+    @classmethod
+    def of(cls, config: DataConfig, seed: int) -> "DataRef":
+        from dataclasses import asdict
+
+        return cls(json.dumps(asdict(config), sort_keys=True), seed)
+
+    def config(self) -> DataConfig:
+        return DataConfig(**json.loads(self.data_json))
 
 
-def _thin(series: list) -> list:
-    """Keep at most MAX_POINTS by dropping every other point of the older half."""
-    if len(series) <= MAX_POINTS:
-        return series
-    half = len(series) // 2
-    return series[:half:2] + series[half:]
+_prepared: dict[tuple[DataRef, str], PreparedData] = {}
+_prepared_lock = threading.Lock()
 
 
-class _LiveObserver:
-    def __init__(self, live: LiveState, lock: threading.Lock):
-        self.live, self.lock = live, lock
-
-    def __call__(self, event: Event) -> None:
-        with self.lock:
-            live, data = self.live, event.data
-            if event.kind == "phase":
-                live.phase = data["name"]
-                live.stage = event.stage if event.stage is not None else live.stage
-                live.progress = None
-                live.memory_mode = data.get("memory_mode", live.memory_mode)
-                live.memory_note = data.get("memory_note", live.memory_note)
-                if "iterations" in data:
-                    live.iterations, live.iteration = data["iterations"], data.get("iteration", 0)
-                if "message" in data:
-                    live.messages.append(data["message"])
-            elif event.kind == "progress":
-                live.progress = (data["done"], data["total"])
-            elif event.kind == "iteration":
-                live.stage, live.iteration, live.iterations = event.stage, event.iteration, data["total"]
-                live.eta_s = data["eta_s"]
-                live.losses = _thin([*live.losses, (event.stage, event.iteration, data["loss"])])
-                live.lrs = _thin([*live.lrs, (event.stage, event.iteration, data["lr"])])
-                live.start_epochs = _thin([*live.start_epochs, (event.stage, event.iteration, data["start_epoch"])])
-                if data["images"] is not None:
-                    self._publish(event.stage, data["images"])
-            elif event.kind in ("stage_start", "stage_done"):
-                self._publish(event.stage, data["images"])
-            elif event.kind == "selection":
-                live.selections.append((event.stage, event.iteration, data["val_accuracy"]))
-            elif event.kind == "evaluation":
-                live.evaluation.append(data["data"])
-            elif event.kind == "error":
-                live.error = data["message"]
-
-    def _publish(self, stage: int, images: torch.Tensor) -> None:
-        self.live.images[stage] = images.detach().cpu()
-        self.live.image_version += 1
-        if self.live.first_image_s is None and self.live.started is not None:
-            self.live.first_image_s = time.time() - self.live.started
+def remember_data(ref: DataRef, device: torch.device, data: PreparedData) -> None:
+    """Make `data` the prepared data of `ref` in this process (the driver's own, so local jobs reuse it)."""
+    with _prepared_lock:
+        _prepared[(ref, str(device))] = data
 
 
-@dataclass
-class _Job:
-    run: RunFolder | None  # None for a study (its runs are folders of the study)
-    control: RunControl
-    live: LiveState
-    work: Callable[["_Job"], bool]  # runs the job in the worker; True: finished, False: stopped
+def prepared(ref: DataRef, device: torch.device) -> PreparedData:
+    """The prepared data `ref` names, on `device`: prepared once per process (a worker's first job pays it)."""
+    key = (ref, str(device))
+    with _prepared_lock:
+        if key not in _prepared:
+            _prepared[key] = prepare_data(ref.config(), ref.seed, device)
+        return _prepared[key]
 
 
-class JobManager:
-    """Owns the worker thread and the jobs it has seen in this process."""
+@dataclass(frozen=True)
+class ExpertJob:
+    """Train expert `index` of a recipe on real data (plain SGD), saving every epoch.
 
-    def __init__(self, home: Path | None = None):
-        self.home = home
-        self.runs_root = paths.runs_root(home)
-        self.experts_root = paths.experts_root(home)
-        self.studies_root = paths.studies_root(home)
-        self._lock = threading.Lock()
-        self._jobs: dict[str, _Job] = {}
-        self._queue: queue.Queue[str] = queue.Queue()
-        self._worker = threading.Thread(target=self._work, name="seqmatch-worker", daemon=True)
-        self._worker.start()
+    With `warm_start` (SeqMatch's stage-k experts) the fresh net is first trained through that
+    curriculum with the evaluation settings `eval_config`, then on real data.
+    """
 
-    def run(self, run_id: object) -> RunFolder:
-        """The run folder of `run_id`, an untrusted id from a request (refused if it leaves the runs root)."""
-        if not run_id:
-            raise RunError("pick a run first")
-        return RunFolder.find(self.runs_root, run_id)
+    data: DataRef
+    spec: ConvNetSpec
+    epochs: int
+    lr: float
+    batch_size: int
+    augment: bool
+    seed: int
+    tags: tuple          # generator tags: ("expert", warm-start name, index) for a run's experts
+    device: str
+    warm_start: tuple[CurriculumStage, ...] = ()
+    eval_config: EvalConfig | None = None
 
-    def submit(self, config: RunConfig) -> str:
-        """Create a run folder for `config` and queue it; returns the run id."""
-        return self._enqueue(RunFolder.create(self.runs_root, config))
 
-    def resume(self, run_id: str) -> str:
-        """Queue an existing unfinished run folder again (it resumes from its checkpoint)."""
-        job = self._jobs.get(run_id)
-        if job and job.live.state in ("queued", "running", "paused"):
-            return run_id
-        return self._enqueue(self.run(run_id))
+def train_expert(job: ExpertJob, on_epoch: EpochFn | None = None) -> torch.Tensor:
+    """The trajectory (epochs + 1, P) of `job`, on the CPU."""
+    device = torch.device(job.device)
+    data = prepared(job.data, device)
+    generator = make_generator(job.seed, *job.tags)
+    if job.warm_start:
+        net = ConvNet(job.spec, init_convnet_params(job.spec, generator)).to(device)
+        stages = [CurriculumStage(s.images.to(device), s.labels.to(device), s.lr) for s in job.warm_start]
+        train_curriculum(net, stages, job.eval_config, generator)
+        start = net.flat.detach()
+    else:
+        start = init_convnet_params(job.spec, generator, device)
+    return train_trajectory(job.spec, data.train_images, data.train_labels, start, job.epochs, job.lr,
+                            job.batch_size, job.augment, generator, on_epoch)
 
-    def _enqueue(self, run: RunFolder) -> str:
-        run.update_status(state="queued", phase="queued")
-        return self._queue_job(_Job(run, RunControl(), LiveState(run.id), self._distil))
 
-    def submit_diagnostics(self, run_id: str, options: DiagnosticsOptions, which: tuple[str, ...] = COMPUTED,
-                           partner_id: str | None = None) -> str:
-        """Queue G2-G4 (those in `which`) for a finished run (G2 of static MTT also on the retrained-expert
-        families of SeqMatch run `partner_id`); returns the job id to poll with `live`."""
-        run = self.run(run_id)
-        partner = self.run(partner_id) if partner_id else None
-        job_id = f"diagnostics:{run_id}"
-        existing = self._jobs.get(job_id)
-        if existing and existing.live.state in ("queued", "running"):
-            return job_id
+@dataclass(frozen=True)
+class EvalJob:
+    """Train evaluation net `index` (architecture `arch`) through `stages`, then measure it on `split`."""
 
-        def work(job: _Job) -> bool:
-            diagnostics = RunDiagnostics(job.run, self.experts_root, options)
-            for name in which:
-                def progress(done: int, total: int, name: str = name) -> None:
-                    job.control.checkpoint()
-                    with self._lock:
-                        job.live.phase, job.live.progress = f"computing {name.upper()}", (done, total)
+    data: DataRef
+    spec: ConvNetSpec
+    eval_config: EvalConfig
+    arch: str
+    stages: tuple[CurriculumStage, ...]
+    seed: int
+    tag: str             # what is evaluated ("synthetic", "random_real", "select-0", ...): part of the seed
+    index: int
+    split: str           # "test" or "val"
+    device: str
 
-                with self._lock:
-                    job.live.phase, job.live.progress = f"computing {name.upper()}", None
-                diagnostics.compute(name, progress, partner)
-            return True
 
-        return self._queue_job(_Job(run, RunControl(), LiveState(job_id), work))
+def train_and_test(job: EvalJob, on_epoch: EpochFn | None = None) -> float:
+    """Top-1 accuracy of the trained net on the job's split."""
+    device = torch.device(job.device)
+    data = prepared(job.data, device)
+    generator = make_generator(job.seed, "eval", job.tag, job.arch, job.index)
+    net = build_eval_net(job.arch, job.spec, generator, device)
+    stages = [CurriculumStage(s.images.to(device), s.labels.to(device), s.lr) for s in job.stages]
+    train_curriculum(net, stages, job.eval_config, generator, on_epoch)
+    images, labels = (data.test_images, data.test_labels) if job.split == "test" else (data.val_images, data.val_labels)
+    return accuracy(net, images, labels)
 
-    def submit_study(self, spec: StudySpec) -> str:
-        """Queue (or resume) a study: its runs train one after the other like any run; returns the job id."""
-        study = StudyFolder.create_or_open(self.studies_root, spec)
-        job_id = f"study:{study.id}"
-        existing = self._jobs.get(job_id)
-        if existing and existing.live.state in ("queued", "running", "paused"):
-            return job_id
 
-        def work(job: _Job) -> bool:
-            def on_run(run_id: str, index: int, total: int) -> None:
-                with self._lock:
-                    job.live.phase, job.live.progress = f"run {index + 1}/{total}: {run_id}", (index, total)
-
-            def observer(event: Event) -> None:
-                if event.kind == "phase":
-                    with self._lock:
-                        job.live.phase = f"{job.live.phase.split(' · ')[0]} · {event.data['name']}"
-
-            run_study(study, self.experts_root, observer, job.control, on_run)
-            return True
-
-        study.update_status(state="queued")
-        return self._queue_job(_Job(None, RunControl(), LiveState(job_id), work))
-
-    def _queue_job(self, job: _Job) -> str:
-        with self._lock:
-            self._jobs[job.live.run_id] = job
-        self._queue.put(job.live.run_id)
-        return job.live.run_id
-
-    def _distil(self, job: _Job) -> bool:
-        observer = _LiveObserver(job.live, self._lock)
-        return Distiller(job.run, self.experts_root, observer, job.control).run() is not None
-
-    def pause(self, run_id: str) -> None:
-        job = self._jobs[run_id]
-        job.control.pause()
-        with self._lock:
-            if job.live.state == "running":
-                job.live.state = "paused"
-
-    def unpause(self, run_id: str) -> None:
-        job = self._jobs[run_id]
-        job.control.resume()
-        with self._lock:
-            if job.live.state == "paused":
-                job.live.state = "running"
-
-    def stop(self, run_id: str) -> None:
-        job = self._jobs.get(run_id)
-        if job:
-            job.control.stop()
-
-    def live(self, run_id: str) -> LiveState | None:
-        """A consistent copy of a job's live state (lists copied, image tensors shared read-only).
-
-        Runs this process never ran are read from their folder; unknown ids give None.
-        """
-        job = self._jobs.get(run_id)
-        if job is None:
-            try:
-                run = self.run(run_id)
-            except RunError:
-                return None
-            try:
-                return live_from_folder(run)
-            except (StorageError, ValueError) as error:  # a damaged file: say which and what to do
-                return LiveState(run.id, state="unreadable", phase="unreadable", error=str(error))
-        with self._lock:
-            live = job.live
-            return replace(live, losses=list(live.losses), lrs=list(live.lrs), start_epochs=list(live.start_epochs),
-                           selections=list(live.selections), images=dict(live.images),
-                           evaluation=list(live.evaluation), messages=list(live.messages))
-
-    def owns(self, run_id: str | None) -> bool:
-        """Whether this process queued or ran `run_id` (so it can pause, resume or stop it)."""
-        return bool(run_id) and run_id in self._jobs
-
-    def jobs(self) -> list[LiveState]:
-        return [self.live(run_id) for run_id in list(self._jobs)]
-
-    def active(self) -> str | None:
-        """Id of the job running (or paused) now."""
-        with self._lock:
-            for run_id, job in self._jobs.items():
-                if job.live.state in ("running", "paused"):
-                    return run_id
-        return None
-
-    def queue_position(self, run_id: str) -> int:
-        """0 when running, n when n jobs run or wait before it."""
-        with self._lock:
-            waiting = [r for r, j in self._jobs.items() if j.live.state in ("queued", "running", "paused")]
-        return waiting.index(run_id) if run_id in waiting else -1
-
-    def _work(self) -> None:
-        # The first optimiser construction imports torch's compiler stack (~2 s): pay it before any Start.
-        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-        while True:
-            run_id = self._queue.get()
-            job = self._jobs[run_id]
-            if job.control.stopping:
-                self._finish(job, "stopped")
-                continue
-            with self._lock:
-                job.live.state, job.live.started = "running", time.time()
-            try:
-                self._finish(job, "done" if job.work(job) else "stopped")
-            except StopRequested:
-                self._finish(job, "stopped")
-            except Exception as error:  # a distillation run folder already records the failure
-                with self._lock:
-                    job.live.error = job.live.error or f"{type(error).__name__}: {error}"
-                self._finish(job, "failed")
-
-    def _finish(self, job: _Job, state: str) -> None:
-        with self._lock:
-            job.live.state = state
-            job.live.phase = state
-        if state == "stopped" and job.work == self._distil:
-            job.run.update_status(state="stopped", phase="stopped")
+def epochs_of(job: ExpertJob | EvalJob) -> int:
+    """How many on_epoch calls the job makes (for progress)."""
+    if isinstance(job, ExpertJob):
+        return job.epochs
+    return job.eval_config.epochs * len(job.stages)

@@ -16,6 +16,7 @@ import re
 import shutil
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,118 @@ def _new_folder(root: Path, base: str) -> Path:
     raise RunError(f"{root} already holds 1000 folders named {base}*; delete some")
 
 
+class TextEnum(str, Enum):
+    """An enum whose members are their text everywhere: in JSON, f-strings and comparisons with strings."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class RunState(TextEnum):
+    """A run's state in status.json (the last two are never written: views derive them)."""
+
+    CREATED = "created"
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    DONE = "done"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    INTERRUPTED = "interrupted"   # running/queued/created on disk, but no process is running it: resumable
+    UNREADABLE = "unreadable"     # a damaged file
+
+    @property
+    def active(self) -> bool:
+        return self in (RunState.QUEUED, RunState.RUNNING, RunState.PAUSED)
+
+    @classmethod
+    def on_disk(cls, status: dict[str, Any]) -> "RunState":
+        """The state a run's status.json says, as seen by a process that is not running it."""
+        state = cls(status.get("state", "created"))
+        return cls.INTERRUPTED if state in (cls.RUNNING, cls.QUEUED, cls.CREATED, cls.PAUSED) else state
+
+
+@dataclass
+class EvalResult:
+    """eval.json: test accuracies by set ("synthetic", "random_real") and architecture, each
+    {"mean", "std", "values"} over evaluation nets, with what was evaluated."""
+
+    method: str
+    ipc: int
+    lrs: list[float]
+    eval_epochs: int
+    num_nets: int
+    budget: str | None = None
+    diverged: list[int] = field(default_factory=list)
+    sets: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+    SETS = ("synthetic", "random_real")
+
+    def add(self, name: str, arch: str, accuracy: dict[str, Any]) -> None:
+        self.sets.setdefault(name, {})[arch] = accuracy
+
+    def accuracy(self, name: str = "synthetic", arch: str = "convnet") -> dict[str, Any] | None:
+        return self.sets.get(name, {}).get(arch)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "ipc": self.ipc, "budget": self.budget, "diverged": self.diverged,
+                "lrs": self.lrs, "eval_epochs": self.eval_epochs, "num_nets": self.num_nets, **self.sets}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "EvalResult":
+        try:
+            return cls(raw["method"], raw["ipc"], raw["lrs"], raw.get("eval_epochs", 0), raw.get("num_nets", 0),
+                       raw.get("budget"), raw.get("diverged", []), {name: raw[name] for name in cls.SETS if name in raw})
+        except (KeyError, TypeError) as error:
+            raise StorageError(f"eval.json lacks {error}: it was not written by this tool or is damaged; delete it "
+                               f"and evaluate the run again") from None
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to resume stage `stage` after `iteration` outer iterations."""
+
+    stage: int
+    iteration: int
+    images: torch.Tensor                 # (n_k, C, H, W)
+    lr: float
+    generator_state: torch.Tensor        # torch.Generator.get_state()
+    image_momentum: torch.Tensor | None
+    lr_momentum: torch.Tensor | None
+    best_accuracy: float
+    best_iteration: int
+    best_images: torch.Tensor
+    best_lr: float
+
+    @property
+    def generator(self) -> torch.Generator:
+        generator = torch.Generator()
+        generator.set_state(self.generator_state)
+        return generator
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {"images": self.images.detach(), "lr": torch.tensor(self.lr), "generator": self.generator_state,
+                   "best_images": self.best_images.detach()}
+        for name in ("image_momentum", "lr_momentum"):
+            if getattr(self, name) is not None:
+                tensors[name] = getattr(self, name)
+        return tensors
+
+    def info(self) -> dict[str, Any]:
+        return {"stage": self.stage, "iteration": self.iteration, "best_accuracy": self.best_accuracy,
+                "best_iteration": self.best_iteration, "best_lr": self.best_lr}
+
+    @classmethod
+    def from_parts(cls, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> "Checkpoint":
+        return cls(int(info["stage"]), int(info["iteration"]), tensors["images"], float(tensors["lr"]),
+                   tensors["generator"], tensors.get("image_momentum"), tensors.get("lr_momentum"),
+                   float(info["best_accuracy"]), int(info["best_iteration"]), tensors["best_images"],
+                   float(info["best_lr"]))
+
+
 @dataclass(frozen=True)
 class RunOverview:
     """One row of a list of runs. `state` is the run's own, or "unreadable" (then `problem` says why and what
@@ -77,7 +190,7 @@ class RunOverview:
     id: str
     method: str | None
     ipc: int | None
-    state: str
+    state: RunState
     phase: str
     accuracy: dict[str, Any] | None
     baseline: dict[str, Any] | None
@@ -190,10 +303,15 @@ class RunFolder:
         if transform.zca_matrix is not None:
             tensors.update(zca_mean=transform.zca_mean, zca_matrix=transform.zca_matrix,
                            zca_inverse=transform.zca_inverse)
-        write_tensors(self.path / "transform.safetensors", tensors)
+        write_tensors(self.path / paths.TRANSFORM_FILE, tensors)
+
+    def transform_version(self) -> float | None:
+        """When the display transform was written (None before the run loaded its data): a cache key."""
+        path = self.path / paths.TRANSFORM_FILE
+        return path.stat().st_mtime if path.exists() else None
 
     def transform(self) -> PixelTransform:
-        t = read_tensors(self.path / "transform.safetensors", ("mean", "std"))
+        t = read_tensors(self.path / paths.TRANSFORM_FILE, ("mean", "std"))
         return PixelTransform(t["mean"], t["std"], t.get("zca_mean"), t.get("zca_matrix"), t.get("zca_inverse"))
 
     def save_subset(self, stage: int, subset: Subset, info: dict[str, Any]) -> None:
@@ -221,11 +339,13 @@ class RunFolder:
             except StorageError as error:
                 raise StorageError(f"{error}. {_SUBSET_WAY_OUT}") from None
 
-    def save_checkpoint(self, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+    def save_checkpoint(self, checkpoint: "Checkpoint") -> None:
         self._require_folder()
-        write_tensors(self.path / paths.CHECKPOINT_FILE, tensors, metadata={"info": json.dumps(info)})
+        write_tensors(self.path / paths.CHECKPOINT_FILE, checkpoint.tensors(),
+                      metadata={"info": json.dumps(checkpoint.info())})
 
-    def checkpoint(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    def checkpoint(self) -> "Checkpoint | None":
+        """The resume point of the stage in progress, None without one; StorageError when it is damaged."""
         path = self.path / paths.CHECKPOINT_FILE
         if not path.exists():
             return None
@@ -235,10 +355,25 @@ class RunFolder:
         try:
             with safe_open(str(path), "pt") as handle:
                 info = json.loads((handle.metadata() or {}).get("info", "{}"))
-            int(info["stage"]), int(info["iteration"])
+            return Checkpoint.from_parts(tensors, info)
         except (ValueError, KeyError, TypeError) as error:
             raise StorageError(f"{path} has damaged metadata ({error})") from None
-        return tensors, info
+
+    def resume_point(self, stage: int) -> "Checkpoint | None":
+        """The checkpoint of `stage` (0-based), with metrics.jsonl cut back to it; None when the stage starts
+        over (its records from an earlier attempt dropped). A damaged checkpoint is set aside with a message."""
+        try:
+            found = self.checkpoint()
+        except StorageError as error:
+            aside = self.set_aside_checkpoint()
+            self.add_message("warning", f"{error}; moved it to {aside.name} and started S{stage + 1} again from its "
+                                        f"beginning")
+            found = None
+        if found is None or found.stage != stage:
+            self.truncate_metrics(stage, 0)
+            return None
+        self.truncate_metrics(stage, found.iteration)
+        return found
 
     def set_aside_checkpoint(self) -> Path:
         """Rename a (damaged) checkpoint to checkpoint.damaged-<time>.safetensors; returns the new path."""
@@ -253,21 +388,25 @@ class RunFolder:
         self._require_folder()
         write_tensors(paths.snapshot_file(self.path, stage, iteration), {"images": images, "lr": torch.tensor(lr)})
 
-    def snapshots(self) -> list[tuple[int, int, Path]]:
-        """(stage, iteration, path) of every timeline snapshot, in order."""
+    def snapshots(self) -> list[tuple[int, int]]:
+        """(stage, iteration) of every timeline snapshot, in order."""
         found = []
-        for p in sorted((self.path / paths.SNAPSHOTS_DIR).glob("S*_*.safetensors")):
+        for p in (self.path / paths.SNAPSHOTS_DIR).glob("S*_*.safetensors"):
             stage, iteration = p.stem[1:].split("_")
-            found.append((int(stage) - 1, int(iteration), p))
+            found.append((int(stage) - 1, int(iteration)))
         return sorted(found)
 
-    def save_eval(self, result: dict[str, Any]) -> None:
+    def snapshot_images(self, stage: int, iteration: int) -> torch.Tensor:
+        """The images (n_k, C, H, W) of subset `stage` after `iteration` outer iterations (a timeline snapshot)."""
+        return read_tensors(paths.snapshot_file(self.path, stage, iteration), ("images",))["images"]
+    def save_eval(self, result: "EvalResult") -> None:
         self._require_folder()
-        write_json(self.path / paths.EVAL_FILE, result)
+        write_json(self.path / paths.EVAL_FILE, result.to_dict())
 
-    def eval(self) -> dict[str, Any] | None:
+    def eval(self) -> "EvalResult | None":
+        """The final evaluation (eval.json), None before it; the only reader of that file."""
         path = self.path / paths.EVAL_FILE
-        return read_json(path) if path.exists() else None
+        return EvalResult.from_dict(read_json(path)) if path.exists() else None
 
     def save_controls(self, result: dict[str, Any]) -> None:
         write_json(self.path / paths.CONTROLS_FILE, result)
@@ -315,13 +454,13 @@ class RunFolder:
         try:
             config, status, result = self.config(), self.status(), self.eval()
             self._check_subsets(len(config.distill.subsets))
+            state = RunState(status.get("state", "created"))
         except (ValueError, OSError) as error:
-            return RunOverview(self.id, None, None, "unreadable", "", None, None, str(error))
-        state = status.get("state", "created")
-        accuracy = (result or {}).get("synthetic", {}).get("convnet")
-        baseline = (result or {}).get("random_real", {}).get("convnet")
+            return RunOverview(self.id, None, None, RunState.UNREADABLE, "", None, None, str(error))
         return RunOverview(self.id, config.method, config.ipc, state, status.get("phase", ""),
-                           accuracy, baseline, None, config.budget, (result or {}).get("diverged", []))
+                           result.accuracy() if result else None,
+                           result.accuracy("random_real") if result else None, None, config.budget,
+                           result.diverged if result else [])
 
 
 def list_runs(root: Path | None = None) -> list[RunFolder]:

@@ -3,95 +3,63 @@
     for k in 1..K:
         experts_k = stage-1 experts                      (k = 1, or expert_source "window")
                   | nets pre-trained on U_1..U_{k-1}, then trained on real data ("retrained")
-        S_k      = trajectory matching of U_{k-1} + S_k, only S_k and alpha_k learned
+        S_k      = method.step, again and again, on U_{k-1} + S_k (only S_k and alpha_k learn);
+                   hooks after each step: G1, metrics and publishing, validation selection, checkpoint
         keep the S_k with the best validation accuracy
     evaluate the curriculum U_1..U_K (and a random real set of the same IPC) on the test split
 
-Everything is written to a `RunFolder`; observers get `Event`s; a `RunControl` pauses,
-resumes and stops the loop between outer iterations.
+The parts: a RunContext (config, data, net, recipes, executor), a Method (methods.py), the hooks
+below, and the RunFolder, which alone reads and writes the run's files. Observers get typed Events;
+a RunControl pauses, resumes and stops the loop between outer iterations (and jobs between epochs).
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Protocol
 
 import torch
 
-from .augment import DSA_OPERATIONS
-from .config import RunConfig
-from .evaluate import (
-    curriculum_from_subsets,
-    evaluate_curriculum,
-    random_real_curriculum,
-    random_real_subset,
-    train_curriculum,
-)
-from .experts import ExpertCache, recipe_key, tensor_digest, train_trajectory
-from .matching import PIXEL_GROWTH, ConvNetStudent, DivergenceError, MatchingState, draw_unroll_plan, outer_step
+from .context import RunContext
+from .control import RunControl, StopRequested
+from .diagnostics.recorder import GradientRecorder
+from .evaluate import curriculum_from_subsets, random_real_subset
+from .executors import Executor
+from .matching import ConvNetStudent, DivergenceError, MatchingState
 from .memory import choose_memory_mode
-from .models import ConvNet, ConvNetSpec, convnet_forward, default_depth, init_convnet_params
-from .parallel import parallel_workers
-from .prepare import PreparedData, prepare_data
-from .runs import RunError, RunFolder, Subset
-from .seeding import make_generator, resolve_device
-from .storage import StorageError, read_json, write_json
+from .methods import MTT, Method, StageSetting, StepRecord
+from .prepare import PreparedData
+from .runs import Checkpoint, EvalResult, RunError, RunFolder, RunState, Subset, TextEnum
+from .seeding import make_generator
+
+__all__ = ["Distiller", "Event", "EventKind", "RunControl", "StopRequested", "class_labels", "evaluate_run",
+           "initial_images"]
+
+
+class EventKind(TextEnum):
+    PHASE = "phase"                # data: name, and extras (memory mode, message, ...)
+    PROGRESS = "progress"          # data: task ("experts" | "evaluation"), done, total
+    STAGE_START = "stage_start"    # data: images
+    ITERATION = "iteration"        # data: loss, lr, start_epoch, images (or None), total, eta_s
+    SELECTION = "selection"        # data: val_accuracy, best_accuracy, best_iteration
+    STAGE_DONE = "stage_done"      # data: info, images
+    EVALUATION = "evaluation"      # data: {set, arch, mean, std, values}
+    DONE = "done"                  # data: eval.json's content
+    ERROR = "error"                # data: message, kind_name
 
 
 @dataclass
 class Event:
-    """Something the driver did.
+    """Something the driver did (see EventKind for each kind's data)."""
 
-    kind: phase | progress | stage_start | iteration | selection | stage_done | evaluation | done | error
-    """
-
-    kind: str
+    kind: EventKind
     stage: int | None = None
     iteration: int | None = None
     data: dict[str, Any] = field(default_factory=dict)
 
 
 Observer = Callable[[Event], None]
-
-
-class StopRequested(Exception):
-    """Raised inside the driver when RunControl.stop() was called."""
-
-
-class RunControl:
-    """Pause / resume / stop flags a UI thread sets and the driver checks between iterations."""
-
-    def __init__(self) -> None:
-        self._running = threading.Event()
-        self._running.set()
-        self._stop = threading.Event()
-
-    def pause(self) -> None:
-        self._running.clear()
-
-    def resume(self) -> None:
-        self._running.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._running.set()
-
-    @property
-    def paused(self) -> bool:
-        return not self._running.is_set()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
-    def checkpoint(self) -> None:
-        """Block while paused; raise StopRequested when stopped."""
-        self._running.wait()
-        if self._stop.is_set():
-            raise StopRequested()
 
 
 def class_labels(num_classes: int, ipc: int, device: torch.device) -> torch.Tensor:
@@ -108,30 +76,76 @@ def initial_images(data: PreparedData, ipc: int, init: str, generator: torch.Gen
     return images
 
 
-class Distiller:
-    """Runs one run folder to completion (or to a stop), resuming from what the folder holds."""
+@dataclass
+class Best:
+    """The best S_k so far by validation accuracy (-1 before any validation: the initial images)."""
 
-    def __init__(self, run: RunFolder, experts_root, observer: Observer | None = None,
-                 control: RunControl | None = None, data: PreparedData | None = None):
+    accuracy: float
+    iteration: int
+    images: torch.Tensor
+    lr: float
+
+
+@dataclass
+class Stage:
+    """One subset being learned: what the loop, the method and the hooks share."""
+
+    k: int
+    iterations: int
+    state: MatchingState
+    generator: torch.Generator
+    iteration: int
+    best: Best
+    frozen: torch.Tensor        # (n_prior, C, H, W): U_{k-1}, never changed
+    labels: torch.Tensor        # (n_prior + n_k,) of [frozen; learned]
+    prior: list[Subset]
+    started_at: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def labels_k(self) -> torch.Tensor:
+        return self.labels[len(self.frozen):]
+
+    def images(self) -> torch.Tensor:
+        return self.state.images.detach()
+
+    def lr(self) -> float:
+        return float(self.state.lr.detach())
+
+
+class Hook(Protocol):
+    def after_step(self, stage: Stage, record: StepRecord) -> None: ...
+
+
+class Distiller:
+    """Runs one run folder to completion (or to a stop), resuming from what the folder holds.
+
+    `hooks` are called after every outer iteration after the default ones (G1, metrics and publishing,
+    validation selection, checkpoints), in order.
+    """
+
+    def __init__(self, run: RunFolder, experts_root: Path, observer: Observer | None = None,
+                 control: RunControl | None = None, data: PreparedData | None = None,
+                 executor: Executor | None = None, hooks: list[Hook] | None = None):
         self.run_folder = run
-        self.config: RunConfig = run.config()
-        self.cache = ExpertCache(experts_root)
+        self.config = run.config()
+        self.ctx = RunContext(self.config, experts_root, data, executor)
         self.observer = observer or (lambda event: None)
         self.control = control or RunControl()
-        self.device = resolve_device(self.config.device)
-        self._data = data
+        self.extra_hooks = list(hooks or [])
         self._phase: str | None = None
         self._phase_started = 0.0
         self._phase_seconds: dict[str, float] = dict(run.status().get("phase_seconds", {}))
 
     # -- plumbing ----------------------------------------------------------------------------------
-    def emit(self, kind: str, stage: int | None = None, iteration: int | None = None, **data: Any) -> None:
+    def emit(self, kind: EventKind, stage: int | None = None, iteration: int | None = None, **data: Any) -> None:
         self.observer(Event(kind, stage, iteration, data))
 
     def phase(self, name: str, stage: int | None = None, **extra: Any) -> None:
-        self.run_folder.update_status(state="running", phase=name, stage=stage,
-                                      phase_seconds=self._time_phase(name), **extra)
-        self.emit("phase", stage, name=name, **extra)
+        self.run_folder.update_status(state=RunState.RUNNING, phase=name, stage=stage,
+                                      phase_seconds=self._time_phase(name), executor=self.ctx.executor.describe(),
+                                      **extra)
+        self.emit(EventKind.PHASE, stage, name=name, executor=self.ctx.executor.describe(), **extra)
 
     def _time_phase(self, name: str | None) -> dict[str, float]:
         """Close the current phase's clock, start `name`'s; wall seconds per phase, summed over resumes."""
@@ -142,345 +156,251 @@ class Distiller:
         self._phase, self._phase_started = name, now
         return dict(self._phase_seconds)
 
-    @property
-    def spec(self) -> ConvNetSpec:
-        d = self.data
-        depth = self.config.model.depth or default_depth(d.image_size)
-        return ConvNetSpec(d.channels, d.image_size, d.num_classes, self.config.model.width, depth)
-
-    def forward(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return convnet_forward(params, x, self.spec)
-
-    @property
-    def pixel_limit(self) -> float:
-        """Largest sane per-image RMS of a learned image: PIXEL_GROWTH times the real training images' RMS."""
-        return PIXEL_GROWTH * float(self.data.train_images.pow(2).mean().sqrt())
+    def progress(self, task: str, stage: int | None = None) -> Callable[[int, int], None]:
+        return lambda done, total: self.emit(EventKind.PROGRESS, stage, task=task, done=done, total=total)
 
     # -- the whole run ---------------------------------------------------------------------------------
     def run(self) -> dict[str, Any] | None:
         """Distil every subset, then evaluate. Returns eval.json's content (None when stopped)."""
-        cfg = self.config
+        cfg, ctx = self.config, self.ctx
         try:
             self.phase("loading data")
-            self.data = self._data or prepare_data(cfg.data, cfg.seed, self.device)
-            self.run_folder.save_transform(self.data.transform)
-            self.run_folder.update_status(class_names=list(self.data.class_names), dataset=self.data.name)
+            self.run_folder.save_transform(ctx.data.transform)
+            self.run_folder.update_status(class_names=list(ctx.data.class_names), dataset=ctx.data.name)
             subsets = self.run_folder.subsets()
             stage1 = None
             for k in range(len(subsets), len(cfg.distill.subsets)):
                 if k == 0 or cfg.distill.expert_source == "window":
-                    stage1 = stage1 if stage1 is not None else self.stage1_experts()
+                    if stage1 is None:
+                        self.phase("experts 1", 0, **self._expert_counts(ctx.stage1_recipe()))
+                        stage1 = ctx.stage1_experts(self.progress("experts", 0), self.control)
                     experts = stage1
                 else:
-                    experts = self.retrained_experts(k, subsets)
-                subset = self.distil_stage(k, experts, subsets)
-                subsets.append(subset)
+                    self.phase(f"experts {k + 1}", k, **self._expert_counts(ctx.retrained_recipe(k, subsets)))
+                    experts = ctx.retrained_experts(k, subsets, self.progress("experts", k), self.control)
+                subsets.append(self.distil_stage(k, experts, subsets))
             self.phase("evaluating")
-            result = self.final_evaluation(subsets)
-            self.run_folder.update_status(state="done", phase="done", finished=time.time(),
+            result = evaluate_run(ctx, self.run_folder, subsets, self.emit, self.control)
+            self.run_folder.update_status(state=RunState.DONE, phase="done", finished=time.time(),
                                           phase_seconds=self._time_phase(None))
-            self.emit("done", data=result)
+            self.emit(EventKind.DONE, data=result)
             return result
         except StopRequested:
-            self.run_folder.update_status(state="stopped", phase="stopped", phase_seconds=self._time_phase(None))
-            self.emit("phase", name="stopped")
+            self.run_folder.update_status(state=RunState.STOPPED, phase="stopped", phase_seconds=self._time_phase(None))
+            self.emit(EventKind.PHASE, name="stopped")
             return None
         except Exception as error:
             try:
-                self.run_folder.update_status(state="failed", phase="failed", error=f"{type(error).__name__}: {error}",
+                self.run_folder.update_status(state=RunState.FAILED, phase="failed",
+                                              error=f"{type(error).__name__}: {error}",
                                               phase_seconds=self._time_phase(None))
             except RunError:
                 pass  # the folder itself is gone: nothing to record it in
-            self.emit("error", message=str(error), kind_name=type(error).__name__)
+            self.emit(EventKind.ERROR, message=str(error), kind_name=type(error).__name__)
             raise
 
-    # -- experts -----------------------------------------------------------------------------------
-    def _expert_recipe(self, stage: int, epochs: int, warm_start: str | None) -> dict[str, Any]:
-        cfg = self.config
-        d, e = cfg.data, cfg.experts
-        return {"dataset": d.dataset, "zca": d.zca, "train_per_class": d.train_per_class,
-                "val_per_class": d.val_per_class, "spec": [self.spec.channels, list(self.spec.image_size),
-                                                          self.spec.num_classes, self.spec.width, self.spec.depth],
-                "epochs": epochs, "lr": e.lr, "batch_size": e.batch_size, "augment": e.augment,
-                "seed": cfg.seed, "warm_start": warm_start, "stage": stage}
+    def _expert_counts(self, recipe: dict[str, Any]) -> dict[str, int]:
+        count = self.config.experts.num_experts
+        return {"experts_total": count, "experts_cached": self.ctx.cache.cached_count(recipe, count)}
 
-    def _train_experts(self, stage: int, epochs: int, recipe: dict[str, Any],
-                       start_params: Callable[[int, torch.Generator], torch.Tensor]) -> torch.Tensor:
-        e = self.config.experts
-        count = e.num_experts
-        self.phase(f"experts {stage + 1}", stage, experts_total=count,
-                   experts_cached=self.cache.cached_count(recipe, count))
-        total = count * epochs
-        epochs_done = 0  # over all experts, which may train at once (see parallel.run_in_parallel)
-        lock = threading.Lock()
-
-        def train_one(i: int) -> torch.Tensor:
-            generator = make_generator(self.config.seed, "expert", recipe["warm_start"], i)
-            start = start_params(i, generator)
-
-            def on_epoch(epoch: int) -> None:
-                nonlocal epochs_done
-                self.control.checkpoint()
-                with lock:
-                    epochs_done += 1
-                    self.emit("progress", stage, task="experts", done=epochs_done, total=total)
-
-            return train_trajectory(self.spec, self.data.train_images, self.data.train_labels, start, epochs,
-                                    e.lr, e.batch_size, e.augment, generator, on_epoch)
-
-        def on_expert(done: int, count: int) -> None:
-            nonlocal epochs_done
-            with lock:
-                epochs_done = max(epochs_done, done * epochs)
-                self.emit("progress", stage, task="experts", done=epochs_done, total=total)
-
-        return self.cache.load_or_train(recipe, count, (epochs + 1, self.spec.num_params), train_one, on_expert,
-                                        workers=parallel_workers(self.device))
-
-    def stage1_experts(self) -> torch.Tensor:
-        """Trajectories (n, E+1, P) from random init on real data."""
-        epochs = self.config.experts.epochs
-        recipe = self._expert_recipe(0, epochs, None)
-        return self._train_experts(0, epochs, recipe,
-                                   lambda i, g: init_convnet_params(self.spec, g, self.device))
-
-    def cached_stage1_experts(self) -> torch.Tensor:
-        """The stage-1 trajectories (n, E+1, P) read from the cache, without touching the run's status;
-        StorageError when any is missing."""
-        epochs, count = self.config.experts.epochs, self.config.experts.num_experts
-        recipe = self._expert_recipe(0, epochs, None)
-
-        def missing(i: int) -> torch.Tensor:
-            raise StorageError(f"stage-1 expert {i} is not in {self.cache.folder(recipe)}; run the study or "
-                               f"`experts` first")
-
-        return self.cache.load_or_train(recipe, count, (epochs + 1, self.spec.num_params), missing)
-
-    def retrained_experts(self, stage: int, subsets: list[Subset]) -> torch.Tensor:
-        """Trajectories (n, E_k+1, P) of nets first trained on U_1..U_{k-1}, then on real data."""
-        epochs = self.config.experts.stage_epochs
-        curriculum = curriculum_from_subsets([(s.images, s.labels) for s in subsets], [s.lr for s in subsets])
-        digest = tensor_digest(*[t for s in subsets for t in (s.images, s.labels, torch.tensor(s.lr))])
-        recipe = self._expert_recipe(stage, epochs, f"curriculum-{digest}-eval{self.config.eval.epochs}")
-
-        def pretrained(i: int, generator: torch.Generator) -> torch.Tensor:
-            net = ConvNet(self.spec, init_convnet_params(self.spec, generator)).to(self.device)
-            train_curriculum(net, curriculum, self.config.eval, generator)
-            return net.flat.detach()
-
-        return self._train_experts(stage, epochs, recipe, pretrained)
-
-    # -- one subset -----------------------------------------------------------------------------------
+    # -- one subset: the stage loop ----------------------------------------------------------------------
     def distil_stage(self, k: int, experts: torch.Tensor, prior: list[Subset]) -> Subset:
         """Learn S_{k+1} (k is 0-based) against `experts` (n, E+1, P) with `prior` subsets frozen."""
-        cfg, data = self.config, self.data
-        sub, dist = cfg.distill.subsets[k], cfg.distill
-        labels_k = class_labels(data.num_classes, sub.ipc, self.device)
-        frozen = torch.cat([s.images for s in prior]) if prior else labels_k.new_empty(0).float()
-        labels = torch.cat([s.labels.to(self.device) for s in prior] + [labels_k])
-        batch_syn = dist.batch_syn or data.num_classes * sub.ipc
-        operations = DSA_OPERATIONS
-        first_start, last_start = sub.interval[0], sub.interval[1] - dist.expert_epochs - 1
-
-        resumed = self._resume_point(k)
-        if resumed:
-            state, generator, iteration, best = resumed
-        else:
-            init = initial_images(data, sub.ipc, dist.init, make_generator(cfg.seed, "init", k))
-            state = MatchingState.create(init, sub.lr_init, dist.lr_img, dist.lr_lr, dist.momentum, self.pixel_limit)
-            generator = make_generator(cfg.seed, "distill", k)
-            iteration, best = 0, {"accuracy": -1.0, "iteration": 0, "images": init.clone(), "lr": sub.lr_init}
-        memory = choose_memory_mode(dist.memory_mode, self.spec, batch_syn, dist.syn_steps, len(labels), self.device)
-        student = ConvNetStudent(self.spec, memory.mode, memory.replay)  # fused ConvNet step, chosen mode
-        self.phase(f"distilling S{k + 1}", k, iteration=iteration, iterations=sub.iterations, memory_mode=memory.mode,
-                   memory_note=memory.describe())
-        self.emit("stage_start", k, iteration, images=state.images.detach().clone())
-        last_good = (state.images.detach().clone(), float(state.lr.detach()))
-        from .diagnostics.recorder import GradientRecorder  # here: diagnostics imports this module
-
-        g1 = GradientRecorder(self.run_folder.path, k, [s.labels for s in prior] + [labels_k],
-                              dist.nominal_groups if cfg.method == "mtt" else None, dist.diagnose_every, iteration)
-        started, started_at = time.perf_counter(), iteration
-        for iteration in range(started_at, sub.iterations):
+        stage = self.open_stage(k, prior)
+        method, g1 = self.method(stage), self.g1_recorder(stage)
+        hooks = [g1.after_step, self._after_step_metrics, Selection(self).after_step, Checkpoints(self).after_step,
+                 *(hook.after_step for hook in self.extra_hooks)]
+        self.emit(EventKind.STAGE_START, k, stage.iteration, images=stage.images().clone())
+        for iteration in range(stage.started_at, stage.iterations):
             self.control.checkpoint()
-            expert = int(torch.randint(len(experts), (1,), generator=generator))
-            t = int(torch.randint(first_start, last_start + 1, (1,), generator=generator))
-            start = experts[expert, t].to(self.device)
-            target = experts[expert, t + dist.expert_epochs].to(self.device)
-            plan = draw_unroll_plan(generator, len(labels), batch_syn, dist.syn_steps, data.image_size, operations)
             try:
-                step = outer_step(student, state, frozen, labels, start, target, plan, dist.max_lr,
-                                  g1.due(iteration + 1))  # record_gradients: G1 measures, never changes, the step
+                record = method.step(stage.state, experts, stage.frozen, stage.labels, stage.generator,
+                                     record_gradients=g1.due(iteration + 1))  # G1 measures, never changes, the step
             except DivergenceError as error:
-                return self._stop_diverged(k, iteration, error, best, labels_k)
-            loss = step.loss
-            g1.record(iteration + 1, step.image_grads, start_epoch=t, loss=loss)
-            last_good = (state.images.detach().clone(), float(state.lr.detach()))
-            done = iteration + 1
-            rate = (time.perf_counter() - started) / (done - started_at)
-            record = {"kind": "iteration", "stage": k, "iteration": done, "loss": loss, "lr": float(state.lr.detach()),
-                      "start_epoch": t, "expert": expert, "seconds": rate}
-            self.run_folder.log(record)
-            images = state.images.detach().clone() if done % dist.publish_every == 0 or done == sub.iterations else None
-            self.emit("iteration", k, done, loss=loss, lr=float(state.lr.detach()), start_epoch=t, images=images,
-                      total=sub.iterations, eta_s=rate * (sub.iterations - done))
-            if dist.select_every and (done % dist.select_every == 0 or done == sub.iterations):
-                if best["accuracy"] < 0:  # the initial images, measured here so that the first steps show at once
-                    self._select(k, best["iteration"], best["images"], best["lr"], prior, best)
-                self._select(k, done, state.images.detach(), float(state.lr.detach()), prior, best)
-            if done % dist.snapshot_every == 0 or done == sub.iterations:
-                self._checkpoint(k, done, state, generator, best)
-        images, lr = (best["images"], best["lr"]) if dist.select_every else last_good
-        subset = Subset(images.detach().clone(), labels_k, float(lr))
-        self._finish_stage(k, subset, best)
-        return subset
+                return self.stop_diverged(stage, iteration, error)
+            stage.iteration = iteration + 1
+            for hook in hooks:
+                hook(stage, record)
+        use_best = self.config.distill.select_every > 0
+        images, lr = (stage.best.images, stage.best.lr) if use_best else (stage.images(), stage.lr())
+        return self.finish_stage(stage, Subset(images.clone(), stage.labels_k.clone(), float(lr)))
 
-    def _select(self, k: int, iteration: int, images: torch.Tensor, lr: float, prior: list[Subset],
-                best: dict) -> None:
-        """Validation accuracy of the curriculum up to S_k with `images` (C*ipc_k, ...) at `lr`, the mean of
-        `eval.select_nets` nets; keep the best S_k (never looks at test data). Every candidate of a stage is
-        scored by the same nets (same initialisations, minibatches and augmentations), so the comparison
-        between candidates is paired."""
+    def method(self, stage: Stage) -> Method:
+        """The MTT step with its fused student in the memory mode that fits (shown in the status card)."""
+        cfg, data, spec = self.config, self.ctx.data, self.ctx.spec
+        sub, dist = cfg.distill.subsets[stage.k], cfg.distill
+        batch_syn = dist.batch_syn or data.num_classes * sub.ipc
+        memory = choose_memory_mode(dist.memory_mode, spec, batch_syn, dist.syn_steps, len(stage.labels),
+                                    self.ctx.device)
+        self.phase(f"distilling S{stage.k + 1}", stage.k, iteration=stage.iteration, iterations=stage.iterations,
+                   memory_mode=memory.mode, memory_note=memory.describe())
+        setting = StageSetting(tuple(sub.interval), dist.expert_epochs, dist.syn_steps, batch_syn, dist.max_lr,
+                               data.image_size)
+        return MTT(ConvNetStudent(spec, memory.mode, memory.replay), setting)
+
+    def g1_recorder(self, stage: Stage) -> "G1":
         cfg = self.config
-        current = Subset(images, class_labels(self.data.num_classes, cfg.distill.subsets[k].ipc, self.device), lr)
-        subsets = [*prior, current]
-        curriculum = curriculum_from_subsets([(s.images, s.labels) for s in subsets], [s.lr for s in subsets])
-        acc = evaluate_curriculum(curriculum, self.spec, cfg.eval, "convnet", cfg.eval.select_nets,
-                                  self.data.val_images, self.data.val_labels, cfg.seed, f"select-{k}",
-                                  workers=parallel_workers(self.device))
-        improved = acc.mean > best["accuracy"]
-        if improved:
-            best.update(accuracy=acc.mean, iteration=iteration, images=current.images.clone(), lr=current.lr)
-        self.run_folder.log({"kind": "selection", "stage": k, "iteration": iteration, "val_accuracy": acc.mean,
-                             "best": improved})
-        self.emit("selection", k, iteration, val_accuracy=acc.mean, best_accuracy=best["accuracy"],
-                  best_iteration=best["iteration"])
+        parts = [s.labels for s in stage.prior] + [stage.labels_k]
+        recorder = GradientRecorder(self.run_folder.path, stage.k, parts,
+                                    cfg.distill.nominal_groups if cfg.method == "mtt" else None,
+                                    cfg.distill.diagnose_every, stage.iteration)
+        return G1(recorder)
 
-    def _checkpoint(self, k: int, iteration: int, state: MatchingState, generator: torch.Generator,
-                    best: dict) -> None:
-        """Timeline snapshot + resumable checkpoint (pixels, lr, momenta, RNG, best so far)."""
-        self.run_folder.save_snapshot(k, iteration, state.images, float(state.lr.detach()))
-        tensors = {"images": state.images.detach(), "lr": state.lr.detach(),
-                   "generator": generator.get_state(), "best_images": best["images"]}
-        for name, optimizer, param in (("image_momentum", state.image_optimizer, state.images),
-                                       ("lr_momentum", state.lr_optimizer, state.lr)):
-            buffer = optimizer.state.get(param, {}).get("momentum_buffer")
+    def open_stage(self, k: int, prior: list[Subset]) -> Stage:
+        """Stage k fresh (initial images, its own seeded generator) or resumed from the run's checkpoint."""
+        cfg, ctx = self.config, self.ctx
+        sub, dist = cfg.distill.subsets[k], cfg.distill
+        labels_k = class_labels(ctx.data.num_classes, sub.ipc, ctx.device)
+        frozen = torch.cat([s.images.to(ctx.device) for s in prior]) if prior else labels_k.new_empty(0).float()
+        labels = torch.cat([s.labels.to(ctx.device) for s in prior] + [labels_k])
+        resumed = self.run_folder.resume_point(k)
+        if resumed is None:
+            init = initial_images(ctx.data, sub.ipc, dist.init, make_generator(cfg.seed, "init", k))
+            state = MatchingState.create(init, sub.lr_init, dist.lr_img, dist.lr_lr, dist.momentum, ctx.pixel_limit)
+            return Stage(k, sub.iterations, state, make_generator(cfg.seed, "distill", k), 0,
+                         Best(-1.0, 0, init.clone(), sub.lr_init), frozen, labels, prior)
+        state = MatchingState.create(resumed.images.to(ctx.device), resumed.lr, dist.lr_img, dist.lr_lr,
+                                     dist.momentum, ctx.pixel_limit)
+        for optimizer, param, buffer in ((state.image_optimizer, state.images, resumed.image_momentum),
+                                         (state.lr_optimizer, state.lr, resumed.lr_momentum)):
             if buffer is not None:
-                tensors[name] = buffer
-        info = {"stage": k, "iteration": iteration, "best_accuracy": best["accuracy"],
-                "best_iteration": best["iteration"], "best_lr": best["lr"]}
-        self.run_folder.save_checkpoint(tensors, info)
-        self.run_folder.update_status(state="running", phase=f"distilling S{k + 1}", stage=k, iteration=iteration,
-                                      iterations=self.config.distill.subsets[k].iterations)
+                optimizer.state[param]["momentum_buffer"] = buffer.to(ctx.device).clone()
+        best = Best(resumed.best_accuracy, resumed.best_iteration, resumed.best_images.to(ctx.device), resumed.best_lr)
+        self.run_folder.add_message("info", f"resumed S{k + 1} at iteration {resumed.iteration} of {sub.iterations}")
+        return Stage(k, sub.iterations, state, resumed.generator, resumed.iteration, best, frozen, labels, prior,
+                     started_at=resumed.iteration)
 
-    def _resume_point(self, k: int):
-        """(state, generator, iteration, best) from the run's checkpoint of stage k, or None.
+    def _after_step_metrics(self, stage: Stage, record: StepRecord) -> None:
+        """Log the iteration to metrics.jsonl and publish it (with the images every publish_every iterations)."""
+        done, dist = stage.iteration, self.config.distill
+        rate = (time.perf_counter() - stage.started) / (done - stage.started_at)
+        self.run_folder.log({"kind": "iteration", "stage": stage.k, "iteration": done, "loss": record.loss,
+                             "lr": record.lr, "start_epoch": record.start_epoch, "expert": record.expert,
+                             "seconds": rate})
+        publish = done % dist.publish_every == 0 or done == stage.iterations
+        self.emit(EventKind.ITERATION, stage.k, done, loss=record.loss, lr=record.lr, start_epoch=record.start_epoch,
+                  images=stage.images().clone() if publish else None, total=stage.iterations,
+                  eta_s=rate * (stage.iterations - done))
 
-        Without a checkpoint the stage starts over, so records an earlier attempt left are dropped.
-        """
-        try:
-            found = self.run_folder.checkpoint()
-        except StorageError as error:  # a damaged checkpoint: set it aside and learn the stage again
-            aside = self.run_folder.set_aside_checkpoint()
-            self.run_folder.add_message("warning", f"{error}; moved it to {aside.name} and started S{k + 1} again "
-                                                   f"from its beginning")
-            found = None
-        if not found or found[1].get("stage") != k:
-            self.run_folder.truncate_metrics(k, 0)
-            return None
-        tensors, info = found
-        dist, sub = self.config.distill, self.config.distill.subsets[k]
-        state = MatchingState.create(tensors["images"].to(self.device), float(tensors["lr"]), dist.lr_img,
-                                     dist.lr_lr, dist.momentum, self.pixel_limit)
-        for name, optimizer, param in (("image_momentum", state.image_optimizer, state.images),
-                                       ("lr_momentum", state.lr_optimizer, state.lr)):
-            if name in tensors:
-                optimizer.state[param]["momentum_buffer"] = tensors[name].to(self.device).clone()
-        generator = torch.Generator()
-        generator.set_state(tensors["generator"])
-        best = {"accuracy": info["best_accuracy"], "iteration": info["best_iteration"],
-                "images": tensors["best_images"].to(self.device), "lr": info["best_lr"]}
-        self.run_folder.truncate_metrics(k, info["iteration"])
-        self.run_folder.add_message("info", f"resumed S{k + 1} at iteration {info['iteration']} of {sub.iterations}")
-        return state, generator, info["iteration"], best
-
-    def _stop_diverged(self, k: int, iteration: int, error: DivergenceError, best: dict,
-                       labels: torch.Tensor) -> Subset:
-        """End stage k at a divergence, keeping images known to be sane: the best validated ones, else the
+    def stop_diverged(self, stage: Stage, iteration: int, error: DivergenceError) -> Subset:
+        """End a stage at a divergence, keeping images known to be sane: the best validated ones, else the
         initial ones (the last images before the error may already be far off: exploding pixels grow for
         several iterations before any check fires); record why, so that later stages and the report know."""
-        validated = best["accuracy"] >= 0
-        images, lr = best["images"], best["lr"]  # `best` starts as the initial images and lr
-        kept = (f"the best validated images (iteration {best['iteration']})" if validated
+        best = stage.best
+        kept = (f"the best validated images (iteration {best.iteration})" if best.accuracy >= 0
                 else "the initial images (nothing was validated before)")
-        text = f"S{k + 1} stopped at iteration {iteration + 1}: {error}. Kept {kept}, lr {lr:.4g}."
+        text = f"S{stage.k + 1} stopped at iteration {iteration + 1}: {error}. Kept {kept}, lr {best.lr:.4g}."
         self.run_folder.add_message("warning", text)
-        diverged = [*self.run_folder.status().get("diverged", []), k]
-        self.run_folder.update_status(diverged=diverged)
-        self.run_folder.log({"kind": "divergence", "stage": k, "iteration": iteration + 1, "message": str(error)})
-        self.emit("phase", k, name=f"S{k + 1} diverged", message=text)
-        subset = Subset(images.detach().clone(), labels, float(lr))
-        self._finish_stage(k, subset, best)
+        self.run_folder.update_status(diverged=[*self.run_folder.status().get("diverged", []), stage.k])
+        self.run_folder.log({"kind": "divergence", "stage": stage.k, "iteration": iteration + 1, "message": str(error)})
+        self.emit(EventKind.PHASE, stage.k, name=f"S{stage.k + 1} diverged", message=text)
+        return self.finish_stage(stage, Subset(best.images.clone(), stage.labels_k.clone(), float(best.lr)))
+
+    def finish_stage(self, stage: Stage, subset: Subset) -> Subset:
+        info = {"stage": stage.k, "ipc": self.config.distill.subsets[stage.k].ipc, "lr": subset.lr,
+                "best_iteration": stage.best.iteration, "best_val_accuracy": stage.best.accuracy}
+        self.run_folder.save_subset(stage.k, subset, info)
+        self.run_folder.clear_checkpoint()
+        self.emit(EventKind.STAGE_DONE, stage.k, data=info, images=subset.images.clone())
         return subset
 
-    def _finish_stage(self, k: int, subset: Subset, best: dict) -> None:
-        info = {"stage": k, "ipc": self.config.distill.subsets[k].ipc, "lr": subset.lr,
-                "best_iteration": best["iteration"], "best_val_accuracy": best["accuracy"]}
-        self.run_folder.save_subset(k, subset, info)
-        self.run_folder.clear_checkpoint()
-        self.emit("stage_done", k, data=info, images=subset.images.detach().clone())
 
-    # -- evaluation -----------------------------------------------------------------------------------
-    def _cached_baseline(self, arch: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """The random-real baseline's accuracy, measured once per recipe: it depends on the data, the
-        model, the evaluation settings, the IPC and the seed only, so MTT and SeqMatch runs of a
-        comparison share it (saved beside the experts, under baselines/)."""
-        cfg = self.config
-        recipe = {"kind": "random-real baseline", "data": dataclasses.asdict(cfg.data),
-                  "model": dataclasses.asdict(cfg.model), "eval": dataclasses.asdict(cfg.eval), "ipc": cfg.ipc,
-                  "arch": arch, "seed": cfg.seed, "device": self.device.type}
-        recipe = json.loads(json.dumps(recipe))  # as it reads back from disk (tuples become lists)
-        path = self.cache.root / "baselines" / f"{recipe_key(recipe)}.json"
-        try:
-            stored = read_json(path) if path.is_file() else {}
-        except StorageError:
-            stored = {}  # a damaged cache file is measured again and replaced
-        if isinstance(stored, dict) and stored.get("recipe") == recipe and isinstance(stored.get("accuracy"), dict):
-            return stored["accuracy"]
-        accuracy = measure()
-        write_json(path, {"recipe": recipe, "accuracy": accuracy})
-        return accuracy
+# -- the default hooks ---------------------------------------------------------------------------------------
+class Selection:
+    """Every `distill.select_every` iterations (and at the end): the validation accuracy of the curriculum so
+    far with the current S_k, the mean of `eval.select_nets` nets; keeps the best S_k. Every candidate of a
+    stage is scored by the same nets (same initialisations, minibatches and augmentations), so comparisons
+    between candidates are paired; ties keep the earlier candidate. Never looks at test data."""
 
-    def final_evaluation(self, subsets: list[Subset]) -> dict[str, Any]:
-        """Test accuracy of the learned curriculum and of a random real set of the same IPC."""
-        cfg, data = self.config, self.data
-        curriculum = curriculum_from_subsets([(s.images.to(self.device), s.labels.to(self.device)) for s in subsets],
-                                             [s.lr for s in subsets])
-        baseline = random_real_curriculum(data, cfg)
-        jobs = [("synthetic", curriculum)] + ([("random_real", baseline)] if cfg.eval.baseline else [])
-        total = len(jobs) * len(cfg.eval.architectures) * cfg.eval.num_nets
-        result: dict[str, Any] = {"method": cfg.method, "ipc": cfg.ipc, "budget": cfg.budget,
-                                  "diverged": self.run_folder.status().get("diverged", []),
-                                  "lrs": [s.lr for s in subsets],
-                                  "eval_epochs": cfg.eval.epochs, "num_nets": cfg.eval.num_nets}
-        done = 0
-        for name, stages in jobs:
-            result[name] = {}
-            for arch in cfg.eval.architectures:
-                def progress(n: int, _total: int, offset: int = done) -> None:
-                    self.control.checkpoint()
-                    self.emit("progress", task="evaluation", done=offset + n, total=total)
+    def __init__(self, driver: Distiller):
+        self.driver = driver
 
-                def measure(stages=stages, name=name, arch=arch, progress=progress) -> dict[str, Any]:
-                    return evaluate_curriculum(stages, self.spec, cfg.eval, arch, cfg.eval.num_nets, data.test_images,
-                                               data.test_labels, cfg.seed, name, progress,
-                                               parallel_workers(self.device)).to_dict()
+    def after_step(self, stage: Stage, record: StepRecord) -> None:
+        every, done = self.driver.config.distill.select_every, stage.iteration
+        if not every or (done % every and done != stage.iterations):
+            return
+        if stage.best.accuracy < 0:  # the initial images, measured here so that the first steps show at once
+            self.score(stage, stage.best.iteration, stage.best.images, stage.best.lr)
+        self.score(stage, done, stage.images(), stage.lr())
 
-                acc = measure() if name != "random_real" else self._cached_baseline(arch, measure)
-                result[name][arch] = acc
-                done += cfg.eval.num_nets
-                self.emit("progress", task="evaluation", done=done, total=total)
-                self.emit("evaluation", data={"set": name, "arch": arch, **acc})
-        self.run_folder.save_eval(result)
-        return result
+    def score(self, stage: Stage, iteration: int, images: torch.Tensor, lr: float) -> None:
+        driver = self.driver
+        cfg, ctx = driver.config, driver.ctx
+        subsets = [*stage.prior, Subset(images, stage.labels_k, lr)]
+        curriculum = curriculum_from_subsets([(s.images, s.labels) for s in subsets], [s.lr for s in subsets])
+        accuracy = ctx.evaluate(curriculum, "convnet", cfg.eval.select_nets, "val", f"select-{stage.k}",
+                                control=driver.control).mean
+        improved = accuracy > stage.best.accuracy
+        if improved:
+            stage.best = Best(accuracy, iteration, images.clone(), lr)
+        driver.run_folder.log({"kind": "selection", "stage": stage.k, "iteration": iteration,
+                               "val_accuracy": accuracy, "best": improved})
+        driver.emit(EventKind.SELECTION, stage.k, iteration, val_accuracy=accuracy,
+                    best_accuracy=stage.best.accuracy, best_iteration=stage.best.iteration)
 
+
+class Checkpoints:
+    """Every `distill.snapshot_every` iterations (and at the end): a timeline snapshot and a resumable
+    checkpoint (pixels, lr, optimiser momenta, generator state, best so far)."""
+
+    def __init__(self, driver: Distiller):
+        self.driver = driver
+
+    def after_step(self, stage: Stage, record: StepRecord) -> None:
+        every, done = self.driver.config.distill.snapshot_every, stage.iteration
+        if done % every and done != stage.iterations:
+            return
+        run, state = self.driver.run_folder, stage.state
+        run.save_snapshot(stage.k, done, state.images, stage.lr())
+        momentum = {name: optimizer.state.get(param, {}).get("momentum_buffer")
+                    for name, optimizer, param in (("image_momentum", state.image_optimizer, state.images),
+                                                   ("lr_momentum", state.lr_optimizer, state.lr))}
+        best = stage.best
+        run.save_checkpoint(Checkpoint(stage.k, done, state.images.detach(), stage.lr(), stage.generator.get_state(),
+                                       momentum["image_momentum"], momentum["lr_momentum"], best.accuracy,
+                                       best.iteration, best.images, best.lr))
+        run.update_status(state=RunState.RUNNING, phase=f"distilling S{stage.k + 1}", stage=stage.k, iteration=done,
+                          iterations=stage.iterations)
+
+
+class G1:
+    """Records the per-subset gradient similarity every `distill.diagnose_every` iterations."""
+
+    def __init__(self, recorder: GradientRecorder):
+        self.recorder = recorder
+
+    def due(self, iteration: int) -> bool:
+        return self.recorder.due(iteration)
+
+    def after_step(self, stage: Stage, record: StepRecord) -> None:
+        self.recorder.record(stage.iteration, record.image_grads, start_epoch=record.start_epoch, loss=record.loss)
+
+
+# -- evaluation ----------------------------------------------------------------------------------------------
+def evaluate_run(ctx: RunContext, run: RunFolder, subsets: list[Subset], emit: Callable[..., None],
+                 control: RunControl | None = None) -> dict[str, Any]:
+    """Test accuracy of the learned curriculum and of a random real set of the same IPC (the baseline is
+    cached per recipe); writes eval.json and returns its content."""
+    cfg = ctx.config
+    curriculum = curriculum_from_subsets([(s.images, s.labels) for s in subsets], [s.lr for s in subsets])
+    sets = ["synthetic"] + (["random_real"] if cfg.eval.baseline else [])
+    total = len(sets) * len(cfg.eval.architectures) * cfg.eval.num_nets
+    result = EvalResult(cfg.method, cfg.ipc, [s.lr for s in subsets], cfg.eval.epochs, cfg.eval.num_nets, cfg.budget,
+                        run.status().get("diverged", []))
+    done = 0
+    for name in sets:
+        for arch in cfg.eval.architectures:
+            def progress(n: int, _total: int, offset: int = done) -> None:
+                emit(EventKind.PROGRESS, task="evaluation", done=offset + round(n / _total * cfg.eval.num_nets),
+                     total=total)
+
+            if name == "synthetic":
+                accuracy = ctx.evaluate(curriculum, arch, cfg.eval.num_nets, "test", name, progress, control).to_dict()
+            else:
+                accuracy = ctx.baseline(arch, progress, control)
+            result.add(name, arch, accuracy)
+            done += cfg.eval.num_nets
+            emit(EventKind.PROGRESS, task="evaluation", done=done, total=total)
+            emit(EventKind.EVALUATION, data={"set": name, "arch": arch, **accuracy})
+    run.save_eval(result)
+    return result.to_dict()

@@ -98,6 +98,20 @@ def check_tensor_file(path: Path) -> None:
         raise StorageError(f"{path} is damaged ({error})") from None
 
 
+def tensor_shape(path: Path, key: str) -> tuple[int, ...]:
+    """The shape of tensor `key` in a safetensors file, read from its header only."""
+    try:
+        with safe_open(str(path), "pt") as handle:
+            if key not in handle.keys():
+                raise StorageError(f"{path} lacks {key}: it is not a file of this kind")
+            return tuple(handle.get_slice(key).get_shape())
+    except (SafetensorError, OSError, ValueError) as error:
+        if isinstance(error, StorageError):
+            raise
+        raise StorageError(f"{path} is not a readable safetensors file ({error}); "
+                           f"it is damaged or was not written by this tool") from None
+
+
 def read_tensors(path: Path, required: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """Load a safetensors file, checking that `required` keys are present."""
     path = Path(path)

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from . import paths
 from .config import BUDGETS, ConfigError, RunConfig, SubsetConfig, apply_overrides, as_static, load_preset, split_ipc
-from .runs import RunError, RunFolder
+from .runs import RunError, RunFolder, RunState
 from .storage import read_json, write_json, write_text
 
 METHODS = ("mtt", "seqmatch")
@@ -165,7 +165,7 @@ class StudyFolder:
             return study
         path.mkdir(parents=True, exist_ok=True)
         write_json(path / paths.STUDY_FILE, spec.to_dict())
-        study.update_status(state="created", done=0, total=len(spec.plan()), created=time.time())
+        study.update_status(state=RunState.CREATED, done=0, total=len(spec.plan()), created=time.time())
         return study
 
     @classmethod
@@ -247,11 +247,11 @@ def summarise(study: StudyFolder) -> dict[str, Any]:
             for method in spec.methods:
                 run = study.run(run_id(cell, seed, method))
                 result = run.eval() if run else None
-                if not result or "convnet" not in result.get("synthetic", {}):
+                if not result or result.accuracy() is None:
                     continue
-                per_seed.setdefault(method, {})[seed] = result["synthetic"]["convnet"]["mean"]
-                if "convnet" in result.get("random_real", {}):
-                    baseline[seed] = result["random_real"]["convnet"]["mean"]
+                per_seed.setdefault(method, {})[seed] = result.accuracy()["mean"]
+                if result.accuracy("random_real"):
+                    baseline[seed] = result.accuracy("random_real")["mean"]
                 index = coupling_index(read_g1(run.path))
                 if index is not None:
                     coupling.setdefault(method, []).append(index)
@@ -313,16 +313,17 @@ RunHook = Callable[[str, int, int], None]  # (run id, index, total) before each 
 
 
 def run_study(study: StudyFolder, experts_root: Path, observer=None, control=None,
-              on_run: RunHook | None = None) -> dict[str, Any]:
+              on_run: RunHook | None = None, executor=None) -> dict[str, Any]:
     """Run (or resume) every run of the study in plan order, then return the summary. Finished runs are
-    skipped, an interrupted one resumes from its checkpoint; the summary is rewritten after each run."""
-    from .evaluate import control_curricula, evaluate_curriculum
-    from .parallel import parallel_workers
-    from .seqmatch import Distiller, RunControl, StopRequested
+    skipped, an interrupted one resumes from its checkpoint; the summary is rewritten after each run.
+    Jobs (experts, evaluation nets) run on `executor` (default: local)."""
+    from .context import RunContext
+    from .control import RunControl, StopRequested
+    from .seqmatch import Distiller
 
     spec, control = study.spec(), control or RunControl()
     plan = spec.plan()
-    study.update_status(state="running", started=time.time(), total=len(plan))
+    study.update_status(state=RunState.RUNNING, started=time.time(), total=len(plan))
     try:
         for index, (rid, cell, seed, method) in enumerate(plan):
             config = spec.run_config(cell, seed, method)
@@ -332,59 +333,48 @@ def run_study(study: StudyFolder, experts_root: Path, observer=None, control=Non
             study.update_status(current=rid, index=index)
             if on_run:
                 on_run(rid, index, len(plan))
-            distiller = Distiller(run, experts_root, observer, control)
-            if run.status().get("state") != "done":
-                if distiller.run() is None:
+            if run.status().get("state") != RunState.DONE:
+                if Distiller(run, experts_root, observer, control, executor=executor).run() is None:
                     raise StopRequested()
+            ctx = RunContext(config, experts_root, executor=executor)
             if str(seed) not in study.expert_accuracy():
-                study.save_expert_accuracy(seed, _expert_accuracy(distiller))
+                study.save_expert_accuracy(seed, expert_accuracy(ctx))
             if method == "seqmatch" and spec.controls and run.controls() is None:
-                run.save_controls(_controls(distiller, run, control_curricula, evaluate_curriculum,
-                                            parallel_workers(distiller.device)))
+                run.save_controls(evaluate_controls(ctx, run, control))
             summary = summarise(study)
             study.save_summary(summary, format_table(summary))
             study.update_status(done=summary["runs_done"])
     except StopRequested:
-        study.update_status(state="stopped", current=None)
+        study.update_status(state=RunState.STOPPED, current=None)
         raise
     except BaseException as error:
-        study.update_status(state="failed" if isinstance(error, Exception) else "stopped", current=None,
+        study.update_status(state=RunState.FAILED if isinstance(error, Exception) else RunState.STOPPED, current=None,
                             error=f"{type(error).__name__}: {error}")
         raise
     summary = summarise(study)
     study.save_summary(summary, format_table(summary))
-    study.update_status(state="done", current=None, finished=time.time(), done=summary["runs_done"])
+    study.update_status(state=RunState.DONE, current=None, finished=time.time(), done=summary["runs_done"])
     return summary
 
 
-def _ensure_data(distiller) -> None:
-    if getattr(distiller, "data", None) is None:
-        from .prepare import prepare_data
-
-        distiller.data = prepare_data(distiller.config.data, distiller.config.seed, distiller.device)
-
-
-def _expert_accuracy(distiller) -> list[float]:
-    """Test accuracy of the final epoch of each stage-1 expert of the run's recipe (read from the cache)."""
+def expert_accuracy(ctx) -> list[float]:
+    """Test accuracy of the final epoch of each stage-1 expert of a run's recipe (read from the cache)."""
     from .evaluate import accuracy
     from .models import ConvNet
 
-    _ensure_data(distiller)
-    experts = distiller.cached_stage1_experts()
-    data = distiller.data
-    return [accuracy(ConvNet(distiller.spec, trajectory[-1].to(distiller.device)), data.test_images, data.test_labels)
-            for trajectory in experts]
+    data = ctx.data
+    return [accuracy(ConvNet(ctx.spec, trajectory[-1].to(ctx.device)), data.test_images, data.test_labels)
+            for trajectory in ctx.cached_stage1_experts()]
 
 
-def _controls(distiller, run: RunFolder, control_curricula, evaluate_curriculum, workers: int) -> dict[str, Any]:
-    _ensure_data(distiller)
-    cfg, data = distiller.config, distiller.data
+def evaluate_controls(ctx, run: RunFolder, control=None) -> dict[str, Any]:
+    """Test accuracy of a SeqMatch set's evaluation-only controls (evaluate.CONTROLS), on the same evaluation nets
+    (same seed tag) as the set itself, so that each control is paired with it."""
+    from .evaluate import control_curricula
+
+    cfg = ctx.config
     subsets = run.subsets()
-    curricula = control_curricula([(s.images.to(distiller.device), s.labels.to(distiller.device)) for s in subsets],
-                                  [s.lr for s in subsets], data, cfg.seed)
-    accuracy = {name: evaluate_curriculum(stages, distiller.spec, cfg.eval, "convnet", cfg.eval.num_nets,
-                                          data.test_images, data.test_labels, cfg.seed, "synthetic",
-                                          workers=workers).to_dict()
+    curricula = control_curricula([(s.images, s.labels) for s in subsets], [s.lr for s in subsets], ctx.data, cfg.seed)
+    accuracy = {name: ctx.evaluate(stages, "convnet", cfg.eval.num_nets, "test", "synthetic", control=control).to_dict()
                 for name, stages in curricula.items()}
     return {"accuracy": accuracy, "eval_nets": cfg.eval.num_nets}
-

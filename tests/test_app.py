@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from seqmatch_engine.config import ConfigError
-from seqmatch_engine.jobs import JobManager
+from seqmatch_engine.manager import JobManager
 from views.forms import FormValues, config_from_form, form_defaults, parse_intervals
 
 gradio_client = pytest.importorskip("gradio_client")

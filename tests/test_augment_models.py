@@ -111,25 +111,26 @@ def test_expert_training_is_reproducible():
     torch.testing.assert_close(tiny_trajectory(seed=4)[1], tiny_trajectory(seed=4)[1], rtol=0, atol=0)
 
 
-def test_expert_cache_trains_missing_only_and_rejects_stale_files(tmp_path):
+def test_expert_cache_lists_missing_loads_saved_and_rejects_stale_files(tmp_path):
     cache = ExpertCache(tmp_path)
     recipe = {"name": "tiny"}
-    calls = []
-
-    def train_one(i):
-        calls.append(i)
-        return torch.full((3, 5), float(i))
-
-    first = cache.load_or_train(recipe, 2, (3, 5), train_one)
-    again = cache.load_or_train(recipe, 3, (3, 5), train_one)
-    assert calls == [0, 1, 2]  # the two cached experts were read, not retrained
-    torch.testing.assert_close(again[:2], first)
+    assert cache.missing(recipe, 2, (3, 5)) == [0, 1]
+    for i in (0, 1):
+        cache.save(recipe, i, torch.full((3, 5), float(i)))
+    assert cache.missing(recipe, 3, (3, 5)) == [2]
+    with pytest.raises(StorageError, match="expert 2 of .* is not cached yet"):
+        cache.load(recipe, 3, (3, 5))
+    torch.testing.assert_close(cache.load(recipe, 2, (3, 5))[1], torch.full((3, 5), 1.0))
     assert not list(tmp_path.rglob("*.tmp"))
     with pytest.raises(StorageError, match="expected"):
-        cache.load_or_train(recipe, 1, (4, 5), train_one)
+        cache.missing(recipe, 1, (4, 5))
+    with pytest.raises(StorageError, match="different recipe"):
+        (cache.folder(recipe) / "recipe.json").write_text('{"name": "other"}')
+        cache.missing(recipe, 1, (3, 5))
+    (cache.folder(recipe) / "recipe.json").write_text('{"name": "tiny"}')
     cache.expert_path(recipe, 0).write_bytes(b"half-written")
     with pytest.raises(StorageError, match="not a readable safetensors"):
-        cache.load_or_train(recipe, 1, (3, 5), train_one)
+        cache.missing(recipe, 1, (3, 5))
 
 
 def test_zca_is_fitted_on_raw_pixels_as_mtt():

@@ -253,7 +253,7 @@ def test_distill_leaves_a_complete_run_folder(finished):
     subsets = run.subsets()
     assert [tuple(s.images.shape) for s in subsets] == [(10, 1, 28, 28), (10, 1, 28, 28)]
     assert torch.equal(subsets[1].labels, torch.arange(10))
-    assert [(stage, it) for stage, it, _ in run.snapshots()] == [(0, 2), (1, 2)]
+    assert run.snapshots() == [(0, 2), (1, 2)]
     iterations = [(r["stage"], r["iteration"]) for r in run.metrics() if r["kind"] == "iteration"]
     assert iterations == [(0, 1), (0, 2), (1, 1), (1, 2)]
     experts = {p.name for p in (home / "experts").iterdir()}
@@ -315,7 +315,7 @@ def test_evaluate_prints_new_accuracies(finished, tmp_path, capsys):
     assert lines[0] == f"method seqmatch  IPC 2  learned lrs {lrs}"
     assert lines[1].startswith("synthetic    convnet") and lines[1].endswith("(1 nets)")
     assert lines[2].startswith("random_real  convnet") and lines[2].endswith("(1 nets)")
-    result = run.eval()
+    result = run.eval().to_dict()
     assert (result["eval_epochs"], result["num_nets"]) == (2, 1)  # the run itself was evaluated for 1 epoch
     assert f"{100 * result['synthetic']['convnet']['mean']:6.2f} ± 0.00 %" in lines[1]
     assert f"{100 * result['random_real']['convnet']['mean']:6.2f} ± 0.00 %" in lines[2]

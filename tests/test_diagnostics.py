@@ -245,8 +245,8 @@ def test_g2_of_static_mtt_uses_its_whole_set_on_the_partners_families(home, diag
 def test_held_out_experts_are_not_the_distillation_experts(diagnosed):
     diagnostics, _, _, _ = diagnosed
     held_out = diagnostics.held_out_experts()
-    recipe = diagnostics.distiller._expert_recipe(0, 3, None)
-    distillation = diagnostics.cache.load_or_train(recipe, 2, tuple(held_out.shape[1:]), lambda i: pytest.fail())
+    recipe = diagnostics.ctx.stage1_recipe()
+    distillation = diagnostics.ctx.cached_stage1_experts()
     assert held_out.shape == distillation.shape
     assert not torch.equal(held_out[0], distillation[0])
     assert diagnostics.cache.folder(diagnostics.held_out_recipe()) != diagnostics.cache.folder(recipe)
@@ -337,7 +337,7 @@ def test_g4_hardness_by_hand():
 
 def test_g4_uses_the_runs_own_evaluation_nets(diagnosed):
     diagnostics, _, _, g4 = diagnosed
-    evaluation = diagnostics.run.eval()
+    evaluation = diagnostics.run.eval().to_dict()
     assert g4["sets"]["synthetic"]["all"]["values"] == [evaluation["synthetic"]["convnet"]["values"][0]]
     assert g4["sets"]["random_real"]["all"]["values"] == [evaluation["random_real"]["convnet"]["values"][0]]
     assert g4["easy_count"] + g4["hard_count"] == len(g4["hardness"]) == 10000

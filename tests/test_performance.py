@@ -11,7 +11,7 @@ import seqmatch_engine.matching as matching
 from seqmatch_engine.augment import DSA_OPERATIONS, apply_augmentation, augment
 from seqmatch_engine.config import ConfigError, RunConfig
 from seqmatch_engine.conv_replay import ConvReplay
-from seqmatch_engine.experts import ExpertCache, train_trajectory
+from seqmatch_engine.experts import train_trajectory
 from seqmatch_engine.matching import (
     ConvNetStudent,
     MatchingState,
@@ -229,6 +229,7 @@ def test_config_accepts_and_checks_memory_mode():
 
 
 def test_distiller_reports_and_uses_the_chosen_memory_mode(tmp_path, monkeypatch):
+    import seqmatch_engine.methods as methods
     import seqmatch_engine.seqmatch as driver
     from seqmatch_engine.runs import RunFolder
 
@@ -240,13 +241,13 @@ def test_distiller_reports_and_uses_the_chosen_memory_mode(tmp_path, monkeypatch
                        "expert_epochs": 1, "select_every": 0, "memory_mode": "recompute"},
            "eval": {"epochs": 1, "num_nets": 1, "batch_size": 64, "baseline": False}}
     modes = []
-    real = driver.outer_step
+    real = methods.outer_step
 
     def spy(forward, *rest):
         modes.append(forward.memory_mode)
         return real(forward, *rest)
 
-    monkeypatch.setattr(driver, "outer_step", spy)
+    monkeypatch.setattr(methods, "outer_step", spy)
     events = []
     run = RunFolder.create(tmp_path / "runs", RunConfig.from_dict(raw))
     driver.Distiller(run, tmp_path / "experts", events.append).run()
@@ -255,7 +256,7 @@ def test_distiller_reports_and_uses_the_chosen_memory_mode(tmp_path, monkeypatch
     assert modes == ["recompute", "recompute"]
     assert run.status().get("memory_mode") == "recompute"
     # what the app shows: the live state rebuilt from the folder, and the status card while distilling
-    from seqmatch_engine.jobs import live_from_folder
+    from seqmatch_engine.manager import live_from_folder
     from views.render import status_html
 
     live = live_from_folder(run)
@@ -289,14 +290,7 @@ def test_parallel_experts_equal_experts_trained_one_at_a_time(tmp_path):
         assert sorted(together) == [0, 1, 2]
         for k in range(3):
             assert torch.equal(together[k], alone[k])  # bit for bit: each expert's ops ran the same way
-    # through the cache: files saved as they finish, progress counted, stacked in index order
-    cache, seen = ExpertCache(tmp_path), []
-    stacked = cache.load_or_train({"r": 1}, 3, (4, spec.num_params), train_one, lambda d, n: seen.append(d), workers=2)
-    assert seen == [1, 2, 3] and cache.cached_count({"r": 1}, 3) == 3
-    assert all(torch.equal(stacked[k], alone[k]) for k in range(3))
-    # all cached: nothing to train, however many workers
-    reread = cache.load_or_train({"r": 1}, 3, (4, spec.num_params), None, workers=2)
-    assert torch.equal(reread, stacked) and list(run_in_parallel(train_one, [], 2)) == []
+    assert list(run_in_parallel(train_one, [], 2)) == []
 
 
 def test_an_expert_error_stops_the_parallel_training():
@@ -353,25 +347,28 @@ def test_bench_expert_children_run(impl):
     assert result["images"] == 64 * result["experts"]
 
 
-def test_evaluation_nets_trained_two_at_a_time_give_the_same_accuracies():
-    from seqmatch_engine.config import EvalConfig
-    from seqmatch_engine.evaluate import curriculum_from_subsets, evaluate_curriculum
+def test_evaluation_nets_trained_two_at_a_time_give_the_same_accuracies(tmp_path):
+    from configs import tiny_run_config
 
-    spec, x, y, _ = expert_problem()
-    stages = curriculum_from_subsets([(x[:8], y[:8]), (x[8:16], y[8:16])], [0.05, 0.02])
-    config = EvalConfig(epochs=3, batch_size=8)
-    seen = []
-    runs = [evaluate_curriculum(stages, spec, config, "convnet", 3, x[16:], y[16:], 0, "t",
-                                lambda done, total: seen.append((done, total)), workers)
-            for workers in (1, 2)]
+    from seqmatch_engine.context import RunContext
+    from seqmatch_engine.evaluate import curriculum_from_subsets
+    from seqmatch_engine.executors import LocalExecutor
+
+    config = tiny_run_config("nets", 0, (1,))
+    runs, seen = [], []
+    for workers in (1, 2):
+        ctx = RunContext(config, tmp_path, executor=LocalExecutor(workers))
+        x, y = ctx.data.train_images, ctx.data.train_labels
+        stages = curriculum_from_subsets([(x[:8], y[:8]), (x[8:16], y[8:16])], [0.05, 0.02])
+        runs.append(ctx.evaluate(stages, "convnet", 3, "test", "t", lambda done, total: seen.append((done, total))))
     assert runs[0].values == runs[1].values and len(runs[0].values) == 3
-    assert seen == [(1, 3), (2, 3), (3, 3)] * 2
+    assert seen[-1] == (12, 12) and len(seen) == 2 * 12  # 3 nets x 2 stages x 2 epochs, per epoch
 
 
 def test_a_single_core_thread_leaves_the_other_threads_their_cores(tmp_path):
     import threading
 
-    from seqmatch_engine.jobs import JobManager
+    from seqmatch_engine.manager import JobManager
     from seqmatch_engine.parallel import keep_this_thread_single_core
     from views.layout import build_app
 

@@ -12,7 +12,7 @@ from test_app import free_port
 
 from seqmatch_engine import cli, paths
 from seqmatch_engine.config import ConfigError, RunConfig, load_preset
-from seqmatch_engine.jobs import JobManager
+from seqmatch_engine.manager import JobManager
 from seqmatch_engine.runs import RunError, RunFolder
 
 PIECES = ["..", ".", "/", "\\", "\x00", "\n", "~", "runs", "a", "é", "日本", "\u202e", "%2e%2e", "..%2f", " ", "$HOME",

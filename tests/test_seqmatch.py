@@ -7,12 +7,15 @@ from configs import tiny_run_config
 from reference import reference_unroll
 from torch import nn
 
+import seqmatch_engine.methods as methods
 from seqmatch_engine.augment import DSA_OPERATIONS, apply_augmentation
 from seqmatch_engine.config import EvalConfig, RunConfig, as_static
-from seqmatch_engine.evaluate import CurriculumStage, train_curriculum
+from seqmatch_engine.context import RunContext
+from seqmatch_engine.evaluate import Accuracy, CurriculumStage, train_curriculum
+from seqmatch_engine.executors import LocalExecutor
 from seqmatch_engine.matching import draw_unroll_plan, normalised_distance
 from seqmatch_engine.prepare import prepare_data
-from seqmatch_engine.runs import RunFolder
+from seqmatch_engine.runs import RunFolder, Subset
 from seqmatch_engine.seeding import make_generator
 from seqmatch_engine.seqmatch import Distiller, RunControl, StopRequested, initial_images
 
@@ -21,17 +24,17 @@ def tiny_config(**distill) -> RunConfig:
     return tiny_run_config("tiny", 3, (1, 1), **distill)
 
 
-def run_to_end(tmp_path, config, name="run", observer=None, control=None):
+def run_to_end(tmp_path, config, name="run", observer=None, control=None, executor=None):
     run = RunFolder.create(tmp_path / name, config)
-    return run, Distiller(run, tmp_path / "experts", observer, control).run()
+    return run, Distiller(run, tmp_path / "experts", observer, control, executor=executor).run()
 
 
 def test_static_run_equals_a_plain_mtt_loop(tmp_path):
     config = as_static(tiny_config())
     run, result = run_to_end(tmp_path, config)
-    distiller = Distiller(run, tmp_path / "experts")
-    distiller.data = data = prepare_data(config.data, config.seed, torch.device("cpu"))
-    experts = distiller.stage1_experts()  # read back from the cache
+    ctx = RunContext(config, tmp_path / "experts")
+    data = ctx.data
+    experts = ctx.cached_stage1_experts()
     sub, dist = config.distill.subsets[0], config.distill
     # Plain MTT, written out: same random draws, reference unroll, hand-written momentum SGD.
     x = initial_images(data, sub.ipc, "real", make_generator(config.seed, "init", 0))
@@ -43,7 +46,7 @@ def test_static_run_equals_a_plain_mtt_loop(tmp_path):
         t = int(torch.randint(sub.interval[0], sub.interval[1] - dist.expert_epochs, (1,), generator=g))
         plan = draw_unroll_plan(g, len(x), data.num_classes * sub.ipc, dist.syn_steps, data.image_size, DSA_OPERATIONS)
         xs, lrs = x.clone().requires_grad_(True), lr.clone().requires_grad_(True)
-        final = reference_unroll(distiller.spec, experts[e, t], xs, labels, lrs, [s.indices for s in plan],
+        final = reference_unroll(ctx.spec, experts[e, t], xs, labels, lrs, [s.indices for s in plan],
                                  [lambda im, d=s.augmentation: apply_augmentation(im, d) for s in plan])
         normalised_distance(final, experts[e, t], experts[e, t + dist.expert_epochs]).backward()
         vx, vlr = dist.momentum * vx + xs.grad, dist.momentum * vlr + lrs.grad
@@ -55,10 +58,9 @@ def test_static_run_equals_a_plain_mtt_loop(tmp_path):
 
 
 def test_stage_two_never_touches_stage_one_pixels(tmp_path, monkeypatch):
-    import seqmatch_engine.seqmatch as driver
 
     captured = []
-    real_outer_step = driver.outer_step
+    real_outer_step = methods.outer_step
 
     def spy(forward, state, frozen, labels, *rest):
         before = frozen.clone()
@@ -66,7 +68,7 @@ def test_stage_two_never_touches_stage_one_pixels(tmp_path, monkeypatch):
         captured.append((before, frozen.clone(), len(labels)))
         return loss
 
-    monkeypatch.setattr(driver, "outer_step", spy)
+    monkeypatch.setattr(methods, "outer_step", spy)
     run, _ = run_to_end(tmp_path, tiny_config())
     stage2 = [c for c in captured if len(c[0])]
     assert len(stage2) == 4
@@ -189,16 +191,15 @@ def test_exploding_pixels_are_caught_early_blame_lr_img_and_keep_the_best_valida
 
 
 def test_the_random_real_baseline_is_measured_once_per_recipe(tmp_path, monkeypatch):
-    import seqmatch_engine.seqmatch as driver
-
     tags = []
-    real = driver.evaluate_curriculum
+    real = RunContext.evaluate
 
-    def spy(*args, **kwargs):
-        tags.append(args[8])  # the set's tag: "synthetic" or "random_real"
-        return real(*args, **kwargs)
+    def spy(self, stages, arch, nets, split, tag, *rest, **kwargs):
+        if split == "test":
+            tags.append(tag)  # the set's tag: "synthetic" or "random_real"
+        return real(self, stages, arch, nets, split, tag, *rest, **kwargs)
 
-    monkeypatch.setattr(driver, "evaluate_curriculum", spy)
+    monkeypatch.setattr(RunContext, "evaluate", spy)
     seqmatch = tiny_config(subsets=[{"ipc": 1, "interval": [0, 3], "iterations": 1},
                                     {"ipc": 1, "interval": [0, 3], "iterations": 1}])
     _, first = run_to_end(tmp_path, as_static(seqmatch), "mtt")
@@ -214,15 +215,11 @@ def test_the_random_real_baseline_is_measured_once_per_recipe(tmp_path, monkeypa
     assert tags[-1] == "random_real"  # another seed draws another random real set
 
 
-def test_experts_trained_two_at_a_time_give_the_same_run_and_are_reused(tmp_path, monkeypatch):
-    import seqmatch_engine.seqmatch as driver
-
+def test_experts_trained_two_at_a_time_give_the_same_run_and_are_reused(tmp_path):
     config = tiny_config()  # K = 2: stage-1 experts and retrained stage-2 experts
-    monkeypatch.setattr(driver, "parallel_workers", lambda device: 1)
-    one, alone = run_to_end(tmp_path / "one", config)
-    monkeypatch.setattr(driver, "parallel_workers", lambda device: 2)
-    two, together = run_to_end(tmp_path / "two", config)
-    _, cached = run_to_end(tmp_path / "two", config, "again")  # every expert from the cache
+    one, alone = run_to_end(tmp_path / "one", config, executor=LocalExecutor(1))
+    two, together = run_to_end(tmp_path / "two", config, executor=LocalExecutor(2))
+    _, cached = run_to_end(tmp_path / "two", config, "again", executor=LocalExecutor(2))  # every expert cached
     assert together["synthetic"] == alone["synthetic"] == cached["synthetic"]
     for a, b in zip(one.subsets(), two.subsets()):
         assert torch.equal(a.images, b.images)
@@ -238,3 +235,30 @@ def test_the_initial_images_are_measured_at_the_first_selection_not_before_the_f
     best = max(selections, key=lambda r: r["val_accuracy"])  # the first best wins ties
     (done,) = [e for e in events if e.kind == "stage_done" and e.stage == 0]
     assert done.data["data"]["best_iteration"] == best["iteration"]
+
+
+def test_selection_ties_keep_the_earlier_candidate(tmp_path, monkeypatch):
+    """Equal validation accuracies: the first candidate (the initial images) stays the best."""
+    monkeypatch.setattr(RunContext, "evaluate", lambda self, *args, **kwargs: Accuracy([0.5]))
+    run, _ = run_to_end(tmp_path, tiny_config(select_every=2))
+    selections = [r for r in run.metrics() if r.get("kind") == "selection" and r["stage"] == 0]
+    assert [(r["iteration"], r["best"]) for r in selections] == [(0, True), (2, False), (4, False)]
+    data = prepare_data(run.config().data, run.config().seed, torch.device("cpu"))
+    init = initial_images(data, 1, "real", make_generator(run.config().seed, "init", 0))
+    assert torch.equal(run.subsets()[0].images, init)  # the kept S1 is the first candidate
+
+
+def test_the_stage2_expert_key_changes_with_the_learned_lr_of_s1(tmp_path):
+    ctx = RunContext(tiny_config(), tmp_path)
+    images, labels = torch.zeros(10, 1, 28, 28), torch.arange(10)
+    key = lambda lr: ctx.retrained_recipe(1, [Subset(images, labels, lr)])  # noqa: E731
+    assert key(0.01) != key(0.011)  # experts pre-trained with another lr are other experts
+    assert key(0.01) == key(0.01)
+    assert ctx.retrained_recipe(1, [Subset(images + 1, labels, 0.01)]) != key(0.01)  # and other pixels too
+
+
+def test_images_are_published_every_publish_every_iterations_and_at_the_end(tmp_path):
+    events = []
+    run_to_end(tmp_path, tiny_config(publish_every=3), observer=events.append)
+    published = [(e.stage, e.iteration) for e in events if e.kind == "iteration" and e.data["images"] is not None]
+    assert published == [(0, 3), (0, 4), (1, 3), (1, 4)]  # 4 iterations per stage: the 3rd and the last

@@ -22,7 +22,7 @@ from safetensors import safe_open
 from seqmatch_engine import paths, runs, storage
 from seqmatch_engine.config import RunConfig, load_preset
 from seqmatch_engine.prepare import PixelTransform, prepare_data
-from seqmatch_engine.runs import RunError, RunFolder, Subset, list_runs
+from seqmatch_engine.runs import Checkpoint, EvalResult, RunError, RunFolder, Subset, list_runs
 from seqmatch_engine.seqmatch import Distiller, RunControl, StopRequested
 from seqmatch_engine.storage import (
     StorageError,
@@ -343,22 +343,23 @@ def test_snapshots_are_listed_in_order(tmp_path):
     assert run.snapshots() == []
     for stage, iteration in [(1, 10), (0, 20), (0, 5), (1, 2), (0, 100)]:
         run.save_snapshot(stage, iteration, torch.zeros(2, 1, 4, 4), 0.01)
-    found = run.snapshots()
-    assert [(s, i) for s, i, _ in found] == [(0, 5), (0, 20), (0, 100), (1, 2), (1, 10)]
-    assert found[0][2] == paths.snapshot_file(run.path, 0, 5) == run.path / "snapshots" / "S1_000005.safetensors"
-    assert float(read_tensors(found[-1][2], ("images", "lr"))["lr"]) == pytest.approx(0.01)
+    assert run.snapshots() == [(0, 5), (0, 20), (0, 100), (1, 2), (1, 10)]
+    assert paths.snapshot_file(run.path, 0, 5) == run.path / "snapshots" / "S1_000005.safetensors"
+    assert float(read_tensors(paths.snapshot_file(run.path, 1, 10), ("images", "lr"))["lr"]) == pytest.approx(0.01)
+    assert torch.equal(run.snapshot_images(1, 10), torch.zeros(2, 1, 4, 4))
 
 
 def test_checkpoint_round_trip(tmp_path):
     run = RunFolder.create(tmp_path, preset_config())
     assert run.checkpoint() is None
-    saved = {"images": torch.ones(2, 3), "lr": torch.tensor(0.1), "generator": torch.zeros(3, dtype=torch.uint8),
-             "best_images": torch.zeros(2, 3)}
-    run.save_checkpoint(saved, {"stage": 1, "iteration": 7})
-    tensors, info = run.checkpoint()
-    assert torch.equal(tensors["images"], torch.ones(2, 3))
-    assert info == {"stage": 1, "iteration": 7}
-    run.save_checkpoint({"images": torch.ones(2, 3)}, {"stage": 1, "iteration": 7})
+    saved = Checkpoint(1, 7, torch.ones(2, 3), 0.1, torch.Generator().get_state(), torch.full((2, 3), 0.5), None,
+                       0.7, 4, torch.zeros(2, 3), 0.09)
+    run.save_checkpoint(saved)
+    loaded = run.checkpoint()
+    assert torch.equal(loaded.images, torch.ones(2, 3)) and torch.equal(loaded.image_momentum, saved.image_momentum)
+    assert (loaded.stage, loaded.iteration, loaded.best_accuracy, loaded.best_iteration) == (1, 7, 0.7, 4)
+    assert loaded.lr_momentum is None and loaded.lr == pytest.approx(0.1) and loaded.best_lr == pytest.approx(0.09)
+    write_tensors(run.path / "checkpoint.safetensors", {"images": torch.ones(2, 3)}, metadata={"info": "{}"})
     with pytest.raises(StorageError, match="lacks lr, generator, best_images"):
         run.checkpoint()
     run.clear_checkpoint()
@@ -369,8 +370,14 @@ def test_checkpoint_round_trip(tmp_path):
 def test_eval_round_trip(tmp_path):
     run = RunFolder.create(tmp_path, preset_config())
     assert run.eval() is None
-    run.save_eval({"method": "seqmatch", "ipc": 10})
-    assert run.eval() == {"method": "seqmatch", "ipc": 10}
+    result = EvalResult("seqmatch", 10, [0.01, 0.02], 300, 5, None, [1])
+    result.add("synthetic", "convnet", {"mean": 0.8, "std": 0.01, "values": [0.79, 0.81]})
+    run.save_eval(result)
+    assert run.eval() == result and run.eval().accuracy()["mean"] == 0.8 and run.eval().accuracy("random_real") is None
+    assert json.loads((run.path / "eval.json").read_text())["synthetic"]["convnet"]["values"] == [0.79, 0.81]
+    write_json(run.path / "eval.json", {"method": "mtt"})
+    with pytest.raises(StorageError, match="eval.json lacks 'ipc'"):
+        run.eval()
 
 
 def test_transform_round_trip_with_zca(tmp_path):
@@ -527,20 +534,20 @@ def test_stopped_run_resumes_and_exports(tmp_path, data, experts_root):
     status = run.status()
     assert (status["state"], status["phase"]) == ("stopped", "stopped")
     assert run.subsets() == []
-    assert [(s, i) for s, i, _ in run.snapshots()] == [(0, 1)]
-    assert run.checkpoint()[1]["iteration"] == 1
+    assert run.snapshots() == [(0, 1)]
+    assert run.checkpoint().iteration == 1
     assert [e.data["name"] for e in events if e.kind == "phase"][-1] == "stopped"
     with run.path.joinpath(paths.METRICS_FILE).open("a") as handle:
         handle.write('{"kind": "iteration", "stage": 0, "iteration": 2, "lo')  # torn by a kill
 
     result = Distiller(run, experts_root, data=data).run()
-    assert result is not None and result == run.eval()
+    assert result is not None and result == run.eval().to_dict()
     assert (result["method"], result["ipc"], result["num_nets"]) == ("mtt", 1, 1)
     status = run.status()
     assert status["state"] == "done"
     assert [m["text"] for m in status["messages"]] == ["resumed S1 at iteration 1 of 3"]
     assert [r["iteration"] for r in run.metrics() if r["kind"] == "iteration"] == [1, 2, 3]
-    assert [(s, i) for s, i, _ in run.snapshots()] == [(0, 1), (0, 2), (0, 3)]
+    assert run.snapshots() == [(0, 1), (0, 2), (0, 3)]
     assert run.checkpoint() is None
     (subset,) = run.subsets()
     assert tuple(subset.images.shape) == (10, 1, 28, 28)

@@ -82,7 +82,7 @@ def test_study_runs_every_cell_and_pairs_by_seed(finished):
     assert sorted(r["seed"] for r in recipes if r["stage"] == 1) == [0, 1]
     for seed in (0, 1):
         runs = {m: study.run(run_id(Cell(2, 2), seed, m)) for m in ("mtt", "seqmatch")}
-        results = {m: run.eval() for m, run in runs.items()}
+        results = {m: run.eval().to_dict() for m, run in runs.items()}
         # the random-real baseline is measured once per seed and shared
         assert results["mtt"]["random_real"] == results["seqmatch"]["random_real"]
         assert results["mtt"]["budget"] == "per-image" and results["seqmatch"]["budget"] is None
@@ -95,14 +95,14 @@ def test_summary_numbers_are_the_runs_eval_values(finished):
     _, study, summary, _ = finished
     (row,) = summary["cells"]
     for method in ("mtt", "seqmatch"):
-        values = [study.run(run_id(Cell(2, 2), s, method)).eval()["synthetic"]["convnet"]["mean"] for s in (0, 1)]
+        values = [study.run(run_id(Cell(2, 2), s, method)).eval().accuracy()["mean"] for s in (0, 1)]
         acc = row["methods"][method]["accuracy"]
         assert acc["values"] == values
         assert acc["mean"] == pytest.approx(sum(values) / 2)
         assert acc["std"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)  # sample std of two values
         assert row["methods"][method]["coupling"]["n"] == 2
-    differences = [study.run(run_id(Cell(2, 2), s, "seqmatch")).eval()["synthetic"]["convnet"]["mean"]
-                   - study.run(run_id(Cell(2, 2), s, "mtt")).eval()["synthetic"]["convnet"]["mean"] for s in (0, 1)]
+    differences = [study.run(run_id(Cell(2, 2), s, "seqmatch")).eval().accuracy()["mean"]
+                   - study.run(run_id(Cell(2, 2), s, "mtt")).eval().accuracy()["mean"] for s in (0, 1)]
     assert row["paired"]["values"] == pytest.approx(differences) and row["paired"]["seeds"] == [0, 1]
     assert set(row["controls"]) == {"first_subset_alone", "one_stage", "random_last"}
     controls = study.run(run_id(Cell(2, 2), 0, "seqmatch")).controls()["accuracy"]
@@ -127,12 +127,7 @@ def test_resume_skips_finished_runs_and_finishes_interrupted_ones(finished, tmp_
     (last.path / "eval.json").unlink()
     last.update_status(state="running")
     trained = []
-    original = ExpertCache.load_or_train
-
-    def spy(self, recipe, count, shape, train_one, *args, **kwargs):
-        return original(self, recipe, count, shape, lambda i: trained.append(i) or train_one(i), *args, **kwargs)
-
-    monkeypatch.setattr(ExpertCache, "load_or_train", spy)
+    monkeypatch.setattr(ExpertCache, "save", lambda self, recipe, i, trajectory: trained.append(i))
     resumed = run_study(again, paths.experts_root(copy))
     assert trained == []  # every expert came from the cache
     for rid, *_ in study.spec().plan()[:-1]:

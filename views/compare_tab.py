@@ -7,8 +7,8 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from seqmatch_engine.config import BUDGET_NOTES, ConfigError, preset_names
-from seqmatch_engine.jobs import JobManager
-from seqmatch_engine.runs import RunError, RunFolder, list_runs
+from seqmatch_engine.manager import JobManager
+from seqmatch_engine.runs import EvalResult, RunError, RunFolder, RunState, list_runs
 
 from .forms import FormValues, compare_pair, form_defaults
 from .live_view import LiveView, poll_outputs
@@ -24,19 +24,19 @@ BUDGET_EXPLAINED = (
     "CPU presets they barely do, so expect little difference here (see the Studies tab for the numbers).")
 
 
-def accuracy_figure(results: list[tuple[str, dict | None]]) -> go.Figure:
+def accuracy_figure(results: list[tuple[str, EvalResult | None]]) -> go.Figure:
     """Bars of test accuracy (mean ± std) for each labelled run and the random-real baseline."""
     names, means, stds, colours = [], [], [], []
     baseline = None
     for label, result in results:
-        if not result or "convnet" not in result.get("synthetic", {}):
+        acc = result.accuracy() if result else None
+        if acc is None:
             continue
-        acc = result["synthetic"]["convnet"]
         names.append(label)
         means.append(100 * acc["mean"])
         stds.append(100 * acc["std"])
-        colours.append(method_colour(result.get("method")))
-        baseline = baseline or result.get("random_real", {}).get("convnet")
+        colours.append(method_colour(result.method))
+        baseline = baseline or result.accuracy("random_real")
     if baseline:
         names.append("random real")
         means.append(100 * baseline["mean"])
@@ -52,7 +52,7 @@ def accuracy_figure(results: list[tuple[str, dict | None]]) -> go.Figure:
 
 def run_choices(manager: JobManager, method: str) -> list[str]:
     return [row.id for row in map(RunFolder.overview, list_runs(manager.runs_root))
-            if row.method == method and row.state == "done"]
+            if row.method == method and row.state == RunState.DONE]
 
 
 @dataclass

@@ -8,8 +8,8 @@ import gradio as gr
 
 from seqmatch_engine.diagnostics import COMPUTED, DiagnosticsOptions, missing
 from seqmatch_engine.diagnostics.store import read_g1, read_g2
-from seqmatch_engine.jobs import JobManager
-from seqmatch_engine.runs import RunError, RunFolder, list_runs
+from seqmatch_engine.manager import JobManager
+from seqmatch_engine.runs import RunError, RunFolder, RunState, list_runs
 
 from .figures import g1_heatmap_slider
 from .overlays import comparison_overlays, run_figures
@@ -17,7 +17,7 @@ from .render import status_html
 
 
 def finished_runs(manager: JobManager) -> list[str]:
-    return [row.id for row in map(RunFolder.overview, list_runs(manager.runs_root)) if row.state == "done"]
+    return [row.id for row in map(RunFolder.overview, list_runs(manager.runs_root)) if row.state == RunState.DONE]
 
 
 def g2_partner(run: RunFolder, runs: dict[str, RunFolder]) -> RunFolder | None:
@@ -116,7 +116,7 @@ class DiagnosticsTab:
         if not jobs:
             return [jobs, gr.skip(), *[gr.skip()] * 7]
         lives = [self.manager.live(j) for j in jobs]
-        pending = [live for live in lives if live and live.state in ("queued", "running", "paused")]
+        pending = [live for live in lives if live and live.state.active]
         if pending:
             live = pending[0]
             return [jobs, status_html(live, self.manager.queue_position(live.run_id)), *[gr.skip()] * 7]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from seqmatch_engine.config import ConfigError, preset_names
-from seqmatch_engine.jobs import JobManager
+from seqmatch_engine.manager import JobManager
 
 from .forms import METHODS, FormValues, config_from_form, form_defaults
 from .live_view import LiveView, poll_outputs

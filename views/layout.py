@@ -5,7 +5,7 @@ import functools
 
 import gradio as gr
 
-from seqmatch_engine.jobs import JobManager
+from seqmatch_engine.manager import JobManager
 from seqmatch_engine.parallel import single_core
 from seqmatch_engine.paths import ASSETS_DIR
 

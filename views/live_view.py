@@ -11,27 +11,27 @@ from pathlib import Path
 
 import gradio as gr
 
-from seqmatch_engine.jobs import JobManager, LiveState
-from seqmatch_engine.runs import RunError, RunFolder
+from seqmatch_engine.manager import JobManager, LiveState
+from seqmatch_engine.runs import RunError, RunFolder, RunState
 from seqmatch_engine.storage import StorageError
 
 from .render import accuracy_markdown, curves_figure, status_html, subset_panels
 
 
 @lru_cache(maxsize=32)
-def _display_info(run_path: Path, mtime_key: float):
-    """(transform, class names) of a run, cached until its status file changes from absent."""
+def _display_info(run_path: Path, version: float):
+    """(transform, class names) of a run, cached per version of its transform file."""
     run = RunFolder(run_path)
     return run.transform(), tuple(run.status().get("class_names", []))
 
 
 def display_info(run: RunFolder):
     """(transform, class names), or None while the run has not loaded its data yet."""
-    path = run.path / "transform.safetensors"
-    if not path.exists():
+    version = run.transform_version()
+    if version is None:
         return None
     try:
-        transform, names = _display_info(run.path, path.stat().st_mtime)
+        transform, names = _display_info(run.path, version)
     except StorageError:
         return None
     return (transform, names) if names else None
@@ -67,7 +67,7 @@ class LiveView:
             return status, gr.skip(), gr.skip(), gr.skip(), version
         image = self.render_images(run, live)
         curves = curves_figure(live) if live.losses else gr.skip()
-        accuracy = accuracy_markdown(run.eval()) if live.state == "done" else ""
+        accuracy = accuracy_markdown(run.eval()) if live.state == RunState.DONE else ""
         return status, image, curves, accuracy, key
 
     @staticmethod
@@ -78,7 +78,7 @@ class LiveView:
         transform, names = info
         images = {k: subset.images for k, subset in enumerate(run.subsets()) if k not in live.images}
         images.update(live.images)
-        active = live.stage if live.state in ("running", "paused") else None
+        active = live.stage if live.state in (RunState.RUNNING, RunState.PAUSED) else None
         return subset_panels(images, transform, names, active)
 
 

@@ -24,8 +24,8 @@ def summary_markdown(runs: list[tuple[str, RunFolder]]) -> str:
             "|---|---|---|---|---|"]
     for label, run in runs:
         values = summary(run.path)
-        result = run.eval() or {}
-        acc = result.get("synthetic", {}).get("convnet")
+        result = run.eval()
+        acc = result.accuracy() if result else None
         accuracy = f"{100 * acc['mean']:.1f} ± {100 * acc['std']:.1f} %" if acc else "–"
         rows.append(f"| {label} | {accuracy} | {_number(values['coupling_index'])} | "
                     f"{format_late_errors(values['late_matching_error'])} | "

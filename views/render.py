@@ -10,10 +10,11 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from seqmatch_engine.imaging import image_grid
-from seqmatch_engine.jobs import LiveState
+from seqmatch_engine.manager import LiveState
 from seqmatch_engine.prepare import PixelTransform
+from seqmatch_engine.runs import EvalResult, RunState
 
-from .palette import STAGE_COLOURS
+from .palette import METHOD_NAMES, STAGE_COLOURS
 
 FONT_PATH = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 
@@ -110,7 +111,7 @@ def status_html(live: LiveState | None, queue_position: int = 0, error: str | No
         return f"<div class='sm-status'><div class='sm-error'>{html.escape(error)}</div></div>"
     if live is None:
         return "<div class='sm-status'>No run yet. Pick a preset and press <b>Start</b>.</div>"
-    if live.state == "queued":
+    if live.state == RunState.QUEUED:
         ahead = f"{queue_position} run{'s' if queue_position != 1 else ''} ahead" if queue_position > 0 else "next"
         return f"<div class='sm-status'><b>Queued</b> ({ahead}): one run trains at a time.</div>"
     done, total = (live.iteration, live.iterations) if live.phase.startswith("distilling") else (live.progress or (0, 0))
@@ -120,6 +121,8 @@ def status_html(live: LiveState | None, queue_position: int = 0, error: str | No
         parts.append(f"{done}/{total}")
     if live.phase.startswith("distilling") and live.eta_s is not None:
         parts.append(f"ETA {format_seconds(live.eta_s)}")
+    if live.executor and not live.executor.startswith("local"):
+        parts.append(f"<span class='sm-executor'>jobs on {html.escape(live.executor)}</span>")
     if live.phase.startswith("distilling") and live.memory_mode:
         note = html.escape(live.memory_note or "", quote=True)
         parts.append(f"<span class='sm-memory' title='{note}'>memory: {html.escape(live.memory_mode)}</span>")
@@ -133,20 +136,20 @@ def status_html(live: LiveState | None, queue_position: int = 0, error: str | No
     return f"<div class='sm-status'>{' · '.join(parts)}{bar}{errors}</div>"
 
 
-def accuracy_markdown(result: dict | None) -> str:
-    """Final accuracies as a small markdown table."""
+def accuracy_markdown(result: EvalResult | None) -> str:
+    """Final accuracies as a small markdown table, with the budget convention and any divergence."""
     if not result:
         return ""
     rows = ["| set | net | accuracy (mean ± std) | nets |", "|---|---|---|---|"]
-    for name, title in (("synthetic", f"{result['method'].upper()} IPC {result['ipc']}"),
-                        ("random_real", f"random real IPC {result['ipc']}")):
-        for arch, acc in result.get(name, {}).items():
+    for name, title in (("synthetic", f"{METHOD_NAMES.get(result.method, result.method)} IPC {result.ipc}"),
+                        ("random_real", f"random real IPC {result.ipc}")):
+        for arch, acc in result.sets.get(name, {}).items():
             rows.append(f"| {title} | {arch} | **{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} %** | "
                         f"{len(acc['values'])} |")
     notes = []
-    if result.get("budget"):
-        notes.append(f"Static MTT under the **{result['budget']}** budget convention.")
-    if result.get("diverged"):
-        stages = ", ".join(f"S{k + 1}" for k in result["diverged"])
+    if result.budget:
+        notes.append(f"Static MTT under the **{result.budget}** budget convention.")
+    if result.diverged:
+        stages = ", ".join(f"S{k + 1}" for k in result.diverged)
         notes.append(f"⚠ {stages} diverged and kept earlier, sane images: this accuracy is not the method's.")
     return "\n".join(rows) + "".join(f"\n\n{note}" for note in notes)

@@ -10,9 +10,9 @@ import gradio as gr
 
 from seqmatch_engine.data import DATASET_NAMES
 from seqmatch_engine.importer import ImportFailed, import_distilled_set, import_expert_buffer
-from seqmatch_engine.jobs import JobManager
-from seqmatch_engine.runs import RunError, RunFolder, list_runs
-from seqmatch_engine.storage import StorageError, read_tensors
+from seqmatch_engine.manager import JobManager
+from seqmatch_engine.runs import RunError, RunFolder, RunState, list_runs
+from seqmatch_engine.storage import StorageError
 
 from .live_view import display_info
 from .render import accuracy_markdown, subset_panels
@@ -32,7 +32,7 @@ def run_rows(manager: JobManager) -> list[list]:
         if manager.owns(run.id):
             state = manager.live(run.id).state
         else:
-            state = "interrupted" if row.state in ("running", "queued", "created") else row.state  # resumable
+            state = RunState.on_disk({"state": row.state})  # nothing here runs it: interrupted, resumable
         rows.append([row.id, row.method or "?", row.ipc or "", state, row.problem or row.phase,
                      _percent(row.accuracy) + (" ⚠ diverged" if row.diverged else ""), _percent(row.baseline)])
     return rows
@@ -126,9 +126,9 @@ class RunsTab:
         snapshots, info = run.snapshots(), display_info(run)
         if not snapshots or info is None:
             return None
-        stage, iteration, path = snapshots[min(int(index), len(snapshots) - 1)]
+        stage, iteration = snapshots[min(int(index), len(snapshots) - 1)]
         images = {k: s.images for k, s in enumerate(run.subsets()[:stage])}
-        images[stage] = read_tensors(path, ("images",))["images"]
+        images[stage] = run.snapshot_images(stage, iteration)
         return subset_panels(images, *info, active_stage=stage)
 
     def on_resume(self, run_id: str, current: str | None):
@@ -136,7 +136,7 @@ class RunsTab:
             run = self._run(run_id)
         except RunError as error:
             return current, f"**{error}**"
-        if run.status().get("state") == "done":
+        if run.status().get("state") == RunState.DONE:
             return current, f"`{run_id}` is finished; its images are shown below."
         self.manager.resume(run_id)
         return run_id, f"Resuming `{run_id}`: follow it on the **Distil** tab."
@@ -154,7 +154,7 @@ class RunsTab:
             run = self._run(run_id)
         except RunError as error:
             return f"**Cannot delete:** {error}", gr.update(), gr.update()
-        if self.manager.owns(run_id) and self.manager.live(run_id).state in ("queued", "running", "paused"):
+        if self.manager.owns(run_id) and self.manager.live(run_id).state.active:
             rows = run_rows(self.manager)
             return "**Stop this run before deleting it.**", rows, gr.update()
         run.delete()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from seqmatch_engine.config import BUDGET_NOTES, ConfigError
-from seqmatch_engine.jobs import JobManager
+from seqmatch_engine.manager import JobManager
 from seqmatch_engine.runs import RunError
 from seqmatch_engine.storage import StorageError
 from seqmatch_engine.study import StudyFolder, format_table, list_studies, load_study_spec, study_preset_names, summarise

@@ -13,10 +13,12 @@ from typing import Any, Callable
 
 import torch
 
+from ..context import RunContext
 from ..evaluate import curriculum_from_subsets, random_real_curriculum, train_curriculum
-from ..experts import ExpertCache, recipe_key, tensor_digest, train_trajectory
-from ..models import ConvNet, build_eval_net, init_convnet_params
-from ..prepare import PreparedData, prepare_data
+from ..executors import Executor
+from ..experts import recipe_key
+from ..models import build_eval_net
+from ..prepare import PreparedData
 from ..runs import RunError, RunFolder, Subset
 from ..seeding import make_generator
 from . import store
@@ -43,9 +45,7 @@ class RunDiagnostics:
     """Diagnostics of one finished run folder; data and held-out experts are loaded once, on demand."""
 
     def __init__(self, run: RunFolder, experts_root: Path, options: DiagnosticsOptions | None = None,
-                 data: PreparedData | None = None):
-        from ..seqmatch import Distiller  # the driver knows the run's net and stage-1 expert recipe
-
+                 data: PreparedData | None = None, executor: Executor | None = None):
         self.run = run
         self.options = options or DiagnosticsOptions()
         self.config = run.config()
@@ -53,49 +53,32 @@ class RunDiagnostics:
         if len(self.subsets) < len(self.config.distill.subsets):
             raise RunError(f"run {run.id} has {len(self.subsets)} of {len(self.config.distill.subsets)} subsets; "
                            f"finish it first: python -m seqmatch_engine distill --resume {run.path}")
-        self.distiller = Distiller(run, experts_root)
-        self.device = self.distiller.device
-        self.cache = ExpertCache(experts_root)
-        self._data = data
+        self.ctx = RunContext(self.config, experts_root, data, executor)
+        self.device, self.cache = self.ctx.device, self.ctx.cache
         self._held_out: torch.Tensor | None = None
 
     @property
     def data(self) -> PreparedData:
-        if self._data is None:
-            self._data = prepare_data(self.config.data, self.config.seed, self.device)
-        self.distiller.data = self._data
-        return self._data
+        return self.ctx.data
 
     @property
     def spec(self):
-        _ = self.data
-        return self.distiller.spec
+        return self.ctx.spec
 
     def forward(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        _ = self.data
-        return self.distiller.forward(params, x)
+        return self.ctx.forward(params, x)
 
     # -- held-out experts ------------------------------------------------------------------------------
     def held_out_recipe(self) -> dict[str, Any]:
         """The run's stage-1 expert recipe, marked held-out (a different cache folder and seed tag)."""
-        _ = self.data
-        return {**self.distiller._expert_recipe(0, self.config.experts.epochs, None), "held_out": "diagnostics"}
+        return {**self.ctx.stage1_recipe(), "held_out": "diagnostics"}
 
     def held_out_experts(self, progress: ProgressFn | None = None) -> torch.Tensor:
         """Trajectories (options.experts, E+1, P), trained once and cached."""
-        if self._held_out is not None:
-            return self._held_out
-        cfg, e, spec = self.config, self.config.experts, self.spec
-        recipe = self.held_out_recipe()
-
-        def train_one(i: int) -> torch.Tensor:
-            generator = make_generator(cfg.seed, "held-out-expert", i)
-            start = init_convnet_params(spec, generator, self.device)
-            return train_trajectory(spec, self.data.train_images, self.data.train_labels, start, e.epochs, e.lr,
-                                    e.batch_size, e.augment, generator)
-
-        self._held_out = self.cache.load_or_train(recipe, self.options.experts, (e.epochs + 1, spec.num_params),
-                                                  train_one, progress)
+        if self._held_out is None:
+            recipe = self.held_out_recipe()
+            jobs = [self.ctx.expert_job(recipe, i, ("held-out-expert", i)) for i in range(self.options.experts)]
+            self._held_out = self.ctx.experts(recipe, jobs, progress)
         return self._held_out
 
     def run_set(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,23 +98,12 @@ class RunDiagnostics:
         """Held-out trajectories (options.experts, E_k+1, P) made as SeqMatch's stage-`stage` experts: fresh nets
         trained on the curriculum U_1..U_stage of `source` (a SeqMatch set's subsets) with their lrs, then on
         real data for experts.stage_epochs epochs; cached, with a seed tag no distillation uses."""
-        cfg, e, spec, data = self.config, self.config.experts, self.spec, self.data
-        prior = source[:stage]
-        curriculum = curriculum_from_subsets([(s.images.to(self.device), s.labels.to(self.device)) for s in prior],
-                                             [s.lr for s in prior])
-        digest = tensor_digest(*[t for s in prior for t in (s.images, s.labels, torch.tensor(s.lr))])
-        recipe = {**self.distiller._expert_recipe(stage, e.stage_epochs, f"curriculum-{digest}-eval{cfg.eval.epochs}"),
-                  "held_out": "diagnostics"}
-
-        def train_one(i: int) -> torch.Tensor:
-            generator = make_generator(cfg.seed, "held-out-expert", stage, i)
-            net = ConvNet(spec, init_convnet_params(spec, generator)).to(self.device)
-            train_curriculum(net, curriculum, cfg.eval, generator)
-            return train_trajectory(spec, data.train_images, data.train_labels, net.flat.detach(), e.stage_epochs,
-                                    e.lr, e.batch_size, e.augment, generator)
-
-        return self.cache.load_or_train(recipe, self.options.experts, (e.stage_epochs + 1, spec.num_params),
-                                        train_one, progress)
+        recipe = {**self.ctx.retrained_recipe(stage, source), "held_out": "diagnostics"}
+        curriculum = curriculum_from_subsets([(s.images, s.labels) for s in source[:stage]],
+                                             [s.lr for s in source[:stage]])
+        jobs = [self.ctx.expert_job(recipe, i, ("held-out-expert", stage, i), curriculum)
+                for i in range(self.options.experts)]
+        return self.ctx.experts(recipe, jobs, progress)
 
     def g2(self, progress: ProgressFn | None = None, partner: RunFolder | None = None) -> dict[str, Any]:
         """Matching error L(t) by start epoch on every family of held-out trajectories (see matching_error's

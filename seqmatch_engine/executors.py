@@ -1,0 +1,193 @@
+"""Where jobs run: `local` (threads in this process, the default) or `dask` (a Dask `distributed` cluster).
+
+    executor.map(fn, jobs, on_epoch, control)  ->  (position, result) as jobs finish
+
+`fn` is a jobs.py function (train_expert, train_and_test) and `jobs` its specs. `on_epoch(position,
+epoch)` follows progress, and `control` pauses or stops: a stopped map cancels what is pending and
+interrupts what runs at its next epoch, then raises StopRequested. A job's result does not depend
+on the executor (each job seeds its own generators and runs its torch ops on one thread on a CPU).
+Dask is optional: importing this module never imports it.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any, Callable, Iterator, Protocol
+
+import torch
+
+from .control import RunControl, StopRequested
+from .parallel import parallel_workers, run_in_parallel
+
+ProgressFn = Callable[[int, int], None]  # (position of the job in the map, epochs it has done)
+CLUSTER_ENV = "SEQMATCH_CLUSTER"
+
+
+class ClusterError(RuntimeError):
+    """A cluster could not be reached or started; the message names the address and the fix."""
+
+
+class Executor(Protocol):
+    def describe(self) -> str: ...
+
+    def map(self, fn: Callable, jobs: list, on_epoch: ProgressFn | None = None,
+            control: RunControl | None = None) -> Iterator[tuple[int, Any]]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalExecutor:
+    """Jobs in this process: `workers` at a time, each in its own thread with single-threaded torch ops
+    (parallel.run_in_parallel); one at a time on a GPU."""
+
+    def __init__(self, workers: int = 1):
+        self.workers = max(1, workers)
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> "LocalExecutor":
+        return cls(parallel_workers(device))
+
+    def describe(self) -> str:
+        return f"local ({self.workers} job{'s' if self.workers > 1 else ''} at a time)"
+
+    def map(self, fn: Callable, jobs: list, on_epoch: ProgressFn | None = None,
+            control: RunControl | None = None) -> Iterator[tuple[int, Any]]:
+        def work(position: int) -> Any:
+            def epoch_done(epoch: int) -> None:
+                if control is not None:
+                    control.checkpoint()
+                if on_epoch is not None:
+                    on_epoch(position, epoch)
+
+            return fn(jobs[position], epoch_done)
+
+        if control is not None:
+            control.checkpoint()
+        yield from run_in_parallel(work, list(range(len(jobs))), self.workers)
+
+    def close(self) -> None:
+        pass
+
+
+def _import_distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise ClusterError("--cluster needs Dask distributed, which is not installed: pip install -r "
+                           "requirements-cluster.txt (or pip install 'distributed>=2024.1')") from None
+    return distributed
+
+
+def _run_remote(fn: Callable, job: Any, position: int, progress_name: str, stop_name: str) -> Any:
+    """On a Dask worker: `fn(job, on_epoch)` with progress sent to the driver's queue and its stop event obeyed."""
+    from distributed import Event, Queue
+
+    torch.set_num_threads(1)  # as a local worker thread: the same bits wherever the job runs
+    progress, stop = Queue(progress_name), Event(stop_name)
+
+    def on_epoch(epoch: int) -> None:
+        if stop.is_set():
+            raise StopRequested()
+        progress.put([position, epoch])
+
+    return fn(job, on_epoch)
+
+
+class DaskExecutor:
+    """Jobs on a Dask cluster: `local:N` starts N single-threaded worker processes bound to 127.0.0.1 (no
+    dashboard); any other address (tcp://HOST:8786) joins a running scheduler. On CUDA each job asks for
+    `gpu_share` of a worker's `GPU` resource (workers started with --resources GPU=1), so 1/gpu_share jobs
+    share one GPU."""
+
+    POLL_SECONDS = 0.3
+
+    def __init__(self, address: str, gpu_share: float | None = None, connect_timeout: float = 10.0):
+        distributed = _import_distributed()
+        self.address, self.gpu_share, self.cluster = address, gpu_share, None
+        try:
+            if address.startswith("local:"):
+                count = int(address.split(":", 1)[1])
+                if count < 1:
+                    raise ValueError
+                self.cluster = distributed.LocalCluster(
+                    n_workers=count, threads_per_worker=1, processes=True, host="127.0.0.1",
+                    dashboard_address=None, silence_logs=40)
+                self.client = distributed.Client(self.cluster)
+            else:
+                self.client = distributed.Client(address, timeout=connect_timeout)
+        except ValueError:
+            raise ClusterError(f"--cluster {address!r}: use local:N (N worker processes on this machine) or "
+                               f"tcp://HOST:PORT of a running Dask scheduler") from None
+        except (OSError, TimeoutError) as error:
+            raise ClusterError(f"cannot reach the Dask scheduler at {address} ({type(error).__name__}: {error}). "
+                               f"Start one there (`dask scheduler`, then `dask worker {address}` on each "
+                               f"machine), check the address and that the port is open, or drop --cluster "
+                               f"to run on this machine") from None
+
+    @classmethod
+    def from_client(cls, client, gpu_share: float | None = None) -> "DaskExecutor":
+        """An executor on an existing `distributed.Client` (tests, notebooks)."""
+        executor = cls.__new__(cls)
+        executor.address, executor.gpu_share, executor.cluster, executor.client = (
+            str(client.scheduler.address), gpu_share, None, client)
+        return executor
+
+    def workers(self) -> int:
+        return len(self.client.scheduler_info().get("workers", {}))
+
+    def describe(self) -> str:
+        where = self.address if not self.cluster else f"local cluster {self.client.scheduler.address}"
+        return f"dask {where} ({self.workers()} workers)"
+
+    def map(self, fn: Callable, jobs: list, on_epoch: ProgressFn | None = None,
+            control: RunControl | None = None) -> Iterator[tuple[int, Any]]:
+        distributed = _import_distributed()
+        if control is not None:
+            control.checkpoint()
+        if not jobs:
+            return
+        tag = uuid.uuid4().hex[:12]
+        progress = distributed.Queue(f"seqmatch-progress-{tag}", client=self.client)
+        stop = distributed.Event(f"seqmatch-stop-{tag}", client=self.client)
+        resources = {"GPU": self.gpu_share} if self.gpu_share else None
+        futures = {self.client.submit(_run_remote, fn, job, position, progress.name, stop.name, pure=False,
+                                      key=f"{fn.__name__}-{tag}-{position}", resources=resources): position
+                   for position, job in enumerate(jobs)}
+        pending = set(futures)
+        try:
+            while pending:
+                try:
+                    done, pending = distributed.wait(pending, timeout=self.POLL_SECONDS, return_when="FIRST_COMPLETED")
+                except TimeoutError:  # nothing finished in this poll
+                    done = set()
+                self._drain(progress, on_epoch)
+                if control is not None and control.stopping:
+                    raise StopRequested()
+                for future in done:
+                    yield futures[future], future.result()  # a job's exception is raised here
+            self._drain(progress, on_epoch)
+        except BaseException:
+            stop.set()  # running jobs stop at their next epoch; pending ones never start
+            self.client.cancel(list(pending))
+            raise
+
+    @staticmethod
+    def _drain(progress, on_epoch: ProgressFn | None) -> None:
+        count = progress.qsize()
+        if count:
+            for position, epoch in progress.get(batch=count):
+                if on_epoch is not None:
+                    on_epoch(position, epoch)
+
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def make_executor(cluster: str | None, device: torch.device) -> Executor:
+    """`cluster` (or $SEQMATCH_CLUSTER) as a DaskExecutor, else the LocalExecutor for `device`."""
+    address = cluster or os.environ.get(CLUSTER_ENV)
+    if not address:
+        return LocalExecutor.for_device(device)
+    return DaskExecutor(address, gpu_share=1.0 if device.type == "cuda" else None)

@@ -1,0 +1,172 @@
+"""Jobs on a real Dask LocalCluster (2 worker processes, 127.0.0.1, no dashboard) against local threads."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from configs import tiny_run_config
+
+from seqmatch_engine import cli, paths
+from seqmatch_engine.control import RunControl, StopRequested
+from seqmatch_engine.executors import ClusterError, DaskExecutor, LocalExecutor
+from seqmatch_engine.runs import RunFolder, RunState
+from seqmatch_engine.seqmatch import Distiller, EventKind
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None, silence_logs=40) as local, distributed.Client(local) as client:
+        yield client
+
+
+def config():
+    return tiny_run_config("cluster", 2, (1, 1), select_every=2)  # experts, retrained experts, selection nets
+
+
+def run_with(home, executor, observer=None, control=None):
+    run = RunFolder.create(paths.runs_root(home), config())
+    return run, Distiller(run, paths.experts_root(home), observer, control, executor=executor).run()
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    return run_with(tmp_path_factory.mktemp("local"), LocalExecutor(2))
+
+
+def trajectories(home):
+    return {p.relative_to(home): p.read_bytes() for p in sorted(paths.experts_root(home).rglob("expert_*.safetensors"))}
+
+
+def test_dask_gives_the_local_bits(cluster, local_run, tmp_path):
+    run, result = run_with(tmp_path, DaskExecutor.from_client(cluster))
+    local, local_result = local_run
+    assert result == local_result  # evaluation accuracies, selection included
+    for ours, theirs in zip(run.subsets(), local.subsets(), strict=True):
+        assert torch.equal(ours.images, theirs.images) and ours.lr == theirs.lr
+    home = local.path.parent.parent
+    assert trajectories(tmp_path) == trajectories(home)  # every expert file, byte for byte
+    assert "dask" in run.status()["executor"]
+
+
+def test_a_worker_killed_mid_job_changes_nothing(cluster, local_run, tmp_path):
+    killed = []
+
+    def kill_a_worker(event):
+        if event.kind == EventKind.PROGRESS and event.data["task"] == "experts" and not killed:
+            pids = cluster.run(os.getpid)
+            victim = sorted(pids.values())[0]
+            os.kill(victim, signal.SIGKILL)
+            killed.append(victim)
+
+    run, result = run_with(tmp_path, DaskExecutor.from_client(cluster), kill_a_worker)
+    assert killed and result == local_run[1]
+    assert all(torch.equal(a.images, b.images) for a, b in zip(run.subsets(), local_run[0].subsets(), strict=True))
+    assert not list(paths.experts_root(tmp_path).rglob("*.tmp"))
+    cluster.wait_for_workers(2, timeout=60)
+
+
+def test_stop_cancels_the_cluster_jobs_and_resume_finishes_them(cluster, local_run, tmp_path):
+    control = RunControl()
+
+    def stop_at_first_epoch(event):
+        if event.kind == EventKind.PROGRESS and event.data["task"] == "experts" and event.data["done"] > 0:
+            control.stop()
+
+    run, result = run_with(tmp_path, DaskExecutor.from_client(cluster), stop_at_first_epoch, control)
+    assert result is None and run.status()["state"] == RunState.STOPPED
+    deadline = time.time() + 30
+    while cluster.processing() and any(cluster.processing().values()) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(cluster.processing().values()), "the cluster still runs the stopped jobs"
+    resumed = Distiller(RunFolder(run.path), paths.experts_root(tmp_path), executor=DaskExecutor.from_client(cluster))
+    assert resumed.run() == local_run[1]
+
+
+def test_fake_gpu_resources_pack_jobs_per_worker(tmp_path):
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
+                                  dashboard_address=None, silence_logs=40, resources={"GPU": 1}) as local, \
+            distributed.Client(local) as client:
+        spans = {}
+        for share in (0.5, 1.0):
+            executor = DaskExecutor.from_client(client, gpu_share=share)
+            spans[share] = [span for _, span in executor.map(sleeping_job, [0.6, 0.6])]
+        (a, b), (c, d) = spans[0.5], spans[1.0]
+        assert a[0] < b[1] and b[0] < a[1], "GPU=0.5 jobs should share the worker's GPU=1 and overlap"
+        assert c[1] <= d[0] or d[1] <= c[0], "GPU=1 jobs must run one after the other"
+
+
+def sleeping_job(seconds: float, on_epoch) -> tuple[float, float]:
+    start = time.time()
+    time.sleep(seconds)
+    on_epoch(1)
+    return start, time.time()
+
+
+def test_an_unreachable_scheduler_names_the_address_and_the_fix(capsys):
+    with pytest.raises(ClusterError, match=r"cannot reach the Dask scheduler at tcp://127.0.0.1:9 .*dask scheduler"):
+        DaskExecutor("tcp://127.0.0.1:9", connect_timeout=2)
+    rc = cli.main(["distill", "--preset", "cpu-smoke", "--cluster", "tcp://127.0.0.1:9"])
+    assert rc == 2 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in capsys.readouterr().err
+    with pytest.raises(ClusterError, match="use local:N"):
+        DaskExecutor("local:none")
+
+
+def test_a_missing_distributed_package_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed now raises ImportError
+    with pytest.raises(ClusterError, match="not installed: pip install -r requirements-cluster.txt"):
+        DaskExecutor("local:2")
+
+
+def test_the_engine_imports_no_ui_library_and_no_dask():
+    code = ("import sys, seqmatch_engine, seqmatch_engine.cli, seqmatch_engine.manager, seqmatch_engine.study, "
+            "seqmatch_engine.diagnostics, seqmatch_engine.executors, seqmatch_engine.bench\n"
+            "print(sorted(m for m in ('gradio', 'plotly', 'distributed', 'dask') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=paths.REPO_DIR, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_engine_has_no_import_cycles():
+    import ast
+
+    modules = {}
+    for path in sorted(paths.PACKAGE_DIR.rglob("*.py")):
+        name = ".".join(path.relative_to(paths.PACKAGE_DIR.parent).with_suffix("").parts).removesuffix(".__init__")
+        imported = set()
+        for node in ast.parse(path.read_text()).body:  # module level only: imports inside functions are deferred
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = name.split(".")[:len(name.split(".")) - node.level + (path.name == "__init__.py")]
+                target = ".".join(base + ([node.module] if node.module else []))
+                names = {f"{target}.{a.name}" for a in node.names}  # submodules, when they are modules
+                imported |= names | ({target} if node.module else set())  # `from . import x` needs only x
+        modules[name] = imported
+    def with_parents(module: str) -> set[str]:  # importing a.b.c runs a/__init__ and a/b/__init__ first
+        parts = module.split(".")
+        return {".".join(parts[:n]) for n in range(2, len(parts) + 1)}
+
+    graph = {m: {p for i in deps for p in with_parents(i) if p in modules and p != m and not m.startswith(p + ".")}
+             for m, deps in modules.items()}
+
+    def visit(node, stack):
+        if node in stack:
+            raise AssertionError("import cycle: " + " -> ".join([*stack[stack.index(node):], node]))
+        for nxt in graph[node]:
+            visit(nxt, [*stack, node])
+
+    for module in graph:
+        visit(module, [])
+
+
+def test_a_stopped_local_map_starts_nothing():
+    control, started = RunControl(), []
+    control.stop()
+    with pytest.raises(StopRequested):
+        next(LocalExecutor(1).map(lambda job, on_epoch: started.append(job), [0], control=control))
+    assert started == []
