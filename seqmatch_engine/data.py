@@ -34,6 +34,7 @@ __all__ = [
     "DEBIAN_FASHION_MNIST_DIR",
     "DatasetError",
     "ImageDataset",
+    "display_facts",
     "load_dataset",
 ]
 
@@ -70,6 +71,22 @@ _NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
     "tiny-imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
+
+_CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_KNOWN_CLASSES: dict[str, tuple[str, ...]] = {
+    "fashion-mnist": _FASHION_MNIST_CLASSES, "mnist": _DIGIT_CLASSES, "svhn": _DIGIT_CLASSES,
+    "cifar10": _CIFAR10_CLASSES,
+}
+
+
+def display_facts(name: str) -> tuple[tuple[float, ...], tuple[float, ...], tuple[str, ...] | None]:
+    """(mean, std, class names or None) of a dataset without reading it: enough to show images offline."""
+    if name not in DATASET_NAMES:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    base = name.removesuffix("-small")
+    mean, std = _NORMALISATION[base]
+    return mean, std, _KNOWN_CLASSES.get(base)
+
 
 _BUNDLED_REBUILD_HINT = (
     "Rebuild it with `python assets/data/make_bundled_dataset.py` "

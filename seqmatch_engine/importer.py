@@ -15,10 +15,12 @@ from pathlib import Path
 import torch
 
 from .config import RunConfig, load_preset
+from .data import DatasetError, display_facts
 from .experts import ExpertCache, tensor_digest
-from .prepare import prepare_data
+from .prepare import PixelTransform, prepare_data
 from .runs import RunFolder, RunState, Subset
 from .seeding import resolve_device
+from .storage import StorageError, read_json, tensor_shape
 
 SET_FILES = ("images_best.pt", "labels_best.pt", "best_lr.pt")
 
@@ -96,17 +98,40 @@ def import_distilled_set(files: list[Path], dataset: str, zca: bool, runs_root: 
     raw["distill"]["subsets"] = [{"ipc": int(counts[0]), "interval": [0, 3], "iterations": 0, "lr_init": lr}]
     raw["experts"]["epochs"] = max(raw["experts"]["epochs"], 3)
     config = RunConfig.from_dict(raw)
-    data = prepare_data(config.data, config.seed, resolve_device("cpu"))
+    transform, class_names, note = _display_transform(config, images, num_classes)
+    run = RunFolder.create(runs_root, config)
+    run.save_transform(transform)
+    run.save_subset(0, Subset(images[order], labels[order], lr), {"imported_from": sorted(by_name)})
+    run.update_status(state=RunState.DONE, phase="imported (not evaluated)", class_names=list(class_names),
+                      dataset=dataset)
+    if note:
+        run.add_message("warning", note)
+    return run
+
+
+def _display_transform(config: RunConfig, images: torch.Tensor, num_classes: int):
+    """(transform, class names, note): from the dataset when it is on disk (ZCA inverse included); else, offline,
+    its normalisation constants alone, with a note saying what the pictures lack and how to evaluate."""
+    dataset = config.data.dataset
+    try:
+        data = prepare_data(config.data, config.seed, resolve_device("cpu"))
+    except DatasetError as error:
+        mean, std, names = display_facts(dataset)
+        if images.shape[1] != len(mean) or (names is not None and num_classes != len(names)):
+            raise ImportFailed(f"the set's images have {images.shape[1]} channels and {num_classes} classes, but "
+                               f"{dataset} has {len(mean)} and {len(names or [])}: pick the dataset it was distilled "
+                               f"from") from None
+        names = names or tuple(f"class {c}" for c in range(num_classes))
+        lacking = ("; its ZCA whitening cannot be undone without the training data, so the pictures show "
+                   "whitened images" if config.data.zca else "")
+        note = (f"Shown without the {dataset} dataset, which is not on this machine{lacking}. To evaluate the set, "
+                f"put the dataset where the message says and re-evaluate: {str(error).splitlines()[0][:300]}")
+        return PixelTransform(torch.tensor(mean), torch.tensor(std)), names, note
     if tuple(images.shape[1:]) != (data.channels, *data.image_size) or num_classes != data.num_classes:
         raise ImportFailed(f"the set's images are {tuple(images.shape[1:])} with {num_classes} classes, but "
                            f"{dataset} has {(data.channels, *data.image_size)} with {data.num_classes}: "
                            f"pick the dataset it was distilled from")
-    run = RunFolder.create(runs_root, config)
-    run.save_transform(data.transform)
-    run.save_subset(0, Subset(images[order], labels[order], lr), {"imported_from": sorted(by_name)})
-    run.update_status(state=RunState.DONE, phase="imported (not evaluated)", class_names=list(data.class_names),
-                      dataset=data.name)
-    return run
+    return data.transform, data.class_names, None
 
 
 def import_expert_buffer(path: Path, experts_root: Path) -> tuple[Path, int, int, int]:
@@ -135,3 +160,19 @@ def import_expert_buffer(path: Path, experts_root: Path) -> tuple[Path, int, int
     for i, trajectory in enumerate(stacked):
         cache.save(recipe, i, trajectory)
     return cache.folder(recipe), *stacked.shape
+
+
+def imported_buffers(experts_root: Path) -> list[dict]:
+    """The expert buffers imported into the cache: name, folder, experts, epochs, parameters each."""
+    found = []
+    for recipe_file in sorted(Path(experts_root).glob("*/recipe.json")):
+        try:
+            recipe = read_json(recipe_file)
+        except StorageError:
+            continue
+        if isinstance(recipe, dict) and "imported" in recipe:
+            files = sorted(recipe_file.parent.glob("expert_*.safetensors"))
+            shape = tensor_shape(files[0], "trajectory") if files else (0, 0)
+            found.append({"name": recipe["imported"], "folder": recipe_file.parent, "experts": len(files),
+                          "epochs": shape[0] - 1, "params": shape[1]})
+    return found

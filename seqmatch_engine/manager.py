@@ -18,8 +18,9 @@ import torch
 from . import paths
 from .config import RunConfig
 from .diagnostics import COMPUTED, DiagnosticsOptions, RunDiagnostics
+from .eta import PhasePlan, remaining_seconds
 from .executors import Executor
-from .runs import RunError, RunFolder, RunState
+from .runs import RunError, RunFolder, RunState, list_runs
 from .seqmatch import Distiller, Event, EventKind, RunControl, StopRequested
 from .storage import StorageError
 from .study import StudyFolder, StudySpec, run_study
@@ -53,6 +54,31 @@ class LiveState:
     error: str | None = None
     started: float | None = None
     first_image_s: float | None = None   # seconds from start to the first published image
+    waiting: set[int] = field(default_factory=set)        # stages shown with their initial images, not learning yet
+    plan: list[PhasePlan] = field(default_factory=list)   # the run's phases as work units (eta.run_plan)
+    measured: dict[str, float] = field(default_factory=dict)  # seconds per unit by phase kind, measured here
+    phase_started: float | None = None
+    phase_first_fraction: float | None = None
+
+    def phase_fraction(self) -> float:
+        """How much of the current phase is done, 0..1."""
+        if self.phase.startswith("distilling") and self.iterations:
+            return self.iteration / self.iterations
+        return self.progress[0] / self.progress[1] if self.progress and self.progress[1] else 0.0
+
+    def run_eta(self, now: float | None = None) -> float | None:
+        """Seconds until the run is done (this phase and the ones after it), or None while it cannot tell."""
+        if self.state != RunState.RUNNING or self.phase_started is None or not self.plan:
+            return None
+        kinds = {p.name: p for p in self.plan}
+        if self.phase not in kinds:
+            return None
+        measured = dict(self.measured)
+        fraction, first = self.phase_fraction(), self.phase_first_fraction or 0.0
+        elapsed = (now or time.time()) - self.phase_started
+        if fraction - first > 0.02 and elapsed > 1.0:
+            measured[kinds[self.phase].kind] = elapsed / (kinds[self.phase].units * (fraction - first))
+        return remaining_seconds(self.plan, self.phase, fraction, measured)
 
 
 def fold(live: LiveState, event: Event) -> None:
@@ -60,6 +86,8 @@ def fold(live: LiveState, event: Event) -> None:
     whether they arrive from a running driver or are read back from a run folder (live_from_folder)."""
     data = event.data
     if event.kind == EventKind.PHASE:
+        _close_phase(live)
+        live.phase_started, live.phase_first_fraction = time.time(), None
         live.phase = data["name"]
         live.stage = event.stage if event.stage is not None else live.stage
         live.progress = None
@@ -72,6 +100,14 @@ def fold(live: LiveState, event: Event) -> None:
             live.messages.append(data["message"])
     elif event.kind == EventKind.PROGRESS:
         live.progress = (data["done"], data["total"])
+        if live.phase_first_fraction is None:
+            live.phase_first_fraction = live.phase_fraction()
+    elif event.kind == EventKind.PLAN:
+        live.plan = list(data["phases"])
+    elif event.kind == EventKind.PREVIEW:
+        for stage, images in data["images"].items():
+            _publish(live, stage, images)
+        live.waiting = set(data["images"])
     elif event.kind == EventKind.ITERATION:
         live.stage, live.iteration, live.iterations = event.stage, event.iteration, data["total"]
         live.eta_s = data["eta_s"]
@@ -81,6 +117,9 @@ def fold(live: LiveState, event: Event) -> None:
         if data.get("images") is not None:
             _publish(live, event.stage, data["images"])
     elif event.kind in (EventKind.STAGE_START, EventKind.STAGE_DONE):
+        live.waiting.discard(event.stage)
+        if event.kind == EventKind.STAGE_START:
+            live.phase_first_fraction = event.iteration / live.iterations if live.iterations else 0.0
         _publish(live, event.stage, data["images"])
     elif event.kind == EventKind.SELECTION:
         live.selections.append((event.stage, event.iteration, data["val_accuracy"]))
@@ -88,6 +127,16 @@ def fold(live: LiveState, event: Event) -> None:
         live.evaluation.append(data["data"])
     elif event.kind == EventKind.ERROR:
         live.error = data["message"]
+
+
+def _close_phase(live: LiveState) -> None:
+    """On leaving a phase: remember its measured seconds per unit (when enough of it ran here to tell)."""
+    phases = {p.name: p for p in live.plan}
+    if live.phase not in phases or live.phase_started is None:
+        return
+    done = 1.0 - (live.phase_first_fraction or 0.0)
+    if done > 0.05 and phases[live.phase].units:
+        live.measured[phases[live.phase].kind] = (time.time() - live.phase_started) / (phases[live.phase].units * done)
 
 
 def _publish(live: LiveState, stage: int, images: torch.Tensor) -> None:
@@ -271,10 +320,18 @@ class JobManager:
             if job.live.state == RunState.PAUSED:
                 job.live.state = RunState.RUNNING
 
-    def stop(self, run_id: str) -> None:
+    def stop(self, run_id: str) -> RunState | None:
+        """Stop a job: a queued one leaves the queue at once (stopped, resumable), a running one stops after its
+        current outer iteration (or epoch). Returns the state the job was in, None for an unknown id."""
         job = self._jobs.get(run_id)
-        if job:
-            job.control.stop()
+        if job is None:
+            return None
+        with self._lock:
+            was = job.live.state
+        job.control.stop()
+        if was == RunState.QUEUED:
+            self._finish(job, RunState.STOPPED)  # the worker skips it when it comes up
+        return was
 
     def live(self, run_id: str) -> LiveState | None:
         """A consistent copy of a job's live state (lists copied, image tensors shared read-only).
@@ -304,6 +361,11 @@ class JobManager:
     def jobs(self) -> list[LiveState]:
         return [self.live(run_id) for run_id in list(self._jobs)]
 
+    def latest(self) -> str | None:
+        """The newest run on disk (what a fresh page shows when nothing runs)."""
+        found = list_runs(self.runs_root)
+        return found[0].id if found else None
+
     def active(self) -> str | None:
         """Id of the job running (or paused) now."""
         with self._lock:
@@ -325,8 +387,7 @@ class JobManager:
             run_id = self._queue.get()
             job = self._jobs[run_id]
             if job.control.stopping:
-                self._finish(job, RunState.STOPPED)
-                continue
+                continue  # stopped while queued: already marked so
             with self._lock:
                 job.live.state, job.live.started = RunState.RUNNING, time.time()
             try:

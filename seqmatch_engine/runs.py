@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -359,6 +360,14 @@ class RunFolder:
         except (ValueError, KeyError, TypeError) as error:
             raise StorageError(f"{path} has damaged metadata ({error})") from None
 
+    def checkpoint_images(self) -> tuple[int, torch.Tensor] | None:
+        """(stage, images) of the checkpoint, for display; None without a readable one."""
+        try:
+            found = self.checkpoint()
+        except StorageError:
+            return None
+        return (found.stage, found.images) if found else None
+
     def resume_point(self, stage: int) -> "Checkpoint | None":
         """The checkpoint of `stage` (0-based), with metrics.jsonl cut back to it; None when the stage starts
         over (its records from an earlier attempt dropped). A damaged checkpoint is set aside with a message."""
@@ -461,6 +470,18 @@ class RunFolder:
                            result.accuracy() if result else None,
                            result.accuracy("random_real") if result else None, None, config.budget,
                            result.diverged if result else [])
+
+
+def folder_signature(root: Path) -> str:
+    """Changes whenever a folder under `root` appears, goes, or has its status.json rewritten (cheap: stats only)."""
+    root = Path(root)
+    if not root.exists():
+        return "-"
+    digest = hashlib.sha256()
+    for folder in sorted(root.iterdir()):
+        status = folder / paths.STATUS_FILE
+        digest.update(f"{folder.name}:{status.stat().st_mtime_ns if status.exists() else 0}|".encode())
+    return digest.hexdigest()[:16]
 
 
 def list_runs(root: Path | None = None) -> list[RunFolder]:

@@ -24,6 +24,7 @@ import torch
 from .context import RunContext
 from .control import RunControl, StopRequested
 from .diagnostics.recorder import GradientRecorder
+from .eta import run_plan
 from .evaluate import curriculum_from_subsets, random_real_subset
 from .executors import Executor
 from .matching import ConvNetStudent, DivergenceError, MatchingState
@@ -40,6 +41,8 @@ __all__ = ["Distiller", "Event", "EventKind", "RunControl", "StopRequested", "cl
 class EventKind(TextEnum):
     PHASE = "phase"                # data: name, and extras (memory mode, message, ...)
     PROGRESS = "progress"          # data: task ("experts" | "evaluation"), done, total
+    PLAN = "plan"                  # data: phases (eta.PhasePlan list: the run's work still to do)
+    PREVIEW = "preview"            # data: images {stage: initial (or resumed) images of every stage to learn}
     STAGE_START = "stage_start"    # data: images
     ITERATION = "iteration"        # data: loss, lr, start_epoch, images (or None), total, eta_s
     SELECTION = "selection"        # data: val_accuracy, best_accuracy, best_iteration
@@ -168,6 +171,9 @@ class Distiller:
             self.run_folder.save_transform(ctx.data.transform)
             self.run_folder.update_status(class_names=list(ctx.data.class_names), dataset=ctx.data.name)
             subsets = self.run_folder.subsets()
+            self.emit(EventKind.PLAN, phases=run_plan(cfg, len(ctx.data.train_images), ctx.data.num_classes,
+                                                      len(subsets)))
+            self.emit(EventKind.PREVIEW, images=self.preview(len(subsets)))
             stage1 = None
             for k in range(len(subsets), len(cfg.distill.subsets)):
                 if k == 0 or cfg.distill.expert_source == "window":
@@ -198,6 +204,15 @@ class Distiller:
                 pass  # the folder itself is gone: nothing to record it in
             self.emit(EventKind.ERROR, message=str(error), kind_name=type(error).__name__)
             raise
+
+    def preview(self, first: int) -> dict[int, torch.Tensor]:
+        """The images every stage from `first` on starts from (its checkpoint's, or its initial real images),
+        shown while experts train, so a cold start shows something true at once."""
+        cfg, ctx = self.config, self.ctx
+        checkpoint = self.run_folder.checkpoint_images()
+        return {k: checkpoint[1] if checkpoint and checkpoint[0] == k else
+                initial_images(ctx.data, cfg.distill.subsets[k].ipc, cfg.distill.init, make_generator(cfg.seed, "init", k))
+                for k in range(first, len(cfg.distill.subsets))}
 
     def _expert_counts(self, recipe: dict[str, Any]) -> dict[str, int]:
         count = self.config.experts.num_experts

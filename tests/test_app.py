@@ -127,9 +127,9 @@ def test_start_poll_pause_resume_stop_reopen_export_import(app, tmp_path):
     labels = torch.arange(10).repeat_interleave(2)
     for name, value in (("images_best.pt", images), ("labels_best.pt", labels), ("best_lr.pt", torch.tensor(0.02))):
         torch.save(value, tmp_path / name)
-    message, rows, _ = client.predict([gradio_client.handle_file(str(tmp_path / n)) for n in
-                                       ("images_best.pt", "labels_best.pt", "best_lr.pt")],
-                                      "fashion-mnist-small", False, api_name="/import_files")
+    message, rows, _, _ = client.predict([gradio_client.handle_file(str(tmp_path / n)) for n in
+                                          ("images_best.pt", "labels_best.pt", "best_lr.pt")],
+                                         "fashion-mnist-small", False, api_name="/import_files")
     assert "Imported the set as run" in message
     imported = message.split("`")[1]
     assert any(r[0] == imported for r in rows["data"])
@@ -137,7 +137,7 @@ def test_start_poll_pause_resume_stop_reopen_export_import(app, tmp_path):
     (tmp_path / "evil").mkdir()  # a pickle of an arbitrary object must be refused, not executed
     (tmp_path / "evil" / "images_best.pt").write_bytes(pickle.dumps(Path("/etc/passwd")))
     (tmp_path / "evil" / "labels_best.pt").write_bytes(b"\x00garbage")
-    message, _, _ = client.predict([gradio_client.handle_file(str(tmp_path / "evil" / n)) for n in
+    message, _, _, _ = client.predict([gradio_client.handle_file(str(tmp_path / "evil" / n)) for n in
                                     ("images_best.pt", "labels_best.pt")], "fashion-mnist-small", False,
                                    api_name="/import_files")
     assert "Import failed" in message and "images_best.pt holds Python objects other than tensors" in message
@@ -171,3 +171,27 @@ def test_studies_tab_lists_shows_and_refuses(app, tmp_path):
     studies = StudiesTab(manager)
     _, message = studies.on_start("../../etc/passwd")
     assert "Cannot start the study" in message and "not found" in message
+
+
+def test_a_cifar_set_imports_and_shows_without_the_dataset(app, tmp_path, monkeypatch):
+    """No CIFAR-10 on disk: the set is imported and drawn with CIFAR-10's constants, and the run says what that
+    means; an imported expert buffer is listed where it was stored."""
+    client, manager = app
+    monkeypatch.setenv("SEQMATCH_DATA_ROOT", str(tmp_path / "no-data"))
+    folder = tmp_path / "cifar"
+    folder.mkdir()
+    for name, value in (("images_best.pt", torch.randn(20, 3, 32, 32)), ("labels_best.pt", torch.arange(10).repeat(2))):
+        torch.save(value, folder / name)
+    message, rows, _, _ = client.predict([gradio_client.handle_file(str(folder / n)) for n in
+                                          ("images_best.pt", "labels_best.pt")], "cifar10", True,
+                                         api_name="/import_files")
+    assert "Imported the set as run" in message, message
+    run_id = message.split("`")[1]
+    details, _, image = client.predict(run_id, api_name="/select_run")
+    assert "Shown without the cifar10 dataset" in details and "whitened images" in details
+    assert image is not None  # drawn offline
+    torch.save([[[torch.ones(4)], [torch.zeros(4)]]] * 2, folder / "replay_buffer_0.pt")
+    message, _, _, buffers = client.predict([gradio_client.handle_file(str(folder / "replay_buffer_0.pt"))],
+                                            "cifar10", True, api_name="/import_files")
+    assert "2 experts × 1 epochs × 4 parameters" in message
+    assert "| replay_buffer_0.pt | 2 | 1 | 4 |" in buffers

@@ -86,7 +86,7 @@ def test_start_cpu_demo_in_chromium_and_watch_it(server, screenshot_dir):
         assert "memory mode unrolled (fits): unrolled ~" in (memory.get_attribute("title") or "")
         page.screenshot(path=str(screenshot_dir / "distil-live.png"), full_page=True)
         page.locator("#sm-stop").click()
-        page.get_by_text("Stopping after this iteration").wait_for(timeout=30_000)
+        page.get_by_text("after this iteration").wait_for(timeout=30_000)
         page.get_by_role("tab", name="Runs").click()
         page.locator("#sm-runs-refresh").click()
         page.wait_for_function("() => (document.querySelector('#sm-runs-table')?.innerText || '').includes('seqmatch')",

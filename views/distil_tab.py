@@ -7,6 +7,7 @@ import gradio as gr
 
 from seqmatch_engine.config import ConfigError, preset_names
 from seqmatch_engine.manager import JobManager
+from seqmatch_engine.runs import RunState
 
 from .forms import METHODS, FormValues, config_from_form, form_defaults
 from .live_view import LiveView, poll_outputs
@@ -91,8 +92,14 @@ class DistilTab:
         return self._control(run_id, self.manager.unpause, "Resumed")
 
     def on_stop(self, run_id: str | None) -> str:
-        return self._control(run_id, self.manager.stop, "Stopping after this iteration; the run can be resumed from "
-                                                         "the Runs tab")
+        if not self.manager.owns(run_id):
+            return "No run of this page is active: press **Start** first (or resume one from the Runs tab)."
+        was = self.manager.stop(run_id)
+        if was == RunState.QUEUED:
+            return f"Removed `{run_id}` from the queue before it started; resume it from the Runs tab."
+        if was is not None and not was.active:
+            return f"`{run_id}` is not running ({was})."
+        return f"Stopping `{run_id}` after this iteration; it can be resumed from the Runs tab."
 
     def _control(self, run_id: str | None, action, text: str) -> str:
         if not self.manager.owns(run_id):

@@ -13,6 +13,7 @@ from .compare_tab import CompareTab
 from .diagnostics_tab import DiagnosticsTab
 from .distil_tab import DistilTab
 from .learn_tab import LearnTab
+from .lists import RunLists
 from .live_view import LiveView
 from .runs_tab import RunsTab
 from .studies_tab import StudiesTab
@@ -51,7 +52,8 @@ def build_app(manager: JobManager) -> gr.Blocks:
         compare.wire(timer)
         diagnostics.wire(timer)
         runs.wire(run_state)
-        studies.wire(timer, demo)
+        studies.wire(timer)
+        RunLists(manager, runs, diagnostics, compare, studies).wire(demo)
         demo.load(reattach(manager), run_state, run_state)
     for handler in demo.fns.values():  # handlers run in Gradio's threads, beside the training worker
         if handler.fn is not None:
@@ -80,7 +82,7 @@ def reattach(manager: JobManager):
     def handler(run_id: str | None) -> str | None:
         if run_id and manager.live(run_id) is not None:
             return run_id
-        return manager.active() or run_id
+        return manager.active() or manager.latest()
     return handler
 
 

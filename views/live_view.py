@@ -74,12 +74,15 @@ class LiveView:
     def render_images(run: RunFolder, live: LiveState):
         info = display_info(run)
         if info is None or not live.images:
-            return gr.skip()
+            return None  # nothing of this run yet: an empty panel, never another run's picture
         transform, names = info
-        images = {k: subset.images for k, subset in enumerate(run.subsets()) if k not in live.images}
+        finished = run.subsets()
+        images = {k: subset.images for k, subset in enumerate(finished) if k not in live.images}
         images.update(live.images)
-        active = live.stage if live.state in (RunState.RUNNING, RunState.PAUSED) else None
-        return subset_panels(images, transform, names, active)
+        running = live.state in (RunState.RUNNING, RunState.PAUSED)
+        unfinished = {k for k in images if k >= len(finished) and k not in live.waiting}
+        return subset_panels(images, transform, names, live.stage if running else None, live.waiting,
+                             set() if running else unfinished)
 
 
 def poll_outputs(view: LiveView) -> list:

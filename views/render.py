@@ -28,10 +28,13 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 
 def subset_panels(images: dict[int, torch.Tensor], transform: PixelTransform, class_names: tuple[str, ...],
-                  active_stage: int | None = None) -> np.ndarray:
+                  active_stage: int | None = None, waiting: frozenset[int] | set[int] = frozenset(),
+                  stopped: frozenset[int] | set[int] = frozenset()) -> np.ndarray:
     """One labelled grid per subset side by side: rows = classes, a two-line title per subset.
 
-    `images` maps a 0-based stage to model inputs (num_classes * ipc_k, C, H, W) grouped by class.
+    `images` maps a 0-based stage to model inputs (num_classes * ipc_k, C, H, W) grouped by class; a panel is
+    titled learning (`active_stage`), frozen (before it), initial (`waiting`: not started), stopped
+    (`stopped`: ended before its last iteration) or learned.
     Small images are enlarged (x4 up to 32 px, x2 up to 64 px) with visible pixels. Text grows with
     the rows (a third of a row's height), so it stays readable when the app fits the picture to its panel.
     """
@@ -43,8 +46,14 @@ def subset_panels(images: dict[int, torch.Tensor], transform: PixelTransform, cl
         scale = 4 if side <= 32 else 2 if side <= 64 else 1
         ipc = len(pixels) // num_classes
         labels = torch.arange(num_classes).repeat_interleave(ipc)
-        state = "learning" if stage == active_stage else (
-            "frozen" if active_stage is not None and stage < active_stage else "learned")
+        if stage in waiting:
+            state = "initial (real images)"
+        elif stage == active_stage:
+            state = "learning"
+        elif active_stage is not None and stage < active_stage:
+            state = "frozen"
+        else:
+            state = "stopped" if stage in stopped else "learned"
         grids.append((stage, (f"S{stage + 1}", f"{ipc}/class · {state}"),
                       image_grid(pixels, labels, num_classes, padding=1, scale=scale)))
     if not grids:
@@ -116,11 +125,15 @@ def status_html(live: LiveState | None, queue_position: int = 0, error: str | No
         return f"<div class='sm-status'><b>Queued</b> ({ahead}): one run trains at a time.</div>"
     done, total = (live.iteration, live.iterations) if live.phase.startswith("distilling") else (live.progress or (0, 0))
     fraction = done / total if total else 0.0
-    parts = [f"<b>{html.escape(live.state.title())}</b> · {html.escape(live.phase)}"]
+    run_eta = live.run_eta()
+    state = live.state.title()
+    parts = [f"<b>{html.escape(state)}</b>" + ("" if live.phase.lower() == state.lower() else
+                                             f" · {html.escape(live.phase)}")]
     if total:
         parts.append(f"{done}/{total}")
-    if live.phase.startswith("distilling") and live.eta_s is not None:
-        parts.append(f"ETA {format_seconds(live.eta_s)}")
+    if run_eta is not None:
+        parts.append(f"<span title='this phase and the ones after it, at the pace measured in this run'>"
+                     f"ETA {format_seconds(run_eta)}</span>")
     if live.executor and not live.executor.startswith("local"):
         parts.append(f"<span class='sm-executor'>jobs on {html.escape(live.executor)}</span>")
     if live.phase.startswith("distilling") and live.memory_mode:

@@ -9,7 +9,7 @@ from pathlib import Path
 import gradio as gr
 
 from seqmatch_engine.data import DATASET_NAMES
-from seqmatch_engine.importer import ImportFailed, import_distilled_set, import_expert_buffer
+from seqmatch_engine.importer import ImportFailed, import_distilled_set, import_expert_buffer, imported_buffers
 from seqmatch_engine.manager import JobManager
 from seqmatch_engine.runs import RunError, RunFolder, RunState, list_runs
 from seqmatch_engine.storage import StorageError
@@ -36,6 +36,18 @@ def run_rows(manager: JobManager) -> list[list]:
         rows.append([row.id, row.method or "?", row.ipc or "", state, row.problem or row.phase,
                      _percent(row.accuracy) + (" ⚠ diverged" if row.diverged else ""), _percent(row.baseline)])
     return rows
+
+
+def buffers_markdown(manager: JobManager) -> str:
+    """The imported expert buffers, where they are and what they hold."""
+    buffers = imported_buffers(manager.experts_root)
+    if not buffers:
+        return "*No expert buffer imported yet.*"
+    rows = ["Imported expert buffers (trajectories kept in the experts cache; held-out diagnostics and your own "
+            "scripts can read them from these folders):", "", "| file | experts | epochs | parameters | folder |",
+            "|---|---|---|---|---|"]
+    rows += [f"| {b['name']} | {b['experts']} | {b['epochs']} | {b['params']:,} | `{b['folder']}` |" for b in buffers]
+    return "\n".join(rows)
 
 
 @dataclass
@@ -70,6 +82,7 @@ class RunsTab:
                 self.import_dataset = gr.Dropdown(list(DATASET_NAMES), value="cifar10", label="Dataset of the set")
                 self.import_zca = gr.Checkbox(True, label="Set was distilled with ZCA")
                 self.import_button = gr.Button("Import")
+            self.buffers = gr.Markdown(buffers_markdown(self.manager), elem_id="sm-buffers")
 
     def wire(self, run_state: gr.BrowserState) -> None:
         self.refresh.click(self.on_refresh, None, [self.table, self.selected], api_name="refresh_runs")
@@ -80,7 +93,7 @@ class RunsTab:
         self.export.click(self.on_export, self.selected, [self.download, self.message], api_name="export_run")
         self.delete.click(self.on_delete, self.selected, [self.message, self.table, self.selected], api_name="delete_run")
         self.import_button.click(self.on_import, [self.upload, self.import_dataset, self.import_zca],
-                                 [self.message, self.table, self.selected], api_name="import_files")
+                                 [self.message, self.table, self.selected, self.buffers], api_name="import_files")
 
     # -- handlers ------------------------------------------------------------------------------------
     def _run(self, run_id: str) -> RunFolder:
@@ -163,7 +176,7 @@ class RunsTab:
 
     def on_import(self, files: list[str] | None, dataset: str, zca: bool):
         if not files:
-            return "**Choose files to import first.**", gr.update(), gr.update()
+            return "**Choose files to import first.**", gr.update(), gr.update(), gr.update()
         paths = [Path(f) for f in files]
         try:
             buffers = [p for p in paths if p.name.startswith("replay_buffer")]
@@ -177,6 +190,6 @@ class RunsTab:
                 run = import_distilled_set(paths, dataset, zca, self.manager.runs_root)
                 message = f"Imported the set as run `{run.id}`."
         except (ImportFailed, StorageError, ValueError) as error:
-            return f"**Import failed:** {error}", gr.update(), gr.update()
+            return f"**Import failed:** {error}", gr.update(), gr.update(), gr.update()
         rows = run_rows(self.manager)
-        return message, rows, gr.update(choices=[r[0] for r in rows])
+        return message, rows, gr.update(choices=[r[0] for r in rows]), buffers_markdown(self.manager)

@@ -68,7 +68,7 @@ class StudiesTab:
             self.paired = gr.Plot(label="Paired differences")
         self.coupling = gr.Plot(label="Coupling vs IPC")
 
-    def wire(self, timer: gr.Timer, demo: gr.Blocks) -> None:
+    def wire(self, timer: gr.Timer) -> None:
         figures = [self.table, self.accuracy, self.paired, self.coupling]
         self.start.click(self.on_start, self.preset, [self.selected, self.message], api_name="study_start")
         self.stop.click(self.on_stop, self.selected, self.message, api_name="study_stop")
@@ -76,7 +76,6 @@ class StudiesTab:
         self.selected.change(self.on_select, self.selected, [self.status, *figures], api_name="study_show")
         timer.tick(self.on_poll, self.selected, self.status, concurrency_limit=None, show_progress="hidden",
                    api_name="study_poll")
-        demo.load(self.on_refresh, None, self.selected)
 
     # -- handlers -------------------------------------------------------------------------------------
     def _study(self, study_id: str | None) -> StudyFolder:
