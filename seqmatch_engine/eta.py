@@ -53,11 +53,13 @@ def run_plan(config: RunConfig, train_images: int, classes: int, start_stage: in
 
 
 def rate(kind: str, measured: dict[str, float]) -> float:
-    """Seconds per unit of `kind`: measured, else scaled from a measured kind by DEFAULT_RATES' ratios."""
+    """Seconds per unit of `kind`: measured, else the mean of the measured kinds' rates scaled by DEFAULT_RATES'
+    ratios (how much slower this machine is than the bench's), else DEFAULT_RATES."""
     if kind in measured:
         return measured[kind]
-    for other, seconds in measured.items():
-        return seconds * DEFAULT_RATES[kind] / DEFAULT_RATES[other]
+    if measured:
+        return sum(seconds * DEFAULT_RATES[kind] / DEFAULT_RATES[other] for other, seconds in measured.items()) \
+            / len(measured)
     return DEFAULT_RATES[kind]
 
 

@@ -362,9 +362,10 @@ class JobManager:
         return [self.live(run_id) for run_id in list(self._jobs)]
 
     def latest(self) -> str | None:
-        """The newest run on disk (what a fresh page shows when nothing runs)."""
+        """What a fresh page shows when nothing runs: the newest finished run, else the newest run on disk."""
         found = list_runs(self.runs_root)
-        return found[0].id if found else None
+        done = [run for run in found if run.overview().state == RunState.DONE]
+        return (done or found)[0].id if found else None
 
     def active(self) -> str | None:
         """Id of the job running (or paused) now."""

@@ -6,6 +6,7 @@ Outside CI the test skips (with the reason) when Chromium or Playwright is missi
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -39,14 +40,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(demo_home):
-    # Train the preset's stage-1 experts first (the end-to-end test reuses them), so the page under
-    # test shows images seconds after Start, as it does for a user whose experts are cached.
-    subprocess.run([sys.executable, "-m", "seqmatch_engine", "--home", str(demo_home), "experts", "--preset",
-                    "cpu-demo"], cwd=REPO, check=True, capture_output=True, timeout=3000)
+def serve(home: Path):
+    """`python app.py` on a free port with `home`; yields its URL and stops it afterwards."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--home", str(demo_home)], cwd=REPO,
+    process = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--home", str(home)], cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -62,6 +59,31 @@ def server(demo_home):
     process.wait(timeout=30)
 
 
+@pytest.fixture
+def server(demo_home):
+    # Train the preset's stage-1 experts first (the end-to-end test reuses them), so the page under
+    # test shows images seconds after Start, as it does for a user whose experts are cached.
+    subprocess.run([sys.executable, "-m", "seqmatch_engine", "--home", str(demo_home), "experts", "--preset",
+                    "cpu-demo"], cwd=REPO, check=True, capture_output=True, timeout=3000)
+    yield from serve(demo_home)
+
+
+@pytest.fixture
+def smoke_server(tmp_path):
+    yield from serve(tmp_path)
+
+
+def launch(p):
+    browser = p.chromium.launch(executable_path=browser_or_skip(), headless=True, args=CHROMIUM_ARGS)
+    return browser
+
+
+def choose_preset(page, name: str) -> None:
+    page.locator("#sm-preset input").click()
+    page.get_by_role("option", name=name, exact=True).click()
+
+
+@pytest.mark.slow
 @pytest.mark.browser
 def test_start_cpu_demo_in_chromium_and_watch_it(server, screenshot_dir):
     chromium = browser_or_skip()
@@ -95,4 +117,72 @@ def test_start_cpu_demo_in_chromium_and_watch_it(server, screenshot_dir):
         page.get_by_role("tab", name="Learn").click()
         page.get_by_text("What is dataset distillation?").wait_for()
         page.screenshot(path=str(screenshot_dir / "learn.png"), full_page=True)
+        browser.close()
+
+
+@pytest.mark.browser
+def test_a_newcomers_pages_stay_current(smoke_server, screenshot_dir):
+    """Cold start shows the initial images at once; lists fill on load and follow new runs; a second page's
+    queued run shows no other run's picture and leaves the queue on Stop; a fresh page shows the latest run."""
+    browser_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    grid_src = "() => document.querySelector('.sm-grid img')?.getAttribute('src') || ''"
+
+    def status_has(page, text: str, timeout: int) -> None:
+        page.wait_for_function(f"() => document.querySelector('.sm-status')?.innerText.includes({text!r})",
+                               timeout=timeout)
+
+    with sync_playwright() as p:
+        browser = launch(p)
+        first = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
+        first.goto(smoke_server)
+        first.get_by_text("SeqMatch Studio").first.wait_for(timeout=60_000)
+        assert "No run yet" in first.locator(".sm-status").first.inner_text()
+        choose_preset(first, "cpu-smoke")
+        first.locator("#sm-start").click()
+        # cold start: the initial (real) images of both subsets while the stage-1 experts train
+        first.wait_for_function(f"() => ({grid_src})().length > 0", timeout=60_000)
+        status = first.locator(".sm-status").first.inner_text()
+        assert "experts" in status or "distilling" in status, status
+        first.screenshot(path=str(screenshot_dir / "cold-start.png"), full_page=True)
+        status_has(first, "Done", 600_000)
+
+        # the lists follow without a Refresh: Compare's finished-run pickers and the Runs table
+        first.get_by_role("tab", name="Compare").click()
+        first.get_by_text("…or pick two finished runs").click()
+        first.locator("#sm-compare-pick-seq input").click()
+        first.get_by_role("option", name=re.compile("seqmatch-cpu-smoke")).first.wait_for(timeout=15_000)
+        first.keyboard.press("Escape")
+        first.get_by_role("tab", name="Runs").click()
+        first.wait_for_function("() => (document.querySelector('#sm-runs-table')?.innerText || '').includes('done')",
+                                timeout=15_000)
+        first.screenshot(path=str(screenshot_dir / "runs-current.png"), full_page=True)
+
+        first.get_by_role("tab", name="Distil").click()  # a long run, so that the next one queues
+        iterations = first.get_by_label("Iterations per subset").first  # the Distil form's (Compare has one too)
+        iterations.fill("2000")
+        iterations.press("Tab")
+        first.locator("#sm-start").click()
+        first.get_by_text("Started").wait_for(timeout=30_000)
+        status_has(first, "/2000", 120_000)
+        second = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()  # another browser
+        second.goto(smoke_server)
+        second.get_by_text("SeqMatch Studio").first.wait_for(timeout=60_000)
+        choose_preset(second, "cpu-smoke")
+        second.locator("#sm-start").click()
+        status_has(second, "Queued", 30_000)
+        second.wait_for_timeout(2_000)
+        assert second.evaluate(grid_src) == ""  # no picture of the first page's run under "Queued"
+        second.screenshot(path=str(screenshot_dir / "queued.png"), full_page=True)
+        second.locator("#sm-stop").click()
+        second.get_by_text("Removed").wait_for(timeout=15_000)
+        status_has(second, "Stopped", 15_000)
+        first.locator("#sm-stop").click()
+        status_has(first, "Stopped", 120_000)
+
+        fresh = browser.new_context().new_page()  # a browser opened after those runs: the latest finished run
+        fresh.goto(smoke_server)
+        status_has(fresh, "Done", 60_000)
+        fresh.wait_for_function(f"() => ({grid_src})().length > 0", timeout=30_000)
         browser.close()

@@ -290,6 +290,7 @@ def test_pca_of_points_on_a_line_and_joint_embedding_rows():
     torch.testing.assert_close(pca_2d(-rows).abs(), coords.abs())
 
 
+@pytest.mark.slow
 @pytest.mark.umap
 def test_umap_reducer_smoke():
     rows = torch.randn(40, 6, generator=make_generator(0, "umap-test"))

@@ -75,7 +75,7 @@ class CompareTab:
                 self.pick_mtt = gr.Dropdown(run_choices(self.manager, "mtt"), label="Static MTT run",
                                             allow_custom_value=True)
                 self.pick_seq = gr.Dropdown(run_choices(self.manager, "seqmatch"), label="SeqMatch run",
-                                            allow_custom_value=True)
+                                            allow_custom_value=True, elem_id="sm-compare-pick-seq")
                 self.show = gr.Button("Show")
         self.message = gr.Markdown(elem_id="sm-compare-message")
         with gr.Row(equal_height=False):

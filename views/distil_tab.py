@@ -24,7 +24,7 @@ class DistilTab:
         defaults = form_defaults(DEFAULT_PRESET)
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=380, elem_classes="sm-form"):
-                self.preset = gr.Dropdown(preset_names(), value=DEFAULT_PRESET, label="Preset")
+                self.preset = gr.Dropdown(preset_names(), value=DEFAULT_PRESET, label="Preset", elem_id="sm-preset")
                 self.method = gr.Radio(list(METHODS), value=defaults.method, label="Method")
                 with gr.Row():
                     self.ipc = gr.Number(defaults.ipc, label="IPC (images per class)", precision=0)
@@ -46,7 +46,7 @@ class DistilTab:
                     with gr.Row():
                         self.eval_epochs = gr.Number(defaults.eval_epochs, label="Evaluation epochs", precision=0)
                         self.eval_nets = gr.Number(defaults.eval_nets, label="Evaluation nets", precision=0)
-                self.start = gr.Button("Start", variant="primary", elem_id="sm-start")
+                self.start = gr.Button("Start", variant="primary", elem_id="sm-start", interactive=False)
                 with gr.Row():
                     self.pause = gr.Button("Pause", size="sm", min_width=80, elem_id="sm-pause")
                     self.resume = gr.Button("Resume", size="sm", min_width=80, elem_id="sm-resume")

@@ -54,7 +54,8 @@ def build_app(manager: JobManager) -> gr.Blocks:
         runs.wire(run_state)
         studies.wire(timer)
         RunLists(manager, runs, diagnostics, compare, studies).wire(demo)
-        demo.load(reattach(manager), run_state, run_state)
+        # Start is enabled by this load, so a first click can never race it (and be overwritten by it)
+        demo.load(reattach(manager), run_state, [run_state, distil.start], queue=False)
     for handler in demo.fns.values():  # handlers run in Gradio's threads, beside the training worker
         if handler.fn is not None:
             handler.fn = readable_errors(single_core(handler.fn))
@@ -78,11 +79,12 @@ def readable_errors(fn):
 
 
 def reattach(manager: JobManager):
-    """On page load: keep this browser's run if the server knows it, else follow the active run."""
-    def handler(run_id: str | None) -> str | None:
-        if run_id and manager.live(run_id) is not None:
-            return run_id
-        return manager.active() or manager.latest()
+    """On page load: keep this browser's run if the server knows it, else follow the active run, else show the
+    latest finished one; then enable Start."""
+    def handler(run_id: str | None):
+        if not (run_id and manager.live(run_id) is not None):
+            run_id = manager.active() or manager.latest()
+        return run_id, gr.update(interactive=True)
     return handler
 
 

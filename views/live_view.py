@@ -46,8 +46,9 @@ class LiveView:
         if self.title:
             gr.Markdown(f"### {self.title}")
         self.status = gr.HTML(status_html(None), elem_classes="sm-status-box")
-        self.images = gr.Image(label="Synthetic images (rows: classes)", type="numpy", interactive=False,
-                               buttons=["download", "fullscreen"], elem_classes="sm-grid", height=560)
+        gr.Markdown("**Synthetic images** · a row per class, a panel per subset", elem_classes="sm-caption")
+        self.images = gr.Image(label="Synthetic images", show_label=False, type="numpy", interactive=False,
+                               format="png", buttons=["download", "fullscreen"], elem_classes="sm-grid", height=560)
         self.curves = gr.Plot(label="Optimisation", show_label=False, elem_classes="sm-curves")
         self.accuracy = gr.Markdown(elem_classes="sm-accuracy")
         self.version = gr.State("")

@@ -33,7 +33,8 @@ def run_rows(manager: JobManager) -> list[list]:
             state = manager.live(run.id).state
         else:
             state = RunState.on_disk({"state": row.state})  # nothing here runs it: interrupted, resumable
-        rows.append([row.id, row.method or "?", row.ipc or "", state, row.problem or row.phase,
+        phase = "" if row.phase.lower() == str(state) else row.phase  # "done · done" says nothing twice
+        rows.append([row.id, row.method or "?", row.ipc or "", state, row.problem or phase,
                      _percent(row.accuracy) + (" ⚠ diverged" if row.diverged else ""), _percent(row.baseline)])
     return rows
 
