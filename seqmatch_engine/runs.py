@@ -25,7 +25,7 @@ import torch
 
 from . import paths
 from .config import RunConfig
-from .imaging import image_grid, save_png
+from .imaging import Panel, labelled_panels, save_png
 from .prepare import PixelTransform
 from .storage import (
     StorageError,
@@ -442,14 +442,16 @@ class RunFolder:
                            f"you can write to") from None
         transform = self.transform()
         num_classes = int(max(int(s.labels.max()) for s in subsets)) + 1
+        names = self.status().get("class_names") or [f"class {c}" for c in range(num_classes)]
         tensors: dict[str, torch.Tensor] = {}
         for k, subset in enumerate(subsets):
             tensors[f"S{k + 1}.images"] = subset.images
             tensors[f"S{k + 1}.labels"] = subset.labels
             tensors[f"S{k + 1}.lr"] = torch.tensor(subset.lr)
             tensors[f"S{k + 1}.pixels"] = transform.to_pixels(subset.images)
-            grid = image_grid(transform.to_pixels(subset.images), subset.labels, num_classes, scale=2)
-            save_png(grid, destination / f"S{k + 1}.png")
+            panel = Panel(f"S{k + 1}", f"{len(subset.labels) // num_classes}/class · lr {subset.lr:.4g}", "#111827",
+                          transform.to_pixels(subset.images), subset.labels)
+            save_png(labelled_panels([panel], names, f"{config.method} · {self.id}"), destination / f"S{k + 1}.png")
         write_tensors(destination / "distilled_set.safetensors", tensors,
                       metadata={"config": json.dumps(config.to_dict()), "subsets": str(len(subsets))})
         return destination

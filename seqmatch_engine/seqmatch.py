@@ -226,6 +226,8 @@ class Distiller:
         hooks = [g1.after_step, self._after_step_metrics, Selection(self).after_step, Checkpoints(self).after_step,
                  *(hook.after_step for hook in self.extra_hooks)]
         self.emit(EventKind.STAGE_START, k, stage.iteration, images=stage.images().clone())
+        if stage.started_at == 0:  # the timeline starts with the images as they were before any step
+            self.run_folder.save_snapshot(k, 0, stage.images(), stage.lr())
         for iteration in range(stage.started_at, stage.iterations):
             self.control.checkpoint()
             try:

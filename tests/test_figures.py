@@ -47,14 +47,15 @@ def test_g1_heatmap_single_record():
     assert "S2, iteration 4" in figure.layout.title.text
 
 
-def test_g1_heatmap_slider_has_one_frame_per_record_up_to_a_limit():
-    figure = g1_heatmap_slider(g1_records())
-    assert len(figure.frames) == 8 and len(figure.layout.sliders[0].steps) == 8
-    assert figure.layout.sliders[0].steps[0].label == "S1, iteration 1"
+def test_g1_heatmap_slider_shows_records_with_two_groups_and_opens_on_the_last():
+    figure = g1_heatmap_slider(g1_records())  # stage 0 has S1 alone (1 x 1): left out
+    assert len(figure.frames) == 4 and len(figure.layout.sliders[0].steps) == 4
+    assert figure.layout.sliders[0].steps[0].label == "S2, iteration 1"
+    assert figure.layout.sliders[0].active == 3 and list(figure.data[0].x) == ["S1", "S2"]
     many = g1_heatmap_slider(g1_records(per_stage=100))
     assert len(many.frames) == MAX_FRAMES
-    empty = g1_heatmap_slider([])
-    assert len(empty.data) == 0 and "diagnose_every" in empty.layout.annotations[0].text
+    for empty in (g1_heatmap_slider([]), g1_heatmap_slider(g1_records()[:4])):
+        assert len(empty.data) == 0 and "two groups" in empty.layout.annotations[0].text
 
 
 def test_g1_lines_pairs_within_and_stage_offsets():

@@ -430,10 +430,14 @@ def test_export_writes_tensors_and_grids(tmp_path):
         metadata = handle.metadata()
     assert metadata["subsets"] == "2"
     assert RunConfig.from_dict(json.loads(metadata["config"])) == run.config()
-    # one row per class (28 px + 1 px padding), one column per image of the class, scaled x2
-    assert Image.open(folder / "S1.png").size == (2 * (1 * 29 + 1), 2 * (10 * 29 + 1))
-    assert Image.open(folder / "S2.png").size == (2 * (2 * 29 + 1), 2 * (10 * 29 + 1))
-    assert Image.open(folder / "S2.png").mode == "RGB"
+    # one row per class (28 px + 1 px padding, x4), one column per image, class names on the left, a title on top
+    import numpy as np
+
+    for name, columns in (("S1.png", 1), ("S2.png", 2)):
+        image = Image.open(folder / name)
+        assert image.mode == "RGB" and image.size[1] > 4 * (10 * 29 + 1) and image.size[0] > 4 * (columns * 29 + 1)
+        names_margin = np.asarray(image)[image.size[1] // 2:, : image.size[0] - 4 * (columns * 29 + 1) - 8]
+        assert (names_margin < 128).any(), "the class names are written left of the grid"
     assert leftovers(folder) == []
 
 
@@ -534,7 +538,7 @@ def test_stopped_run_resumes_and_exports(tmp_path, data, experts_root):
     status = run.status()
     assert (status["state"], status["phase"]) == ("stopped", "stopped")
     assert run.subsets() == []
-    assert run.snapshots() == [(0, 1)]
+    assert run.snapshots() == [(0, 0), (0, 1)]
     assert run.checkpoint().iteration == 1
     assert [e.data["name"] for e in events if e.kind == "phase"][-1] == "stopped"
     with run.path.joinpath(paths.METRICS_FILE).open("a") as handle:
@@ -547,7 +551,7 @@ def test_stopped_run_resumes_and_exports(tmp_path, data, experts_root):
     assert status["state"] == "done"
     assert [m["text"] for m in status["messages"]] == ["resumed S1 at iteration 1 of 3"]
     assert [r["iteration"] for r in run.metrics() if r["kind"] == "iteration"] == [1, 2, 3]
-    assert run.snapshots() == [(0, 1), (0, 2), (0, 3)]
+    assert run.snapshots() == [(0, 0), (0, 1), (0, 2), (0, 3)]
     assert run.checkpoint() is None
     (subset,) = run.subsets()
     assert tuple(subset.images.shape) == (10, 1, 28, 28)

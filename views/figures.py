@@ -56,17 +56,21 @@ def g1_heatmap(record: dict[str, Any]) -> go.Figure:
 
 
 def g1_heatmap_slider(records: list[dict[str, Any]], max_frames: int = MAX_FRAMES) -> go.Figure:
-    """G1 records -> the heatmap with a time slider (one frame per record, at most `max_frames`)."""
+    """G1 records with at least two groups -> the heatmap with a time slider (one frame per record, at most
+    `max_frames`), opening on the last record (a 1 x 1 "S1 vs S1" matrix says nothing, so those are left out)."""
+    records = [r for r in records if len(r["groups"]) >= 2]
     if not records:
-        return _empty("No G1 records (set distill.diagnose_every > 0 before distilling)")
+        return _empty("No G1 record with two groups yet (they appear once a second subset, or nominal group, exists)")
     chosen = [records[i] for i in downsample(len(records), max_frames)]
-    figure = go.Figure(_heatmap_trace(chosen[0]),
+    last = len(chosen) - 1
+    figure = go.Figure(_heatmap_trace(chosen[last]),
                        frames=[go.Frame(data=[_heatmap_trace(r)], name=str(i)) for i, r in enumerate(chosen)])
     steps = [{"label": _record_title(r), "method": "animate",
               "args": [[str(i)], {"mode": "immediate", "frame": {"duration": 0, "redraw": True}}]}
              for i, r in enumerate(chosen)]
     figure.update_layout(title="Gradient similarity between groups", xaxis_title="group", yaxis_title="group",
-                         yaxis_autorange="reversed", sliders=[{"steps": steps, "currentvalue": {"prefix": ""}}])
+                         yaxis_autorange="reversed", margin={"t": 60, "b": 110},
+                         sliders=[{"steps": steps, "active": last, "currentvalue": {"prefix": ""}, "y": -0.12}])
     return figure
 
 
@@ -182,12 +186,15 @@ def g3_figure(embedding: Embedding) -> go.Figure:
     axis = "PC" if embedding.reducer == "pca" else embedding.reducer.upper()
     animate = {"mode": "immediate", "frame": {"duration": 700, "redraw": True}, "transition": {"duration": 300}}
     figure.update_layout(
-        title=f"Penultimate features across expert epochs ({embedding.reducer.upper()}, joint over all epochs)",
+        title={"text": f"Features across expert epochs<br><sup>penultimate layer, {embedding.reducer.upper()} fitted "
+                       f"jointly over all epochs</sup>", "x": 0.02},
+        height=620, margin={"t": 80, "b": 130, "r": 10},
+        legend={"orientation": "h", "y": -0.32, "x": 0, "font": {"size": 11}},
         xaxis={"title": f"{axis} 1", "range": [float(low[0] - pad[0]), float(high[0] + pad[0])]},
         yaxis={"title": f"{axis} 2", "range": [float(low[1] - pad[1]), float(high[1] + pad[1])]},
-        updatemenus=[{"type": "buttons", "showactive": False, "x": 0, "y": -0.08, "xanchor": "left",
+        updatemenus=[{"type": "buttons", "showactive": False, "x": 0, "y": -0.13, "xanchor": "left", "yanchor": "top",
                       "buttons": [{"label": "▶ play", "method": "animate", "args": [None, animate]}]}],
-        sliders=[{"x": 0.1, "len": 0.9, "currentvalue": {"prefix": "expert epoch "},
+        sliders=[{"x": 0.12, "len": 0.88, "y": -0.09, "yanchor": "top", "currentvalue": {"prefix": "expert epoch "},
                   "steps": [{"label": str(e), "method": "animate",
                              "args": [[str(e)], {**animate, "transition": {"duration": 0}}]}
                             for e in embedding.epochs]}])

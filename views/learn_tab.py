@@ -66,4 +66,4 @@ class LearnTab:
         if pictures:
             gr.Gallery([(str(p), p.stem.replace("_", " ")) for p in pictures],
                        label="From real runs (single runs of cpu-demo: demonstrations, not evidence)",
-                       columns=min(3, len(pictures)), height="auto", allow_preview=True, object_fit="contain")
+                       columns=2, rows=-(-len(pictures) // 2), height=None, allow_preview=True, object_fit="contain")

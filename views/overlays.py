@@ -8,7 +8,7 @@ from seqmatch_engine.diagnostics.gradients import mean_off_diagonal
 from seqmatch_engine.diagnostics.store import read_g1, read_g2, read_g4
 from seqmatch_engine.runs import RunFolder
 
-from .figures import g1_lines, g2_figure, g3_figure, g4_entries, g4_figure
+from .figures import g1_lines, g2_figure, g3_figure, g4_entries, g4_figure, stage_offsets
 from .palette import method_colour
 
 
@@ -38,12 +38,14 @@ def coupling_over_time(runs: list[tuple[str, RunFolder]]) -> go.Figure:
     """Mean between-group gradient cosine of every G1 record, one line per run."""
     figure = go.Figure()
     for i, (label, run) in enumerate(runs):
-        points = [(position, value) for position, record in enumerate(read_g1(run.path))
+        records = read_g1(run.path)
+        offsets = stage_offsets(records, [s.iterations for s in run.config().distill.subsets])
+        points = [(offsets[record["stage"]] + record["iteration"], value) for record in records
                   if len(record["matrix"]) >= 2 and (value := mean_off_diagonal(record["matrix"])) is not None]
         figure.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines", name=label,
                                     line={"color": method_colour(run.config().method, i)}))
     figure.update_layout(title="G1 coupling: mean cosine between subsets' gradients", template="plotly_white",
-                         xaxis_title="G1 record (distillation time →)", yaxis_title="cosine", height=320,
+                         xaxis_title="outer iteration (all stages)", yaxis_title="cosine", height=320,
                          margin={"l": 50, "r": 10, "t": 50, "b": 40})
     return figure
 

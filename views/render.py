@@ -2,50 +2,31 @@
 from __future__ import annotations
 
 import html
-from functools import lru_cache
 
 import numpy as np
 import plotly.graph_objects as go
 import torch
-from PIL import Image, ImageDraw, ImageFont
 
-from seqmatch_engine.imaging import image_grid
+from seqmatch_engine.imaging import Panel, labelled_panels
 from seqmatch_engine.manager import LiveState
 from seqmatch_engine.prepare import PixelTransform
 from seqmatch_engine.runs import EvalResult, RunState
 
 from .palette import METHOD_NAMES, STAGE_COLOURS
 
-FONT_PATH = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
-
-
-@lru_cache(maxsize=4)
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.truetype(FONT_PATH, size)
-    except OSError:
-        return ImageFont.load_default()
-
 
 def subset_panels(images: dict[int, torch.Tensor], transform: PixelTransform, class_names: tuple[str, ...],
                   active_stage: int | None = None, waiting: frozenset[int] | set[int] = frozenset(),
-                  stopped: frozenset[int] | set[int] = frozenset()) -> np.ndarray:
-    """One labelled grid per subset side by side: rows = classes, a two-line title per subset.
-
-    `images` maps a 0-based stage to model inputs (num_classes * ipc_k, C, H, W) grouped by class; a panel is
-    titled learning (`active_stage`), frozen (before it), initial (`waiting`: not started), stopped
-    (`stopped`: ended before its last iteration) or learned.
-    Small images are enlarged (x4 up to 32 px, x2 up to 64 px) with visible pixels. Text grows with
-    the rows (a third of a row's height), so it stays readable when the app fits the picture to its panel.
-    """
+                  stopped: frozenset[int] | set[int] = frozenset(), caption: str | None = None) -> np.ndarray:
+    """One labelled grid per subset side by side (imaging.labelled_panels), pixels mapped back through the run's
+    transform. `images` maps a 0-based stage to model inputs (num_classes * ipc_k, C, H, W) grouped by class; a
+    panel is titled learning (`active_stage`), frozen (before it), initial (`waiting`: not started), stopped
+    (`stopped`: ended before its last iteration) or learned."""
     num_classes = len(class_names)
-    grids = []
+    panels = []
     for stage in sorted(images):
         pixels = transform.to_pixels(images[stage])
-        side = max(pixels.shape[-2:])
-        scale = 4 if side <= 32 else 2 if side <= 64 else 1
         ipc = len(pixels) // num_classes
-        labels = torch.arange(num_classes).repeat_interleave(ipc)
         if stage in waiting:
             state = "initial (real images)"
         elif stage == active_stage:
@@ -54,32 +35,9 @@ def subset_panels(images: dict[int, torch.Tensor], transform: PixelTransform, cl
             state = "frozen"
         else:
             state = "stopped" if stage in stopped else "learned"
-        grids.append((stage, (f"S{stage + 1}", f"{ipc}/class · {state}"),
-                      image_grid(pixels, labels, num_classes, padding=1, scale=scale)))
-    if not grids:
-        return np.full((40, 200, 3), 255, np.uint8)
-    row_height = grids[0][2].shape[0] / num_classes
-    text_size = max(13, round(row_height / 3))
-    font, title_font, stage_font = _font(text_size), _font(text_size + 2), _font(text_size + 4)
-    label_width = max(int(font.getlength(name)) for name in class_names) + 24
-    panels = [(stage, titles, grid, max(grid.shape[1], int(stage_font.getlength(titles[0])) + 4,
-                                        int(title_font.getlength(titles[1])) + 4)) for stage, titles, grid in grids]
-    title_height, gap = 2 * text_size + 18, 18
-    height = title_height + max(grid.shape[0] for _, _, grid, _ in panels)
-    width = label_width + sum(w for *_, w in panels) + gap * (len(panels) - 1) + 4
-    canvas = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(canvas)
-    for c, name in enumerate(class_names):
-        draw.text((label_width - 8, title_height + row_height * (c + 0.5)), name, fill="#374151", font=font,
-                  anchor="rm")
-    x = label_width
-    for stage, titles, grid, panel_width in panels:
-        canvas.paste(Image.fromarray(grid), (x, title_height))
-        colour = STAGE_COLOURS[stage % len(STAGE_COLOURS)]
-        draw.text((x, 2), titles[0], fill=colour, font=stage_font)
-        draw.text((x, text_size + 8), titles[1], fill="#64748b", font=title_font)
-        x += panel_width + gap
-    return np.asarray(canvas)
+        panels.append(Panel(f"S{stage + 1}", f"{ipc}/class · {state}", STAGE_COLOURS[stage % len(STAGE_COLOURS)],
+                            pixels, torch.arange(num_classes).repeat_interleave(ipc)))
+    return labelled_panels(panels, class_names, caption)
 
 
 def curves_figure(live: LiveState, height: int = 300) -> go.Figure:
@@ -96,7 +54,13 @@ def curves_figure(live: LiveState, height: int = 300) -> go.Figure:
                                         showlegend=col == 1, marker={"size": 4},
                                         line={"color": STAGE_COLOURS[stage % len(STAGE_COLOURS)], "width": 1.6}),
                              row=1, col=col)
-        figure.update_xaxes(title_text="iteration", row=1, col=col)
+        figure.update_xaxes(title_text="iteration", row=1, col=col, tickformat="d", rangemode="tozero")
+    if live.lrs:  # alpha learns slowly (a percent in a short run): keep a 1 % change looking like one
+        values = [v for _, _, v in live.lrs]
+        middle, spread = (max(values) + min(values)) / 2, max(values) - min(values)
+        half = max(spread * 0.6, 0.05 * abs(middle), 1e-12)
+        figure.update_yaxes(range=[middle - half, middle + half], row=1, col=2)
+    figure.update_yaxes(tickformat="d", row=1, col=3)
     figure.update_layout(height=height, margin={"l": 40, "r": 10, "t": 56, "b": 40}, template="plotly_white",
                          legend={"orientation": "h", "y": -0.25})
     return figure
@@ -129,7 +93,7 @@ def status_html(live: LiveState | None, queue_position: int = 0, error: str | No
     state = live.state.title()
     parts = [f"<b>{html.escape(state)}</b>" + ("" if live.phase.lower() == state.lower() else
                                              f" · {html.escape(live.phase)}")]
-    if total:
+    if total and live.state.active:
         parts.append(f"{done}/{total}")
     if run_eta is not None:
         parts.append(f"<span title='this phase and the ones after it, at the pace measured in this run'>"
@@ -143,7 +107,8 @@ def status_html(live: LiveState | None, queue_position: int = 0, error: str | No
         parts.append(f"loss {live.losses[-1][2]:.4f}")
     if live.lrs:
         parts.append(f"α {live.lrs[-1][2]:.4g}")
-    bar = (f"<div class='sm-bar'><div style='width:{100 * fraction:.1f}%'></div></div>" if total else "")
+    bar = (f"<div class='sm-bar'><div style='width:{100 * fraction:.1f}%'></div></div>"
+           if total and live.state.active else "")
     errors = "".join(f"<div class='sm-error'>{html.escape(text)}</div>" for text in
                      ([live.error] if live.error else []) + live.messages)
     return f"<div class='sm-status'>{' · '.join(parts)}{bar}{errors}</div>"

@@ -71,8 +71,8 @@ class RunsTab:
         with gr.Row(equal_height=False):
             with gr.Column(scale=2):
                 self.timeline = gr.Slider(0, 1, value=0, step=1, label="Timeline (snapshot)", elem_id="sm-timeline")
-                self.snapshot = gr.Image(label="Snapshot", type="numpy", interactive=False, height=360,
-                                         elem_classes="sm-grid")
+                self.snapshot = gr.Image(label="Snapshot", show_label=False, type="numpy", interactive=False,
+                                         height=560, format="png", elem_classes="sm-grid")
             with gr.Column(scale=1):
                 self.details = gr.Markdown()
                 self.download = gr.File(label="Download", interactive=False)
@@ -143,7 +143,9 @@ class RunsTab:
         stage, iteration = snapshots[min(int(index), len(snapshots) - 1)]
         images = {k: s.images for k, s in enumerate(run.subsets()[:stage])}
         images[stage] = run.snapshot_images(stage, iteration)
-        return subset_panels(images, *info, active_stage=stage)
+        iterations = run.config().distill.subsets[stage].iterations
+        return subset_panels(images, *info, active_stage=stage,
+                             caption=f"S{stage + 1} after iteration {iteration} of {iterations}")
 
     def on_resume(self, run_id: str, current: str | None):
         try:
