@@ -39,6 +39,19 @@ from .storage import (
     write_text,
 )
 
+
+def find_folder(root: Path, name: object, what: str, marker: str) -> Path:
+    """root/name for an untrusted `name` that must resolve inside `root` and hold `marker`; RunError otherwise."""
+    try:
+        path = paths.child(root, name, what)
+    except paths.UnsafeName as error:
+        raise RunError(str(error)) from None
+    if not (path / marker).is_file():
+        raise RunError(f"no {what} {name!r} in {Path(root).resolve()}: it was deleted or never existed; "
+                       f"refresh the list of {what}s")
+    return path
+
+
 _SUBSET_WAY_OUT = "Delete it and every later subset file, then resume the run: those subsets are learned again"
 
 
@@ -226,14 +239,7 @@ class RunFolder:
     @classmethod
     def find(cls, root: Path, run_id: object) -> "RunFolder":
         """The run `run_id` (an untrusted id from a request) under `root`; refuses ids that leave it."""
-        try:
-            path = paths.child(root, run_id, "run")
-        except paths.UnsafeName as error:
-            raise RunError(str(error)) from None
-        if not (path / paths.CONFIG_FILE).is_file():
-            raise RunError(f"no run {run_id!r} in {Path(root).resolve()}: it was deleted or never existed; "
-                           f"refresh the list of runs")
-        return cls(path)
+        return cls(find_folder(root, run_id, "run", paths.CONFIG_FILE))
 
     @classmethod
     def from_argument(cls, root: Path, argument: str) -> "RunFolder":

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from . import paths
 from .config import BUDGETS, ConfigError, RunConfig, SubsetConfig, apply_overrides, as_static, load_preset, split_ipc
-from .runs import RunError, RunFolder, RunState
+from .runs import RunFolder, RunState, find_folder
 from .storage import read_json, write_json, write_text
 
 METHODS = ("mtt", "seqmatch")
@@ -170,13 +170,7 @@ class StudyFolder:
 
     @classmethod
     def find(cls, root: Path, study_id: object) -> "StudyFolder":
-        try:
-            path = paths.child(root, study_id, "study")
-        except paths.UnsafeName as error:
-            raise RunError(str(error)) from None
-        if not (path / paths.STUDY_FILE).is_file():
-            raise RunError(f"no study {study_id!r} in {Path(root).resolve()}; refresh the list of studies")
-        return cls(path)
+        return cls(find_folder(root, study_id, "study", paths.STUDY_FILE))
 
     @property
     def id(self) -> str:
