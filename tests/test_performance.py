@@ -257,12 +257,13 @@ def test_distiller_reports_and_uses_the_chosen_memory_mode(tmp_path, monkeypatch
     assert run.status().get("memory_mode") == "recompute"
     # what the app shows: the live state rebuilt from the folder, and the status card while distilling
     from seqmatch_engine.manager import live_from_folder
+    from seqmatch_engine.runs import RunState
     from views.render import status_html
 
     live = live_from_folder(run)
     note = "memory mode recompute (set in the config, replaying convolutions): unrolled ~"
     assert live.memory_mode == "recompute" and live.memory_note.startswith(note)
-    live.phase, live.state = "distilling S1", "running"
+    live.phase, live.state = "distilling S1", RunState.RUNNING
     card = status_html(live)
     assert "memory: recompute" in card and f"title='{note}" in card
 
