@@ -488,7 +488,7 @@ def section_first_image(quick: bool, out: Out, progress: Out) -> dict[str, Any]:
     from .config import RunConfig, apply_overrides, load_preset
     from .context import RunContext
     from .manager import JobManager
-    from .runs import RunState
+    from .records import RunState
 
     overrides = ["device=cpu"] + (["experts.num_experts=1"] if quick else [])
     config = RunConfig.from_dict(apply_overrides(load_preset("cpu-demo"), overrides))

@@ -22,7 +22,8 @@ from .config import (
 from .context import RunContext
 from .data import DatasetError
 from .executors import CLUSTER_ENV, ClusterError, Executor, make_executor
-from .runs import RunError, RunFolder, RunState, list_runs
+from .records import RunState
+from .runs import RunError, RunFolder, list_runs
 from .seeding import resolve_device
 from .seqmatch import Distiller, Event, EventKind, StopRequested, evaluate_run
 from .storage import StorageError

@@ -18,7 +18,8 @@ from .config import RunConfig, load_preset
 from .data import DatasetError, display_facts
 from .experts import ExpertCache, tensor_digest
 from .prepare import PixelTransform, prepare_data
-from .runs import RunFolder, RunState, Subset
+from .records import RunState
+from .runs import RunFolder, Subset
 from .seeding import resolve_device
 from .storage import StorageError, read_json, tensor_shape
 

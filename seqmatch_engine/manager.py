@@ -20,7 +20,8 @@ from .config import RunConfig
 from .diagnostics import COMPUTED, DiagnosticsOptions, RunDiagnostics
 from .eta import PhasePlan, remaining_seconds
 from .executors import Executor
-from .runs import RunError, RunFolder, RunState, list_runs
+from .records import RunState
+from .runs import RunError, RunFolder, list_runs
 from .seqmatch import Distiller, Event, EventKind, RunControl, StopRequested
 from .storage import StorageError
 from .study import StudyFolder, StudySpec, run_study

@@ -7,7 +7,7 @@
               checkpoint.safetensors  everything needed to resume the current stage
               subsets/S<k>.safetensors  finished subsets: images, labels, lr
               snapshots/S<k>_<it>.safetensors  timeline of images and lr
-              eval.json         final accuracies
+              eval.json         final accuracies (records.py holds the typed contents of these files)
 """
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ import json
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from . import paths
 from .config import RunConfig
 from .imaging import Panel, labelled_panels, save_png
 from .prepare import PixelTransform
+from .records import Checkpoint, EvalResult, RunOverview, RunState
 from .storage import (
     StorageError,
     append_jsonl,
@@ -82,135 +82,6 @@ def _new_folder(root: Path, base: str) -> Path:
         except FileExistsError:
             continue
     raise RunError(f"{root} already holds 1000 folders named {base}*; delete some")
-
-
-class TextEnum(str, Enum):
-    """An enum whose members are their text everywhere: in JSON, f-strings and comparisons with strings."""
-
-    def __str__(self) -> str:
-        return self.value
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
-
-
-class RunState(TextEnum):
-    """A run's state in status.json (the last two are never written: views derive them)."""
-
-    CREATED = "created"
-    QUEUED = "queued"
-    RUNNING = "running"
-    PAUSED = "paused"
-    DONE = "done"
-    FAILED = "failed"
-    STOPPED = "stopped"
-    INTERRUPTED = "interrupted"   # running/queued/created on disk, but no process is running it: resumable
-    UNREADABLE = "unreadable"     # a damaged file
-
-    @property
-    def active(self) -> bool:
-        return self in (RunState.QUEUED, RunState.RUNNING, RunState.PAUSED)
-
-    @classmethod
-    def on_disk(cls, status: dict[str, Any]) -> "RunState":
-        """The state a run's status.json says, as seen by a process that is not running it."""
-        state = cls(status.get("state", "created"))
-        return cls.INTERRUPTED if state in (cls.RUNNING, cls.QUEUED, cls.CREATED, cls.PAUSED) else state
-
-
-@dataclass
-class EvalResult:
-    """eval.json: test accuracies by set ("synthetic", "random_real") and architecture, each
-    {"mean", "std", "values"} over evaluation nets, with what was evaluated."""
-
-    method: str
-    ipc: int
-    lrs: list[float]
-    eval_epochs: int
-    num_nets: int
-    budget: str | None = None
-    diverged: list[int] = field(default_factory=list)
-    sets: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-
-    SETS = ("synthetic", "random_real")
-
-    def add(self, name: str, arch: str, accuracy: dict[str, Any]) -> None:
-        self.sets.setdefault(name, {})[arch] = accuracy
-
-    def accuracy(self, name: str = "synthetic", arch: str = "convnet") -> dict[str, Any] | None:
-        return self.sets.get(name, {}).get(arch)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "ipc": self.ipc, "budget": self.budget, "diverged": self.diverged,
-                "lrs": self.lrs, "eval_epochs": self.eval_epochs, "num_nets": self.num_nets, **self.sets}
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "EvalResult":
-        try:
-            return cls(raw["method"], raw["ipc"], raw["lrs"], raw.get("eval_epochs", 0), raw.get("num_nets", 0),
-                       raw.get("budget"), raw.get("diverged", []), {name: raw[name] for name in cls.SETS if name in raw})
-        except (KeyError, TypeError) as error:
-            raise StorageError(f"eval.json lacks {error}: it was not written by this tool or is damaged; delete it "
-                               f"and evaluate the run again") from None
-
-
-@dataclass
-class Checkpoint:
-    """Everything needed to resume stage `stage` after `iteration` outer iterations."""
-
-    stage: int
-    iteration: int
-    images: torch.Tensor                 # (n_k, C, H, W)
-    lr: float
-    generator_state: torch.Tensor        # torch.Generator.get_state()
-    image_momentum: torch.Tensor | None
-    lr_momentum: torch.Tensor | None
-    best_accuracy: float
-    best_iteration: int
-    best_images: torch.Tensor
-    best_lr: float
-
-    @property
-    def generator(self) -> torch.Generator:
-        generator = torch.Generator()
-        generator.set_state(self.generator_state)
-        return generator
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {"images": self.images.detach(), "lr": torch.tensor(self.lr), "generator": self.generator_state,
-                   "best_images": self.best_images.detach()}
-        for name in ("image_momentum", "lr_momentum"):
-            if getattr(self, name) is not None:
-                tensors[name] = getattr(self, name)
-        return tensors
-
-    def info(self) -> dict[str, Any]:
-        return {"stage": self.stage, "iteration": self.iteration, "best_accuracy": self.best_accuracy,
-                "best_iteration": self.best_iteration, "best_lr": self.best_lr}
-
-    @classmethod
-    def from_parts(cls, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> "Checkpoint":
-        return cls(int(info["stage"]), int(info["iteration"]), tensors["images"], float(tensors["lr"]),
-                   tensors["generator"], tensors.get("image_momentum"), tensors.get("lr_momentum"),
-                   float(info["best_accuracy"]), int(info["best_iteration"]), tensors["best_images"],
-                   float(info["best_lr"]))
-
-
-@dataclass(frozen=True)
-class RunOverview:
-    """One row of a list of runs. `state` is the run's own, or "unreadable" (then `problem` says why and what
-    to do); accuracies are {"mean", "std", "values"} dicts of the ConvNet evaluation, None until evaluated."""
-
-    id: str
-    method: str | None
-    ipc: int | None
-    state: RunState
-    phase: str
-    accuracy: dict[str, Any] | None
-    baseline: dict[str, Any] | None
-    problem: str | None = None
-    budget: str | None = None
-    diverged: list[int] = field(default_factory=list)
 
 
 class RunFolder:

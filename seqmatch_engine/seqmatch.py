@@ -31,7 +31,8 @@ from .matching import ConvNetStudent, DivergenceError, MatchingState
 from .memory import choose_memory_mode
 from .methods import MTT, Method, StageSetting, StepRecord
 from .prepare import PreparedData
-from .runs import Checkpoint, EvalResult, RunError, RunFolder, RunState, Subset, TextEnum
+from .records import Checkpoint, EvalResult, RunState, TextEnum
+from .runs import RunError, RunFolder, Subset
 from .seeding import make_generator
 
 __all__ = ["Distiller", "Event", "EventKind", "RunControl", "StopRequested", "class_labels", "evaluate_run",

@@ -24,7 +24,8 @@ from typing import Any, Callable
 
 from . import paths
 from .config import BUDGETS, ConfigError, RunConfig, SubsetConfig, apply_overrides, as_static, load_preset, split_ipc
-from .runs import RunFolder, RunState, find_folder
+from .records import RunState
+from .runs import RunFolder, find_folder
 from .storage import read_json, write_json, write_text
 
 METHODS = ("mtt", "seqmatch")

@@ -14,7 +14,8 @@ from configs import tiny_run_config
 from seqmatch_engine import cli, paths
 from seqmatch_engine.control import RunControl, StopRequested
 from seqmatch_engine.executors import ClusterError, DaskExecutor, LocalExecutor
-from seqmatch_engine.runs import RunFolder, RunState
+from seqmatch_engine.records import RunState
+from seqmatch_engine.runs import RunFolder
 from seqmatch_engine.seqmatch import Distiller, EventKind
 
 distributed = pytest.importorskip("distributed")

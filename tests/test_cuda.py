@@ -138,7 +138,8 @@ def test_experts_and_evaluation_are_reproducible_and_generators_stay_on_the_cpu(
 
 def test_a_small_seqmatch_run_end_to_end_reads_back_on_the_cpu(tmp_path=None):
     from seqmatch_engine.config import RunConfig
-    from seqmatch_engine.runs import RunFolder, RunState
+    from seqmatch_engine.records import RunState
+    from seqmatch_engine.runs import RunFolder
     from seqmatch_engine.seqmatch import Distiller
 
     tmp_path = Path(tmp_path or tempfile.mkdtemp())

@@ -22,7 +22,8 @@ from safetensors import safe_open
 from seqmatch_engine import paths, runs, storage
 from seqmatch_engine.config import RunConfig, load_preset
 from seqmatch_engine.prepare import PixelTransform, prepare_data
-from seqmatch_engine.runs import Checkpoint, EvalResult, RunError, RunFolder, Subset, list_runs
+from seqmatch_engine.records import Checkpoint, EvalResult
+from seqmatch_engine.runs import RunError, RunFolder, Subset, list_runs
 from seqmatch_engine.seqmatch import Distiller, RunControl, StopRequested
 from seqmatch_engine.storage import (
     StorageError,

@@ -8,7 +8,8 @@ import plotly.graph_objects as go
 
 from seqmatch_engine.config import BUDGET_NOTES, ConfigError, preset_names
 from seqmatch_engine.manager import JobManager
-from seqmatch_engine.runs import EvalResult, RunError, RunFolder, RunState, list_runs
+from seqmatch_engine.records import EvalResult, RunState
+from seqmatch_engine.runs import RunError, RunFolder, list_runs
 
 from .forms import FormValues, compare_pair, form_defaults
 from .live_view import LiveView, poll_outputs

@@ -9,7 +9,8 @@ import gradio as gr
 from seqmatch_engine.diagnostics import COMPUTED, DiagnosticsOptions, missing
 from seqmatch_engine.diagnostics.store import read_g1, read_g2
 from seqmatch_engine.manager import JobManager
-from seqmatch_engine.runs import RunError, RunFolder, RunState, list_runs
+from seqmatch_engine.records import RunState
+from seqmatch_engine.runs import RunError, RunFolder, list_runs
 
 from .figures import g1_heatmap_slider
 from .overlays import comparison_overlays, run_figures

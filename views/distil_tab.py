@@ -7,7 +7,7 @@ import gradio as gr
 
 from seqmatch_engine.config import ConfigError, preset_names
 from seqmatch_engine.manager import JobManager
-from seqmatch_engine.runs import RunState
+from seqmatch_engine.records import RunState
 
 from .forms import METHODS, FormValues, config_from_form, form_defaults
 from .live_view import LiveView, poll_outputs

@@ -12,7 +12,8 @@ from pathlib import Path
 import gradio as gr
 
 from seqmatch_engine.manager import JobManager, LiveState
-from seqmatch_engine.runs import RunError, RunFolder, RunState
+from seqmatch_engine.records import RunState
+from seqmatch_engine.runs import RunError, RunFolder
 from seqmatch_engine.storage import StorageError
 
 from .render import accuracy_markdown, curves_figure, status_html, subset_panels

@@ -10,7 +10,7 @@ import torch
 from seqmatch_engine.imaging import Panel, labelled_panels
 from seqmatch_engine.manager import LiveState
 from seqmatch_engine.prepare import PixelTransform
-from seqmatch_engine.runs import EvalResult, RunState
+from seqmatch_engine.records import EvalResult, RunState
 
 from .palette import METHOD_NAMES, STAGE_COLOURS
 

@@ -11,7 +11,8 @@ import gradio as gr
 from seqmatch_engine.data import DATASET_NAMES
 from seqmatch_engine.importer import ImportFailed, import_distilled_set, import_expert_buffer, imported_buffers
 from seqmatch_engine.manager import JobManager
-from seqmatch_engine.runs import RunError, RunFolder, RunState, list_runs
+from seqmatch_engine.records import RunState
+from seqmatch_engine.runs import RunError, RunFolder, list_runs
 from seqmatch_engine.storage import StorageError
 
 from .live_view import display_info
