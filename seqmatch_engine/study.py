@@ -191,6 +191,14 @@ class StudyFolder:
     def update_status(self, **fields: Any) -> None:
         write_json(self.path / paths.STUDY_STATUS_FILE, {**self.status(), **fields, "updated": time.time()})
 
+    def last_activity(self) -> float:
+        """When the study or its run in progress last wrote a file (a time stamp)."""
+        files = [self.path / paths.STUDY_STATUS_FILE]
+        current = self.status().get("current")
+        if current and self.run(current):
+            files += [self.run(current).path / name for name in (paths.STATUS_FILE, paths.METRICS_FILE)]
+        return max((f.stat().st_mtime for f in files if f.exists()), default=0.0)
+
     def run(self, rid: str) -> RunFolder | None:
         path = self.runs_root / rid
         return RunFolder(path) if (path / paths.CONFIG_FILE).is_file() else None

@@ -157,6 +157,11 @@ def test_a_newcomers_pages_stay_current(smoke_server, screenshot_dir):
         first.get_by_role("tab", name="Runs").click()
         first.wait_for_function("() => (document.querySelector('#sm-runs-table')?.innerText || '').includes('done')",
                                 timeout=15_000)
+        # nothing is picked until the user picks: then the first run of the list shows its details and timeline
+        assert first.locator("#sm-runs-select input").input_value() == ""
+        first.locator("#sm-runs-select input").click()
+        first.get_by_role("option").first.click()
+        first.get_by_text("timeline snapshots").wait_for(timeout=30_000)
         first.screenshot(path=str(screenshot_dir / "runs-current.png"), full_page=True)
 
         first.get_by_role("tab", name="Distil").click()  # a long run, so that the next one queues
@@ -171,7 +176,11 @@ def test_a_newcomers_pages_stay_current(smoke_server, screenshot_dir):
         second.get_by_text("SeqMatch Studio").first.wait_for(timeout=60_000)
         choose_preset(second, "cpu-smoke")
         second.locator("#sm-start").click()
-        status_has(second, "Queued", 30_000)
+        try:
+            status_has(second, "Queued", 30_000)
+        except Exception:
+            second.screenshot(path=str(screenshot_dir / "queued-failed.png"), full_page=True)
+            raise
         second.wait_for_timeout(2_000)
         assert second.evaluate(grid_src) == ""  # no picture of the first page's run under "Queued"
         second.screenshot(path=str(screenshot_dir / "queued.png"), full_page=True)

@@ -73,9 +73,9 @@ class CompareTab:
         gr.Markdown(BUDGET_EXPLAINED, elem_classes="sm-note")
         with gr.Accordion("…or pick two finished runs", open=False):
             with gr.Row():
-                self.pick_mtt = gr.Dropdown(run_choices(self.manager, "mtt"), label="Static MTT run",
+                self.pick_mtt = gr.Dropdown(run_choices(self.manager, "mtt"), value=None, label="Static MTT run",
                                             allow_custom_value=True)
-                self.pick_seq = gr.Dropdown(run_choices(self.manager, "seqmatch"), label="SeqMatch run",
+                self.pick_seq = gr.Dropdown(run_choices(self.manager, "seqmatch"), value=None, label="SeqMatch run",
                                             allow_custom_value=True, elem_id="sm-compare-pick-seq")
                 self.show = gr.Button("Show")
         self.message = gr.Markdown(elem_id="sm-compare-message")

@@ -26,18 +26,27 @@ class RunLists:
 
     def wire(self, demo: gr.Blocks) -> None:
         self.signature = gr.State("")
-        outputs = [self.signature, self.runs.table, self.runs.selected, self.diagnostics.runs, self.compare.pick_mtt,
-                   self.compare.pick_seq, self.studies.selected]
-        demo.load(self.refresh, self.signature, outputs, api_name="lists")
-        gr.Timer(LIST_POLL_SECONDS).tick(self.refresh, self.signature, outputs, concurrency_limit=None,
+        pickers = [self.runs.selected, self.diagnostics.runs, self.compare.pick_mtt, self.compare.pick_seq,
+                   self.studies.selected]
+        outputs = [self.signature, self.runs.table, *pickers]
+        demo.load(self.refresh, [self.signature, *pickers], outputs, api_name="lists")
+        gr.Timer(LIST_POLL_SECONDS).tick(self.refresh, [self.signature, *pickers], outputs, concurrency_limit=None,
                                          show_progress="hidden", api_name=False)
 
-    def refresh(self, signature: str):
-        """Every list of runs and studies, when the folders changed since `signature` (else skip all)."""
+    def refresh(self, signature: str, *picked):
+        """Every list of runs and studies, when the folders changed since `signature` (else skip all). Each picker
+        keeps its value while it is still a choice, and is left empty otherwise (a new list of choices must not
+        quietly show its first entry as picked: picking it then would change nothing and show nothing)."""
         current = folder_signature(self.manager.runs_root) + folder_signature(self.manager.studies_root)
         if current == signature:
             return [signature, *[gr.skip()] * 6]
         rows = run_rows(self.manager)
-        return [current, rows, gr.update(choices=[row[0] for row in rows]),
-                gr.update(choices=finished_runs(self.manager)), gr.update(choices=run_choices(self.manager, "mtt")),
-                gr.update(choices=run_choices(self.manager, "seqmatch")), gr.update(choices=study_choices(self.manager))]
+        choices = [[row[0] for row in rows], finished_runs(self.manager), run_choices(self.manager, "mtt"),
+                   run_choices(self.manager, "seqmatch"), study_choices(self.manager)]
+        updates = []
+        for options, value in zip(choices, picked, strict=True):
+            if isinstance(value, list):  # a multiselect keeps the picks that still exist
+                updates.append(gr.update(choices=options, value=[v for v in value if v in options]))
+            else:
+                updates.append(gr.update(choices=options, value=value if value in options else None))
+        return [current, rows, *updates]

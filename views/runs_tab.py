@@ -62,7 +62,7 @@ class RunsTab:
         self.table = gr.Dataframe(headers=COLUMNS, value=run_rows(self.manager), interactive=False, wrap=True,
                                   elem_id="sm-runs-table")
         with gr.Row():
-            self.selected = gr.Dropdown([r[0] for r in run_rows(self.manager)], label="Run", scale=3,
+            self.selected = gr.Dropdown([r[0] for r in run_rows(self.manager)], value=None, label="Run", scale=3,
                                         allow_custom_value=True,
                                         elem_id="sm-runs-select")
             self.resume = gr.Button("Resume / watch", scale=1)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import time
 from dataclasses import dataclass
 
 import gradio as gr
@@ -29,11 +30,14 @@ def study_choices(manager: JobManager) -> list[str]:
 def study_status_html(study: StudyFolder, live) -> str:
     """Progress of a study: state, runs done of total, the run in progress (from the job when this app runs it)."""
     status = study.status()
-    state = live.state if live else status.get("state", "?")
+    state = str(live.state if live else status.get("state", "?"))
     if state in ("running", "queued", "created") and live is None:
-        state = "interrupted"  # started elsewhere or before a restart: Start resumes it
+        # another process (the CLI) may be running it, or it was interrupted: say when it last did something
+        idle = time.time() - study.last_activity()
+        state = (f"running in another process ({format_seconds(idle)} since its last write)" if idle < 600
+                 else f"interrupted ({format_seconds(idle)} since its last write): Start resumes it")
     done, total = status.get("done", 0), status.get("total", 0)
-    parts = [f"<b>{html.escape(state.title())}</b>", f"{done}/{total} runs done"]
+    parts = [f"<b>{html.escape(state[0].upper() + state[1:])}</b>", f"{done}/{total} runs done"]
     if live and live.state == "running":
         parts.append(html.escape(live.phase))
     if status.get("started") and status.get("updated") and done:
@@ -57,7 +61,8 @@ class StudiesTab:
             self.start = gr.Button("Start / resume study", variant="primary", scale=1, elem_id="sm-study-start")
             self.stop = gr.Button("Stop", scale=0)
         with gr.Row():
-            self.selected = gr.Dropdown(study_choices(self.manager), label="Study", scale=3, allow_custom_value=True,
+            self.selected = gr.Dropdown(study_choices(self.manager), value=None, label="Study", scale=3,
+                                        allow_custom_value=True,
                                         elem_id="sm-study-select")
             self.refresh = gr.Button("↻ studies", size="sm", scale=0)
         self.status = gr.HTML(elem_classes="sm-status-box")

@@ -31,9 +31,14 @@ def accuracy_vs_ipc(summary: dict[str, Any]) -> go.Figure:
                 error_y={"type": "data", "array": [p[2] for p in points], "visible": True},
                 customdata=[p[3] for p in points], hovertemplate="IPC %{x}: %{y:.2f} % (n=%{customdata})",
                 line={"color": METHOD_COLOURS[method], "dash": "dot" if method == "random_real" else "solid"}))
-    figure.update_layout(title=f"Test accuracy vs IPC ({summary['budget']} budget; {_seed_note(summary)})",
-                         xaxis_title="images per class (total)", yaxis_title="test accuracy (%)", **LAYOUT)
+    figure.update_layout(title=f"Test accuracy vs IPC<br><sup>{summary['budget']} budget; {_seed_note(summary)}</sup>",
+                         xaxis=_ipc_axis(summary), yaxis_title="test accuracy (%)", **LAYOUT)
     return figure
+
+
+def _ipc_axis(summary: dict[str, Any]) -> dict[str, Any]:
+    ipcs = [row["ipc"] for row in summary["cells"]]
+    return {"title": "images per class (total)", "tickvals": ipcs, "range": [min(ipcs) - 3, max(ipcs) + 3]}
 
 
 def paired_differences(summary: dict[str, Any]) -> go.Figure:
@@ -50,8 +55,9 @@ def paired_differences(summary: dict[str, Any]) -> go.Figure:
         name="mean ± std", error_y={"type": "data", "array": [100 * row["paired"]["std"] for row in rows]},
         marker={"color": METHOD_COLOURS["seqmatch"], "symbol": "diamond", "size": 12}))
     figure.add_hline(y=0, line={"color": "#6b7280", "dash": "dash"})
-    figure.update_layout(title="Paired difference SeqMatch − static MTT (same seed: same experts, nets, baseline)",
-                         xaxis_title="images per class (total)", yaxis_title="accuracy difference (points)", **LAYOUT)
+    figure.update_layout(title="SeqMatch − static MTT, paired by seed<br><sup>same experts, evaluation nets and "
+                               "baseline; above 0: SeqMatch better</sup>",
+                         xaxis=_ipc_axis(summary), yaxis_title="accuracy difference (points)", **LAYOUT)
     return figure
 
 
@@ -66,6 +72,7 @@ def coupling_vs_ipc(summary: dict[str, Any]) -> go.Figure:
                 x=[p[0] for p in points], y=[p[1]["mean"] for p in points], name=METHOD_NAMES[method],
                 mode="lines+markers", error_y={"type": "data", "array": [p[1]["std"] for p in points], "visible": True},
                 line={"color": METHOD_COLOURS[method]}))
-    figure.update_layout(title="Coupling index vs IPC (static MTT: nominal groups)", xaxis_title="images per class (total)",
-                         yaxis_title="cosine between subsets' gradients", **LAYOUT)
+    figure.update_layout(title="Coupling index vs IPC<br><sup>mean cosine between subsets' gradients, late in each run; "
+                               "static MTT: nominal groups</sup>", xaxis=_ipc_axis(summary),
+                         yaxis_title="cosine", **LAYOUT)
     return figure
