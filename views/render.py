@@ -44,7 +44,7 @@ def curves_figure(live: LiveState, height: int = 300) -> go.Figure:
     """Matching loss, learned lr and sampled start epoch against iteration, one colour per subset."""
     from plotly.subplots import make_subplots
 
-    figure = make_subplots(rows=1, cols=3, subplot_titles=("matching loss", "learned lr α", "start epoch t"),
+    figure = make_subplots(rows=1, cols=3, subplot_titles=("matching loss", "learned lr α (learns slowly)", "start epoch t"),
                            horizontal_spacing=0.07)
     for col, series in enumerate((live.losses, live.lrs, live.start_epochs), start=1):
         for stage in sorted({s for s, _, _ in series}):
