@@ -100,8 +100,9 @@ class DaskExecutor:
     share one GPU."""
 
     POLL_SECONDS = 0.3
+    CONNECT_SECONDS = 10.0  # how long to wait for a remote scheduler before saying it cannot be reached
 
-    def __init__(self, address: str, gpu_share: float | None = None, connect_timeout: float = 10.0):
+    def __init__(self, address: str, gpu_share: float | None = None, connect_timeout: float | None = None):
         distributed = _import_distributed()
         self.address, self.gpu_share, self.cluster = address, gpu_share, None
         try:
@@ -114,7 +115,7 @@ class DaskExecutor:
                     dashboard_address=None, silence_logs=40)
                 self.client = distributed.Client(self.cluster)
             else:
-                self.client = distributed.Client(address, timeout=connect_timeout)
+                self.client = distributed.Client(address, timeout=connect_timeout or self.CONNECT_SECONDS)
         except ValueError:
             raise ClusterError(f"--cluster {address!r}: use local:N (N worker processes on this machine) or "
                                f"tcp://HOST:PORT of a running Dask scheduler") from None

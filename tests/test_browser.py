@@ -79,8 +79,14 @@ def launch(p):
 
 
 def choose_preset(page, name: str) -> None:
+    """Picks a preset and waits until the form shows its values (as a user would before pressing Start)."""
+    from views.forms import form_defaults
+
     page.locator("#sm-preset input").click()
     page.get_by_role("option", name=name, exact=True).click()
+    intervals = form_defaults(name).intervals
+    page.wait_for_function(f"() => document.querySelector('#sm-intervals textarea, #sm-intervals input')?.value "
+                           f"=== {intervals!r}", timeout=30_000)
 
 
 @pytest.mark.slow

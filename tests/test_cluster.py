@@ -111,7 +111,8 @@ def sleeping_job(seconds: float, on_epoch) -> tuple[float, float]:
     return start, time.time()
 
 
-def test_an_unreachable_scheduler_names_the_address_and_the_fix(capsys):
+def test_an_unreachable_scheduler_names_the_address_and_the_fix(capsys, monkeypatch):
+    monkeypatch.setattr(DaskExecutor, "CONNECT_SECONDS", 2.0)
     with pytest.raises(ClusterError, match=r"cannot reach the Dask scheduler at tcp://127.0.0.1:9 .*dask scheduler"):
         DaskExecutor("tcp://127.0.0.1:9", connect_timeout=2)
     rc = cli.main(["distill", "--preset", "cpu-smoke", "--cluster", "tcp://127.0.0.1:9"])

@@ -32,7 +32,7 @@ class DistilTab:
                 with gr.Row():
                     self.iterations = gr.Number(defaults.iterations, label="Iterations per subset", precision=0)
                     self.intervals = gr.Textbox(defaults.intervals, label="Start-epoch intervals",
-                                                info="one 'start-end' per subset")
+                                                info="one 'start-end' per subset", elem_id="sm-intervals")
                 with gr.Accordion("More settings", open=False):
                     with gr.Row():
                         self.syn_steps = gr.Number(defaults.syn_steps, label="Student steps N", precision=0)
@@ -60,7 +60,8 @@ class DistilTab:
         return [getattr(self, name) for name in FormValues.fields()]
 
     def wire(self, run_state: gr.BrowserState, timer: gr.Timer) -> None:
-        self.preset.change(self.on_preset, self.preset, self.form_inputs[1:], api_name="preset")
+        # queue=False: the form fills at once, not behind a running run's events, so Start never reads a half-filled form
+        self.preset.change(self.on_preset, self.preset, self.form_inputs[1:], api_name="preset", queue=False)
         self.start.click(self.on_start, [*self.form_inputs, run_state], [run_state, self.message], api_name="start")
         self.pause.click(self.on_pause, run_state, self.message, api_name="pause")
         self.resume.click(self.on_resume, run_state, self.message, api_name="resume")
