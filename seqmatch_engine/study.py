@@ -272,6 +272,9 @@ def summarise(study: StudyFolder) -> dict[str, Any]:
         cells.append(row)
     experts = {seed: mean_std(values) for seed, values in study.expert_accuracy().items() if values}
     all_experts = [v for values in study.expert_accuracy().values() for v in values]
+    for row in cells:
+        mtt = row["methods"].get("mtt")
+        row["headroom"] = (statistics.fmean(all_experts) - mtt["accuracy"]["mean"]) if all_experts and mtt else None
     return {"study": study.id, "budget": spec.budget, "seeds": spec.seeds, "cells": cells,
             "experts": experts, "experts_overall": mean_std(all_experts) if all_experts else None,
             "runs_done": sum(1 for rid, *_ in spec.plan() if (study.run(rid) and study.run(rid).eval())),
@@ -282,21 +285,27 @@ def _pct(stat: dict[str, Any] | None, signed: bool = False) -> str:
     if not stat:
         return "–"
     sign = "+" if signed else ""
+    if stat["n"] == 1:  # no spread to show: one seed is a demonstration
+        return f"{100 * stat['mean']:{sign}.2f} (n=1)"
     return f"{100 * stat['mean']:{sign}.2f} ± {100 * stat['std']:.2f} (n={stat['n']})"
+
+
+def _points(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
 
 
 def format_table(summary: dict[str, Any]) -> str:
     """The summary as a markdown table (test accuracy %, mean ± std over seeds)."""
     lines = [f"Study `{summary['study']}`: budget convention **{summary['budget']}**, seeds {summary['seeds']}, "
              f"{summary['runs_done']}/{summary['runs_total']} runs done.", "",
-             "| IPC | subsets | static MTT | SeqMatch | random real | SeqMatch − MTT (paired) | coupling MTT / SeqMatch |",
-             "|---|---|---|---|---|---|---|"]
+             "| IPC | subsets | static MTT | SeqMatch | random real | SeqMatch − MTT (paired) | coupling MTT / SeqMatch "
+             "| headroom |", "|---|---|---|---|---|---|---|---|"]
     for row in summary["cells"]:
         mtt, seq = row["methods"].get("mtt"), row["methods"].get("seqmatch")
         coupling = " / ".join(f"{m['coupling']['mean']:.3f}" if m and m.get("coupling") else "–" for m in (mtt, seq))
         lines.append(f"| {row['ipc']} | {row['subsets']} | {_pct(mtt and mtt['accuracy'])} | "
                      f"{_pct(seq and seq['accuracy'])} | {_pct(row['random_real'])} | {_pct(row['paired'], True)} | "
-                     f"{coupling} |")
+                     f"{coupling} | {_points(row.get('headroom'))} |")
     if any(row["controls"] for row in summary["cells"]):
         lines += ["", "Evaluation-only controls of the SeqMatch sets (test accuracy %):", "",
                   "| IPC | S1 alone | all subsets in one stage | S1..S(K-1) + random real last | SeqMatch |",
@@ -306,8 +315,11 @@ def format_table(summary: dict[str, Any]) -> str:
             lines.append(f"| {row['ipc']} | {_pct(c.get('first_subset_alone'))} | {_pct(c.get('one_stage'))} | "
                          f"{_pct(c.get('random_last'))} | {_pct(seq and seq['accuracy'])} |")
     if summary.get("experts_overall"):
-        lines += ["", f"Stage-1 experts' final test accuracy (the headroom): {_pct(summary['experts_overall'])} "
-                      f"over {len(summary['experts'])} seed(s)."]
+        lines += ["", f"Stage-1 experts' final test accuracy: {_pct(summary['experts_overall'])} over "
+                      f"{len(summary['experts'])} seed(s). Headroom: the experts' mean minus static MTT's, in points "
+                      f"(SeqMatch can only add what the experts know and static MTT misses)."]
+    lines += ["", "Accuracy: mean ± sample std over seeds; a cell with fewer than 3 paired seeds is a demonstration, "
+                  "not evidence."]
     return "\n".join(lines) + "\n"
 
 

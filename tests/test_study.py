@@ -111,6 +111,9 @@ def test_summary_numbers_are_the_runs_eval_values(finished):
     assert "budget convention **per-image**" in table and "4/4 runs done" in table
     assert f"{100 * row['paired']['mean']:+.2f} ± {100 * row['paired']['std']:.2f} (n=2)" in table
     assert (study.path / paths.STUDY_TABLE_FILE).read_text() == table
+    experts = [v for values in study.expert_accuracy().values() for v in values]
+    assert row["headroom"] == pytest.approx(sum(experts) / len(experts) - row["methods"]["mtt"]["accuracy"]["mean"])
+    assert f"| {100 * row['headroom']:.1f} |" in table
     assert study.status()["state"] == "done"
 
 
@@ -173,3 +176,14 @@ def test_cli_study_summary_and_errors(finished, tmp_path, capsys):
     assert "neither a study preset" in capsys.readouterr().err
     assert cli.main(["--home", str(tmp_path), "study"]) == 2
     assert "give a spec file or --preset" in capsys.readouterr().err
+
+
+def test_one_seed_shows_no_spread_and_the_table_says_what_is_evidence():
+    from seqmatch_engine.study import _pct, mean_std
+
+    assert _pct(mean_std([0.8])) == "80.00 (n=1)"
+    assert _pct(mean_std([0.8, 0.82]), signed=True) == "+81.00 ± 1.41 (n=2)"
+    summary = {"study": "s", "budget": "per-image", "seeds": [0], "runs_done": 0, "runs_total": 2,
+               "cells": [{"ipc": 2, "subsets": 2, "methods": {}, "random_real": None, "paired": None,
+                          "controls": {}, "headroom": None}], "experts": {}, "experts_overall": None}
+    assert "fewer than 3 paired seeds is a demonstration, not evidence" in format_table(summary)
