@@ -148,6 +148,28 @@ def test_start_poll_pause_resume_stop_reopen_export_import(app, tmp_path):
     assert "Deleted" in message and not any(r[0] == imported for r in rows["data"])
 
 
+def test_compare_tab_fills_from_its_preset_and_pairs_under_the_authors_budget_by_default(app):
+    client, manager = app
+    smoke = form_defaults("cpu-smoke")
+    ipc, k, iterations = client.predict("cpu-smoke", api_name="/compare_preset")
+    assert (ipc, k, iterations) == (smoke.ipc, smoke.num_subsets, smoke.iterations)
+    mtt_id, seq_id, message = client.predict("cpu-smoke", ipc, k, iterations, api_name="/compare_start")  # default budget
+    assert "budget convention **per-image**" in message and "demonstration, not evidence" in message
+    mtt, seq = manager.run(mtt_id).config(), manager.run(seq_id).config()
+    assert mtt.method == "mtt" and seq.method == "seqmatch" and mtt.budget == "per-image"
+    assert mtt.distill.subsets[0].iterations == iterations
+    assert [s.iterations for s in seq.distill.subsets] == [iterations] * k
+    wait_for(lambda: all(manager.live(r).state == "done" for r in (mtt_id, seq_id)), timeout=300)
+    figure, note, *_ = client.predict(mtt_id, seq_id, api_name="/compare_charts")
+    assert "budget convention **per-image**" in note and "One seed per method: a demonstration" in note
+    bars = figure["plot"] if isinstance(figure, dict) else figure
+    assert "Static MTT IPC" in str(bars) and "SeqMatch IPC" in str(bars) and "random real" in str(bars)
+    *_, message = client.predict("cpu-smoke", ipc, k, iterations, "total", api_name="/compare_start")
+    assert "budget convention **total**" in message and f"({k * iterations} iterations)" in message
+    for live in manager.jobs():
+        manager.stop(live.run_id)
+
+
 def test_studies_tab_lists_shows_and_refuses(app, tmp_path):
     from test_study import tiny_spec
 

@@ -8,6 +8,8 @@ import gradio as gr
 from seqmatch_engine.paths import ASSETS_DIR
 
 LEARN_DIR = ASSETS_DIR / "learn"
+STUDY_DIR = LEARN_DIR / "study"  # findings.md (what the study shows, in words), summary.md (its table), figures
+STUDY_TITLE = "What the headroom study found (3 seeds, both methods)"
 
 SECTIONS = [
     ("What is dataset distillation?",
@@ -62,8 +64,17 @@ class LearnTab:
         for title, text in SECTIONS:
             with gr.Accordion(title, open=title == SECTIONS[0][0]):
                 gr.Markdown(text)
+        if (STUDY_DIR / "findings.md").is_file():
+            with gr.Accordion(STUDY_TITLE, open=False):
+                gr.Markdown((STUDY_DIR / "findings.md").read_text())
+                if (STUDY_DIR / "summary.md").is_file():
+                    gr.Markdown((STUDY_DIR / "summary.md").read_text())
+                figures = sorted(STUDY_DIR.glob("*.png"))
+                if figures:
+                    gr.Gallery([(str(p), p.stem.replace("-", " ")) for p in figures], label="The study's figures",
+                               columns=3, height=None, allow_preview=True, object_fit="contain")
         pictures = sorted(LEARN_DIR.glob("*.png"))
         if pictures:
             gr.Gallery([(str(p), p.stem.replace("_", " ")) for p in pictures],
-                       label="From real runs (single runs of cpu-demo: demonstrations, not evidence)",
+                       label="What learned images look like (single cpu-demo runs: pictures, not evidence)",
                        columns=2, rows=-(-len(pictures) // 2), height=None, allow_preview=True, object_fit="contain")
