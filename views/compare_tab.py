@@ -69,7 +69,7 @@ class CompareTab:
             self.num_subsets = gr.Number(defaults.num_subsets, label="SeqMatch subsets K", precision=0, scale=1)
             self.iterations = gr.Number(defaults.iterations, label="Iterations per subset", precision=0, scale=1)
             self.budget = gr.Dropdown([("per image (authors')", "per-image"), ("total", "total")], value="per-image",
-                                      label="Budget convention", scale=1, elem_id="sm-compare-budget")
+                                      label="Budget convention", scale=1, min_width=190, elem_id="sm-compare-budget")
             self.start = gr.Button("Start comparison", variant="primary", scale=1, elem_id="sm-compare-start")
         gr.Markdown(BUDGET_EXPLAINED, elem_classes="sm-note")
         with gr.Accordion("…or pick two finished runs", open=False):
