@@ -272,11 +272,12 @@ def summarise(study: StudyFolder) -> dict[str, Any]:
         cells.append(row)
     experts = {seed: mean_std(values) for seed, values in study.expert_accuracy().items() if values}
     all_experts = [v for values in study.expert_accuracy().values() for v in values]
+    experts_overall = mean_std(all_experts) if all_experts else None
     for row in cells:
         mtt = row["methods"].get("mtt")
-        row["headroom"] = (statistics.fmean(all_experts) - mtt["accuracy"]["mean"]) if all_experts and mtt else None
+        row["headroom"] = experts_overall["mean"] - mtt["accuracy"]["mean"] if experts_overall and mtt else None
     return {"study": study.id, "budget": spec.budget, "seeds": spec.seeds, "cells": cells,
-            "experts": experts, "experts_overall": mean_std(all_experts) if all_experts else None,
+            "experts": experts, "experts_overall": experts_overall,
             "runs_done": sum(1 for rid, *_ in spec.plan() if (study.run(rid) and study.run(rid).eval())),
             "runs_total": len(spec.plan())}
 
