@@ -2,8 +2,8 @@
 
     .venv/bin/python scripts/measure_app.py [--home DIR] [--preset cpu-demo] [--skip-compare] [--iterations N]
 
-Starts the app as a subprocess on a free port with SEQMATCH_HOME=DIR (train the preset's stage-1
-experts there first, e.g. `SEQMATCH_HOME=DIR python -m seqmatch_engine experts --preset cpu-demo`,
+Starts the app as a subprocess on a free port with --home DIR (train the preset's stage-1
+experts there first, e.g. `python -m seqmatch_engine --home DIR experts --preset cpu-demo`,
 to measure with cached experts), then through gradio_client:
 1. Distil tab Start: seconds to the first image and to the first image that differs from it
    (a real distillation step), and the latency of /poll while the run trains; the run is stopped.
@@ -15,10 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,33 +25,13 @@ from gradio_client import Client
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app_server import serve_app  # noqa: E402
+
 from views.forms import FormValues, form_defaults  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def digest(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def launch(home: Path) -> tuple[subprocess.Popen, Client]:
-    port = free_port()
-    env = {**os.environ, "SEQMATCH_HOME": str(home)}
-    server = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while True:
-        try:
-            return server, Client(f"http://127.0.0.1:{port}/", verbose=False)
-        except Exception:
-            if time.time() > deadline or server.poll() is not None:
-                server.kill()
-                raise SystemExit("the app did not come up within 120 s") from None
-            time.sleep(0.5)
 
 
 def measure_start(client: Client, preset: str) -> dict:
@@ -115,17 +92,13 @@ def main() -> None:
     parser.add_argument("--skip-compare", action="store_true")
     parser.add_argument("--iterations", type=int, default=None, help="iterations per subset (default: the preset's)")
     args = parser.parse_args()
-    server, client = launch(args.home.resolve())
-    try:
+    with serve_app(args.home.resolve()) as url:
+        client = Client(url, verbose=False)
         print(json.dumps({"start": measure_start(client, args.preset)}, indent=1), flush=True)
         time.sleep(3)  # let the stopped run release the worker
         if not args.skip_compare:
             report = measure_compare(client, args.home.resolve(), args.preset, args.iterations)
             print(json.dumps({"compare": report}, indent=1))
-    finally:
-        server.terminate()
-        server.wait(30)
-
 
 if __name__ == "__main__":
     main()

@@ -38,12 +38,14 @@ from torch import nn
 
 from . import native
 from .augment import DSA_OPERATIONS, apply_augmentation, augment
+from .bench_eval import section_evaluation, section_selection
 from .matching import ConvNetStudent, draw_minibatches, draw_unroll_plan, matching_loss, normalised_distance
 from .memory import estimate_bytes, tune_cpu_allocator
 from .models import ConvNetSpec, init_convnet_params, unflatten
 from .seeding import make_generator
 
 Out = Callable[[str], None]
+SECTIONS = ["matching", "flops", "memory", "experts", "evaluation", "selection", "first-image"]
 
 
 @dataclass(frozen=True)
@@ -249,6 +251,11 @@ def child_main(task: dict[str, Any]) -> dict[str, Any]:
             times.append(time.perf_counter() - t0)
         result["images"] = len(images) * experts
         result["experts"] = experts
+    elif kind in ("selection", "nets"):
+        from .bench_eval import child_task
+
+        result = child_task(task)
+        times = result.pop("times")
     else:
         raise ValueError(kind)
     result["times"] = times
@@ -454,36 +461,6 @@ def section_experts(rounds: int, reps: int, threads: int | None, out: Out, progr
     return rate
 
 
-def section_evaluation(reps: int, out: Out) -> dict[str, Any]:
-    from .config import EvalConfig
-    from .evaluate import CurriculumStage, train_curriculum
-    from .models import ConvNet
-
-    tune_cpu_allocator()
-    rows, result = [], {}
-    for name in ("small", "paper"):
-        problem = PROBLEMS[name]
-        spec = problem.spec
-        g = make_generator(0, "bench-eval")
-        images = torch.randn((problem.num_images, spec.channels, *spec.image_size), generator=g)
-        labels = torch.arange(spec.num_classes).repeat_interleave(problem.ipc)
-        epochs = 20 if name == "small" else 4
-        config = EvalConfig(epochs=epochs)
-        stages = [CurriculumStage(images, labels, 0.01)]
-        times = []
-        for r in range(reps + 1):
-            net = ConvNet(spec, init_convnet_params(spec, g))
-            t0 = time.perf_counter()
-            train_curriculum(net, stages, config, make_generator(0, "eval", r))
-            if r:
-                times.append(time.perf_counter() - t0)
-        rate = epochs / _median(times)
-        rows.append([name, f"{problem.num_images} images", f"{rate:.1f} epochs/s"])
-        result[name] = rate
-    out(_table(rows, ["evaluation (train a fresh ConvNet on the set)", "set", "throughput"]))
-    return result
-
-
 def section_first_image(quick: bool, out: Out, progress: Out) -> dict[str, Any]:
     from .config import RunConfig, apply_overrides, load_preset
     from .context import RunContext
@@ -525,7 +502,7 @@ def run_bench(quick: bool = False, threads: int | None = None, sections: list[st
     progress = progress or (lambda text: print(text, file=sys.stderr, flush=True))
     if threads:
         torch.set_num_threads(threads)
-    sections = sections or ["matching", "flops", "memory", "experts", "evaluation", "first-image"]
+    sections = sections or SECTIONS
     rounds, reps = (1, 1) if quick else (2, 2)
     problems = ["small", "paper"]
     out(f"SeqMatch Studio benchmark ({'quick' if quick else 'full'})")
@@ -558,6 +535,9 @@ def run_bench(quick: bool = False, threads: int | None = None, sections: list[st
     if "evaluation" in sections:
         out("\n## Evaluation throughput (synthetic-set training, 1 minibatch per epoch, DSA)")
         report["evaluation"] = section_evaluation(2 if quick else 3, out)
+    if "selection" in sections:
+        out("\n## Selection and evaluation nets: where a study cell's time goes")
+        report["selection"] = section_selection(quick, rounds + 1, reps, threads, out, progress, interleaved_children)
     if "first-image" in sections:
         out("\n## Time to the first live image")
         report["first_image"] = section_first_image(quick, out, progress)

@@ -287,6 +287,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .bench import SECTIONS
+
     parser = argparse.ArgumentParser(prog="python -m seqmatch_engine", description=__doc__)
     parser.add_argument("--home", type=Path, default=None,
                         help="folder holding runs/ and experts/ (default: $SEQMATCH_HOME or the current folder)")
@@ -350,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("bench", help="speed and memory of the engine vs plain references (prints a report)")
     sub.add_argument("--quick", action="store_true", help="one round per measurement, 1 expert for the first-image test")
     sub.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    sub.add_argument("--only", nargs="+", choices=["matching", "flops", "memory", "experts", "evaluation", "first-image"],
+    sub.add_argument("--only", nargs="+", choices=SECTIONS,
                      help="run only these sections")
     sub.set_defaults(func=cmd_bench)
     return parser

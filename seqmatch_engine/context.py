@@ -9,8 +9,6 @@ The driver, the CLI, diagnostics, studies and the benchmark read a run through i
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,16 +16,26 @@ import torch
 
 from .config import RunConfig
 from .control import RunControl
+from .eval_cache import EvaluationCache
 from .evaluate import Accuracy, CurriculumStage, curriculum_from_subsets, random_real_curriculum
 from .executors import Executor, LocalExecutor
-from .experts import ExpertCache, recipe_key, tensor_digest
-from .jobs import DataRef, EvalJob, ExpertJob, epochs_of, remember_data, train_and_test, train_expert
+from .experts import ExpertCache, tensor_digest
+from .jobs import (
+    DataRef,
+    EvalJob,
+    ExpertJob,
+    NetState,
+    epochs_of,
+    remember_data,
+    train_and_test,
+    train_expert,
+    train_partway,
+)
 from .matching import PIXEL_GROWTH
 from .models import ConvNetSpec, convnet_forward, default_depth
 from .prepare import PreparedData, prepare_data
 from .runs import Subset
 from .seeding import resolve_device
-from .storage import StorageError, read_json, write_json
 
 ProgressFn = Callable[[int, int], None]  # (done, total)
 
@@ -38,6 +46,7 @@ class RunContext:
         self.config = config
         self.device = resolve_device(config.device)
         self.cache = ExpertCache(experts_root)
+        self.evaluations = EvaluationCache(experts_root)
         self.executor = executor or LocalExecutor.for_device(self.device)
         self._data = data
 
@@ -144,42 +153,46 @@ class RunContext:
 
     # -- evaluation ------------------------------------------------------------------------------------------
     def evaluate(self, stages: list[CurriculumStage], arch: str, nets: int, split: str, tag: str,
-                 progress: ProgressFn | None = None, control: RunControl | None = None) -> Accuracy:
-        """Train `nets` fresh `arch` nets through `stages` (on the executor) and measure them on `split`."""
+                 progress: ProgressFn | None = None, control: RunControl | None = None,
+                 starts: list[NetState] | None = None) -> Accuracy:
+        """Train `nets` fresh `arch` nets through `stages` (on the executor) and measure them on `split`;
+        with `starts` (from `train_partway` with the same tag), net i goes on from starts[i]."""
+        return Accuracy(self._eval_jobs(train_and_test, stages, arch, nets, split, tag, progress, control, starts))
+
+    def train_partway(self, stages: list[CurriculumStage], arch: str, nets: int, tag: str,
+                      progress: ProgressFn | None = None, control: RunControl | None = None) -> list[NetState]:
+        """Nets 0..nets-1 of `tag` trained through `stages` only: shared starts for curricula that begin
+        with these stages (selection scores every candidate of stage k after the same U_1..U_{k-1})."""
+        return self._eval_jobs(train_partway, stages, arch, nets, "", tag, progress, control, None)
+
+    def _eval_jobs(self, fn: Callable, stages: list[CurriculumStage], arch: str, nets: int, split: str, tag: str,
+                   progress: ProgressFn | None, control: RunControl | None, starts: list[NetState] | None) -> list:
+        """fn(job) for nets 0..nets-1 on the executor, in order; accuracies met before are read (EvaluationCache)."""
         cpu = tuple(CurriculumStage(s.images.detach().cpu(), s.labels.cpu(), s.lr) for s in stages)
         jobs = [EvalJob(self.data_ref, self.spec, self.config.eval, arch, cpu, self.config.seed, tag, i, split,
-                        str(self.device)) for i in range(nets)]
-        values: dict[int, float] = {}
+                        str(self.device), starts[i] if starts else None) for i in range(nets)]
+        cache = self.evaluations if fn is train_and_test else None
+        results = {i: value for i, job in enumerate(jobs) if cache and (value := cache.get(job)) is not None}
+        todo = [i for i in range(nets) if i not in results]
         epochs: dict[int, int] = {}
-        total = sum(epochs_of(job) for job in jobs)
+        total = sum(epochs_of(jobs[i]) for i in todo)
 
         def epoch_done(position: int, epoch: int) -> None:
             epochs[position] = epoch
             if progress:
                 progress(sum(epochs.values()), total)
 
-        for position, value in self.executor.map(train_and_test, jobs, epoch_done, control):
-            values[position] = value
-        return Accuracy([values[i] for i in range(nets)])
+        for position, value in self.executor.map(fn, [jobs[i] for i in todo], epoch_done, control):
+            results[todo[position]] = value
+            if cache:
+                cache.put(jobs[todo[position]], value)
+        return [results[i] for i in range(nets)]
 
     def baseline(self, arch: str, progress: ProgressFn | None = None, control: RunControl | None = None
                  ) -> dict[str, Any]:
-        """Test accuracy of a random real set of the run's IPC, measured once per recipe: it depends on the
-        data, the model, the evaluation settings, the IPC and the seed only, so the MTT and SeqMatch runs of a
-        comparison share it (saved beside the experts, under baselines/)."""
-        cfg = self.config
-        recipe = json.loads(json.dumps({
-            "kind": "random-real baseline", "data": dataclasses.asdict(cfg.data),
-            "model": dataclasses.asdict(cfg.model), "eval": dataclasses.asdict(cfg.eval), "ipc": cfg.ipc,
-            "arch": arch, "seed": cfg.seed, "device": self.device.type}))  # as it reads back from disk
-        path = self.cache.root / "baselines" / f"{recipe_key(recipe)}.json"
-        try:
-            stored = read_json(path) if path.is_file() else {}
-        except StorageError:
-            stored = {}  # a damaged cache file is measured again and replaced
-        if isinstance(stored, dict) and stored.get("recipe") == recipe and isinstance(stored.get("accuracy"), dict):
-            return stored["accuracy"]
-        stages = random_real_curriculum(self.data, cfg)
-        accuracy = self.evaluate(stages, arch, cfg.eval.num_nets, "test", "random_real", progress, control).to_dict()
-        write_json(path, {"recipe": recipe, "accuracy": accuracy})
-        return accuracy
+        """Test accuracy of a random real set of the run's IPC. It depends on the data, the model, the
+        evaluation settings, the IPC and the seed only, so the MTT and SeqMatch runs of a comparison share it
+        (their baseline jobs are the same jobs: the second run reads them from the evaluation cache)."""
+        stages = random_real_curriculum(self.data, self.config)
+        return self.evaluate(stages, arch, self.config.eval.num_nets, "test", "random_real", progress,
+                             control).to_dict()

@@ -3,6 +3,8 @@
     ExpertJob  -> train_expert(job, on_epoch)    a trajectory (E+1, P): expert i of a recipe, from random init
                                                  or (SeqMatch stage k) after the curriculum U_1..U_{k-1}
     EvalJob    -> train_and_test(job, on_epoch)  the accuracy of evaluation net i trained on a curriculum
+               -> train_partway(job, on_epoch)   net i after the curriculum's first stages (a NetState), from
+                                                 which later jobs with the same seed tags go on (`start`)
 
 A job carries everything that determines its result by value (the curriculum's tensors and lrs, the
 net's shape, the settings, the seed tags), except the real data, which it names (DataRef) and a
@@ -103,8 +105,20 @@ def train_expert(job: ExpertJob, on_epoch: EpochFn | None = None) -> torch.Tenso
 
 
 @dataclass(frozen=True)
+class NetState:
+    """An evaluation net part-way through a curriculum: everything one stage hands the next (each stage
+    starts a fresh optimiser), so going on from it gives the bits of training straight through."""
+
+    tensors: dict[str, torch.Tensor]   # the net's state_dict, on the CPU
+    generator_state: torch.Tensor      # its generator's state (minibatches and augmentations still to draw)
+
+
+@dataclass(frozen=True)
 class EvalJob:
-    """Train evaluation net `index` (architecture `arch`) through `stages`, then measure it on `split`."""
+    """Train evaluation net `index` (architecture `arch`) through `stages`, then measure it on `split`.
+
+    With `start` (a NetState of a job with the same seed, tag, arch and index, trained through earlier
+    stages) the net goes on from there instead of from its initialisation."""
 
     data: DataRef
     spec: ConvNetSpec
@@ -116,18 +130,33 @@ class EvalJob:
     index: int
     split: str           # "test" or "val"
     device: str
+    start: NetState | None = None
+
+
+def _trained_net(job: EvalJob, on_epoch: EpochFn | None) -> tuple[torch.nn.Module, torch.Generator]:
+    device = torch.device(job.device)
+    generator = make_generator(job.seed, "eval", job.tag, job.arch, job.index)
+    net = build_eval_net(job.arch, job.spec, generator, device)
+    if job.start is not None:
+        net.load_state_dict(job.start.tensors)
+        generator.set_state(job.start.generator_state)
+    stages = [CurriculumStage(s.images.to(device), s.labels.to(device), s.lr) for s in job.stages]
+    train_curriculum(net, stages, job.eval_config, generator, on_epoch)
+    return net, generator
 
 
 def train_and_test(job: EvalJob, on_epoch: EpochFn | None = None) -> float:
     """Top-1 accuracy of the trained net on the job's split."""
-    device = torch.device(job.device)
-    data = prepared(job.data, device)
-    generator = make_generator(job.seed, "eval", job.tag, job.arch, job.index)
-    net = build_eval_net(job.arch, job.spec, generator, device)
-    stages = [CurriculumStage(s.images.to(device), s.labels.to(device), s.lr) for s in job.stages]
-    train_curriculum(net, stages, job.eval_config, generator, on_epoch)
+    data = prepared(job.data, torch.device(job.device))
+    net, _ = _trained_net(job, on_epoch)
     images, labels = (data.test_images, data.test_labels) if job.split == "test" else (data.val_images, data.val_labels)
     return accuracy(net, images, labels)
+
+
+def train_partway(job: EvalJob, on_epoch: EpochFn | None = None) -> NetState:
+    """The net and generator after training through the job's stages (its split is not used)."""
+    net, generator = _trained_net(job, on_epoch)
+    return NetState({name: t.detach().cpu().clone() for name, t in net.state_dict().items()}, generator.get_state())
 
 
 def epochs_of(job: ExpertJob | EvalJob) -> int:

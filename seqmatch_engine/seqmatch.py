@@ -25,8 +25,9 @@ from .context import RunContext
 from .control import RunControl, StopRequested
 from .diagnostics.recorder import GradientRecorder
 from .eta import run_plan
-from .evaluate import curriculum_from_subsets, random_real_subset
+from .evaluate import CurriculumStage, curriculum_from_subsets, random_real_subset
 from .executors import Executor
+from .jobs import NetState
 from .matching import ConvNetStudent, DivergenceError, MatchingState
 from .memory import choose_memory_mode
 from .methods import MTT, Method, StageSetting, StepRecord
@@ -332,6 +333,7 @@ class Selection:
 
     def __init__(self, driver: Distiller):
         self.driver = driver
+        self.starts: tuple[int, list[NetState]] | None = None  # (stage k, the nets after U_1..U_{k-1})
 
     def after_step(self, stage: Stage, record: StepRecord) -> None:
         every, done = self.driver.config.distill.select_every, stage.iteration
@@ -346,8 +348,10 @@ class Selection:
         cfg, ctx = driver.config, driver.ctx
         subsets = [*stage.prior, Subset(images, stage.labels_k, lr)]
         curriculum = curriculum_from_subsets([(s.images, s.labels) for s in subsets], [s.lr for s in subsets])
-        accuracy = ctx.evaluate(curriculum, "convnet", cfg.eval.select_nets, "val", f"select-{stage.k}",
-                                control=driver.control).mean
+        tag = f"select-{stage.k}"
+        starts = self.after_earlier_stages(stage, curriculum[:-1], tag)
+        accuracy = ctx.evaluate(curriculum[-1:] if starts else curriculum, "convnet", cfg.eval.select_nets, "val",
+                                tag, control=driver.control, starts=starts).mean
         improved = accuracy > stage.best.accuracy
         if improved:
             stage.best = Best(accuracy, iteration, images.clone(), lr)
@@ -355,6 +359,17 @@ class Selection:
                                "val_accuracy": accuracy, "best": improved})
         driver.emit(EventKind.SELECTION, stage.k, iteration, val_accuracy=accuracy,
                     best_accuracy=stage.best.accuracy, best_iteration=stage.best.iteration)
+
+    def after_earlier_stages(self, stage: Stage, earlier: list[CurriculumStage], tag: str) -> list[NetState] | None:
+        """The selection nets trained through U_1..U_{k-1}: the same for every candidate of stage k (same
+        nets, data and draws), so trained once per stage; going on from them gives the same bits."""
+        if not earlier:
+            return None
+        if self.starts is None or self.starts[0] != stage.k:
+            driver = self.driver
+            self.starts = stage.k, driver.ctx.train_partway(earlier, "convnet", driver.config.eval.select_nets, tag,
+                                                            control=driver.control)
+        return self.starts[1]
 
 
 class Checkpoints:

@@ -3,25 +3,19 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-import socket
 import time
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
+from app_server import free_port
 
 from seqmatch_engine.config import ConfigError
 from seqmatch_engine.manager import JobManager
 from views.forms import FormValues, config_from_form, form_defaults, parse_intervals
 
 gradio_client = pytest.importorskip("gradio_client")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -8,17 +8,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from app_server import CHROMIUM_ARGS, serve_app
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 
 
 def browser_or_skip() -> str:
@@ -34,43 +31,20 @@ def browser_or_skip() -> str:
     return chromium
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve(home: Path):
-    """`python app.py` on a free port with `home`; yields its URL and stops it afterwards."""
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--home", str(home)], cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if process.poll() is not None:
-                raise AssertionError(process.stdout.read()) from None
-            time.sleep(0.5)
-    yield f"http://127.0.0.1:{port}/"
-    process.terminate()
-    process.wait(timeout=30)
-
-
 @pytest.fixture
 def server(demo_home):
     # Train the preset's stage-1 experts first (the end-to-end test reuses them), so the page under
     # test shows images seconds after Start, as it does for a user whose experts are cached.
     subprocess.run([sys.executable, "-m", "seqmatch_engine", "--home", str(demo_home), "experts", "--preset",
                     "cpu-demo"], cwd=REPO, check=True, capture_output=True, timeout=3000)
-    yield from serve(demo_home)
+    with serve_app(demo_home) as url:
+        yield url
 
 
 @pytest.fixture
 def smoke_server(tmp_path):
-    yield from serve(tmp_path)
+    with serve_app(tmp_path) as url:
+        yield url
 
 
 def launch(p):

@@ -257,7 +257,7 @@ def test_distill_leaves_a_complete_run_folder(finished):
     iterations = [(r["stage"], r["iteration"]) for r in run.metrics() if r["kind"] == "iteration"]
     assert iterations == [(0, 1), (0, 2), (1, 1), (1, 2)]
     experts = {p.name for p in (home / "experts").iterdir()}
-    assert len(experts) == 3 and "baselines" in experts  # stage-1 and retrained stage-2 experts, the baseline
+    assert len(experts) == 3 and "evaluations" in experts  # stage-1 and retrained stage-2 experts, accuracies
 
 
 def test_runs_lists_the_finished_run(finished, capsys):

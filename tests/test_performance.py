@@ -358,7 +358,7 @@ def test_evaluation_nets_trained_two_at_a_time_give_the_same_accuracies(tmp_path
     config = tiny_run_config("nets", 0, (1,))
     runs, seen = [], []
     for workers in (1, 2):
-        ctx = RunContext(config, tmp_path, executor=LocalExecutor(workers))
+        ctx = RunContext(config, tmp_path / str(workers), executor=LocalExecutor(workers))  # each trains its nets
         x, y = ctx.data.train_images, ctx.data.train_labels
         stages = curriculum_from_subsets([(x[:8], y[:8]), (x[8:16], y[8:16])], [0.05, 0.02])
         runs.append(ctx.evaluate(stages, "convnet", 3, "test", "t", lambda done, total: seen.append((done, total))))
@@ -430,3 +430,34 @@ def test_tuned_allocator_reuses_freed_memory_without_page_faults():
     untuned = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE], env={**env, "SEQMATCH_MALLOC_TUNING": "0"},
                              capture_output=True, text=True, check=True).stdout.split()
     assert untuned[0] == "False" and int(untuned[2]) > 30000, untuned
+
+
+def test_bench_batched_nets_compute_each_net_as_alone():
+    """The bench's grouped model of 3 ConvNets gives each net's own logits on its own input."""
+    from seqmatch_engine.bench_eval import batched_forward, stacked_params
+    from seqmatch_engine.models import ConvNet, ConvNetSpec, init_convnet_params
+
+    spec = ConvNetSpec(1, (28, 28), 10, width=8, depth=3)
+    g = make_generator(0, "test-batched")
+    flats = [init_convnet_params(spec, g) for _ in range(3)]
+    inputs = [torch.randn(4, 1, 28, 28, generator=g) for _ in flats]
+    logits = batched_forward(stacked_params(spec, flats), torch.cat(inputs, dim=1), spec, 3)
+    assert logits.shape == (4, 3, 10)
+    for n, (flat, x) in enumerate(zip(flats, inputs)):
+        torch.testing.assert_close(logits[:, n], ConvNet(spec, flat)(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["separate", "batched"])
+def test_bench_evaluation_net_children_run(impl):
+    from seqmatch_engine.bench import child_main
+
+    result = child_main({"kind": "nets", "impl": impl, "epochs": 1, "reps": 1})
+    assert len(result["times"]) == 1 and result["times"][0] > 0
+
+
+def test_bench_selection_children_score_alike_both_ways():
+    from seqmatch_engine.bench import child_main
+
+    whole, shared = (child_main({"kind": "selection", "impl": impl, "epochs": 2, "reps": 0})
+                     for impl in ("whole", "shared"))
+    assert len(whole["accuracies"]) == 5 and whole["accuracies"] == shared["accuracies"]

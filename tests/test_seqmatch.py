@@ -1,6 +1,8 @@
 """The stage driver: MTT equivalence, frozen subsets, curriculum order, resume, guards, determinism."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from configs import tiny_run_config
@@ -13,11 +15,13 @@ from seqmatch_engine.config import EvalConfig, RunConfig, as_static
 from seqmatch_engine.context import RunContext
 from seqmatch_engine.evaluate import Accuracy, CurriculumStage, train_curriculum
 from seqmatch_engine.executors import LocalExecutor
+from seqmatch_engine.jobs import EvalJob, NetState, train_partway
 from seqmatch_engine.matching import draw_unroll_plan, normalised_distance
 from seqmatch_engine.prepare import prepare_data
 from seqmatch_engine.runs import RunFolder, Subset
 from seqmatch_engine.seeding import make_generator
-from seqmatch_engine.seqmatch import Distiller, RunControl, StopRequested, initial_images
+from seqmatch_engine.seqmatch import Distiller, RunControl, Selection, StopRequested, initial_images
+from seqmatch_engine.storage import read_json
 
 
 def tiny_config(**distill) -> RunConfig:
@@ -190,29 +194,54 @@ def test_exploding_pixels_are_caught_early_blame_lr_img_and_keep_the_best_valida
     assert result["diverged"][0] == 0 and result["diverged"] == run.status()["diverged"]
 
 
-def test_the_random_real_baseline_is_measured_once_per_recipe(tmp_path, monkeypatch):
-    tags = []
-    real = RunContext.evaluate
+def test_evaluation_jobs_met_again_are_read_not_trained(tmp_path, monkeypatch):
+    """The random-real baseline is trained once per recipe and shared by a comparison's runs; a damaged
+    cache file is measured again; another seed is another baseline."""
+    import seqmatch_engine.context as context
 
-    def spy(self, stages, arch, nets, split, tag, *rest, **kwargs):
-        if split == "test":
-            tags.append(tag)  # the set's tag: "synthetic" or "random_real"
-        return real(self, stages, arch, nets, split, tag, *rest, **kwargs)
+    trained = []
+    real = context.train_and_test
 
-    monkeypatch.setattr(RunContext, "evaluate", spy)
+    def spy(job, *args, **kwargs):
+        if job.split == "test":
+            trained.append(job.tag)  # the set's tag: "synthetic" or "random_real"
+        return real(job, *args, **kwargs)
+
+    monkeypatch.setattr(context, "train_and_test", spy)
     seqmatch = tiny_config(subsets=[{"ipc": 1, "interval": [0, 3], "iterations": 1},
                                     {"ipc": 1, "interval": [0, 3], "iterations": 1}])
     _, first = run_to_end(tmp_path, as_static(seqmatch), "mtt")
     _, second = run_to_end(tmp_path, seqmatch, "seqmatch")
-    assert tags == ["synthetic", "random_real", "synthetic"]  # the SeqMatch run reused the MTT run's baseline
+    assert trained == ["synthetic", "random_real", "synthetic"]  # the SeqMatch run reused the MTT run's baseline
     assert second["random_real"] == first["random_real"]
-    (cached,) = (tmp_path / "experts" / "baselines").glob("*.json")
-    cached.write_text("{not json")  # a damaged cache file is measured again
+    files = {p: read_json(p) for p in (tmp_path / "experts" / "evaluations").glob("*.json")}
+    baseline_files = [p for p, stored in files.items() if stored["recipe"]["tag"] == "random_real"]
+    assert len(baseline_files) == 1 and len(files) == 3  # one test net per set (num_nets 1): MTT, SeqMatch, real
+    baseline_files[0].write_text("{not json")  # a damaged cache file is measured again
     _, third = run_to_end(tmp_path, seqmatch, "again")
-    assert tags[-2:] == ["synthetic", "random_real"] and third["random_real"] == first["random_real"]
+    assert trained[3:] == ["random_real"] and third == second  # the SeqMatch set itself was read
     other_seed = RunConfig.from_dict({**seqmatch.to_dict(), "seed": 4})
     run_to_end(tmp_path, other_seed, "seed4")
-    assert tags[-1] == "random_real"  # another seed draws another random real set
+    assert trained[-1] == "random_real"  # another seed draws another random real set
+
+
+def test_the_evaluation_cache_tells_jobs_apart_by_what_determines_them(tmp_path):
+    ctx = RunContext(tiny_config(), tmp_path)
+    g = make_generator(0, "test-cache")
+    stage = CurriculumStage(torch.randn(10, 1, 28, 28, generator=g), torch.arange(10), 0.01)
+    job = EvalJob(ctx.data_ref, ctx.spec, ctx.config.eval, "convnet", (stage,), 3, "synthetic", 0, "test", "cpu")
+    cache = ctx.evaluations
+    cache.put(job, 0.25)
+    assert cache.get(job) == 0.25
+    assert cache.get(dataclasses.replace(job, eval_config=dataclasses.replace(job.eval_config, num_nets=9))) == 0.25
+    moved = CurriculumStage(stage.images + 1e-3, stage.labels, stage.lr)
+    state = NetState({"w": torch.zeros(2)}, g.get_state())
+    for other in (dataclasses.replace(job, stages=(moved,)), dataclasses.replace(job, index=1),
+                  dataclasses.replace(job, tag="random_real"), dataclasses.replace(job, split="val"),
+                  dataclasses.replace(job, seed=4), dataclasses.replace(job, arch="resnet18"),
+                  dataclasses.replace(job, eval_config=dataclasses.replace(job.eval_config, epochs=3)),
+                  dataclasses.replace(job, start=state)):
+        assert cache.get(other) is None
 
 
 def test_experts_trained_two_at_a_time_give_the_same_run_and_are_reused(tmp_path):
@@ -262,3 +291,72 @@ def test_images_are_published_every_publish_every_iterations_and_at_the_end(tmp_
     run_to_end(tmp_path, tiny_config(publish_every=3), observer=events.append)
     published = [(e.stage, e.iteration) for e in events if e.kind == "iteration" and e.data["images"] is not None]
     assert published == [(0, 3), (0, 4), (1, 3), (1, 4)]  # 4 iterations per stage: the 3rd and the last
+
+
+@pytest.mark.parametrize("arch", ["convnet", "resnet18"])
+def test_going_on_from_a_partway_net_gives_the_bits_of_training_straight_through(tmp_path, arch):
+    """train_partway on U_1, then the rest from its NetState == one job through the whole curriculum (the
+    net's tensors, BatchNorm statistics included, and its generator carry everything between stages)."""
+    config = tiny_run_config("partway", 3, (1,))
+    ctx = RunContext(config, tmp_path / "experts")
+    g = make_generator(0, "test-partway")
+    u1 = CurriculumStage(torch.randn(10, 1, 28, 28, generator=g), torch.arange(10), 0.01)
+    u2 = CurriculumStage(torch.randn(20, 1, 28, 28, generator=g), torch.arange(10).repeat(2), 0.02)
+    u3 = CurriculumStage(torch.randn(30, 1, 28, 28, generator=g), torch.arange(10).repeat(3), 0.03)
+    straight = ctx.evaluate([u1, u2, u3], arch, 2, "val", "select-2")
+    starts = ctx.train_partway([u1, u2], arch, 2, "select-2")
+    assert ctx.evaluate([u3], arch, 2, "val", "select-2", starts=starts).values == straight.values
+
+    def job(stages, start=None):
+        return EvalJob(ctx.data_ref, ctx.spec, config.eval, arch, tuple(stages), config.seed, "select-2", 1, "val",
+                       "cpu", start)
+
+    through = train_partway(job([u1, u2, u3]))
+    on = train_partway(job([u3], train_partway(job([u1, u2]))))
+    assert through.tensors.keys() == on.tensors.keys()
+    assert all(torch.equal(through.tensors[name], on.tensors[name]) for name in through.tensors)
+    assert torch.equal(through.generator_state, on.generator_state)
+    from_init = train_partway(job([u3]))  # the check can fail: the start matters
+    assert not all(torch.equal(through.tensors[name], from_init.tensors[name]) for name in through.tensors)
+
+
+def test_selection_trains_the_earlier_stages_once_per_stage_and_scores_as_before(tmp_path, monkeypatch):
+    """Scoring stage k's candidates from shared nets trained through U_1..U_{k-1} gives the selection
+    accuracies (and so the kept subsets) of training every candidate's whole curriculum."""
+    config = tiny_run_config("select", 3, (1, 1, 1), select_every=2)
+    config.eval.select_nets = 2
+    config.eval.epochs = 4
+    partway_calls = []
+    real_partway = RunContext.train_partway
+
+    def counting(self, stages, *args, **kwargs):
+        partway_calls.append(len(stages))
+        return real_partway(self, stages, *args, **kwargs)
+
+    monkeypatch.setattr(RunContext, "train_partway", counting)
+    shared, _ = run_to_end(tmp_path, config, "shared")
+    assert partway_calls == [1, 2]  # stage 2 after U_1, stage 3 after U_2; 3 candidates each
+    monkeypatch.setattr(Selection, "after_earlier_stages", lambda *args: None)
+    whole, _ = run_to_end(tmp_path, config, "whole")
+    scores = [[(r["stage"], r["iteration"], r["val_accuracy"]) for r in run.metrics() if r.get("kind") == "selection"]
+              for run in (shared, whole)]
+    assert len(scores[0]) == 9 and scores[0] == scores[1]
+    for a, b in zip(shared.subsets(), whole.subsets()):
+        assert torch.equal(a.images, b.images) and a.lr == b.lr
+
+
+def test_seqmatch_first_subset_is_scored_from_static_mtts_evaluations(tmp_path, monkeypatch):
+    """SeqMatch's S_1 at IPC 2k is static MTT's set at IPC k (same recipe and seed): its selection candidates
+    were scored by the MTT run, so the SeqMatch run trains selection nets for S_2 only."""
+    import seqmatch_engine.context as context
+
+    trained = []
+    real = context.train_and_test
+    monkeypatch.setattr(context, "train_and_test", lambda job, *a, **k: trained.append(job.tag) or real(job, *a, **k))
+    mtt_run, _ = run_to_end(tmp_path, tiny_run_config("mtt", 3, (1,), select_every=2), "mtt")
+    assert set(trained) == {"select-0", "synthetic", "random_real"}
+    trained.clear()
+    seqmatch_run, _ = run_to_end(tmp_path, tiny_run_config("seqmatch", 3, (1, 1), select_every=2), "seqmatch")
+    assert "select-0" not in trained and "select-1" in trained
+    (mtt_set,) = mtt_run.subsets()
+    assert torch.equal(seqmatch_run.subsets()[0].images, mtt_set.images) and seqmatch_run.subsets()[0].lr == mtt_set.lr
