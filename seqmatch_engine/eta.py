@@ -4,10 +4,11 @@
     eta = remaining_seconds(plan, current, fraction_done, measured)
 
 A phase's units: experts, image-epochs of expert training; distilling, image-steps of the unrolled student
-(iterations x batch x N) plus image-epochs of its validation nets; evaluating, image-epochs of evaluation
-nets. Each kind's seconds per unit is taken from the phases of that kind this run has finished or is in
-(`measured`); a kind not measured yet is priced from a measured kind by the ratios of DEFAULT_RATES (bench
-figures on a 2-core CPU), or by DEFAULT_RATES alone before anything is measured.
+(iterations x batch x N) plus image-epochs of its validation nets (U_k per candidate, U_1..U_{k-1} once);
+evaluating, image-epochs of evaluation nets. Each kind's seconds per unit is taken from the phases of that
+kind this run has finished or is in (`measured`); a kind not measured yet is priced from a measured kind by
+the ratios of DEFAULT_RATES (bench figures on a 2-core CPU), or by DEFAULT_RATES alone before anything is
+measured.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ class PhasePlan:
 
 
 def run_plan(config: RunConfig, train_images: int, classes: int, start_stage: int = 0) -> list[PhasePlan]:
-    """The phases of a run from stage `start_stage` on (cached experts are counted as work: an upper bound)."""
+    """The phases of a run from stage `start_stage` on (cached experts and evaluations are counted as work: an
+    upper bound)."""
     e, d, v = config.experts, config.distill, config.eval
     plan, union, curriculum = [], 0, 0  # images in U_k; in U_1 + U_2 + ... + U_k (what evaluation trains on)
     for k, sub in enumerate(d.subsets):
@@ -44,8 +46,9 @@ def run_plan(config: RunConfig, train_images: int, classes: int, start_stage: in
             plan.append(PhasePlan(f"experts {k + 1}", "experts", e.num_experts * (epochs * train_images + pretrain)))
         batch = d.batch_syn or classes * sub.ipc
         selections = (sub.iterations // d.select_every + 1) if d.select_every else 0
-        select_units = selections * v.select_nets * v.epochs * union * (DEFAULT_RATES["evaluate"]
-                                                                         / DEFAULT_RATES["distill"])
+        earlier = curriculum - union if selections else 0  # U_1..U_{k-1}: trained once per stage (Selection)
+        select_units = v.select_nets * v.epochs * (selections * union + earlier) * (DEFAULT_RATES["evaluate"]
+                                                                                    / DEFAULT_RATES["distill"])
         plan.append(PhasePlan(f"distilling S{k + 1}", "distill", sub.iterations * batch * d.syn_steps + select_units))
     evaluated = curriculum + config.ipc * classes * v.baseline  # every curriculum stage, then the baseline
     plan.append(PhasePlan("evaluating", "evaluate", v.num_nets * len(v.architectures) * v.epochs * evaluated))

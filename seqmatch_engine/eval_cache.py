@@ -2,7 +2,8 @@
 
 An evaluation job gives the same bits wherever and whenever it runs on one machine (jobs.py), so its
 accuracy is a function of its recipe: the data, the net, the training settings, the curriculum (by
-content), the seed tags, the split and where it started. A job met again is read, not trained:
+content), the seed tags, the split, where it started, and the code that trains it (TRAINING_CODE and the
+torch version, by digest). A job met again is read, not trained:
 
 - the random-real baseline, shared by the static MTT and SeqMatch runs of a comparison;
 - in a study, SeqMatch's first subset at IPC 2k is static MTT's set at IPC k (same recipe, same seed),
@@ -14,6 +15,7 @@ mismatching file is measured again and replaced.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -26,6 +28,16 @@ from .jobs import EvalJob, NetState
 from .storage import StorageError, read_json, write_json
 
 TRAINING_SETTINGS = ("epochs", "batch_size", "momentum", "weight_decay", "augment")  # what an EvalJob's result reads
+# The code that trains and tests an evaluation net: an edit there (or another torch) measures again.
+TRAINING_CODE = ("evaluate.py", "augment.py", "models.py", "matching.py", "jobs.py", "native/norm_relu_pool.c")
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    digest = hashlib.sha256(torch.__version__.encode())
+    for name in TRAINING_CODE:
+        digest.update((Path(__file__).parent / name).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _start_digest(start: NetState | None) -> str | None:
@@ -44,7 +56,7 @@ def job_recipe(job: EvalJob) -> dict[str, Any]:
         "spec": dataclasses.asdict(job.spec), "training": {k: settings[k] for k in TRAINING_SETTINGS},
         "arch": job.arch, "stages": [[tensor_digest(s.images), tensor_digest(s.labels), s.lr] for s in job.stages],
         "seed": job.seed, "tag": job.tag, "index": job.index, "split": job.split,
-        "device": torch.device(job.device).type, "start": _start_digest(job.start)}))
+        "device": torch.device(job.device).type, "start": _start_digest(job.start), "code": code_version()}))
 
 
 class EvaluationCache:

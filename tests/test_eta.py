@@ -15,6 +15,8 @@ def test_run_plan_counts_every_phase_of_a_seqmatch_run():
     assert plan[2].units == 2 * (3 * 120 + 2 * 20)  # stage-2 experts: pre-trained on U_1 (20 images) for 2 epochs
     ratio = DEFAULT_RATES["evaluate"] / DEFAULT_RATES["distill"]
     assert plan[1].units == pytest.approx(4 * 20 * 3 + 3 * 1 * 2 * 20 * ratio)  # steps + 3 selections of 1 net
+    # S2: its 3 candidates go on from one net trained through U_1 (20 images), each then on U_2 (30 images)
+    assert plan[3].units == pytest.approx(4 * 10 * 3 + (3 * 1 * 2 * 30 + 1 * 2 * 20) * ratio)
     assert plan[4].units == 1 * 2 * (20 + 30 + 30)  # U_1 then U_2, then the random-real baseline (IPC 3)
     resumed = run_plan(config, train_images=120, classes=10, start_stage=1)
     assert [p.name for p in resumed] == ["experts 2", "distilling S2", "evaluating"] and resumed[0] == plan[2]

@@ -225,7 +225,9 @@ def test_evaluation_jobs_met_again_are_read_not_trained(tmp_path, monkeypatch):
     assert trained[-1] == "random_real"  # another seed draws another random real set
 
 
-def test_the_evaluation_cache_tells_jobs_apart_by_what_determines_them(tmp_path):
+def test_the_evaluation_cache_tells_jobs_apart_by_what_determines_them(tmp_path, monkeypatch):
+    import seqmatch_engine.eval_cache as eval_cache
+
     ctx = RunContext(tiny_config(), tmp_path)
     g = make_generator(0, "test-cache")
     stage = CurriculumStage(torch.randn(10, 1, 28, 28, generator=g), torch.arange(10), 0.01)
@@ -242,6 +244,8 @@ def test_the_evaluation_cache_tells_jobs_apart_by_what_determines_them(tmp_path)
                   dataclasses.replace(job, eval_config=dataclasses.replace(job.eval_config, epochs=3)),
                   dataclasses.replace(job, start=state)):
         assert cache.get(other) is None
+    monkeypatch.setattr(eval_cache, "code_version", lambda: "edited")  # the training code or torch changed
+    assert cache.get(job) is None
 
 
 def test_experts_trained_two_at_a_time_give_the_same_run_and_are_reused(tmp_path):
