@@ -14,6 +14,7 @@ each in fresh child processes run alternately (see bench.py):
 """
 from __future__ import annotations
 
+import itertools
 import tempfile
 import time
 from pathlib import Path
@@ -46,10 +47,12 @@ def selection_child(impl: str, epochs: int, reps: int) -> dict[str, Any]:
     raw = apply_overrides(load_preset("fashion-ipc20"), ["device=cpu", f"eval.epochs={epochs}",
                                                          f"eval.select_nets={SELECT_NETS}"])
     config = RunConfig.from_dict(raw)
-    data = RunContext(config, Path(tempfile.mkdtemp(prefix="bench-selection-"))).data
+    scratch = tempfile.TemporaryDirectory(prefix="bench-selection-")
+    data = RunContext(config, Path(scratch.name) / "data").data
+    rounds = itertools.count()
 
     def fresh() -> RunContext:  # an empty evaluation cache every round: each round trains its nets
-        return RunContext(config, Path(tempfile.mkdtemp(prefix="bench-selection-")), data)
+        return RunContext(config, Path(scratch.name) / f"round-{next(rounds)}", data)
 
     def subset(k: int) -> tuple[torch.Tensor, torch.Tensor]:
         return random_real_subset(data.train_images, data.train_labels, data.num_classes, IPC,
@@ -72,6 +75,7 @@ def selection_child(impl: str, epochs: int, reps: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         one_stage_round()
         times.append(time.perf_counter() - t0)
+    scratch.cleanup()
     return {"times": times, "accuracies": accuracies, "workers": parallel_workers("cpu")}
 
 
@@ -202,7 +206,8 @@ def section_selection(quick: bool, rounds: int, reps: int, threads: int | None, 
     for error in errors:
         out(f"  failed: {error}")
     seconds = {name: _median([t for r in rs for t in r.get("times", [])]) for name, rs in runs.items()}
-    same = all(r.get("accuracies") == runs["whole"][0].get("accuracies") for r in runs["whole"] + runs["shared"])
+    scores = [r.get("accuracies") for r in runs["whole"] + runs["shared"]]
+    same = bool(scores) and scores[0] is not None and all(score == scores[0] for score in scores)
     workers = runs["separate"][0].get("workers", "?")
     out(_table([
         ["selection, stage 2 (before): every candidate through U_1, U_2", f"{seconds['whole']:.2f} s", "1.00x"],

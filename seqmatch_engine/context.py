@@ -1,7 +1,8 @@
 """The run context: one run's config, prepared data, device, net, executor and recipes, built once.
 
 The driver, the CLI, diagnostics, studies and the benchmark read a run through it, so that a recipe
-(what determines a set of cached experts or a baseline) is written in one place.
+(what determines a set of cached experts) is written in one place, and evaluation nets are trained (or
+read back, eval_cache.py) in one place.
 
     ctx = RunContext(config, experts_root)
     experts = ctx.stage1_experts(progress, control)        # (n, E+1, P), cached under experts_root
@@ -9,6 +10,7 @@ The driver, the CLI, diagnostics, studies and the benchmark read a run through i
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Callable
 
@@ -157,22 +159,26 @@ class RunContext:
                  starts: list[NetState] | None = None) -> Accuracy:
         """Train `nets` fresh `arch` nets through `stages` (on the executor) and measure them on `split`;
         with `starts` (from `train_partway` with the same tag), net i goes on from starts[i]."""
-        return Accuracy(self._eval_jobs(train_and_test, stages, arch, nets, split, tag, progress, control, starts))
+        return Accuracy(self._eval_jobs(train_and_test, stages, arch, nets, split, tag, progress, control, starts,
+                                        cached=True))
 
     def train_partway(self, stages: list[CurriculumStage], arch: str, nets: int, tag: str,
                       progress: ProgressFn | None = None, control: RunControl | None = None) -> list[NetState]:
         """Nets 0..nets-1 of `tag` trained through `stages` only: shared starts for curricula that begin
         with these stages (selection scores every candidate of stage k after the same U_1..U_{k-1})."""
-        return self._eval_jobs(train_partway, stages, arch, nets, "", tag, progress, control, None)
+        return self._eval_jobs(train_partway, stages, arch, nets, "", tag, progress, control, None, cached=False)
 
     def _eval_jobs(self, fn: Callable, stages: list[CurriculumStage], arch: str, nets: int, split: str, tag: str,
-                   progress: ProgressFn | None, control: RunControl | None, starts: list[NetState] | None) -> list:
-        """fn(job) for nets 0..nets-1 on the executor, in order; accuracies met before are read (EvaluationCache)."""
+                   progress: ProgressFn | None, control: RunControl | None, starts: list[NetState] | None,
+                   cached: bool) -> list:
+        """fn(job) for nets 0..nets-1 on the executor, in order; with `cached`, results met before are read from
+        the EvaluationCache and new ones filed there."""
         cpu = tuple(CurriculumStage(s.images.detach().cpu(), s.labels.cpu(), s.lr) for s in stages)
         jobs = [EvalJob(self.data_ref, self.spec, self.config.eval, arch, cpu, self.config.seed, tag, i, split,
                         str(self.device), starts[i] if starts else None) for i in range(nets)]
-        cache = self.evaluations if fn is train_and_test else None
-        results = {i: value for i, job in enumerate(jobs) if cache and (value := cache.get(job)) is not None}
+        measured_on = self.evaluation_data_digest if cached else ""
+        results = {i: value for i, job in enumerate(jobs)
+                   if cached and (value := self.evaluations.get(job, measured_on)) is not None}
         todo = [i for i in range(nets) if i not in results]
         epochs: dict[int, int] = {}
         total = sum(epochs_of(jobs[i]) for i in todo)
@@ -184,9 +190,15 @@ class RunContext:
 
         for position, value in self.executor.map(fn, [jobs[i] for i in todo], epoch_done, control):
             results[todo[position]] = value
-            if cache:
-                cache.put(jobs[todo[position]], value)
+            if cached:
+                self.evaluations.put(jobs[todo[position]], measured_on, value)
         return [results[i] for i in range(nets)]
+
+    @functools.cached_property
+    def evaluation_data_digest(self) -> str:
+        """Digest of the validation and test tensors evaluation nets are measured on (part of their cache key)."""
+        d = self.data
+        return tensor_digest(d.val_images, d.val_labels, d.test_images, d.test_labels)
 
     def baseline(self, arch: str, progress: ProgressFn | None = None, control: RunControl | None = None
                  ) -> dict[str, Any]:

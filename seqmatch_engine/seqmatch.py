@@ -333,7 +333,7 @@ class Selection:
 
     def __init__(self, driver: Distiller):
         self.driver = driver
-        self.starts: tuple[int, list[NetState]] | None = None  # (stage k, the nets after U_1..U_{k-1})
+        self.starts: list[NetState] | None = None  # the nets after U_1..U_{k-1} (one Selection per stage)
 
     def after_step(self, stage: Stage, record: StepRecord) -> None:
         every, done = self.driver.config.distill.select_every, stage.iteration
@@ -349,7 +349,7 @@ class Selection:
         subsets = [*stage.prior, Subset(images, stage.labels_k, lr)]
         curriculum = curriculum_from_subsets([(s.images, s.labels) for s in subsets], [s.lr for s in subsets])
         tag = f"select-{stage.k}"
-        starts = self.after_earlier_stages(stage, curriculum[:-1], tag)
+        starts = self.after_earlier_stages(curriculum[:-1], tag)
         accuracy = ctx.evaluate(curriculum[-1:] if starts else curriculum, "convnet", cfg.eval.select_nets, "val",
                                 tag, control=driver.control, starts=starts).mean
         improved = accuracy > stage.best.accuracy
@@ -360,16 +360,16 @@ class Selection:
         driver.emit(EventKind.SELECTION, stage.k, iteration, val_accuracy=accuracy,
                     best_accuracy=stage.best.accuracy, best_iteration=stage.best.iteration)
 
-    def after_earlier_stages(self, stage: Stage, earlier: list[CurriculumStage], tag: str) -> list[NetState] | None:
-        """The selection nets trained through U_1..U_{k-1}: the same for every candidate of stage k (same
+    def after_earlier_stages(self, earlier: list[CurriculumStage], tag: str) -> list[NetState] | None:
+        """The selection nets trained through U_1..U_{k-1}: the same for every candidate of this stage (same
         nets, data and draws), so trained once per stage; going on from them gives the same bits."""
         if not earlier:
             return None
-        if self.starts is None or self.starts[0] != stage.k:
+        if self.starts is None:
             driver = self.driver
-            self.starts = stage.k, driver.ctx.train_partway(earlier, "convnet", driver.config.eval.select_nets, tag,
-                                                            control=driver.control)
-        return self.starts[1]
+            self.starts = driver.ctx.train_partway(earlier, "convnet", driver.config.eval.select_nets, tag,
+                                                   control=driver.control)
+        return self.starts
 
 
 class Checkpoints:
@@ -412,8 +412,8 @@ class G1:
 # -- evaluation ----------------------------------------------------------------------------------------------
 def evaluate_run(ctx: RunContext, run: RunFolder, subsets: list[Subset], emit: Callable[..., None],
                  control: RunControl | None = None) -> dict[str, Any]:
-    """Test accuracy of the learned curriculum and of a random real set of the same IPC (the baseline is
-    cached per recipe); writes eval.json and returns its content."""
+    """Test accuracy of the learned curriculum and of a random real set of the same IPC (evaluations met before,
+    e.g. the baseline a comparison's other run measured, are read back); writes eval.json and returns its content."""
     cfg = ctx.config
     curriculum = curriculum_from_subsets([(s.images, s.labels) for s in subsets], [s.lr for s in subsets])
     sets = ["synthetic"] + (["random_real"] if cfg.eval.baseline else [])

@@ -130,10 +130,22 @@ def test_experts_and_evaluation_are_reproducible_and_generators_stay_on_the_cpu(
     first, second = deterministic(experts)
     assert first.device.type == "cpu" and torch.equal(first, second)  # trajectories are saved from the CPU
 
-    x, y = ctx.data.train_images[:10], ctx.data.train_labels[:10]
-    stages = curriculum_from_subsets([(x, y)], [0.01])
-    a, b = deterministic(lambda: ctx.evaluate(stages, "convnet", 2, "test", "cuda-check").values)
+    x, y = ctx.data.train_images, ctx.data.train_labels
+    stages = curriculum_from_subsets([(x[:10], y[:10]), (x[10:20], y[10:20])], [0.01, 0.02])
+    roots = (tmp_path / f"evaluations-{i}" for i in range(4))  # a fresh evaluation cache per call: each trains
+
+    def straight():
+        return RunContext(ctx.config, next(roots), ctx.data).evaluate(stages, "convnet", 2, "test", "cuda-check").values
+
+    def partway():  # U_1 once, then U_2 from there (how selection scores candidates)
+        fresh = RunContext(ctx.config, next(roots), ctx.data)
+        starts = fresh.train_partway(stages[:1], "convnet", 2, "cuda-check")
+        return fresh.evaluate(stages[1:], "convnet", 2, "test", "cuda-check", starts=starts).values
+
+    a, b = deterministic(straight)
     assert a == b
+    c, d = deterministic(partway)
+    assert c == d == a
 
 
 def test_a_small_seqmatch_run_end_to_end_reads_back_on_the_cpu(tmp_path=None):

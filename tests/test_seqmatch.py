@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import pytest
 import torch
@@ -115,6 +116,7 @@ def test_evaluation_visits_subsets_in_order_with_their_own_lrs(monkeypatch):
 def test_same_seed_same_images_and_resume_after_kill_matches(tmp_path):
     config = tiny_config(select_every=2)
     reference, _ = run_to_end(tmp_path, config, "reference")
+    shutil.rmtree(tmp_path / "experts" / "evaluations")  # the second run trains its selection nets again
     again, _ = run_to_end(tmp_path, config, "again")
     for a, b in zip(reference.subsets(), again.subsets()):
         assert torch.equal(a.images, b.images) and a.lr == b.lr
@@ -232,20 +234,40 @@ def test_the_evaluation_cache_tells_jobs_apart_by_what_determines_them(tmp_path,
     g = make_generator(0, "test-cache")
     stage = CurriculumStage(torch.randn(10, 1, 28, 28, generator=g), torch.arange(10), 0.01)
     job = EvalJob(ctx.data_ref, ctx.spec, ctx.config.eval, "convnet", (stage,), 3, "synthetic", 0, "test", "cpu")
-    cache = ctx.evaluations
-    cache.put(job, 0.25)
-    assert cache.get(job) == 0.25
-    assert cache.get(dataclasses.replace(job, eval_config=dataclasses.replace(job.eval_config, num_nets=9))) == 0.25
-    moved = CurriculumStage(stage.images + 1e-3, stage.labels, stage.lr)
+    cache, data = ctx.evaluations, ctx.evaluation_data_digest
+    cache.put(job, data, 0.25)
+    assert cache.get(job, data) == 0.25
+    settings = job.eval_config
+    assert cache.get(dataclasses.replace(job, eval_config=dataclasses.replace(settings, num_nets=9)), data) == 0.25
     state = NetState({"w": torch.zeros(2)}, g.get_state())
-    for other in (dataclasses.replace(job, stages=(moved,)), dataclasses.replace(job, index=1),
-                  dataclasses.replace(job, tag="random_real"), dataclasses.replace(job, split="val"),
-                  dataclasses.replace(job, seed=4), dataclasses.replace(job, arch="resnet18"),
-                  dataclasses.replace(job, eval_config=dataclasses.replace(job.eval_config, epochs=3)),
-                  dataclasses.replace(job, start=state)):
-        assert cache.get(other) is None
+    others = [dataclasses.replace(job, stages=(dataclasses.replace(stage, images=stage.images + 1e-3),)),
+              dataclasses.replace(job, stages=(dataclasses.replace(stage, labels=stage.labels.flip(0)),)),
+              dataclasses.replace(job, stages=(dataclasses.replace(stage, lr=0.011),)),
+              dataclasses.replace(job, stages=(stage, stage)), dataclasses.replace(job, index=1),
+              dataclasses.replace(job, tag="random_real"), dataclasses.replace(job, split="val"),
+              dataclasses.replace(job, seed=4), dataclasses.replace(job, arch="resnet18"),
+              dataclasses.replace(job, spec=dataclasses.replace(job.spec, width=16)),
+              dataclasses.replace(job, data=dataclasses.replace(job.data, seed=5)), dataclasses.replace(job, start=state)]
+    others += [dataclasses.replace(job, eval_config=dataclasses.replace(settings, **{name: value}))
+               for name, value in (("epochs", 3), ("batch_size", 7), ("momentum", 0.5), ("weight_decay", 0.0),
+                                   ("augment", not settings.augment))]
+    for other in others:
+        assert cache.get(other, data) is None
+    assert cache.get(job, "other validation and test tensors") is None
     monkeypatch.setattr(eval_cache, "code_version", lambda: "edited")  # the training code or torch changed
-    assert cache.get(job) is None
+    assert cache.get(job, data) is None
+    monkeypatch.undo()
+    monkeypatch.setattr(eval_cache, "_kernels", lambda device: "torch")  # the fused kernels off
+    assert cache.get(job, data) is None
+
+
+def test_an_evaluation_cache_that_cannot_be_written_costs_speed_not_the_run(tmp_path):
+    ctx = RunContext(tiny_config(), tmp_path)
+    (tmp_path / "evaluations").write_text("a file where the cache folder would be")
+    x, y = ctx.data.train_images[:10], ctx.data.train_labels[:10]
+    with pytest.warns(UserWarning, match="could not save an evaluation result .* the run goes on"):
+        accuracy = ctx.evaluate([CurriculumStage(x, y, 0.01)], "convnet", 1, "val", "synthetic")
+    assert 0 <= accuracy.mean <= 1
 
 
 def test_experts_trained_two_at_a_time_give_the_same_run_and_are_reused(tmp_path):
