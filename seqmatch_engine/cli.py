@@ -173,6 +173,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     finally:
         executor.close()
     print(format_accuracy(result))
+    if ctx.evaluations_read:
+        print(f"({ctx.evaluations_read} evaluation nets were read from {ctx.evaluations.root}, trained before with "
+              f"the same sets, seeds and settings; delete that folder to train them again)")
     return 0
 
 

@@ -49,6 +49,7 @@ class RunContext:
         self.device = resolve_device(config.device)
         self.cache = ExpertCache(experts_root)
         self.evaluations = EvaluationCache(experts_root)
+        self.evaluations_read = 0  # evaluation nets read back from the cache instead of trained, so far
         self.executor = executor or LocalExecutor.for_device(self.device)
         self._data = data
 
@@ -180,6 +181,7 @@ class RunContext:
         results = {i: value for i, job in enumerate(jobs)
                    if cached and (value := self.evaluations.get(job, measured_on)) is not None}
         todo = [i for i in range(nets) if i not in results]
+        self.evaluations_read += len(results)
         epochs: dict[int, int] = {}
         total = sum(epochs_of(jobs[i]) for i in todo)
 

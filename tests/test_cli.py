@@ -323,6 +323,19 @@ def test_evaluate_prints_new_accuracies(finished, tmp_path, capsys):
     assert run.config().eval.epochs == 1, "evaluate must not rewrite the stored config"
 
 
+def test_evaluating_again_reads_the_nets_trained_before_and_says_so(finished, tmp_path, capsys):
+    home = copy_home(finished[0], tmp_path / "copy")
+    run = only_run(home)
+    command = ["--home", str(home), "evaluate", str(run.path), "--nets", "2", "--epochs", "2"]
+    assert cli.main(command) == 0
+    first = capsys.readouterr().out.splitlines()
+    assert not any("were read from" in line for line in first)
+    assert cli.main(command) == 0
+    again = capsys.readouterr().out.splitlines()
+    assert again[:3] == first[:3]  # the same accuracies
+    assert again[3].startswith("(4 evaluation nets were read from") and "delete that folder" in again[3]
+
+
 def test_evaluate_keeps_the_run_done(finished, tmp_path, capsys):
     home = copy_home(finished[0], tmp_path / "copy")
     run = only_run(home)
