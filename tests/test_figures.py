@@ -116,14 +116,19 @@ def test_study_figures_have_one_trace_per_method_with_error_bars():
     assert list(figure.data[0].x) == [20] and list(figure.data[1].x) == [10, 20]
     assert list(figure.data[0].y) == [81.0] and list(figure.data[0].error_y.array) == [pytest.approx(100 * 0.02 / 2 ** 0.5)]
     assert [t.line.color for t in figure.data] == [METHOD_COLOURS[m] for m in ("mtt", "seqmatch", "random_real")]
-    assert "mean ± std over 2 seeds" in figure.layout.title.text and "per-image budget" in figure.layout.title.text
+    title = figure.layout.title.text  # IPC 20 has 2 seeds, IPC 10 only one
+    assert "mean ± std over 2 seeds at IPC 20; 1 seed at IPC 10 (a demonstration)" in title and "per-image budget" in title
     paired = paired_differences(summary)
     assert list(paired.data[0].x) == [20, 20] and list(paired.data[0].y) == [-1.0, 1.0]
     assert list(paired.data[1].y) == [0.0] and paired.data[1].name == "mean ± std"
     coupling = coupling_vs_ipc(summary)
     assert [t.name for t in coupling.data] == ["static MTT", "SeqMatch"]
     assert list(coupling.data[0].y) == [pytest.approx(0.6)] and list(coupling.data[1].x) == [10]
-    assert "demonstration" in accuracy_vs_ipc({**summary, "seeds": [0]}).layout.title.text
+    assert "demonstration" in coupling.layout.title.text
+    both_seeds = {**summary, "cells": summary["cells"][1:]}
+    assert "mean ± std over 2 seeds</sup>" in accuracy_vs_ipc(both_seeds).layout.title.text
+    one_seed = {**summary, "cells": summary["cells"][:1]}
+    assert "one seed: a demonstration, not evidence" in accuracy_vs_ipc(one_seed).layout.title.text
 
 
 def embedding(sources: list[str]) -> Embedding:

@@ -9,7 +9,7 @@ from seqmatch_engine.paths import ASSETS_DIR
 
 LEARN_DIR = ASSETS_DIR / "learn"
 STUDY_DIR = LEARN_DIR / "study"  # findings.md (what the study shows, in words), summary.md (its table), figures
-STUDY_TITLE = "What the headroom study found (3 seeds, both methods)"
+STUDY_TITLE = "What the headroom study found (IPC 10 and 20: 3 seeds; IPC 30: 1 seed)"
 
 SECTIONS = [
     ("What is dataset distillation?",

@@ -12,8 +12,20 @@ LAYOUT = {"template": "plotly_white", "height": 360, "margin": {"l": 55, "r": 10
 
 
 def _seed_note(summary: dict[str, Any]) -> str:
-    seeds = len(summary.get("seeds", []))
-    return "one seed: a demonstration, not evidence" if seeds < 2 else f"mean ± std over {seeds} seeds"
+    """How many seeds stand behind each IPC's points (the most any method has there), e.g. 'mean ± std over
+    3 seeds at IPC 10, 20; 1 seed at IPC 30 (a demonstration)'."""
+    ipcs_by_count: dict[int, list[int]] = {}
+    for row in summary["cells"]:
+        stats = [row.get("random_real")] + [(m or {}).get("accuracy") for m in row["methods"].values()]
+        counts = [stat["n"] for stat in stats if stat]
+        if counts:
+            ipcs_by_count.setdefault(max(counts), []).append(row["ipc"])
+    if len(ipcs_by_count) <= 1:
+        seeds = next(iter(ipcs_by_count), 0)
+        return "one seed: a demonstration, not evidence" if seeds < 2 else f"mean ± std over {seeds} seeds"
+    parts = [f"{n} seed{'s' if n > 1 else ''} at IPC {', '.join(map(str, sorted(ipcs)))}"
+             + (" (a demonstration)" if n < 2 else "") for n, ipcs in sorted(ipcs_by_count.items(), reverse=True)]
+    return "mean ± std over " + "; ".join(parts)
 
 
 def accuracy_vs_ipc(summary: dict[str, Any]) -> go.Figure:
@@ -73,6 +85,6 @@ def coupling_vs_ipc(summary: dict[str, Any]) -> go.Figure:
                 mode="lines+markers", error_y={"type": "data", "array": [p[1]["std"] for p in points], "visible": True},
                 line={"color": METHOD_COLOURS[method]}))
     figure.update_layout(title="Coupling index vs IPC<br><sup>mean cosine between subsets' gradients, late in each run; "
-                               "static MTT: nominal groups</sup>", xaxis=_ipc_axis(summary),
+                               f"static MTT: nominal groups; {_seed_note(summary)}</sup>", xaxis=_ipc_axis(summary),
                          yaxis_title="cosine", **LAYOUT)
     return figure
