@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .augment import augment
 from .config import EvalConfig, RunConfig, apply_overrides, load_preset
-from .evaluate import CurriculumStage, random_real_subset, train_curriculum
+from .evaluate import CurriculumStage, decay_at_midpoint, random_real_subset, train_curriculum
 from .matching import draw_minibatches
 from .memory import tune_cpu_allocator
 from .models import ConvNet, ConvNetSpec, NormReLUPool, init_convnet_params, unflatten
@@ -113,9 +113,7 @@ def train_batched(spec: ConvNetSpec, flats: list[torch.Tensor], stage: Curriculu
     pieces = stacked_params(spec, flats)
     optimizer = torch.optim.SGD(pieces, lr=stage.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     for epoch in range(config.epochs):
-        if epoch == config.epochs // 2 and epoch > 0:
-            for group in optimizer.param_groups:
-                group["lr"] = stage.lr * 0.1
+        decay_at_midpoint(optimizer, stage.lr, epoch, config.epochs)
         steps = -(-len(stage.images) // config.batch_size)
         orders = [draw_minibatches(g, len(stage.images), config.batch_size, steps) for g in generators]
         for rows in zip(*orders):

@@ -42,6 +42,13 @@ def curriculum_from_subsets(subsets: list[tuple[torch.Tensor, torch.Tensor]], lr
     return stages
 
 
+def decay_at_midpoint(optimizer: torch.optim.Optimizer, lr: float, epoch: int, epochs: int) -> None:
+    """The stage's one lr step: `lr` x 0.1 from epoch epochs // 2 on (called at the start of every epoch)."""
+    if epoch == epochs // 2 and epoch > 0:
+        for group in optimizer.param_groups:
+            group["lr"] = lr * 0.1
+
+
 def train_curriculum(net: nn.Module, stages: list[CurriculumStage], config: EvalConfig,
                      generator: torch.Generator, on_epoch: Callable[[int], None] | None = None) -> nn.Module:
     """Train `net` in place through `stages` in order (see module docstring); `on_epoch(n)` after the n-th
@@ -52,9 +59,7 @@ def train_curriculum(net: nn.Module, stages: list[CurriculumStage], config: Eval
         optimizer = torch.optim.SGD(net.parameters(), lr=stage.lr, momentum=config.momentum,
                                     weight_decay=config.weight_decay)
         for epoch in range(config.epochs):
-            if epoch == config.epochs // 2 and epoch > 0:
-                for group in optimizer.param_groups:
-                    group["lr"] = stage.lr * 0.1
+            decay_at_midpoint(optimizer, stage.lr, epoch, config.epochs)
             steps = -(-len(stage.images) // config.batch_size)
             for rows in draw_minibatches(generator, len(stage.images), config.batch_size, steps):
                 rows = rows.to(stage.images.device)
