@@ -68,6 +68,9 @@ class DistillConfig:
     init: str = "real"                # "real" images of the class or "noise"
     max_lr: float = 1.0               # a learned lr above this counts as exploding
     select_every: int = 100           # validation evaluation interval (keeps the best S_k); 0: off
+    # or: validation evaluations per subset at evenly spaced iterations, the last at the subset's final one,
+    # so a 1,000-iteration subset selects as often as a 100-iteration one (0: off; set one of the two)
+    select_points: int = 0
     snapshot_every: int = 10          # resumable checkpoint + timeline snapshot interval
     publish_every: int = 1            # images sent to observers every this many iterations
     diagnose_every: int = 0           # G1 gradient-similarity record every this many iterations; 0: off
@@ -120,7 +123,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":
-        config = _build(cls, raw, "")
+        config = build_dataclass(cls, raw, "")
         validate(config)
         return config
 
@@ -138,7 +141,7 @@ BUDGET_NOTES = {
 }
 
 
-def _build(cls: type, raw: Any, where: str) -> Any:
+def build_dataclass(cls: type, raw: Any, where: str) -> Any:
     """Build dataclass `cls` from a dict, rejecting unknown keys and wrong types."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where or 'config'}: expected an object, got {type(raw).__name__}")
@@ -163,12 +166,16 @@ def _build(cls: type, raw: Any, where: str) -> Any:
 def _coerce(hint: Any, value: Any, where: str) -> Any:
     origin, args = get_origin(hint), get_args(hint)
     if dataclasses.is_dataclass(hint):
-        return value if isinstance(value, hint) else _build(hint, value, where)
+        return value if isinstance(value, hint) else build_dataclass(hint, value, where)
     if args and type(None) in args:
         if value is None:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(inner, value, where)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected an object, got {value!r}")
+        return value
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
@@ -237,6 +244,11 @@ def validate(config: RunConfig) -> None:
     _require(0 <= s.momentum < 1, "distill.momentum", "must be in [0, 1)")
     _require(s.max_lr > 0, "distill.max_lr", "must be > 0")
     _require(s.select_every >= 0, "distill.select_every", "must be >= 0 (0 turns selection off)")
+    _require(s.select_points >= 0, "distill.select_points",
+             "must be >= 0 (0: select every distill.select_every iterations instead)")
+    _require(not (s.select_points and s.select_every), "distill.select_points",
+             f"{s.select_points} and distill.select_every {s.select_every} both place the selection points; set one "
+             f"of them to 0")
     _require(s.snapshot_every >= 1, "distill.snapshot_every", "must be >= 1")
     _require(s.publish_every >= 1, "distill.publish_every", "must be >= 1")
     _require(s.diagnose_every >= 0, "distill.diagnose_every", "must be >= 0 (0 turns G1 recording off)")
@@ -271,6 +283,25 @@ def expert_horizon(config: RunConfig, stage: int) -> int:
     if stage == 0 or config.distill.expert_source == "window":
         return config.experts.epochs
     return config.experts.stage_epochs
+
+
+def selects(dist: DistillConfig) -> bool:
+    """Whether stages keep their best candidate by validation accuracy (else their last images)."""
+    return dist.select_points > 0 or dist.select_every > 0
+
+
+def selection_iterations(iterations: int, select_every: int, select_points: int) -> list[int]:
+    """The iterations after which a subset of `iterations` outer iterations is scored on validation data.
+
+    select_points P > 0: P evenly spaced points, the j-th at ceil(j * iterations / P), so the last is the final
+    iteration (fewer when iterations < P); select_every > 0: every `select_every` iterations and the final one;
+    [] when both are 0 (selection off). A config sets at most one of them (validate). 1000, 0, 4 -> [250, 500, 750, 1000]; 100, 30, 0 -> [30, 60, 90, 100].
+    """
+    if select_points > 0:
+        return sorted({-(-j * iterations // select_points) for j in range(1, select_points + 1)} - {0})
+    if select_every > 0:
+        return sorted(set(range(select_every, iterations + 1, select_every)) | ({iterations} - {0}))
+    return []
 
 
 def split_ipc(ipc: int, num_subsets: int) -> list[int]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import RunConfig
+from .config import RunConfig, selection_iterations
 
 # Seconds per unit on this project's 2-core CPU (bench: experts 3700 images/s for two at once, a `small`
 # outer iteration 0.78 s for 100 images x 10 steps, evaluation 36 epochs/s of 100 images): only the ratios
@@ -45,7 +45,8 @@ def run_plan(config: RunConfig, train_images: int, classes: int, start_stage: in
             pretrain = 0 if k == 0 else v.epochs * (union - sub.ipc * classes)
             plan.append(PhasePlan(f"experts {k + 1}", "experts", e.num_experts * (epochs * train_images + pretrain)))
         batch = d.batch_syn or classes * sub.ipc
-        selections = (sub.iterations // d.select_every + 1) if d.select_every else 0
+        points = selection_iterations(sub.iterations, d.select_every, d.select_points)
+        selections = len(points) + 1 if points else 0  # the initial images are scored too
         earlier = curriculum - union if selections else 0  # U_1..U_{k-1}: trained once per stage (Selection)
         select_units = v.select_nets * v.epochs * (selections * union + earlier) * (DEFAULT_RATES["evaluate"]
                                                                                     / DEFAULT_RATES["distill"])

@@ -168,6 +168,13 @@ class RunFolder:
     def metrics(self) -> list[dict[str, Any]]:
         return read_jsonl(self.path / paths.METRICS_FILE)
 
+    def validation_accuracy(self) -> float | None:
+        """The best validation accuracy of the final stage's candidates (the whole curriculum), as its selection
+        measured it; None without selection records there. What a study chooses an lr by; never test data."""
+        last = len(self.config().distill.subsets) - 1
+        scores = [r["val_accuracy"] for r in self.metrics() if r.get("kind") == "selection" and r.get("stage") == last]
+        return max(scores) if scores else None
+
     def truncate_metrics(self, stage: int, iteration: int) -> None:
         """Drop records of `stage` past `iteration` and of later stages (used when resuming)."""
         kept = [r for r in self.metrics() if r.get("stage", 0) < stage

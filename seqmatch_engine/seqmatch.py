@@ -21,6 +21,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
+from .config import selection_iterations, selects
 from .context import RunContext
 from .control import RunControl, StopRequested
 from .diagnostics.recorder import GradientRecorder
@@ -240,7 +241,7 @@ class Distiller:
             stage.iteration = iteration + 1
             for hook in hooks:
                 hook(stage, record)
-        use_best = self.config.distill.select_every > 0
+        use_best = selects(self.config.distill)
         images, lr = (stage.best.images, stage.best.lr) if use_best else (stage.images(), stage.lr())
         return self.finish_stage(stage, Subset(images.clone(), stage.labels_k.clone(), float(lr)))
 
@@ -326,7 +327,8 @@ class Distiller:
 
 # -- the default hooks ---------------------------------------------------------------------------------------
 class Selection:
-    """Every `distill.select_every` iterations (and at the end): the validation accuracy of the curriculum so
+    """At the stage's selection points (config.selection_iterations: every `distill.select_every` iterations and
+    at the end, or `distill.select_points` evenly spaced points): the validation accuracy of the curriculum so
     far with the current S_k, the mean of `eval.select_nets` nets; keeps the best S_k. Every candidate of a
     stage is scored by the same nets (same initialisations, minibatches and augmentations), so comparisons
     between candidates are paired; ties keep the earlier candidate. Never looks at test data."""
@@ -336,8 +338,8 @@ class Selection:
         self.starts: list[NetState] | None = None  # the nets after U_1..U_{k-1} (one Selection per stage)
 
     def after_step(self, stage: Stage, record: StepRecord) -> None:
-        every, done = self.driver.config.distill.select_every, stage.iteration
-        if not every or (done % every and done != stage.iterations):
+        dist, done = self.driver.config.distill, stage.iteration
+        if done not in selection_iterations(stage.iterations, dist.select_every, dist.select_points):
             return
         if stage.best.accuracy < 0:  # the initial images, measured here so that the first steps show at once
             self.score(stage, stage.best.iteration, stage.best.images, stage.best.lr)

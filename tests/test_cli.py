@@ -43,6 +43,7 @@ TINY = [
     f"distill.subsets={json.dumps(TWO_SUBSETS)}",
     "distill.syn_steps=2",
     "distill.select_every=0",
+    "distill.select_points=0",
     "eval.epochs=1",
     "eval.num_nets=1",
 ]

@@ -463,3 +463,44 @@ def test_every_preset_validates(name):
     config = RunConfig.from_dict(load_preset(name))
     assert config.ipc >= 1
     assert config.method == ("mtt" if len(config.distill.subsets) == 1 else "seqmatch")
+
+
+@pytest.mark.parametrize("iterations, every, points, expected", [
+    (1000, 0, 4, [250, 500, 750, 1000]),
+    (100, 0, 4, [25, 50, 75, 100]),
+    (10, 0, 4, [3, 5, 8, 10]),
+    (3, 0, 4, [1, 2, 3]),          # fewer iterations than points: every iteration, once
+    (100, 30, 0, [30, 60, 90, 100]),
+    (100, 25, 0, [25, 50, 75, 100]),
+    (100, 0, 0, []),
+    (0, 0, 4, []),
+])
+def test_selection_points_are_evenly_spaced_and_end_at_the_last_iteration(iterations, every, points, expected):
+    from seqmatch_engine.config import selection_iterations
+
+    assert selection_iterations(iterations, every, points) == expected
+
+
+def test_select_every_keeps_todays_points():
+    """select_every's points are the ones the driver used before select_points existed: every multiple, and the end."""
+    from seqmatch_engine.config import selection_iterations
+
+    for iterations in (1, 7, 25, 100, 101):
+        for every in (1, 2, 25, 30):
+            old = [done for done in range(1, iterations + 1) if done % every == 0 or done == iterations]
+            assert selection_iterations(iterations, every, 0) == old
+
+
+def test_negative_select_points_is_refused():
+    raw = RunConfig().to_dict()
+    raw["distill"]["select_points"] = -1
+    with pytest.raises(ConfigError, match=r"distill.select_points: must be >= 0"):
+        RunConfig.from_dict(raw)
+
+
+def test_select_points_and_select_every_together_are_refused():
+    raw = RunConfig().to_dict()
+    raw["distill"].update(select_points=4, select_every=25)
+    with pytest.raises(ConfigError, match=r"distill.select_points: 4 and distill.select_every 25 both place the "
+                                          r"selection points; set one of them to 0"):
+        RunConfig.from_dict(raw)

@@ -386,3 +386,22 @@ def test_seqmatch_first_subset_is_scored_from_static_mtts_evaluations(tmp_path, 
     assert "select-0" not in trained and "select-1" in trained
     (mtt_set,) = mtt_run.subsets()
     assert torch.equal(seqmatch_run.subsets()[0].images, mtt_set.images) and seqmatch_run.subsets()[0].lr == mtt_set.lr
+
+
+def test_select_points_scores_at_its_points_and_equals_select_every_where_they_coincide(tmp_path):
+    """4 iterations: select_every 2 and select_points 2 both score after iterations 2 and 4 (and the initial images):
+    the same records and the same kept subsets, bit for bit; select_points 4 scores after every iteration."""
+    runs = {name: run_to_end(tmp_path, tiny_config(**distill), name)[0]
+            for name, distill in (("every", {"select_every": 2}), ("points", {"select_points": 2, "select_every": 0}),
+                                  ("four", {"select_points": 4, "select_every": 0}))}
+
+    def scored(run):
+        return [(r["stage"], r["iteration"], r["val_accuracy"]) for r in run.metrics() if r["kind"] == "selection"]
+
+    assert [(s, i) for s, i, _ in scored(runs["every"])] == [(0, 0), (0, 2), (0, 4), (1, 0), (1, 2), (1, 4)]
+    assert scored(runs["points"]) == scored(runs["every"])
+    for a, b in zip(runs["every"].subsets(), runs["points"].subsets()):
+        assert torch.equal(a.images, b.images) and a.lr == b.lr
+    assert [(s, i) for s, i, _ in scored(runs["four"])] == [(k, i) for k in (0, 1) for i in range(5)]
+    final = [v for s, _, v in scored(runs["four"]) if s == 1]
+    assert runs["four"].validation_accuracy() == max(final)

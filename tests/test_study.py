@@ -49,7 +49,7 @@ def test_the_grid_expands_to_paired_configs():
     assert mtt.distill.subsets[0].iterations == 8  # total: 4 + 4
     assert tiny_spec().run_config(cell, 1, "mtt").distill.subsets[0].iterations == 4  # per-image
     assert (seq.data, seq.model, seq.experts, seq.eval) == (mtt.data, mtt.model, mtt.experts, mtt.eval)
-    assert [rid for rid, *_ in spec.plan()] == ["ipc002-k2-mtt-seed0", "ipc002-k2-seqmatch-seed0",
+    assert [p.id for p in spec.plan()] == ["ipc002-k2-mtt-seed0", "ipc002-k2-seqmatch-seed0",
                                                  "ipc002-k2-mtt-seed1", "ipc002-k2-seqmatch-seed1"]
 
 
@@ -58,7 +58,7 @@ def test_the_grid_expands_to_paired_configs():
     ({"grid": [{"ipc": 1, "subsets": 2}]}, "IPC 1 cannot be split into 2 subsets"),
     ({"grid": [{"ipc": 4, "subsets": 1}]}, "SeqMatch needs at least 2 subsets"),
     ({"seeds": [0, 0]}, "study.seeds: needs distinct whole numbers"),
-    ({"methods": ["dm"]}, "study.methods: choose from mtt, seqmatch"),
+    ({"methods": ["dm"]}, "study.methods: distinct names from mtt, seqmatch"),
     ({"budget": "half"}, "study.budget: must be one of per-image, total"),
     ({"name": "../x"}, "study.name"),
     ({"colour": "red"}, "study.colour: unknown setting"),
@@ -72,7 +72,7 @@ def test_bad_specs_name_the_field(change, message):
 
 def test_study_runs_every_cell_and_pairs_by_seed(finished):
     home, study, summary, started = finished
-    assert started == [rid for rid, *_ in study.spec().plan()]
+    assert started == [p.id for p in study.spec().plan()]
     assert summary["runs_done"] == summary["runs_total"] == 4
     # both methods of a seed trained against the same cached stage-1 experts: one recipe folder per seed
     # for stage 1, plus one per SeqMatch run for its retrained stage-2 experts
@@ -126,14 +126,14 @@ def test_resume_skips_finished_runs_and_finishes_interrupted_ones(finished, tmp_
     again = StudyFolder.create_or_open(paths.studies_root(copy), study.spec())
     # forget the last run's result: it is redone, the others are only read
     last = again.run(run_id(Cell(2, 2), 1, "seqmatch"))
-    before = {rid: (again.run(rid).path / "eval.json").stat().st_mtime_ns for rid, *_ in study.spec().plan()}
+    before = {rid: (again.run(rid).path / "eval.json").stat().st_mtime_ns for rid in (p.id for p in study.spec().plan())}
     (last.path / "eval.json").unlink()
     last.update_status(state="running")
     trained = []
     monkeypatch.setattr(ExpertCache, "save", lambda self, recipe, i, trajectory: trained.append(i))
     resumed = run_study(again, paths.experts_root(copy))
     assert trained == []  # every expert came from the cache
-    for rid, *_ in study.spec().plan()[:-1]:
+    for rid in [p.id for p in study.spec().plan()][:-1]:
         assert (again.run(rid).path / "eval.json").stat().st_mtime_ns == before[rid]
     assert resumed["cells"][0]["methods"]["seqmatch"]["accuracy"]["values"] == \
         summary["cells"][0]["methods"]["seqmatch"]["accuracy"]["values"]
@@ -187,3 +187,107 @@ def test_one_seed_shows_no_spread_and_the_table_says_what_is_evidence():
                "cells": [{"ipc": 2, "subsets": 2, "methods": {}, "random_real": None, "paired": None,
                           "controls": {}, "headroom": None}], "experts": {}, "experts_overall": None}
     assert "fewer than 3 paired seeds is a demonstration, not evidence" in format_table(summary)
+
+
+def test_an_iterations_axis_expands_to_the_right_configs():
+    spec = tiny_spec(grid=[{"ipc": 2, "subsets": 2, "iterations": 6}, {"ipc": 2, "subsets": 2, "iterations": 2,
+                                                                      "seeds": [1]}])
+    long, short = spec.grid
+    seq = spec.run_config(long, 0, "seqmatch")
+    assert [s.iterations for s in seq.distill.subsets] == [6, 6]
+    assert spec.run_config(long, 0, "mtt").distill.subsets[0].iterations == 6      # per image: as each subset
+    total = tiny_spec(budget="total", grid=[{"ipc": 2, "subsets": 2, "iterations": 6}])
+    assert total.run_config(total.grid[0], 0, "mtt").distill.subsets[0].iterations == 12  # total: the sum
+    assert [p.id for p in spec.plan()] == [
+        "ipc002-k2-it6-mtt-seed0", "ipc002-k2-it6-seqmatch-seed0", "ipc002-k2-it6-mtt-seed1",
+        "ipc002-k2-it6-seqmatch-seed1", "ipc002-k2-it2-mtt-seed1", "ipc002-k2-it2-seqmatch-seed1"]
+    assert spec.run_count() == 6
+    assert spec.run_config(short, 1, "seqmatch").name == "tiny-ipc2-k2-it2"
+    # a cell without iterations keeps the base's and today's run ids
+    assert tiny_spec().run_config(Cell(2, 2), 0, "seqmatch").distill.subsets[0].iterations == 4
+
+
+@pytest.mark.parametrize("cell, message", [
+    ({"ipc": 2.7, "subsets": 2}, r"study.grid\[0\].ipc: expected a whole number, got 2.7"),
+    ({"ipc": "2", "subsets": 2}, r"study.grid\[0\].ipc: expected a whole number, got '2'"),
+    ({"ipc": True, "subsets": 2}, r"study.grid\[0\].ipc: expected a whole number, got True"),
+    ({"ipc": 0, "subsets": 2}, r"study.grid\[0\].ipc: must be >= 1, got 0"),
+    ({"ipc": 2, "subsets": 0}, r"study.grid\[0\].subsets: must be >= 1, got 0"),
+    ({"ipc": 2, "subsets": 2, "iterations": 0}, r"study.grid\[0\].iterations: must be >= 1"),
+    ({"ipc": 2, "subsets": 2, "iteration": 3}, r"study.grid\[0\].iteration: unknown setting; known settings here: "
+                                               r"ipc, iterations, seeds, subsets"),
+    ({"ipc": 2, "subsets": 2, "seeds": [1, 1]}, r"study.grid\[0\].seeds: needs distinct whole numbers"),
+    ({"ipc": 2}, r"study.grid\[0\]: missing required setting subsets"),
+])
+def test_a_grid_cell_is_parsed_strictly_naming_the_field(cell, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny_spec(grid=[cell])
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"seeds": [True, False]}, r"study.seeds\[0\]: expected a whole number, got True"),
+    ({"lr_img": [10, 10]}, "study.lr_img: distinct values > 0"),
+    ({"lr_img": [-1]}, "study.lr_img: distinct values > 0"),
+    ({"tune_seeds": [0]}, "study.tune_seeds: only with an lr sweep"),
+    ({"lr_img": [10], "tune_seeds": [7]}, r"study.grid\[0\]: none of its seeds is a tune seed"),
+    ({"lr_img": [10, 20]}, "choosing an lr needs validation scores"),  # the tiny base does not select
+])
+def test_bad_sweeps_and_seeds_name_the_field(change, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny_spec(**change)
+
+
+def sweep_spec(**changes) -> StudySpec:
+    base = tiny_run_config("base", 0, (1, 1), diagnose_every=2, select_points=2).to_dict()
+    base["eval"]["num_nets"] = 2
+    return StudySpec.from_dict({"name": "sweep", "config": base, "grid": [{"ipc": 2, "subsets": 2}], "seeds": [0, 1],
+                                "lr_img": [10.0, 40.0], "tune_seeds": [0], **changes})
+
+
+def test_an_lr_sweep_tunes_on_validation_and_runs_the_other_seeds_at_the_choice(tmp_path):
+    spec = sweep_spec()
+    study = StudyFolder.create_or_open(paths.studies_root(tmp_path), spec)
+    started = []
+    summary = run_study(study, paths.experts_root(tmp_path), on_run=lambda rid, i, n: started.append((rid, n)))
+    tuning = [run_id(Cell(2, 2), 0, m, lr) for lr in (10.0, 40.0) for m in ("mtt", "seqmatch")]
+    assert [rid for rid, _ in started[:4]] == tuning and {n for _, n in started} == {6}
+    row = summary["cells"][0]
+    for method in ("mtt", "seqmatch"):
+        scores = {lr: study.run(run_id(Cell(2, 2), 0, method, lr)).validation_accuracy() for lr in (10.0, 40.0)}
+        chosen = max(scores, key=lambda lr: (scores[lr], lr == 10.0))  # ties: the earlier value
+        assert row["methods"][method]["lr_img"] == chosen
+        assert started[4 + ("mtt", "seqmatch").index(method)][0] == run_id(Cell(2, 2), 1, method, chosen)
+        other = 40.0 if chosen == 10.0 else 10.0
+        assert study.run(run_id(Cell(2, 2), 1, method, other)) is None  # never run: only the choice is
+        values = [study.run(run_id(Cell(2, 2), s, method, chosen)).eval().accuracy()["mean"] for s in (0, 1)]
+        assert row["methods"][method]["accuracy"]["values"] == values
+        sweep = {entry["lr_img"]: entry for entry in row["methods"][method]["lr_sweep"]}
+        assert sweep[other]["val"]["values"] == [scores[other]]
+        assert study.run(run_id(Cell(2, 2), 0, "seqmatch", other)).controls() is None or method == "mtt"
+    for seed in (0, 1):  # controls only for the runs the summary reports
+        assert study.run(run_id(Cell(2, 2), seed, "seqmatch", row["methods"]["seqmatch"]["lr_img"])).controls()
+    assert summary["runs_done"] == summary["runs_total"] == 6
+    table = format_table(summary)
+    assert "Pixel-lr sweep on the tune seeds ([0])" in table and "| 2 | 2 | 4 | static MTT | 10 |" in table
+    assert "| pixel lr MTT / SeqMatch |" in table
+
+
+def test_a_sweep_whose_tuning_is_unfinished_chooses_nothing_yet(tmp_path):
+    spec = sweep_spec(controls=False)
+    study = StudyFolder.create_or_open(paths.studies_root(tmp_path), spec)
+    assert [p.id for p in spec.plan(study.chooser())] == [run_id(Cell(2, 2), 0, m, lr) for lr in (10.0, 40.0)
+                                                          for m in ("mtt", "seqmatch")]
+    summary = summarise(study)
+    assert summary["runs_done"] == 0 and summary["runs_total"] == 6
+    assert summary["cells"][0]["methods"]["mtt"]["lr_img"] is None
+    assert "| – / – |" in format_table(summary)
+
+
+def test_a_run_written_with_select_every_is_the_same_run_as_its_select_points_twin():
+    from seqmatch_engine.study import same_run
+
+    every = tiny_run_config("x", 0, (1, 1), select_every=2)            # 4 iterations: points 2, 4
+    points = tiny_run_config("x", 0, (1, 1), select_points=2)
+    assert same_run(every, points) and same_run(points, points)
+    assert not same_run(every, tiny_run_config("x", 0, (1, 1), select_points=4))
+    assert not same_run(every, tiny_run_config("x", 1, (1, 1), select_points=2))

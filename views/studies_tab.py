@@ -102,7 +102,7 @@ class StudiesTab:
         position = self.manager.queue_position(job)
         note = "" if position <= 0 else f" It waits for {position} job(s) ahead of it."
         return gr.update(choices=study_choices(self.manager), value=spec.name), (
-            f"Study `{spec.name}` queued: {len(spec.plan())} runs, budget convention **{spec.budget}** "
+            f"Study `{spec.name}` queued: {spec.run_count()} runs, budget convention **{spec.budget}** "
             f"({BUDGET_NOTES[spec.budget]}). Finished runs are kept; starting it again resumes it.{note}")
 
     def on_stop(self, study_id: str | None) -> str:
