@@ -295,7 +295,8 @@ def selection_iterations(iterations: int, select_every: int, select_points: int)
 
     select_points P > 0: P evenly spaced points, the j-th at ceil(j * iterations / P), so the last is the final
     iteration (fewer when iterations < P); select_every > 0: every `select_every` iterations and the final one;
-    [] when both are 0 (selection off). A config sets at most one of them (validate). 1000, 0, 4 -> [250, 500, 750, 1000]; 100, 30, 0 -> [30, 60, 90, 100].
+    [] when both are 0 (selection off). A config sets at most one of them (validate).
+    1000, 0, 4 -> [250, 500, 750, 1000]; 100, 30, 0 -> [30, 60, 90, 100].
     """
     if select_points > 0:
         return sorted({-(-j * iterations // select_points) for j in range(1, select_points + 1)} - {0})

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Protocol
 import torch
 
 from .control import RunControl, StopRequested
-from .parallel import parallel_workers, run_in_parallel
+from .parallel import parallel_workers, run_in_parallel, set_this_thread_cores
 
 ProgressFn = Callable[[int, int], None]  # (position of the job in the map, epochs it has done)
 CLUSTER_ENV = "SEQMATCH_CLUSTER"
@@ -82,7 +82,8 @@ def _run_remote(fn: Callable, job: Any, position: int, progress_name: str, stop_
     """On a Dask worker: `fn(job, on_epoch)` with progress sent to the driver's queue and its stop event obeyed."""
     from distributed import Event, Queue
 
-    torch.set_num_threads(1)  # as a local worker thread: the same bits wherever the job runs
+    if not set_this_thread_cores(1):  # as a local worker thread: the same bits wherever the job runs
+        torch.set_num_threads(1)
     progress, stop = Queue(progress_name), Event(stop_name)
 
     def on_epoch(epoch: int) -> None:
@@ -91,6 +92,17 @@ def _run_remote(fn: Callable, job: Any, position: int, progress_name: str, stop_
         progress.put([position, epoch])
 
     return fn(job, on_epoch)
+
+
+def _leave_worker_pool(distributed) -> bool:
+    """On a Dask worker (a study's run distilled there), give up this task's thread slot while it waits for the
+    jobs it submitted, so that they can run on this worker too; True when it did (rejoin afterwards)."""
+    try:
+        distributed.get_worker()
+    except ValueError:
+        return False
+    distributed.secede()
+    return True
 
 
 class DaskExecutor:
@@ -155,6 +167,7 @@ class DaskExecutor:
                                       key=f"{fn.__name__}-{tag}-{position}", resources=resources): position
                    for position, job in enumerate(jobs)}
         pending = set(futures)
+        waiting = _leave_worker_pool(distributed)  # a run distilled on a worker waits for its own jobs
         try:
             while pending:
                 try:
@@ -171,6 +184,9 @@ class DaskExecutor:
             stop.set()  # running jobs stop at their next epoch; pending ones never start
             self.client.cancel(list(pending))
             raise
+        finally:
+            if waiting:
+                distributed.rejoin()
 
     @staticmethod
     def _drain(progress, on_epoch: ProgressFn | None) -> None:

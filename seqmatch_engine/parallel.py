@@ -86,12 +86,18 @@ def keep_this_thread_single_core() -> bool:
     """Torch ops of the calling thread run on that thread alone (its own OpenMP setting only;
     torch.set_num_threads would change the default of every thread). True when applied."""
     if getattr(_local, "single", None) is None:
-        torch.get_num_threads()  # torch sets this thread's OpenMP default on first use: let it, then override
-        runtime = _openmp_runtime()
-        if runtime is not None:
-            runtime.omp_set_num_threads(1)
-        _local.single = runtime is not None
+        _local.single = set_this_thread_cores(1)
     return _local.single
+
+
+def set_this_thread_cores(count: int) -> bool:
+    """Torch ops of the calling thread run on `count` OpenMP threads, other threads' settings untouched (a Dask
+    worker thread distilling beside single-threaded jobs of the same process). True when applied."""
+    torch.get_num_threads()  # torch sets this thread's OpenMP default on first use: let it, then override
+    runtime = _openmp_runtime()
+    if runtime is not None:
+        runtime.omp_set_num_threads(count)
+    return runtime is not None
 
 
 def single_core(fn: Callable[..., T]) -> Callable[..., T]:

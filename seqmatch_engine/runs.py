@@ -34,6 +34,7 @@ from .storage import (
     read_json,
     read_jsonl,
     read_tensors,
+    write_bytes,
     write_json,
     write_tensors,
     write_text,
@@ -342,6 +343,36 @@ class RunFolder:
 
     def delete(self) -> None:
         shutil.rmtree(self.path)
+
+    # -- a run that travels (a study's run distilled on a cluster worker) ------------------------------
+    def pack(self) -> dict[str, bytes]:
+        """Every file of the folder by its path relative to the folder (POSIX)."""
+        return {p.relative_to(self.path).as_posix(): p.read_bytes() for p in sorted(self.path.rglob("*"))
+                if p.is_file() and not p.name.endswith(".tmp")}
+
+    def install(self, files: dict[str, bytes]) -> None:
+        """Make the folder hold exactly `files` (as `pack` gives them): each written atomically, status.json last,
+        then files it no longer has removed. RunError for a path that would leave the folder."""
+        targets = {name: self._inside(name) for name in files}
+        for name in sorted(files, key=lambda n: n == paths.STATUS_FILE):
+            write_bytes(targets[name], files[name])
+        for path in sorted(self.path.rglob("*"), reverse=True):
+            if path.is_file() and path not in targets.values():
+                path.unlink()
+
+    def _inside(self, name: str) -> Path:
+        path = (self.path / name).resolve()
+        if name.startswith("/") or ".." in Path(name).parts or not path.is_relative_to(self.path.resolve()):
+            raise RunError(f"refused to write {name!r}: it is not a path inside the run folder {self.path}")
+        return self.path / name
+
+    @classmethod
+    def unpack(cls, root: Path, run_id: str, files: dict[str, bytes]) -> "RunFolder":
+        """A folder root/run_id holding `files` (a packed run), e.g. in a worker's scratch folder."""
+        run = cls(paths.child(root, run_id, "run"))
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.install(files)
+        return run
 
     def overview(self) -> "RunOverview":
         """What a list of runs shows about this one; never raises: a damaged file makes it 'unreadable' with the

@@ -37,6 +37,10 @@ def _atomic_write_bytes(path: Path, payload: bytes) -> None:
         raise StorageError(f"could not write {path}: {error.strerror or error}") from error
 
 
+def write_bytes(path: Path, payload: bytes) -> None:
+    _atomic_write_bytes(path, payload)
+
+
 def write_text(path: Path, text: str) -> None:
     _atomic_write_bytes(path, text.encode())
 

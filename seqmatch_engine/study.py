@@ -507,37 +507,46 @@ RunHook = Callable[[str, int, int], None]  # (run id, index, total) before each 
 
 def run_study(study: StudyFolder, experts_root: Path, observer=None, control=None,
               on_run: RunHook | None = None, executor=None) -> dict[str, Any]:
-    """Run (or resume) every run of the study in plan order, then return the summary. Finished runs are
-    skipped, an interrupted one resumes from its checkpoint; the summary is rewritten after each run.
-    Jobs (experts, evaluation nets) run on `executor` (default: local)."""
-    from .context import RunContext
+    """Run (or resume) every run of the study, then return the summary. Finished runs are skipped, an interrupted
+    one resumes from its checkpoint; the summary is rewritten after each run. Locally the runs go one after another
+    in plan order (their experts and nets as jobs on `executor`, default: local threads); on a Dask executor the
+    runs themselves are jobs too and distil at once (study_cluster.py)."""
     from .control import RunControl, StopRequested
+    from .executors import DaskExecutor
     from .seqmatch import Distiller
 
     spec, control = study.spec(), control or RunControl()
     total = spec.run_count()
     study.update_status(state=RunState.RUNNING, started=time.time(), total=total)
+
+    def open_run(planned: PlannedRun) -> RunFolder:
+        config = spec.run_config(planned.cell, planned.seed, planned.method, planned.lr_img)
+        run = study.run(planned.id) or RunFolder.create(study.runs_root, config, planned.id)
+        if not same_run(run.config(), config):
+            raise ConfigError(f"{run.path} holds another config than the study's plan; delete that run folder")
+        return run
+
+    def starting(run_id: str, index: int, count: int) -> None:
+        study.update_status(current=run_id, index=index)
+        if on_run:
+            on_run(run_id, index, count)
+
+    def finish(planned: PlannedRun, run: RunFolder) -> None:
+        record_run(study, planned, run, experts_root, executor, control)
+
     try:
-        for index, planned in enumerate(spec.plan(study.chooser())):
-            config = spec.run_config(planned.cell, planned.seed, planned.method, planned.lr_img)
-            run = study.run(planned.id) or RunFolder.create(study.runs_root, config, planned.id)
-            if not same_run(run.config(), config):
-                raise ConfigError(f"{run.path} holds another config than the study's plan; delete that run folder")
-            study.update_status(current=planned.id, index=index)
-            if on_run:
-                on_run(planned.id, index, total)
-            if run.status().get("state") != RunState.DONE:
-                if Distiller(run, experts_root, observer, control, executor=executor).run() is None:
-                    raise StopRequested()
-            if str(planned.seed) not in study.expert_accuracy():
-                study.save_expert_accuracy(planned.seed, expert_accuracy(RunContext(config, experts_root,
-                                                                                    executor=executor)))
-            for pending in runs_needing_controls(study):
-                ctx = RunContext(pending.config(), experts_root, executor=executor)
-                pending.save_controls(evaluate_controls(ctx, pending, control))
-            summary = summarise(study)
-            study.save_summary(summary, format_table(summary))
-            study.update_status(done=summary["runs_done"])
+        if isinstance(executor, DaskExecutor):
+            from .study_cluster import run_on_cluster
+
+            run_on_cluster(study, experts_root, executor, open_run, finish, control, starting)
+        else:
+            for index, planned in enumerate(spec.plan(study.chooser())):
+                run = open_run(planned)
+                starting(planned.id, index, total)
+                if run.status().get("state") != RunState.DONE:
+                    if Distiller(run, experts_root, observer, control, executor=executor).run() is None:
+                        raise StopRequested()
+                finish(planned, run)
     except StopRequested:
         study.update_status(state=RunState.STOPPED, current=None)
         raise
@@ -549,6 +558,21 @@ def run_study(study: StudyFolder, experts_root: Path, observer=None, control=Non
     study.save_summary(summary, format_table(summary))
     study.update_status(state=RunState.DONE, current=None, finished=time.time(), done=summary["runs_done"])
     return summary
+
+
+def record_run(study: StudyFolder, planned: PlannedRun, run: RunFolder, experts_root: Path, executor, control) -> None:
+    """After a run of the study finished: its seed's expert accuracy (once), the controls now due, the summary."""
+    from .context import RunContext
+
+    if str(planned.seed) not in study.expert_accuracy():
+        study.save_expert_accuracy(planned.seed, expert_accuracy(RunContext(run.config(), experts_root,
+                                                                            executor=executor)))
+    for pending in runs_needing_controls(study):
+        ctx = RunContext(pending.config(), experts_root, executor=executor)
+        pending.save_controls(evaluate_controls(ctx, pending, control))
+    summary = summarise(study)
+    study.save_summary(summary, format_table(summary))
+    study.update_status(done=summary["runs_done"])
 
 
 def same_run(a: RunConfig, b: RunConfig) -> bool:

@@ -1,6 +1,7 @@
 """Jobs on a real Dask LocalCluster (2 worker processes, 127.0.0.1, no dashboard) against local threads."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -172,3 +173,85 @@ def test_a_stopped_local_map_starts_nothing():
     with pytest.raises(StopRequested):
         next(LocalExecutor(1).map(lambda job, on_epoch: started.append(job), [0], control=control))
     assert started == []
+
+
+# -- a study's runs as cluster jobs -------------------------------------------------------------------------
+def study_spec():
+    from seqmatch_engine.study import StudySpec
+
+    base = tiny_run_config("base", 0, (1, 1), diagnose_every=2, select_points=2).to_dict()
+    base["eval"]["num_nets"] = 2
+    return StudySpec.from_dict({"name": "spread", "config": base, "grid": [{"ipc": 2, "subsets": 2}],
+                                "seeds": [0, 1], "lr_img": [10.0, 40.0], "tune_seeds": [0]})
+
+
+def study_files(home) -> dict:
+    """The study's summary and every run's eval.json and subsets, byte for byte."""
+    root = paths.studies_root(home) / "spread"
+    names = ["summary.json", "summary.md", "experts.json", *(str(p.relative_to(root)) for pattern in
+             ("runs/*/eval.json", "runs/*/controls.json", "runs/*/subsets/*") for p in sorted(root.glob(pattern)))]
+    return {name: (root / name).read_bytes() for name in names}
+
+
+@pytest.fixture(scope="module")
+def local_study(tmp_path_factory):
+    from seqmatch_engine.study import StudyFolder, run_study
+
+    home = tmp_path_factory.mktemp("local-study")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # distil on two threads, as a study does: the workers must match it
+    try:
+        run_study(StudyFolder.create_or_open(paths.studies_root(home), study_spec()), paths.experts_root(home))
+    finally:
+        torch.set_num_threads(threads)
+    return study_files(home)
+
+
+def test_a_study_on_a_local_cluster_equals_the_local_study(local_study, tmp_path, capsys):
+    spec_file = tmp_path / "spread.json"
+    spec_file.write_text(json.dumps(study_spec().to_dict()))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        rc = cli.main(["--home", str(tmp_path), "study", str(spec_file), "--cluster", "local:2"])
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "== run 1/6" in err and "jobs run on: dask" in err
+    ours = study_files(tmp_path)
+    assert ours.keys() == local_study.keys() and len(ours) > 10
+    for name in ours:
+        assert ours[name] == local_study[name], name
+
+
+def test_a_worker_killed_while_a_study_run_distils_changes_nothing(cluster, local_study, tmp_path):
+    from seqmatch_engine.study import StudyFolder, run_study
+
+    killed = []
+
+    def kill_a_worker_once(run_id, index, total):
+        if index != 1 or killed:
+            return
+        deadline = time.time() + 30  # the first run is out: kill the worker that distils it
+        while time.time() < deadline:
+            busy = [worker for worker, keys in cluster.processing().items()
+                    if any(str(key).startswith("study-run-") for key in keys)]
+            if busy:
+                time.sleep(0.5)
+                victim = cluster.run(os.getpid, workers=busy[:1])[busy[0]]
+                os.kill(victim, signal.SIGKILL)
+                killed.append(victim)
+                return
+            time.sleep(0.1)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run_study(StudyFolder.create_or_open(paths.studies_root(tmp_path), study_spec()), paths.experts_root(tmp_path),
+                  on_run=kill_a_worker_once, executor=DaskExecutor.from_client(cluster))
+    finally:
+        torch.set_num_threads(threads)
+    assert killed
+    assert study_files(tmp_path) == local_study
+    cluster.wait_for_workers(2, timeout=60)

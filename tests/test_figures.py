@@ -19,7 +19,7 @@ from views.figures import (
     stage_offsets,
 )
 from views.palette import METHOD_COLOURS
-from views.study_figures import accuracy_vs_ipc, coupling_vs_ipc, paired_differences
+from views.study_figures import accuracy_figure, coupling_figure, paired_figure, study_axis
 
 
 def g1_records(per_stage: int = 4) -> list[dict]:
@@ -111,24 +111,47 @@ def study_summary() -> dict:
 
 def test_study_figures_have_one_trace_per_method_with_error_bars():
     summary = study_summary()
-    figure = accuracy_vs_ipc(summary)
+    figure = accuracy_figure(summary)
     assert [t.name for t in figure.data] == ["static MTT", "SeqMatch", "random real"]
-    assert list(figure.data[0].x) == [20] and list(figure.data[1].x) == [10, 20]
+    assert list(figure.data[0].x) == [19.65] and list(figure.data[1].x) == [10.35, 20.35]  # side by side
     assert list(figure.data[0].y) == [81.0] and list(figure.data[0].error_y.array) == [pytest.approx(100 * 0.02 / 2 ** 0.5)]
     assert [t.line.color for t in figure.data] == [METHOD_COLOURS[m] for m in ("mtt", "seqmatch", "random_real")]
     title = figure.layout.title.text  # IPC 20 has 2 seeds, IPC 10 only one
     assert "mean ± std over 2 seeds at IPC 20; 1 seed at IPC 10 (a demonstration)" in title and "per-image budget" in title
-    paired = paired_differences(summary)
+    paired = paired_figure(summary)
     assert list(paired.data[0].x) == [20, 20] and list(paired.data[0].y) == [-1.0, 1.0]
+    assert study_axis(summary) == "ipc" and figure.layout.xaxis.title.text == "images per class (total)"
     assert list(paired.data[1].y) == [0.0] and paired.data[1].name == "mean ± std"
-    coupling = coupling_vs_ipc(summary)
+    coupling = coupling_figure(summary)
     assert [t.name for t in coupling.data] == ["static MTT", "SeqMatch"]
-    assert list(coupling.data[0].y) == [pytest.approx(0.6)] and list(coupling.data[1].x) == [10]
+    assert list(coupling.data[0].y) == [pytest.approx(0.6)] and list(coupling.data[1].x) == [10.35]
     assert "demonstration" in coupling.layout.title.text
     both_seeds = {**summary, "cells": summary["cells"][1:]}
-    assert "mean ± std over 2 seeds</sup>" in accuracy_vs_ipc(both_seeds).layout.title.text
+    assert "mean ± std over 2 seeds</sup>" in accuracy_figure(both_seeds).layout.title.text
     one_seed = {**summary, "cells": summary["cells"][:1]}
-    assert "one seed: a demonstration, not evidence" in accuracy_vs_ipc(one_seed).layout.title.text
+    assert "one seed: a demonstration, not evidence" in accuracy_figure(one_seed).layout.title.text
+
+
+def test_a_study_over_iterations_draws_accuracy_and_differences_against_iterations_per_ipc():
+    base = study_summary()["cells"][1]
+    cells = [{**base, "iterations": 100}, {**base, "iterations": 1000, "paired": None},
+             {**base, "ipc": 50, "iterations": 300}]
+    summary = {**study_summary(), "cells": cells}
+    assert study_axis(summary) == "iterations"
+    figure = accuracy_figure(summary)
+    names = [t.name for t in figure.data]
+    assert names[:3] == ["static MTT · IPC 20", "SeqMatch · IPC 20", "random real · IPC 20"]
+    assert names[3:] == ["static MTT · IPC 50", "SeqMatch · IPC 50", "random real · IPC 50"]
+    mtt, seqmatch = figure.data[0], figure.data[1]
+    assert list(mtt.x) == pytest.approx([100, 1000], rel=0.05) and mtt.x[0] < 100 < seqmatch.x[0]  # side by side
+    assert figure.layout.xaxis.type == "log" and list(figure.layout.xaxis.tickvals) == [100, 300, 1000]
+    assert "vs iterations per subset" in figure.layout.title.text
+    paired = paired_figure(summary)
+    assert list(paired.data[0].x) == [100, 100] and len(paired.data[1].x) == 1  # 1000: not paired
+    assert paired.data[1].name == "mean ± std · IPC 20"
+    assert "2 seeds" in figure.layout.title.text
+    one_ipc = {**summary, "cells": cells[:2]}
+    assert [t.name for t in accuracy_figure(one_ipc).data] == ["static MTT", "SeqMatch", "random real"]
 
 
 def embedding(sources: list[str]) -> Embedding:

@@ -584,3 +584,24 @@ def test_resume_before_the_first_checkpoint_does_not_duplicate_metrics(tmp_path,
     assert run.checkpoint() is None  # stopped before the first snapshot
     Distiller(run, experts_root, data=data).run()
     assert [r["iteration"] for r in run.metrics() if r["kind"] == "iteration"] == [1, 2, 3]
+
+
+def test_a_packed_run_travels_and_installs_exactly_refusing_paths_outside(tmp_path):
+    run = RunFolder.create(tmp_path / "runs", tiny_config(), "a")
+    run.save_snapshot(0, 0, torch.zeros(2, 1, 4, 4), 0.1)
+    packed = run.pack()
+    assert set(packed) == {"config.json", "status.json", "snapshots/S1_000000.safetensors"}
+    copy = RunFolder.unpack(tmp_path / "scratch", "a", packed)
+    assert copy.pack() == packed and copy.config() == run.config()
+    copy.update_status(state="done")
+    (copy.path / "eval.json").write_text("{}")
+    copy.clear_checkpoint()
+    (run.path / "checkpoint.safetensors").write_bytes(b"old")  # gone from the returned set: removed on install
+    run.install(copy.pack())
+    assert run.pack() == copy.pack() and run.status()["state"] == "done"
+    for hostile in ("../outside.json", "/etc/evil", "snapshots/../../x"):
+        with pytest.raises(RunError, match="not a path inside the run folder"):
+            run.install({**packed, hostile: b"x"})
+    assert not (tmp_path / "runs" / "outside.json").exists() and not (tmp_path / "x").exists()
+    with pytest.raises(paths.UnsafeName):
+        RunFolder.unpack(tmp_path / "scratch", "../b", packed)

@@ -14,7 +14,7 @@ from seqmatch_engine.storage import StorageError
 from seqmatch_engine.study import StudyFolder, format_table, list_studies, load_study_spec, study_preset_names, summarise
 
 from .render import format_seconds
-from .study_figures import accuracy_vs_ipc, coupling_vs_ipc, paired_differences
+from .study_figures import accuracy_figure, coupling_figure, paired_figure
 
 HEADROOM_NOTE = (
     "**Read this first.** A study pairs the methods by seed: both use that seed's experts, evaluation nets and "
@@ -69,9 +69,9 @@ class StudiesTab:
         self.message = gr.Markdown()
         self.table = gr.Markdown(elem_id="sm-study-table")
         with gr.Row():
-            self.accuracy = gr.Plot(label="Accuracy vs IPC")
-            self.paired = gr.Plot(label="Paired differences")
-        self.coupling = gr.Plot(label="Coupling vs IPC")
+            self.accuracy = gr.Plot(label="Accuracy", show_label=False)
+            self.paired = gr.Plot(label="Paired differences", show_label=False)
+        self.coupling = gr.Plot(label="Coupling", show_label=False)
 
     def wire(self, timer: gr.Timer) -> None:
         figures = [self.table, self.accuracy, self.paired, self.coupling]
@@ -121,7 +121,7 @@ class StudiesTab:
         except (RunError, StorageError, ConfigError) as error:
             return study_status_html_error(str(error)), "", None, None, None
         return (study_status_html(study, self.manager.live(f"study:{study.id}")), format_table(summary),
-                accuracy_vs_ipc(summary), paired_differences(summary), coupling_vs_ipc(summary))
+                accuracy_figure(summary), paired_figure(summary), coupling_figure(summary))
 
     def on_poll(self, study_id: str | None):
         if not study_id:

@@ -1,6 +1,8 @@
-"""Figures of a study's summary (study.summarise): accuracy vs IPC, paired differences, coupling vs IPC."""
+"""Figures of a study's summary (study.summarise): accuracy, paired differences and coupling, against IPC, or
+against the outer iterations per subset when the study varies them (one group of lines per IPC then)."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import plotly.graph_objects as go
@@ -9,82 +11,148 @@ from .palette import METHOD_COLOURS, METHOD_NAMES
 
 LAYOUT = {"template": "plotly_white", "height": 360, "margin": {"l": 55, "r": 10, "t": 60, "b": 45},
           "legend": {"orientation": "h", "y": -0.2}}
+GROUP_DASHES = ["solid", "dash", "dashdot", "longdash"]  # one per IPC on an iterations axis
+GROUP_SYMBOLS = ["circle", "square", "triangle-up", "diamond"]
+# Methods sit side by side at each x so that their markers and error bars do not hide each other: a shift in
+# IPC on a linear axis, a factor on the logarithmic iterations axis.
+IPC_SHIFT = {"mtt": -0.35, "seqmatch": 0.35, "random_real": 0.0}
+ITERATIONS_FACTOR = {"mtt": 10 ** -0.012, "seqmatch": 10 ** 0.012, "random_real": 1.0}
+
+
+def study_axis(summary: dict[str, Any]) -> str:
+    """"iterations" when some IPC was run at several iteration counts, else "ipc"."""
+    counts: dict[int, set] = {}
+    for row in summary["cells"]:
+        counts.setdefault(row["ipc"], set()).add(row.get("iterations"))
+    return "iterations" if any(len(values) > 1 for values in counts.values()) else "ipc"
+
+
+def _groups(summary: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(label, rows) per line group: one unnamed group on the IPC axis, one per IPC on the iterations axis."""
+    if study_axis(summary) == "ipc":
+        return [("", summary["cells"])]
+    ipcs = sorted({row["ipc"] for row in summary["cells"]})
+    return [(f"IPC {ipc}" if len(ipcs) > 1 else "", [row for row in summary["cells"] if row["ipc"] == ipc])
+            for ipc in ipcs]
+
+
+def _x(summary: dict[str, Any], row: dict[str, Any], method: str) -> float:
+    if study_axis(summary) == "ipc":
+        return row["ipc"] + IPC_SHIFT[method]
+    return row["iterations"] * ITERATIONS_FACTOR[method]
+
+
+def _x_axis(summary: dict[str, Any]) -> dict[str, Any]:
+    if study_axis(summary) == "ipc":
+        ipcs = sorted({row["ipc"] for row in summary["cells"]})
+        return {"title": "images per class (total)", "tickvals": ipcs, "range": [min(ipcs) - 3, max(ipcs) + 3],
+                "zeroline": False, "showline": False}
+    iterations = sorted({row["iterations"] for row in summary["cells"]})
+    low, high = math.log10(min(iterations)), math.log10(max(iterations))
+    return {"title": "outer iterations per subset", "type": "log", "tickvals": iterations,
+            "ticktext": [f"{i:,}" for i in iterations], "range": [low - 0.15, high + 0.15], "zeroline": False,
+            "showline": False}
+
+
+def _name(method: str, group: str) -> str:
+    return f"{METHOD_NAMES[method]} · {group}" if group else METHOD_NAMES[method]
+
+
+def _hover(summary: dict[str, Any]) -> str:
+    return "iterations" if study_axis(summary) == "iterations" else "IPC"
 
 
 def _seed_note(summary: dict[str, Any]) -> str:
-    """How many seeds stand behind each IPC's points (the most any method has there), e.g. 'mean ± std over
+    """How many seeds stand behind each cell's points (the most any method has there), e.g. 'mean ± std over
     3 seeds at IPC 10, 20; 1 seed at IPC 30 (a demonstration)'."""
-    ipcs_by_count: dict[int, list[int]] = {}
+    iterations = study_axis(summary) == "iterations"
+    cells_by_count: dict[int, list[str]] = {}
     for row in summary["cells"]:
         stats = [row.get("random_real")] + [(m or {}).get("accuracy") for m in row["methods"].values()]
         counts = [stat["n"] for stat in stats if stat]
         if counts:
-            ipcs_by_count.setdefault(max(counts), []).append(row["ipc"])
-    if len(ipcs_by_count) <= 1:
-        seeds = next(iter(ipcs_by_count), 0)
+            cells_by_count.setdefault(max(counts), []).append(f"{row['iterations']:,}" if iterations else str(row["ipc"]))
+    where = "iterations" if iterations else "IPC"
+    if len(cells_by_count) <= 1:
+        seeds = next(iter(cells_by_count), 0)
         return "one seed: a demonstration, not evidence" if seeds < 2 else f"mean ± std over {seeds} seeds"
-    parts = [f"{n} seed{'s' if n > 1 else ''} at IPC {', '.join(map(str, sorted(ipcs)))}"
-             + (" (a demonstration)" if n < 2 else "") for n, ipcs in sorted(ipcs_by_count.items(), reverse=True)]
+    parts = [f"{n} seed{'s' if n > 1 else ''} at {where} {', '.join(cells)}" + (" (a demonstration)" if n < 2 else "")
+             for n, cells in sorted(cells_by_count.items(), reverse=True)]
     return "mean ± std over " + "; ".join(parts)
 
 
-def accuracy_vs_ipc(summary: dict[str, Any]) -> go.Figure:
-    """Test accuracy (%) of static MTT, SeqMatch and random real against total IPC, error bars = std over seeds."""
+def _title(text: str, summary: dict[str, Any], note: str) -> str:
+    against = "iterations per subset" if study_axis(summary) == "iterations" else "IPC"
+    return f"{text} vs {against}<br><sup>{note}</sup>"
+
+
+def accuracy_figure(summary: dict[str, Any]) -> go.Figure:
+    """Test accuracy (%) of static MTT and SeqMatch (error bars: std over seeds), with random real as reference."""
     figure = go.Figure()
-    for method in ("mtt", "seqmatch", "random_real"):
-        points = []
-        for row in summary["cells"]:
-            stat = row["random_real"] if method == "random_real" else (row["methods"].get(method) or {}).get("accuracy")
-            if stat:
-                points.append((row["ipc"], 100 * stat["mean"], 100 * stat["std"], stat["n"]))
-        if points:
-            figure.add_trace(go.Scatter(
-                x=[p[0] for p in points], y=[p[1] for p in points], name=METHOD_NAMES[method], mode="lines+markers",
-                error_y={"type": "data", "array": [p[2] for p in points], "visible": True},
-                customdata=[p[3] for p in points], hovertemplate="IPC %{x}: %{y:.2f} % (n=%{customdata})",
-                line={"color": METHOD_COLOURS[method], "dash": "dot" if method == "random_real" else "solid"}))
-    figure.update_layout(title=f"Test accuracy vs IPC<br><sup>{summary['budget']} budget; {_seed_note(summary)}</sup>",
-                         xaxis=_ipc_axis(summary), yaxis_title="test accuracy (%)", **LAYOUT)
+    for index, (group, rows) in enumerate(_groups(summary)):
+        for method in ("mtt", "seqmatch", "random_real"):
+            points = []
+            for row in rows:
+                stat = row["random_real"] if method == "random_real" else \
+                    ((row["methods"].get(method) or {}).get("accuracy"))
+                if stat:
+                    points.append((_x(summary, row, method), 100 * stat["mean"], 100 * stat["std"], stat["n"],
+                                   row["iterations"] if study_axis(summary) == "iterations" else row["ipc"]))
+            if points:
+                figure.add_trace(go.Scatter(
+                    x=[p[0] for p in points], y=[p[1] for p in points], name=_name(method, group),
+                    mode="lines+markers", error_y={"type": "data", "array": [p[2] for p in points], "visible": True},
+                    customdata=[[p[3], p[4]] for p in points],
+                    hovertemplate=f"{_hover(summary)} %{{customdata[1]}}: %{{y:.2f}} % (n=%{{customdata[0]}})",
+                    marker={"symbol": GROUP_SYMBOLS[index % len(GROUP_SYMBOLS)]},
+                    line={"color": METHOD_COLOURS[method],
+                          "dash": "dot" if method == "random_real" else GROUP_DASHES[index % len(GROUP_DASHES)]}))
+    note = f"{summary['budget']} budget; {_seed_note(summary)}"
+    figure.update_layout(title=_title("Test accuracy", summary, note), xaxis=_x_axis(summary),
+                         yaxis_title="test accuracy (%)", **LAYOUT)
     return figure
 
 
-def _ipc_axis(summary: dict[str, Any]) -> dict[str, Any]:
-    ipcs = [row["ipc"] for row in summary["cells"]]
-    return {"title": "images per class (total)", "tickvals": ipcs, "range": [min(ipcs) - 3, max(ipcs) + 3]}
-
-
-def paired_differences(summary: dict[str, Any]) -> go.Figure:
-    """SeqMatch − static MTT (points) per seed and IPC, with the mean ± std over seeds; above 0: SeqMatch better."""
+def paired_figure(summary: dict[str, Any]) -> go.Figure:
+    """SeqMatch − static MTT (points) per seed, with the mean ± std over seeds; above 0: SeqMatch better."""
     figure = go.Figure()
-    rows = [row for row in summary["cells"] if row.get("paired")]
-    figure.add_trace(go.Scatter(
-        x=[row["ipc"] for row in rows for _ in row["paired"]["values"]],
-        y=[100 * v for row in rows for v in row["paired"]["values"]], mode="markers", name="one seed",
-        text=[f"seed {s}" for row in rows for s in row["paired"]["seeds"]],
-        marker={"color": METHOD_COLOURS["seqmatch"], "opacity": 0.45, "size": 8}))
-    figure.add_trace(go.Scatter(
-        x=[row["ipc"] for row in rows], y=[100 * row["paired"]["mean"] for row in rows], mode="markers",
-        name="mean ± std", error_y={"type": "data", "array": [100 * row["paired"]["std"] for row in rows]},
-        marker={"color": METHOD_COLOURS["seqmatch"], "symbol": "diamond", "size": 12}))
+    for index, (group, all_rows) in enumerate(_groups(summary)):
+        rows = [row for row in all_rows if row.get("paired")]
+        label = f" · {group}" if group else ""
+        figure.add_trace(go.Scatter(
+            x=[_x(summary, row, "random_real") for row in rows for _ in row["paired"]["values"]],
+            y=[100 * v for row in rows for v in row["paired"]["values"]], mode="markers", name=f"one seed{label}",
+            text=[f"seed {s}" for row in rows for s in row["paired"]["seeds"]],
+            marker={"color": METHOD_COLOURS["seqmatch"], "opacity": 0.45, "size": 8,
+                    "symbol": GROUP_SYMBOLS[index % len(GROUP_SYMBOLS)]}))
+        figure.add_trace(go.Scatter(
+            x=[_x(summary, row, "seqmatch") for row in rows], y=[100 * row["paired"]["mean"] for row in rows],
+            mode="lines+markers" if study_axis(summary) == "iterations" else "markers", name=f"mean ± std{label}",
+            error_y={"type": "data", "array": [100 * row["paired"]["std"] for row in rows]},
+            line={"color": METHOD_COLOURS["seqmatch"], "dash": GROUP_DASHES[index % len(GROUP_DASHES)]},
+            marker={"color": METHOD_COLOURS["seqmatch"], "symbol": "diamond", "size": 12}))
     figure.add_hline(y=0, line={"color": "#6b7280", "dash": "dash"})
-    figure.update_layout(title="SeqMatch − static MTT, paired by seed<br><sup>same experts, evaluation nets and "
-                               "baseline; above 0: SeqMatch better</sup>",
-                         xaxis=_ipc_axis(summary), yaxis_title="accuracy difference (points)", **LAYOUT)
+    figure.update_layout(title=_title("SeqMatch − static MTT, paired by seed", summary,
+                                      "same experts, evaluation nets and baseline; above 0: SeqMatch better"),
+                         xaxis=_x_axis(summary), yaxis_title="accuracy difference (points)", **LAYOUT)
     return figure
 
 
-def coupling_vs_ipc(summary: dict[str, Any]) -> go.Figure:
-    """G1 coupling index (mean cosine between subsets' gradients, late in each run) against IPC, per method."""
+def coupling_figure(summary: dict[str, Any]) -> go.Figure:
+    """G1 coupling index (mean cosine between subsets' gradients, late in each run), per method."""
     figure = go.Figure()
-    for method in ("mtt", "seqmatch"):
-        points = [(row["ipc"], m["coupling"]) for row in summary["cells"]
-                  if (m := row["methods"].get(method)) and m.get("coupling")]
-        if points:
-            figure.add_trace(go.Scatter(
-                x=[p[0] for p in points], y=[p[1]["mean"] for p in points], name=METHOD_NAMES[method],
-                mode="lines+markers", error_y={"type": "data", "array": [p[1]["std"] for p in points], "visible": True},
-                line={"color": METHOD_COLOURS[method]}))
-    figure.update_layout(title="Coupling index vs IPC<br><sup>mean cosine between subsets' gradients, late in each run; "
-                               f"static MTT: nominal groups; {_seed_note(summary)}</sup>", xaxis=_ipc_axis(summary),
-                         yaxis_title="cosine", **LAYOUT)
+    for index, (group, rows) in enumerate(_groups(summary)):
+        for method in ("mtt", "seqmatch"):
+            points = [(_x(summary, row, method), m["coupling"]) for row in rows
+                      if (m := row["methods"].get(method)) and m.get("coupling")]
+            if points:
+                figure.add_trace(go.Scatter(
+                    x=[p[0] for p in points], y=[p[1]["mean"] for p in points], name=_name(method, group),
+                    mode="lines+markers", error_y={"type": "data", "array": [p[1]["std"] for p in points],
+                                                   "visible": True},
+                    marker={"symbol": GROUP_SYMBOLS[index % len(GROUP_SYMBOLS)]},
+                    line={"color": METHOD_COLOURS[method], "dash": GROUP_DASHES[index % len(GROUP_DASHES)]}))
+    note = f"mean cosine between subsets' gradients, late in each run; static MTT: nominal groups; {_seed_note(summary)}"
+    figure.update_layout(title=_title("Coupling index", summary, note), xaxis=_x_axis(summary), yaxis_title="cosine",
+                         **LAYOUT)
     return figure
