@@ -39,13 +39,14 @@ from torch import nn
 from . import native
 from .augment import DSA_OPERATIONS, apply_augmentation, augment
 from .bench_eval import section_evaluation, section_selection
+from .bench_precision import section_fashion, section_precision
 from .matching import ConvNetStudent, draw_minibatches, draw_unroll_plan, matching_loss, normalised_distance
 from .memory import estimate_bytes, tune_cpu_allocator
 from .models import ConvNetSpec, init_convnet_params, unflatten
 from .seeding import make_generator
 
 Out = Callable[[str], None]
-SECTIONS = ["matching", "flops", "memory", "experts", "evaluation", "selection", "first-image"]
+SECTIONS = ["matching", "flops", "fashion", "precision", "memory", "experts", "evaluation", "selection", "first-image"]
 
 
 @dataclass(frozen=True)
@@ -264,8 +265,11 @@ def child_main(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_child(task: dict[str, Any], timeout: float = 3600) -> dict[str, Any]:
-    code = ("import json, sys; from seqmatch_engine.bench import child_main; "
-            "print(json.dumps(child_main(json.loads(sys.argv[1]))))")
+    """`task` measured in a fresh child by the function its "entry" names (module:function, default child_main)."""
+    module, function = task.get("entry", "seqmatch_engine.bench:child_main").split(":")
+    code = (f"import json, sys, torch; from {module} import {function} as entry; "
+            f"threads = json.loads(sys.argv[1]).get('threads'); threads and torch.set_num_threads(int(threads)); "
+            f"print(json.dumps(entry(json.loads(sys.argv[1]))))")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
                                                                       os.environ.get("PYTHONPATH")]))}
     env.pop("SEQMATCH_MALLOC_TUNING", None)
@@ -526,6 +530,14 @@ def run_bench(quick: bool = False, threads: int | None = None, sections: list[st
         if not seconds:
             seconds = {p: _time_in_process(PROBLEMS[p]) for p in problems}
         report["flops"] = section_flops(problems, seconds, threads, out)
+    if "fashion" in sections:
+        out("\n## The outer iteration at the CPU presets' shapes (fashion-ipc*, ConvNet w32 on 28x28x1, syn_steps 10)")
+        report["fashion"] = section_fashion(quick, rounds + 1, reps, threads, out, progress, interleaved_children,
+                                            _table, matmul_peak)
+    if "precision" in sections:
+        out("\n## bf16: what it costs in exactness and buys in time")
+        report["precision"] = section_precision(quick, rounds + 1, reps, threads, out, progress, interleaved_children,
+                                                _table)
     if "memory" in sections:
         out("\n## Peak memory vs syn_steps: unrolled (default) and recompute (memory-bounded) modes")
         report["memory"] = section_memory([10, 30, 50], rounds + 1, reps + 1, threads, out, progress)

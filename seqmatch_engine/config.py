@@ -103,6 +103,7 @@ class RunConfig:
     # "per-image" (the authors') or "total"; null for a run not made as a counterpart.
     budget: str | None = None
     device: str = "auto"         # "auto", "cpu", "cuda", "cuda:1", ...
+    precision: str = "fp32"      # of the unroll, experts and evaluation; bf16 is measured, not offered (README)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     experts: ExpertConfig = field(default_factory=ExpertConfig)
@@ -217,6 +218,11 @@ def validate(config: RunConfig) -> None:
     d, m, e, s, v = config.data, config.model, config.experts, config.distill, config.eval
     _require(config.budget is None or config.budget in BUDGETS, "budget",
              f"must be one of {', '.join(BUDGETS)}, or null for a run not derived as a static counterpart")
+    _require(config.precision == "fp32", "precision",
+             f"{config.precision!r} is not offered: fp32 is the only precision. bf16 was measured on this project's "
+             f"CPUs (AVX2, no native bf16): its convolutions ran 4-20x slower than fp32 and one outer step's pixel "
+             f"gradient lost agreement with fp64 (python -m seqmatch_engine bench --only precision measures your "
+             f"machine)")
     _require(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", config.device) is not None, "device",
              f"unknown device {config.device!r}; use auto, cpu, cuda or cuda:N")
     _require(d.dataset in DATASET_NAMES, "data.dataset",

@@ -99,7 +99,7 @@ def test_defaults_are_valid():
 def test_unknown_top_level_key_is_rejected():
     message = error_of(raw_config(nmae="x"))
     assert message.startswith("nmae: unknown setting; known settings here: ")
-    assert "data, device, distill, eval, experts, model, name, seed" in message
+    assert "data, device, distill, eval, experts, model, name, precision, seed" in message
 
 
 def test_unknown_nested_key_names_the_dotted_field():
@@ -503,4 +503,13 @@ def test_select_points_and_select_every_together_are_refused():
     raw["distill"].update(select_points=4, select_every=25)
     with pytest.raises(ConfigError, match=r"distill.select_points: 4 and distill.select_every 25 both place the "
                                           r"selection points; set one of them to 0"):
+        RunConfig.from_dict(raw)
+
+
+def test_bf16_is_refused_with_the_measured_reason_and_fp32_is_the_default():
+    assert RunConfig().precision == "fp32"
+    raw = RunConfig().to_dict()
+    raw["precision"] = "bf16"
+    with pytest.raises(ConfigError, match=r"precision: 'bf16' is not offered: fp32 is the only precision\. .* "
+                                          r"bench --only precision"):
         RunConfig.from_dict(raw)

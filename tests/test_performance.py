@@ -461,3 +461,18 @@ def test_bench_selection_children_score_alike_both_ways():
     whole, shared = (child_main({"kind": "selection", "impl": impl, "epochs": 2, "reps": 0})
                      for impl in ("whole", "shared"))
     assert len(whole["accuracies"]) == 5 and whole["accuracies"] == shared["accuracies"]
+
+
+def test_the_bench_precision_paths_compute_the_convnet():
+    """bench --only fashion/precision compares paths that compute the same ConvNet: plain fp32 and its channels-last
+    variant equal convnet_forward to fp32 rounding; bf16 convolutions are within bf16's ~3 significant digits."""
+    from seqmatch_engine.bench_precision import FASHION, plain_forward
+
+    g = make_generator(0, "precision-test")
+    flat, x = init_convnet_params(FASHION, g), torch.randn((6, 1, 28, 28), generator=g)
+    expected = convnet_forward(flat.double(), x.double(), FASHION)
+    for channels_last in (False, True):
+        assert relative_error(plain_forward(flat, x, FASHION, channels_last=channels_last), expected) < 1e-5
+    assert relative_error(plain_forward(flat.double(), x.double(), FASHION, torch.float64), expected) < 1e-12
+    bf16 = relative_error(plain_forward(flat, x, FASHION, torch.bfloat16), expected)
+    assert 1e-5 < bf16 < 3e-2  # rounded, as bf16 must be, and not wrong
