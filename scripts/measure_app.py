@@ -2,13 +2,15 @@
 
     .venv/bin/python scripts/measure_app.py [--home DIR] [--preset cpu-demo] [--skip-compare] [--iterations N]
 
-Starts the app as a subprocess on a free port with --home DIR (train the preset's stage-1
-experts there first, e.g. `python -m seqmatch_engine --home DIR experts --preset cpu-demo`,
-to measure with cached experts), then through gradio_client:
-1. Distil tab Start: seconds to the first image and to the first image that differs from it
-   (a real distillation step), and the latency of /poll while the run trains; the run is stopped.
+Starts the app as a subprocess on a free port with --home DIR (default: a new empty folder, a fresh
+install's home; SEQMATCH_KERNEL_CACHE=$(mktemp -d) also makes it build the C kernels again), then
+through gradio_client:
+1. Distil tab Start, cold (the first Start in the home) and warm (a second Start of the same preset
+   in the same app): seconds to the first image and to the first learned image (the first that
+   differs from it: a real distillation step), the stage-1 experts found ready (cached or shipped)
+   of those needed, and the latency of /poll while the run trains; each run is stopped.
 2. Compare tab Start: seconds until both runs are done, each run's phase_seconds, accuracies.
-Prints one report; the runs stay in DIR/runs.
+Prints one report and a line with the cold and warm times; the runs stay in DIR/runs.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import hashlib
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,12 +37,19 @@ def digest(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def measure_start(client: Client, preset: str) -> dict:
+def experts_ready(home: Path, run_id: str) -> str:
+    """'ready/needed' stage-1 experts of a run that is distilling S1 (its status then holds the experts 1 phase's)."""
+    status = json.loads((home / "runs" / run_id / "status.json").read_text())
+    return f"{status.get('experts_cached')}/{status.get('experts_total')}"
+
+
+def measure_start(client: Client, home: Path, preset: str) -> dict:
+    """Press Start on the Distil tab and poll until the first learned image; then stop the run."""
     values = form_defaults(preset)
     form = [getattr(values, name) for name in FormValues.fields()]
     clicked = time.perf_counter()
     run_id, _ = client.predict(*form, None, api_name="/start")
-    first = changed = None
+    first = changed = experts = None
     seen: set[str] = set()
     latencies = []
     while changed is None and time.perf_counter() - clicked < 300:
@@ -51,6 +61,7 @@ def measure_start(client: Client, preset: str) -> dict:
             first = first or time.perf_counter() - clicked
             if len(seen) >= 2:
                 changed = time.perf_counter() - clicked
+                experts = experts_ready(home, run_id)
         time.sleep(0.2)
     for _ in range(20):  # more polls while it trains, for the latency figure
         asked = time.perf_counter()
@@ -59,7 +70,8 @@ def measure_start(client: Client, preset: str) -> dict:
         time.sleep(0.2)
     client.predict(run_id, api_name="/stop")
     latencies.sort()
-    return {"run": run_id, "first_image_s": first, "first_changed_image_s": changed, "polls": len(latencies),
+    return {"run": run_id, "first_image_s": first, "first_learned_image_s": changed, "experts_ready": experts,
+            "polls": len(latencies),
             "poll_median_s": statistics.median(latencies), "poll_p90_s": latencies[int(0.9 * (len(latencies) - 1))]}
 
 
@@ -85,20 +97,34 @@ def measure_compare(client: Client, home: Path, preset: str, iterations: int | N
     return report
 
 
+def seconds(value: float | None) -> str:
+    """A measured time for the summary line; None (not within the polling limit) said in words."""
+    return "none within 300 s" if value is None else f"{value:.1f} s"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--home", type=Path, default=Path("."))
+    parser.add_argument("--home", type=Path, default=None, help="the app's home (default: a new empty folder)")
     parser.add_argument("--preset", default="cpu-demo")
     parser.add_argument("--skip-compare", action="store_true")
     parser.add_argument("--iterations", type=int, default=None, help="iterations per subset (default: the preset's)")
     args = parser.parse_args()
-    with serve_app(args.home.resolve()) as url:
+    home = (args.home or Path(tempfile.mkdtemp(prefix="seqmatch-measure-"))).resolve()
+    print(f"home: {home}", flush=True)
+    with serve_app(home) as url:
         client = Client(url, verbose=False)
-        print(json.dumps({"start": measure_start(client, args.preset)}, indent=1), flush=True)
-        time.sleep(3)  # let the stopped run release the worker
+        starts = {}
+        for kind in ("cold", "warm"):
+            starts[kind] = measure_start(client, home, args.preset)
+            print(json.dumps({f"{kind} start": starts[kind]}, indent=1), flush=True)
+            time.sleep(3)  # let the stopped run release the worker
+        print(f"first learned image after Start ({args.preset}): " + ", ".join(
+            f"{kind} {seconds(start['first_learned_image_s'])} (experts ready {start['experts_ready']})"
+            for kind, start in starts.items()), flush=True)
         if not args.skip_compare:
-            report = measure_compare(client, args.home.resolve(), args.preset, args.iterations)
+            report = measure_compare(client, home, args.preset, args.iterations)
             print(json.dumps({"compare": report}, indent=1))
+
 
 if __name__ == "__main__":
     main()

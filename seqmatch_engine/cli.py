@@ -106,13 +106,20 @@ def cmd_experts(args: argparse.Namespace) -> int:
     executor = executor_from_args(args, config)
     try:
         ctx = RunContext(config, paths.experts_root(args.home), executor=executor)
+        recipe, count = ctx.stage1_recipe(), config.experts.num_experts
+        note = ctx.cache.retrain_note(recipe, count)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
         bars = ProgressBars()
         experts = ctx.stage1_experts(lambda done, total: bars(Event(EventKind.PROGRESS, 0, data={
             "task": "experts", "done": done, "total": total})))
         bars.close()
     finally:
         executor.close()
-    print(f"{len(experts)} stage-1 experts x {experts.shape[1] - 1} epochs cached under {paths.experts_root(args.home)}")
+    shipped = ctx.cache.shipped_set(recipe)
+    served = min(shipped.count, count) if shipped else 0
+    print(f"{len(experts)} stage-1 experts x {experts.shape[1] - 1} epochs cached under {paths.experts_root(args.home)}"
+          + (f" ({served} of them shipped with the app: {shipped.path})" if served else ""))
     return 0
 
 

@@ -21,7 +21,8 @@ from .control import RunControl
 from .eval_cache import EvaluationCache
 from .evaluate import Accuracy, CurriculumStage, curriculum_from_subsets, random_real_curriculum
 from .executors import Executor, LocalExecutor
-from .experts import ExpertCache, tensor_digest
+from .expert_cache import ExpertCache
+from .experts import expert_code_version, tensor_digest
 from .jobs import (
     DataRef,
     EvalJob,
@@ -82,14 +83,15 @@ class RunContext:
 
     # -- experts -------------------------------------------------------------------------------------------
     def expert_recipe(self, stage: int, epochs: int, warm_start: str | None) -> dict[str, Any]:
-        """Everything that determines a set of expert trajectories (its cache key)."""
+        """Everything that determines a set of expert trajectories (its cache key), the code that trains them
+        included."""
         cfg, spec = self.config, self.spec
         d, e = cfg.data, cfg.experts
         return {"dataset": d.dataset, "zca": d.zca, "train_per_class": d.train_per_class,
                 "val_per_class": d.val_per_class, "spec": [spec.channels, list(spec.image_size), spec.num_classes,
                                                            spec.width, spec.depth],
                 "epochs": epochs, "lr": e.lr, "batch_size": e.batch_size, "augment": e.augment,
-                "seed": cfg.seed, "warm_start": warm_start, "stage": stage}
+                "seed": cfg.seed, "warm_start": warm_start, "stage": stage, "code": expert_code_version()}
 
     def stage1_recipe(self) -> dict[str, Any]:
         return self.expert_recipe(0, self.config.experts.epochs, None)

@@ -17,7 +17,6 @@ a damaged or mismatching file is measured again and replaced; delete the folder 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import warnings
@@ -27,7 +26,7 @@ from typing import Any
 import torch
 
 from . import native
-from .experts import recipe_key, tensor_digest
+from .experts import code_digest, recipe_key, tensor_digest
 from .jobs import EvalJob, NetState
 from .storage import StorageError, read_json, write_json
 
@@ -37,13 +36,9 @@ TRAINING_CODE = ("data.py", "prepare.py", "seeding.py", "evaluate.py", "augment.
                  "jobs.py", "native/__init__.py", "native/norm_relu_pool.c")
 
 
-@functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """Digest of TRAINING_CODE and the torch version."""
-    digest = hashlib.sha256(torch.__version__.encode())
-    for name in TRAINING_CODE:
-        digest.update((Path(__file__).parent / name).read_bytes())
-    return digest.hexdigest()[:16]
+    return code_digest(TRAINING_CODE)
 
 
 def _kernels(device: torch.device) -> str:

@@ -1,15 +1,14 @@
-"""Expert trajectories: nets trained on real data, parameters saved after every epoch.
+"""Expert trajectories: nets trained on real data, parameters saved after every epoch; the keys of cached results.
 
 A trajectory is a (E+1, P) tensor: row 0 is the starting point, row e the parameters after
-epoch e. Trajectory sets are cached on disk under a key of everything that determines them;
-each expert is its own atomically written file, so a killed job loses at most one expert and
-a half-written file is never read.
+epoch e. Trajectory sets are cached on disk (expert_cache.py) under a key of everything that
+determines them: the recipe's settings and the digest of EXPERT_CODE with the torch version.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -18,16 +17,40 @@ from .augment import DSA_OPERATIONS, augment
 from .matching import ConvNetStep, draw_minibatches
 from .memory import tune_cpu_allocator
 from .models import ConvNetSpec
-from .storage import StorageError, read_json, read_tensors, tensor_shape, write_json, write_tensors
+from .paths import PACKAGE_DIR
 
 EpochFn = Callable[[int], None]  # called with the epoch just finished
 # First-order steps use smaller chunks than the unroll (measured best at 3-5 MB of first conv output).
 EXPERT_CHUNK_BYTES = 4 << 20
+# The code between an expert recipe and its trajectories (an edit there trains them again): the dataset as read
+# (data), split and normalised (prepare); the seeded generators (seeding); DSA (augment); the net, its initial
+# parameters and its fused norm block (models, native); the chunked SGD step and the minibatch order (matching);
+# the trajectory loop (this file); the job (jobs); the warm-start curriculum of stage-k experts (evaluate). Not
+# in it: the cache (expert_cache), the allocator setting (memory: speed only), the recipe -> job mapping
+# (context: its settings are the recipe's values; tests/test_shipped_experts.py retrains a shipped expert to
+# catch a change of its seed tags).
+EXPERT_CODE = ("data.py", "prepare.py", "seeding.py", "augment.py", "models.py", "native/__init__.py",
+               "native/norm_relu_pool.c", "matching.py", "experts.py", "jobs.py", "evaluate.py")
 
 
 def recipe_key(recipe: dict[str, Any]) -> str:
     """A short stable hash of a JSON-able recipe."""
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def code_digest(names: tuple[str, ...]) -> str:
+    """Digest of the package files `names` (paths inside seqmatch_engine/) and the torch version, for the keys
+    of cached results: what other code computed is never served."""
+    digest = hashlib.sha256(torch.__version__.encode())
+    for name in names:
+        digest.update((PACKAGE_DIR / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def expert_code_version() -> str:
+    """Digest of EXPERT_CODE and the torch version (part of every expert recipe)."""
+    return code_digest(EXPERT_CODE)
 
 
 def tensor_digest(*tensors: torch.Tensor) -> str:
@@ -77,51 +100,3 @@ def _sgd_step(stepper: ConvNetStep, pieces: list[torch.Tensor], x: torch.Tensor,
             total += g
     with torch.no_grad():
         return [(p - lr * g).detach() for p, g in zip(pieces, grads)]
-
-
-class ExpertCache:
-    """Trajectory sets under `root/<key>/`: recipe.json + expert_000.safetensors, ..."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-
-    def folder(self, recipe: dict[str, Any]) -> Path:
-        return self.root / recipe_key(recipe)
-
-    def expert_path(self, recipe: dict[str, Any], index: int) -> Path:
-        return self.folder(recipe) / f"expert_{index:03d}.safetensors"
-
-    def cached_count(self, recipe: dict[str, Any], count: int) -> int:
-        return sum(self.expert_path(recipe, i).is_file() for i in range(count))
-
-    def missing(self, recipe: dict[str, Any], count: int, shape: tuple[int, int]) -> list[int]:
-        """Indices < count without a cached trajectory; records the recipe, and refuses a folder holding
-        another recipe's experts or files of the wrong shape (E+1, P)."""
-        folder = self.folder(recipe)
-        recipe_file = folder / "recipe.json"
-        if recipe_file.exists() and read_json(recipe_file) != recipe:
-            raise StorageError(f"{folder} holds experts of a different recipe (hash collision or edited "
-                               f"file); delete that folder and run again")
-        write_json(recipe_file, recipe)
-        lacking = []
-        for i in range(count):
-            path = self.expert_path(recipe, i)
-            if not path.is_file():
-                lacking.append(i)
-                continue
-            found = tensor_shape(path, "trajectory")
-            if found != tuple(shape):
-                raise StorageError(f"{path} has shape {found}, expected {tuple(shape)}; delete {folder} and run again")
-        return lacking
-
-    def save(self, recipe: dict[str, Any], index: int, trajectory: torch.Tensor) -> None:
-        write_tensors(self.expert_path(recipe, index), {"trajectory": trajectory})
-
-    def load(self, recipe: dict[str, Any], count: int, shape: tuple[int, int]) -> torch.Tensor:
-        """Trajectories (count, E+1, P) from the cache; StorageError naming the first one missing."""
-        lacking = self.missing(recipe, count, shape)
-        if lacking:
-            raise StorageError(f"expert {lacking[0]} of {self.folder(recipe)} is not cached yet; train the experts "
-                               f"first (a run does, or `python -m seqmatch_engine experts`)")
-        return torch.stack([read_tensors(self.expert_path(recipe, i), ("trajectory",))["trajectory"]
-                            for i in range(count)])

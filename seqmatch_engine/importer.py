@@ -16,7 +16,8 @@ import torch
 
 from .config import RunConfig, load_preset
 from .data import DatasetError, display_facts
-from .experts import ExpertCache, tensor_digest
+from .expert_cache import ExpertCache
+from .experts import tensor_digest
 from .prepare import PixelTransform, prepare_data
 from .records import RunState
 from .runs import RunFolder, Subset

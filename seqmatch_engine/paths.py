@@ -2,7 +2,8 @@
 
 A run is a folder under the runs root; expert trajectories are cached under the experts
 root keyed by everything that determines them. Both roots default to folders in the
-current directory and can be moved with SEQMATCH_HOME.
+current directory and can be moved with SEQMATCH_HOME. The demo presets' stage-1 experts
+ship read-only in SHIPPED_EXPERTS_DIR.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
 ASSETS_DIR = REPO_DIR / "assets"
 PRESETS_DIR = ASSETS_DIR / "presets"
+SHIPPED_EXPERTS_DIR = ASSETS_DIR / "experts"  # never written at run time (scripts/make_demo_experts.py)
 
 
 def home() -> Path:
@@ -54,6 +56,11 @@ def runs_root(base: Path | None = None) -> Path:
 
 def experts_root(base: Path | None = None) -> Path:
     return (base or home()) / "experts"
+
+
+def shipped_experts_file(preset: str) -> Path:
+    """The shipped stage-1 experts of `preset` (expert_cache.py reads them, scripts/make_demo_experts.py writes)."""
+    return SHIPPED_EXPERTS_DIR / f"{preset}.safetensors"
 
 
 def studies_root(base: Path | None = None) -> Path:

@@ -181,11 +181,11 @@ class Distiller:
             for k in range(len(subsets), len(cfg.distill.subsets)):
                 if k == 0 or cfg.distill.expert_source == "window":
                     if stage1 is None:
-                        self.phase("experts 1", 0, **self._expert_counts(ctx.stage1_recipe()))
+                        self.expert_phase("experts 1", 0, ctx.stage1_recipe())
                         stage1 = ctx.stage1_experts(self.progress("experts", 0), self.control)
                     experts = stage1
                 else:
-                    self.phase(f"experts {k + 1}", k, **self._expert_counts(ctx.retrained_recipe(k, subsets)))
+                    self.expert_phase(f"experts {k + 1}", k, ctx.retrained_recipe(k, subsets))
                     experts = ctx.retrained_experts(k, subsets, self.progress("experts", k), self.control)
                 subsets.append(self.distil_stage(k, experts, subsets))
             self.phase("evaluating")
@@ -217,9 +217,15 @@ class Distiller:
                 initial_images(ctx.data, cfg.distill.subsets[k].ipc, cfg.distill.init, make_generator(cfg.seed, "init", k))
                 for k in range(first, len(cfg.distill.subsets))}
 
-    def _expert_counts(self, recipe: dict[str, Any]) -> dict[str, int]:
+    def expert_phase(self, name: str, stage: int, recipe: dict[str, Any]) -> None:
+        """Enter an experts phase, with how many of the experts are cached (or shipped); when experts of the same
+        settings but other code are passed over, say so in the run's messages and the phase event."""
         count = self.config.experts.num_experts
-        return {"experts_total": count, "experts_cached": self.ctx.cache.cached_count(recipe, count)}
+        note = self.ctx.cache.retrain_note(recipe, count)
+        if note:
+            self.run_folder.add_message("info", note)
+        self.phase(name, stage, experts_total=count, experts_cached=self.ctx.cache.cached_count(recipe, count),
+                   **({"message": note} if note else {}))
 
     # -- one subset: the stage loop ----------------------------------------------------------------------
     def distil_stage(self, k: int, experts: torch.Tensor, prior: list[Subset]) -> Subset:

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from seqmatch_engine.augment import DSA_OPERATIONS, AugmentationDraw, apply_augmentation, draw_augmentation
-from seqmatch_engine.experts import ExpertCache, train_trajectory
+from seqmatch_engine.expert_cache import ExpertCache
+from seqmatch_engine.experts import train_trajectory
 from seqmatch_engine.models import ConvNetSpec, build_eval_net, default_depth, init_convnet_params
 from seqmatch_engine.prepare import PixelTransform, fit_zca, split_train_val
 from seqmatch_engine.seeding import make_generator

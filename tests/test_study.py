@@ -8,7 +8,7 @@ from configs import tiny_run_config
 
 from seqmatch_engine import cli, paths
 from seqmatch_engine.config import ConfigError
-from seqmatch_engine.experts import ExpertCache
+from seqmatch_engine.expert_cache import ExpertCache
 from seqmatch_engine.seqmatch import RunControl, StopRequested
 from seqmatch_engine.study import (
     Cell,
