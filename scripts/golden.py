@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -25,6 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from seqmatch_engine.config import RunConfig, apply_overrides, as_static, load_preset  # noqa: E402
 from seqmatch_engine.runs import RunFolder  # noqa: E402
+from seqmatch_engine.seeding import machine_signature  # noqa: E402
 from seqmatch_engine.seqmatch import Distiller  # noqa: E402
 
 GOLDEN = REPO / "tests" / "golden" / "runs.json"
@@ -33,12 +33,6 @@ RUNS = {
     "cpu-smoke-static-selected": ("cpu-smoke", ["distill.select_points=3"], True),
     "cpu-demo": ("cpu-demo", [], False),
 }
-
-
-def machine() -> dict[str, str]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else "?"
-    return {"cpu": cpu, "capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
 
 
 def _digest(values) -> str:
@@ -55,7 +49,7 @@ def fingerprint(run: RunFolder) -> dict:
         "subsets": [_digest([s.images, s.labels, torch.tensor(s.lr)]) for s in run.subsets()],
         "losses": _digest([[r["stage"], r["iteration"], r["loss"], r["lr"]] for r in records if r["kind"] == "iteration"]),
         "selection": [[r["stage"], r["iteration"], r["val_accuracy"]] for r in records if r["kind"] == "selection"],
-        "eval": run.eval().to_dict()["sets"],
+        "eval": run.eval().sets,
     }
 
 
@@ -94,13 +88,13 @@ def main() -> int:
     found = fingerprints(args.demo)
     if args.action == "record":
         GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-        GOLDEN.write_text(json.dumps({"machine": machine(), "runs": found}, indent=1, sort_keys=True) + "\n")
+        GOLDEN.write_text(json.dumps({"machine": machine_signature(), "runs": found}, indent=1, sort_keys=True) + "\n")
         print(f"recorded {', '.join(found)} in {GOLDEN}")
         return 0
     recorded = json.loads(GOLDEN.read_text())
-    if recorded["machine"] != machine():
-        print(f"cannot compare: recorded on {recorded['machine']}, this is {machine()}; record on this machine from "
-              f"the code before the change, then check after it")
+    if recorded["machine"] != machine_signature():
+        print(f"cannot compare: recorded on {recorded['machine']}, this is {machine_signature()}; record on this "
+              f"machine from the code before the change, then check after it")
         return 2
     lines = differences(recorded["runs"], found)
     print("\n".join(lines) if lines else f"same bits: {', '.join(sorted(set(found) & set(recorded['runs'])))}")

@@ -24,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 
 from . import paths
 from .experts import recipe_key
+from .seeding import machine_signature
 from .storage import StorageError, read_json, read_tensors, tensor_shape, write_json, write_tensors
 
 SHIPPED_PRESETS = ("cpu-demo", "cpu-smoke")  # presets whose stage-1 experts ship in assets/experts/
@@ -39,6 +40,7 @@ class ShippedSet:
     recipe: dict[str, Any]
     count: int
     shape: tuple[int, ...]
+    machine: dict[str, str] | None = None  # where they were trained (seeding.machine_signature)
 
     def read(self, index: int) -> torch.Tensor:
         """Trajectory `index` (E+1, P), read from the file without loading the others."""
@@ -52,21 +54,24 @@ def shipped_sets(folder: Path) -> list[ShippedSet]:
     for path in sorted(Path(folder).glob("*.safetensors")):
         try:
             with safe_open(str(path), "pt") as handle:
-                recipe = json.loads((handle.metadata() or {})["recipe"])
+                metadata = handle.metadata() or {}
+                recipe = json.loads(metadata["recipe"])
+                machine = json.loads(metadata["machine"]) if "machine" in metadata else None
                 shape = tuple(handle.get_slice(SHIPPED_TENSOR).get_shape())
         except (SafetensorError, OSError, ValueError, KeyError) as error:
             warnings.warn(f"{path} is not a readable set of shipped experts ({type(error).__name__}: {error}), so "
                           f"its experts are trained instead; restore the file from the repository or regenerate "
                           f"it: {REGENERATE}", stacklevel=2)
             continue
-        found.append(ShippedSet(path, recipe, shape[0], shape[1:]))
+        found.append(ShippedSet(path, recipe, shape[0], shape[1:], machine))
     return found
 
 
 def write_shipped(path: Path, recipe: dict[str, Any], trajectories: torch.Tensor, preset: str) -> None:
-    """Write a shipped set: `trajectories` (n, E+1, P) of `recipe`, made for `preset`."""
+    """Write a shipped set: `trajectories` (n, E+1, P) of `recipe`, made for `preset` on this machine."""
     write_tensors(path, {SHIPPED_TENSOR: trajectories}, {"recipe": json.dumps(recipe, sort_keys=True),
-                                                         "preset": preset})
+                                                         "preset": preset,
+                                                         "machine": json.dumps(machine_signature(), sort_keys=True)})
 
 
 def without_code(recipe: dict[str, Any]) -> dict[str, Any]:

@@ -27,3 +27,15 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available here; use device 'auto' or 'cpu'")
     return device
+
+
+def machine_signature() -> dict[str, str]:
+    """What the bits of a CPU computation depend on besides the code and the seed: the CPU model, the instruction
+    set torch dispatches to, and the torch build (same signature, same bits; another one may round differently)."""
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}

@@ -14,6 +14,7 @@ from seqmatch_engine.context import RunContext
 from seqmatch_engine.expert_cache import SHIPPED_PRESETS, ExpertCache, shipped_sets, without_code, write_shipped
 from seqmatch_engine.jobs import train_expert
 from seqmatch_engine.runs import RunFolder
+from seqmatch_engine.seeding import machine_signature
 from seqmatch_engine.seqmatch import Distiller, EventKind
 from seqmatch_engine.storage import StorageError, write_json
 
@@ -58,9 +59,12 @@ def test_the_shipped_experts_are_what_the_current_code_trains(preset, tmp_path):
     assert (shipped.count, shipped.shape) == (config.experts.num_experts, (config.experts.epochs + 1, ctx.spec.num_params))
     retrained = train_expert(dataclasses.replace(ctx.stage1_jobs(recipe, 1)[0], epochs=2))
     assert not torch.equal(retrained[2], retrained[0])  # two epochs of training moved the net: the check can fail
-    assert torch.equal(retrained, shipped.read(0)[:3]), (f"expert 0 retrained for 2 epochs differs from the first "
-                                                        f"rows of {path}: this code (on this CPU) trains other bits; "
-                                                        f"{regenerate}")
+    differs = (f"expert 0 retrained for 2 epochs differs from the first rows of {path}: this code trains other "
+               f"numbers; {regenerate}")
+    if shipped.machine == machine_signature():
+        assert torch.equal(retrained, shipped.read(0)[:3]), differs
+    else:  # another CPU or torch build rounds differently: the same code still trains the same numbers, nearly
+        torch.testing.assert_close(retrained, shipped.read(0)[:3], rtol=1e-3, atol=1e-5, msg=differs)
 
 
 @pytest.mark.parametrize("preset", SHIPPED_PRESETS)
@@ -90,10 +94,14 @@ def test_a_fresh_home_distils_with_the_shipped_experts_as_with_its_own(preset, t
     monkeypatch.setattr(paths, "SHIPPED_EXPERTS_DIR", tmp_path / "nothing-shipped")
     own_run, own_result = run_to_end(tmp_path / "own", config)
     assert expert_files(RunContext(config, tmp_path / "own" / "experts"), recipe) == ["expert_000.safetensors"]
+    assert asset.read_bytes() == asset_bytes
+    shipped = ExpertCache(tmp_path).shipped_set(recipe) or next(s for s in shipped_sets(asset.parent) if s.path == asset)
+    if shipped.machine != machine_signature():
+        pytest.skip(f"the shipped experts were trained on {shipped.machine}; on {machine_signature()} experts trained "
+                    f"here round differently, so the runs are not expected to agree bit for bit")
     assert own_result == shipped_result
     for ours, theirs in zip(shipped_run.subsets(), own_run.subsets(), strict=True):
         assert torch.equal(ours.images, theirs.images) and ours.lr == theirs.lr
-    assert asset.read_bytes() == asset_bytes
 
 
 # -------------------------------------------------------------------------- experts of other code
