@@ -56,9 +56,22 @@ class SubsetConfig:
 
 
 @dataclass
+class DATMConfig:
+    """DATM's settings (distill.objective "datm"; methods/datm.py)."""
+
+    lr_label: float = 2.0              # SGD lr of the soft label logits ...
+    label_momentum: float = 0.9        # ... and its momentum
+    initial_end: int | None = None     # the start-epoch window's end at iteration 0; it rises linearly to each
+    growth_iterations: int = 0         # subset's interval end over this many iterations (None / 0: fixed window)
+    update_below: float | None = 1.0   # the optimisers step only when the matching loss is under this (None: always)
+
+
+@dataclass
 class DistillConfig:
     subsets: list[SubsetConfig] = field(default_factory=lambda: [SubsetConfig(10, (0, 20))])
     expert_source: str = "retrained"  # "retrained" (authors' code) or "window" of the stage-1 experts
+    objective: str = "mtt"            # what each subset learns and matches: "mtt" or "datm" (methods/)
+    datm: DATMConfig = field(default_factory=DATMConfig)  # used when objective is "datm"
     syn_steps: int = 20               # N: differentiable student steps per outer iteration
     expert_epochs: int = 2            # M: target is M expert epochs after the start
     batch_syn: int | None = None      # student minibatch; None: classes * ipc_k
@@ -116,8 +129,15 @@ class RunConfig:
         return sum(s.ipc for s in self.distill.subsets)
 
     @property
+    def schedule(self) -> str:
+        """"static" (one subset, all images learned at once) or "sequential" (SeqMatch's K subsets in turn)."""
+        return "static" if len(self.distill.subsets) == 1 else "sequential"
+
+    @property
     def method(self) -> str:
-        return "mtt" if len(self.distill.subsets) == 1 else "seqmatch"
+        """The objective under the schedule, as compared in studies: mtt, seqmatch (= SeqMatch-MTT), datm or
+        seqmatch-datm."""
+        return method_name(self.distill.objective, self.schedule)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -130,6 +150,24 @@ class RunConfig:
 
 
 ARCHITECTURES = ("convnet", "resnet18", "vgg11", "alexnet")
+OBJECTIVES = ("mtt", "datm")  # methods.OBJECTIVES registers a class for each
+METHODS = ("mtt", "seqmatch", "datm", "seqmatch-datm")  # objective x schedule, as studies and views name them
+
+
+def method_name(objective: str, schedule: str) -> str:
+    """mtt/datm for the static schedule; seqmatch (SeqMatch-MTT) or seqmatch-datm for the sequential one."""
+    if schedule == "static":
+        return objective
+    return "seqmatch" if objective == "mtt" else f"seqmatch-{objective}"
+
+
+def method_parts(method: str) -> tuple[str, str]:
+    """(objective, schedule) of a method name (inverse of method_name)."""
+    if method not in METHODS:
+        raise ConfigError(f"method {method!r}: choose from {', '.join(METHODS)}")
+    if method == "seqmatch":
+        return "mtt", "sequential"
+    return (method.removeprefix("seqmatch-"), "sequential") if method.startswith("seqmatch-") else (method, "static")
 EXPERT_SOURCES = ("retrained", "window")
 INITS = ("real", "noise")
 MEMORY_MODES = ("auto", "unrolled", "recompute")
@@ -242,6 +280,9 @@ def validate(config: RunConfig) -> None:
     _require(s.expert_source in EXPERT_SOURCES, "distill.expert_source",
              f"must be one of {', '.join(EXPERT_SOURCES)}")
     _require(s.init in INITS, "distill.init", f"must be one of {', '.join(INITS)}")
+    _require(s.objective in OBJECTIVES, "distill.objective",
+             f"unknown objective {s.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    validate_datm(config)
     _require(s.syn_steps >= 1, "distill.syn_steps", "must be >= 1")
     _require(s.expert_epochs >= 1, "distill.expert_epochs", "must be >= 1")
     _require(s.batch_syn is None or s.batch_syn >= 1, "distill.batch_syn", "must be >= 1 or null")
@@ -282,6 +323,25 @@ def validate(config: RunConfig) -> None:
     _require(len(v.architectures) >= 1, "eval.architectures", "needs at least one architecture")
     for arch in v.architectures:
         _require(arch in ARCHITECTURES, "eval.architectures", f"unknown {arch!r}; choose from {', '.join(ARCHITECTURES)}")
+
+
+def validate_datm(config: RunConfig) -> None:
+    s = config.distill
+    d = s.datm
+    if s.objective != "datm":
+        _require(d == DATMConfig(), "distill.datm", "is set but distill.objective is not \"datm\": set "
+                                                  "distill.objective to datm, or remove distill.datm")
+        return
+    _require(s.init == "real", "distill.init", "DATM starts from real images the experts classify correctly: use real")
+    _require(d.lr_label > 0, "distill.datm.lr_label", "must be > 0")
+    _require(0 <= d.label_momentum < 1, "distill.datm.label_momentum", "must be in [0, 1)")
+    _require(d.growth_iterations >= 0, "distill.datm.growth_iterations", "must be >= 0 (0: a fixed window)")
+    _require(d.update_below is None or d.update_below > 0, "distill.datm.update_below", "must be > 0, or null")
+    for k, sub in enumerate(s.subsets):
+        a, b = sub.interval
+        _require(d.initial_end is None or a + s.expert_epochs < d.initial_end <= b, "distill.datm.initial_end",
+                 f"{d.initial_end} must lie in ({a + s.expert_epochs}, {b}] for distill.subsets[{k}].interval "
+                 f"[{a}, {b}): the window grows from it to the interval's end")
 
 
 def expert_horizon(config: RunConfig, stage: int) -> int:
@@ -350,21 +410,29 @@ def as_static(config: RunConfig, budget: str = "per-image") -> RunConfig:
     iterations = static_iterations(config.distill.subsets, budget)
     static = dataclasses.replace(config.distill, nominal_groups=len(config.distill.subsets), subsets=[
         SubsetConfig(ipc=config.ipc, interval=first.interval, iterations=iterations, lr_init=first.lr_init)])
-    name = f"{config.name}-mtt" if config.name else "mtt"
+    method = method_name(config.distill.objective, "static")
+    name = f"{config.name}-{method}" if config.name else method
     return dataclasses.replace(config, name=name, distill=static, budget=budget)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `dotted.key=value` overrides (value parsed as JSON, else kept as text) to a raw dict."""
-    raw = json.loads(json.dumps(raw))
+    values = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. distill.syn_steps=20")
         key, text = item.split("=", 1)
         try:
-            value = json.loads(text)
+            values[key] = json.loads(text)
         except json.JSONDecodeError:
-            value = text
+            values[key] = text
+    return apply_values(raw, values)
+
+
+def apply_values(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the raw dict with typed values set at dotted keys ({"distill.syn_steps": 20}), later keys winning."""
+    raw = json.loads(json.dumps(raw))
+    for key, value in values.items():
         node = raw
         parts = key.split(".")
         for part in parts[:-1]:

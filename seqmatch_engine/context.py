@@ -35,6 +35,7 @@ from .jobs import (
     train_partway,
 )
 from .matching import PIXEL_GROWTH
+from .methods.datm import expert_logits
 from .models import ConvNetSpec, convnet_forward, default_depth
 from .prepare import PreparedData, prepare_data
 from .runs import Subset
@@ -204,11 +205,22 @@ class RunContext:
         d = self.data
         return tensor_digest(d.val_images, d.val_labels, d.test_images, d.test_labels)
 
-    def baseline(self, arch: str, progress: ProgressFn | None = None, control: RunControl | None = None
-                 ) -> dict[str, Any]:
+    def baseline(self, arch: str, progress: ProgressFn | None = None, control: RunControl | None = None,
+                 soft: bool = False) -> dict[str, Any]:
         """Test accuracy of a random real set of the run's IPC. It depends on the data, the model, the
         evaluation settings, the IPC and the seed only, so the MTT and SeqMatch runs of a comparison share it
-        (their baseline jobs are the same jobs: the second run reads them from the evaluation cache)."""
+        (their baseline jobs are the same jobs: the second run reads them from the evaluation cache). With
+        `soft`, the same images and nets with soft labels from the stage-1 experts (a soft-label method's
+        fair baseline)."""
         stages = random_real_curriculum(self.data, self.config)
+        if soft:
+            stages = [CurriculumStage(s.images, self.soft_labels(s.images, s.labels), s.lr) for s in stages]
         return self.evaluate(stages, arch, self.config.eval.num_nets, "test", "random_real", progress,
                              control).to_dict()
+
+    def soft_labels(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Soft labels (n, C) of real images of known classes from the stage-1 experts' final epochs (the mean
+        logits of those that classify each correctly), as DATM initialises its own."""
+        spec = self.spec
+        return expert_logits(images, classes, self.cached_stage1_experts()[:, -1],
+                             lambda p, x: convnet_forward(p, x, spec))[0]

@@ -16,6 +16,7 @@ from torch import nn
 
 from .augment import DSA_OPERATIONS, augment
 from .config import EvalConfig, RunConfig
+from .labels import is_soft, targets
 from .matching import draw_minibatches
 from .prepare import PreparedData
 from .seeding import make_generator
@@ -25,7 +26,7 @@ ProgressFn = Callable[[int, int], None]  # (done, total)
 
 @dataclass(frozen=True)
 class CurriculumStage:
-    """Train on `images` (n, C, H, W) with `labels` (n,) at learning rate `lr`."""
+    """Train on `images` (n, C, H, W) with `labels` (class indices (n,) or soft logits (n, C)) at learning rate `lr`."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -58,6 +59,7 @@ def train_curriculum(net: nn.Module, stages: list[CurriculumStage], config: Eval
     for k, stage in enumerate(stages):
         optimizer = torch.optim.SGD(net.parameters(), lr=stage.lr, momentum=config.momentum,
                                     weight_decay=config.weight_decay)
+        wanted = targets(stage.labels)  # class indices, or the softmax of soft label logits
         for epoch in range(config.epochs):
             decay_at_midpoint(optimizer, stage.lr, epoch, config.epochs)
             steps = -(-len(stage.images) // config.batch_size)
@@ -66,7 +68,7 @@ def train_curriculum(net: nn.Module, stages: list[CurriculumStage], config: Eval
                 x = stage.images[rows]
                 if operations:
                     x = augment(x, generator, operations)
-                loss = F.cross_entropy(net(x), stage.labels[rows])
+                loss = F.cross_entropy(net(x), wanted[rows])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -115,13 +117,17 @@ CONTROLS = {
 
 
 def control_curricula(subsets: list[tuple[torch.Tensor, torch.Tensor]], lrs: list[float], data: PreparedData,
-                      seed: int) -> dict[str, list[CurriculumStage]]:
-    """Evaluation-only controls of a SeqMatch set of K >= 2 subsets (see CONTROLS), by name."""
+                      seed: int, soft_labels: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                      ) -> dict[str, list[CurriculumStage]]:
+    """Evaluation-only controls of a SeqMatch set of K >= 2 subsets (see CONTROLS), by name. For a set with soft
+    labels, `soft_labels(images, classes)` labels the random real images of "random_last" the same way."""
     if len(subsets) < 2:
         raise ValueError("controls compare the subsets of a SeqMatch set: it needs at least 2 subsets")
     last_ipc = len(subsets[-1][1]) // data.num_classes
     real = random_real_subset(data.train_images, data.train_labels, data.num_classes, last_ipc,
                               make_generator(seed, "control-random-last"))
+    if is_soft(subsets[-1][1]):
+        real = (real[0], soft_labels(*real))
     union = (torch.cat([s[0] for s in subsets]), torch.cat([s[1] for s in subsets]))
     return {"first_subset_alone": curriculum_from_subsets(subsets[:1], lrs[:1]),
             "one_stage": curriculum_from_subsets([union], lrs[-1:]),

@@ -18,6 +18,7 @@ from .config import RunConfig, load_preset
 from .data import DatasetError, display_facts
 from .expert_cache import ExpertCache
 from .experts import tensor_digest
+from .labels import hard
 from .prepare import PixelTransform, prepare_data
 from .records import RunState
 from .runs import RunFolder, Subset
@@ -78,26 +79,29 @@ def import_distilled_set(files: list[Path], dataset: str, zca: bool, runs_root: 
         raise ImportFailed(f"a distilled set needs {' and '.join(SET_FILES[:2])}; missing {', '.join(missing)}")
     images = _tensor(load_public_file(by_name["images_best.pt"]), "images_best.pt", 4).float()
     labels = _tensor(load_public_file(by_name["labels_best.pt"]), "labels_best.pt", (1, 2))
-    if labels.dim() == 2:  # soft labels (DATM/TESLA style): the most likely class
-        labels = labels.argmax(1) if len(labels) and labels.shape[1] else labels.new_zeros(len(labels))
-    labels = labels.long()
+    soft = labels.dim() == 2  # soft label logits (DATM's): kept, and the set is a DATM set
+    if soft and not labels.shape[1]:
+        raise ImportFailed("labels_best.pt holds soft labels over no classes: expected (n, classes) logits")
+    labels = labels.float() if soft else labels.long()
+    classes = hard(labels)
     lr = 0.01
     if "best_lr.pt" in by_name:
         lr_value = _tensor(load_public_file(by_name["best_lr.pt"]), "best_lr.pt", (0, 1))
         lr = float(lr_value.reshape(-1)[0])
     if len(labels) != len(images):
         raise ImportFailed(f"images_best.pt has {len(images)} images but labels_best.pt {len(labels)} labels")
-    _check_set(images, labels, lr)
-    num_classes = int(labels.max()) + 1
-    counts = torch.bincount(labels, minlength=num_classes)
+    _check_set(images, classes, lr)
+    num_classes = labels.shape[1] if soft else int(labels.max()) + 1
+    counts = torch.bincount(classes, minlength=num_classes)
     if not bool((counts == counts[0]).all()):
         raise ImportFailed(f"labels are not class-balanced (counts {counts.tolist()}); expected IPC images per class")
-    order = torch.argsort(labels, stable=True)
+    order = torch.argsort(classes, stable=True)
     raw = load_preset("cpu-demo")
     raw.update(name="imported", device="cpu")
     raw["data"] = {"dataset": dataset, "zca": zca}
     raw["model"] = {"width": 128, "depth": None}  # MTT's default ConvNet, for evaluating the set
     raw["distill"]["subsets"] = [{"ipc": int(counts[0]), "interval": [0, 3], "iterations": 0, "lr_init": lr}]
+    raw["distill"]["objective"] = "datm" if soft else "mtt"
     raw["experts"]["epochs"] = max(raw["experts"]["epochs"], 3)
     config = RunConfig.from_dict(raw)
     transform, class_names, note = _display_transform(config, images, num_classes)

@@ -24,7 +24,9 @@ from .records import RunState
 from .runs import RunError, RunFolder, list_runs
 from .seqmatch import Distiller, Event, EventKind, RunControl, StopRequested
 from .storage import StorageError
-from .study import StudyFolder, StudySpec, run_study
+from .study import run_study
+from .study_folder import StudyFolder
+from .study_spec import StudySpec
 
 MAX_POINTS = 400  # curve points kept per series (older points are thinned)
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from .augment import AugmentationDraw, apply_augmentation, draw_augmentation
 from .conv_replay import ConvReplay
+from .labels import targets
 from .memory import tune_cpu_allocator
 from .models import ConvNetSpec, convnet_forward, fast_convnet_forward, is_conv_bias, unflatten
 
@@ -215,7 +216,7 @@ class _RecomputedUnroll(torch.autograd.Function):
             replays.append([])
             with torch.enable_grad():
                 leaves = [p.detach().requires_grad_(True) for p in pieces]
-                for x, y in _step_chunks(stepper, images.detach(), labels, step):
+                for x, y in _step_chunks(stepper, images.detach(), labels.detach(), step):
                     replays[-1].append(stepper.recorder() if replay else None)
                     for total, g in zip(grads, stepper.grads(leaves, x, y, False, len(step.indices), replays[-1][-1])):
                         total += g
@@ -230,16 +231,18 @@ class _RecomputedUnroll(torch.autograd.Function):
         images, lr, labels = ctx.saved_tensors
         stepper, plan, thetas = ctx.stepper, ctx.plan, ctx.thetas
         v = [torch.zeros_like(p) if g is None else g for p, g in zip(thetas[-1], grad_pieces)]
-        want_x, want_lr = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        want_x, want_lr, want_y = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         pixels = images.detach().requires_grad_(want_x)
+        soft = labels.detach().requires_grad_(want_y)  # soft targets (n, C) learn too; class indices never do
         grad_x = torch.zeros_like(images) if want_x else None
+        grad_y = torch.zeros_like(labels) if want_y else None
         grad_lr = torch.zeros((), dtype=lr.dtype, device=lr.device)
         rate = lr.detach()
         for n in range(len(plan) - 1, -1, -1):
             leaves = [p.detach().requires_grad_(True) for p in thetas[n]]
-            parts = _rebuilt_chunk_grads(stepper, leaves, pixels, labels, plan[n], ctx.replays.pop())
+            parts = _rebuilt_chunk_grads(stepper, leaves, pixels, soft, plan[n], ctx.replays.pop())
             outputs = [-rate * vi for vi in v]
-            inputs = (leaves if n > 0 else []) + ([pixels] if want_x else [])
+            inputs = (leaves if n > 0 else []) + ([pixels] if want_x else []) + ([soft] if want_y else [])
             dv = [torch.zeros_like(vi) for vi in v] if n > 0 else None
             # g_n is a sum over chunks, so is its vector-Jacobian product: one chunk's graph at a time.
             for grads in parts:
@@ -247,6 +250,10 @@ class _RecomputedUnroll(torch.autograd.Function):
                 if not inputs:
                     continue
                 vjp = list(torch.autograd.grad(grads, inputs, grad_outputs=outputs, allow_unused=True))
+                if want_y:
+                    gy = vjp.pop()
+                    if gy is not None:
+                        grad_y += gy
                 if want_x:
                     gx = vjp.pop()
                     if gx is not None:
@@ -258,7 +265,7 @@ class _RecomputedUnroll(torch.autograd.Function):
             if n > 0:
                 v = [vi + d for vi, d in zip(v, dv)]
         ctx.thetas = ctx.replays = None
-        return (grad_x, grad_lr if want_lr else None) + (None,) * (4 + len(thetas[0]))
+        return (grad_x, grad_lr if want_lr else None, grad_y) + (None,) * (3 + len(thetas[0]))
 
 
 def _rebuilt_chunk_grads(stepper, leaves: list[torch.Tensor], pixels: torch.Tensor, labels: torch.Tensor,
@@ -346,22 +353,35 @@ def check_finite_step(loss: float, lr: float, max_lr: float) -> None:
 
 @dataclass
 class MatchingState:
-    """What one stage optimises: its subset's pixels, its lr, and their SGD optimisers."""
+    """What one stage optimises: its subset's pixels, its lr, where learned its soft label logits, and their SGD
+    optimisers."""
 
     images: torch.Tensor   # (n_k, C, H, W) leaf, requires grad
     lr: torch.Tensor       # () leaf, requires grad
     image_optimizer: torch.optim.Optimizer
     lr_optimizer: torch.optim.Optimizer
     pixel_limit: float | None = None  # largest sane per-image RMS (PIXEL_GROWTH x the real images'); None: unchecked
+    labels: torch.Tensor | None = None  # (n_k, C) learned label logits (leaf); None: the stage's labels are fixed
+    label_optimizer: torch.optim.Optimizer | None = None
 
     @classmethod
     def create(cls, images: torch.Tensor, lr: float, lr_img: float, lr_lr: float, momentum: float,
-               pixel_limit: float | None = None) -> "MatchingState":
+               pixel_limit: float | None = None, labels: torch.Tensor | None = None, lr_label: float = 0.0,
+               label_momentum: float = 0.0) -> "MatchingState":
+        """A fresh state; with `labels` (n_k, C) the label logits learn too, by SGD at `lr_label`."""
         images = images.detach().clone().requires_grad_(True)
         lr_tensor = torch.tensor(float(lr), device=images.device, requires_grad=True)
-        return cls(images, lr_tensor,
-                   torch.optim.SGD([images], lr=lr_img, momentum=momentum),
-                   torch.optim.SGD([lr_tensor], lr=lr_lr, momentum=momentum), pixel_limit)
+        learned = None if labels is None else labels.detach().clone().float().requires_grad_(True)
+        return cls(images, lr_tensor, torch.optim.SGD([images], lr=lr_img, momentum=momentum),
+                   torch.optim.SGD([lr_tensor], lr=lr_lr, momentum=momentum), pixel_limit, learned,
+                   None if learned is None else torch.optim.SGD([learned], lr=lr_label, momentum=label_momentum))
+
+    def optimized(self) -> dict[str, tuple[torch.optim.Optimizer, torch.Tensor]]:
+        """Each learned tensor's optimizer, by the name its momentum is checkpointed under."""
+        found = {"image_momentum": (self.image_optimizer, self.images), "lr_momentum": (self.lr_optimizer, self.lr)}
+        if self.labels is not None:
+            found["label_momentum"] = (self.label_optimizer, self.labels)
+        return found
 
 
 @dataclass(frozen=True)
@@ -372,24 +392,31 @@ class StepResult:
 
 def outer_step(forward: ForwardFn, state: MatchingState, frozen_images: torch.Tensor, labels: torch.Tensor,
                start: torch.Tensor, target: torch.Tensor, plan: UnrollPlan, max_lr: float,
-               record_gradients: bool = False, memory_mode: str | None = None) -> StepResult:
-    """One MTT outer iteration on the student data [frozen; state.images] with labels (n,).
+               record_gradients: bool = False, memory_mode: str | None = None,
+               update_below: float | None = None) -> StepResult:
+    """One MTT outer iteration on the student data [frozen; state.images] with `labels` of them all: class indices
+    (n,), or soft label logits (n, C) taken through their softmax (labels.targets). When the state learns its label
+    logits, they stand in for the learned images' rows of `labels` and learn from the same loss.
 
-    Updates state.images and state.lr in place. With `record_gradients`, also returns the
-    pixel gradient of every image, frozen ones included (measured only, never applied).
-    Raises DivergenceError when the loss, the pixels or the lr leave the sane range; the
-    caller falls back to its last good snapshot. A `ConvNetStudent` forward runs the fast
-    kernels in its memory mode (`memory_mode` overrides it).
+    Updates state.images, state.lr (and state.labels) in place; with `update_below`, only when the matching loss is
+    under it (DATM's gate). With `record_gradients`, also returns the pixel gradient of every image, frozen ones
+    included (measured only, never applied). Raises DivergenceError when the loss, the pixels or the lr leave the
+    sane range; the caller falls back to its last good snapshot. A `ConvNetStudent` forward runs the fast kernels
+    in its memory mode (`memory_mode` overrides it).
     """
     if state.images.device.type == "cpu":
         tune_cpu_allocator()
     frozen = frozen_images.detach().requires_grad_(record_gradients) if len(frozen_images) else None
     images = torch.cat([frozen, state.images]) if frozen is not None else state.images
-    loss = matching_loss(forward, start, target, images, labels, state.lr, plan, memory_mode)
-    state.image_optimizer.zero_grad(set_to_none=True)
-    state.lr_optimizer.zero_grad(set_to_none=True)
+    if state.labels is not None:
+        labels = torch.cat([labels[:len(frozen_images)].to(state.labels.dtype), state.labels])
+    loss = matching_loss(forward, start, target, images, targets(labels), state.lr, plan, memory_mode)
+    learned = state.optimized()
+    for optimizer, _ in learned.values():
+        optimizer.zero_grad(set_to_none=True)
     # Only the leaves that are used: no gradient is spent on theta_0 (a constant expert point).
-    loss.backward(inputs=[state.images, state.lr] + ([frozen] if record_gradients and frozen is not None else []))
+    loss.backward(inputs=[param for _, param in learned.values()]
+                  + ([frozen] if record_gradients and frozen is not None else []))
     value = float(loss.detach())
     check_finite_step(value, float(state.lr.detach()), max_lr)
     grads = None
@@ -397,8 +424,11 @@ def outer_step(forward: ForwardFn, state: MatchingState, frozen_images: torch.Te
         grads = state.images.grad.detach().clone()
         if frozen is not None:
             grads = torch.cat([frozen.grad.detach(), grads])
-    state.image_optimizer.step()
-    state.lr_optimizer.step()
+    if update_below is None or value < update_below:
+        for optimizer, _ in learned.values():
+            optimizer.step()
     check_pixels(state.images, state.pixel_limit, state.image_optimizer.param_groups[0]["lr"])  # before the lr:
     check_finite_step(value, float(state.lr.detach()), max_lr)  # exploding pixels are what drive the lr negative
+    if state.labels is not None and not bool(torch.isfinite(state.labels.detach()).all()):
+        raise DivergenceError("soft label logits became NaN/inf: lower distill.datm.lr_label")
     return StepResult(value, grads)

@@ -59,7 +59,10 @@ class EvalResult:
     diverged: list[int] = field(default_factory=list)
     sets: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
-    SETS = ("synthetic", "random_real")
+    # "synthetic": the set with its own labels; "random_real": random real images with hard labels; for a set with
+    # soft labels also "synthetic_hard" (its top classes as hard labels) and "random_real_soft" (random real images
+    # with soft labels from the same experts): the fair baseline of a soft-label method.
+    SETS = ("synthetic", "random_real", "synthetic_hard", "random_real_soft")
 
     def add(self, name: str, arch: str, accuracy: dict[str, Any]) -> None:
         self.sets.setdefault(name, {})[arch] = accuracy
@@ -83,19 +86,28 @@ class EvalResult:
 
 @dataclass
 class Checkpoint:
-    """Everything needed to resume stage `stage` after `iteration` outer iterations."""
+    """Everything needed to resume stage `stage` after `iteration` outer iterations: the method's state dict (its
+    images, lr, labels and optimiser momenta), the stage's generator, and the best candidate so far."""
 
     stage: int
     iteration: int
-    images: torch.Tensor                 # (n_k, C, H, W)
-    lr: float
+    state: dict[str, torch.Tensor]       # Method.state_dict(): "images" (n_k, C, H, W), "lr" (), "labels", momenta
     generator_state: torch.Tensor        # torch.Generator.get_state()
-    image_momentum: torch.Tensor | None
-    lr_momentum: torch.Tensor | None
     best_accuracy: float
     best_iteration: int
     best_images: torch.Tensor
     best_lr: float
+    best_labels: torch.Tensor | None = None  # None in checkpoints from before methods owned their labels
+
+    OWN = ("generator", "best_images", "best_labels")  # tensor names that are not the method's
+
+    @property
+    def images(self) -> torch.Tensor:
+        return self.state["images"]
+
+    @property
+    def lr(self) -> float:
+        return float(self.state["lr"])
 
     @property
     def generator(self) -> torch.Generator:
@@ -104,11 +116,10 @@ class Checkpoint:
         return generator
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {"images": self.images.detach(), "lr": torch.tensor(self.lr), "generator": self.generator_state,
-                   "best_images": self.best_images.detach()}
-        for name in ("image_momentum", "lr_momentum"):
-            if getattr(self, name) is not None:
-                tensors[name] = getattr(self, name)
+        tensors = {name: t.detach() for name, t in self.state.items()}
+        tensors.update(generator=self.generator_state, best_images=self.best_images.detach())
+        if self.best_labels is not None:
+            tensors["best_labels"] = self.best_labels.detach()
         return tensors
 
     def info(self) -> dict[str, Any]:
@@ -117,10 +128,10 @@ class Checkpoint:
 
     @classmethod
     def from_parts(cls, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> "Checkpoint":
-        return cls(int(info["stage"]), int(info["iteration"]), tensors["images"], float(tensors["lr"]),
-                   tensors["generator"], tensors.get("image_momentum"), tensors.get("lr_momentum"),
+        state = {name: t for name, t in tensors.items() if name not in cls.OWN}
+        return cls(int(info["stage"]), int(info["iteration"]), state, tensors["generator"],
                    float(info["best_accuracy"]), int(info["best_iteration"]), tensors["best_images"],
-                   float(info["best_lr"]))
+                   float(info["best_lr"]), tensors.get("best_labels"))
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import torch
 from . import paths
 from .config import RunConfig
 from .imaging import Panel, labelled_panels, save_png
+from .labels import hard, is_soft
 from .prepare import PixelTransform
 from .records import Checkpoint, EvalResult, RunOverview, RunState
 from .storage import (
@@ -62,7 +63,8 @@ class RunError(ValueError):
 
 @dataclass(frozen=True)
 class Subset:
-    """A learned subset S_k: images (n, C, H, W) as model inputs, labels (n,), its lr."""
+    """A learned subset S_k: images (n, C, H, W) as model inputs, labels (class indices (n,) or soft logits (n, C)),
+    its lr."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -214,7 +216,8 @@ class RunFolder:
                 t = read_tensors(paths.subset_file(self.path, len(found)), ("images", "labels", "lr"))
             except StorageError as error:
                 raise StorageError(f"{error}. {_SUBSET_WAY_OUT}") from None
-            found.append(Subset(t["images"], t["labels"].long(), float(t["lr"])))
+            labels = t["labels"] if t["labels"].is_floating_point() else t["labels"].long()  # soft logits stay
+            found.append(Subset(t["images"], labels, float(t["lr"])))
         return found
 
     def _check_subsets(self, count: int) -> None:
@@ -326,7 +329,7 @@ class RunFolder:
             raise RunError(f"cannot create the folder {destination.resolve()} ({error.strerror}): give --out a folder "
                            f"you can write to") from None
         transform = self.transform()
-        num_classes = int(max(int(s.labels.max()) for s in subsets)) + 1
+        num_classes = max(s.labels.shape[1] if is_soft(s.labels) else int(s.labels.max()) + 1 for s in subsets)
         names = self.status().get("class_names") or [f"class {c}" for c in range(num_classes)]
         tensors: dict[str, torch.Tensor] = {}
         for k, subset in enumerate(subsets):
@@ -335,7 +338,7 @@ class RunFolder:
             tensors[f"S{k + 1}.lr"] = torch.tensor(subset.lr)
             tensors[f"S{k + 1}.pixels"] = transform.to_pixels(subset.images)
             panel = Panel(f"S{k + 1}", f"{len(subset.labels) // num_classes}/class · lr {subset.lr:.4g}", "#111827",
-                          transform.to_pixels(subset.images), subset.labels)
+                          transform.to_pixels(subset.images), hard(subset.labels))
             save_png(labelled_panels([panel], names, f"{config.method} · {self.id}"), destination / f"S{k + 1}.png")
         write_tensors(destination / "distilled_set.safetensors", tensors,
                       metadata={"config": json.dumps(config.to_dict()), "subsets": str(len(subsets))})

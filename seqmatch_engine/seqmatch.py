@@ -26,12 +26,13 @@ from .context import RunContext
 from .control import RunControl, StopRequested
 from .diagnostics.recorder import GradientRecorder
 from .eta import run_plan
-from .evaluate import CurriculumStage, curriculum_from_subsets, random_real_subset
+from .evaluate import CurriculumStage, curriculum_from_subsets
 from .executors import Executor
 from .jobs import NetState
-from .matching import ConvNetStudent, DivergenceError, MatchingState
+from .labels import hard, is_soft
+from .matching import ConvNetStudent, DivergenceError
 from .memory import choose_memory_mode
-from .methods import MTT, Method, StageSetting, StepRecord
+from .methods import Method, StageSetting, StepRecord, class_labels, initial_images, make_method
 from .prepare import PreparedData
 from .records import Checkpoint, EvalResult, RunState, TextEnum
 from .runs import RunError, RunFolder, Subset
@@ -68,20 +69,6 @@ class Event:
 Observer = Callable[[Event], None]
 
 
-def class_labels(num_classes: int, ipc: int, device: torch.device) -> torch.Tensor:
-    """Labels (num_classes * ipc,) grouped by class: 0,0,..,1,1,.."""
-    return torch.arange(num_classes, device=device).repeat_interleave(ipc)
-
-
-def initial_images(data: PreparedData, ipc: int, init: str, generator: torch.Generator) -> torch.Tensor:
-    """Starting pixels (C*ipc, ch, H, W): random real images of each class, or standard noise."""
-    if init == "noise":
-        shape = (data.num_classes * ipc, data.channels, *data.image_size)
-        return torch.randn(shape, generator=generator).to(data.train_images.device)
-    images, _ = random_real_subset(data.train_images, data.train_labels, data.num_classes, ipc, generator)
-    return images
-
-
 @dataclass
 class Best:
     """The best S_k so far by validation accuracy (-1 before any validation: the initial images)."""
@@ -89,6 +76,7 @@ class Best:
     accuracy: float
     iteration: int
     images: torch.Tensor
+    labels: torch.Tensor
     lr: float
 
 
@@ -98,25 +86,29 @@ class Stage:
 
     k: int
     iterations: int
-    state: MatchingState
+    method: Method              # owns S_k's images, labels and lr as they learn
     generator: torch.Generator
     iteration: int
     best: Best
     frozen: torch.Tensor        # (n_prior, C, H, W): U_{k-1}, never changed
-    labels: torch.Tensor        # (n_prior + n_k,) of [frozen; learned]
+    frozen_labels: torch.Tensor  # (n_prior,) class indices or (n_prior, classes) soft logits of U_{k-1}
     prior: list[Subset]
     started_at: int = 0
     started: float = field(default_factory=time.perf_counter)
 
-    @property
-    def labels_k(self) -> torch.Tensor:
-        return self.labels[len(self.frozen):]
-
     def images(self) -> torch.Tensor:
-        return self.state.images.detach()
+        return self.method.learned()[0]
+
+    def labels_k(self) -> torch.Tensor:
+        return self.method.learned()[1]
 
     def lr(self) -> float:
-        return float(self.state.lr.detach())
+        return self.method.learned()[2]
+
+    def subset(self) -> Subset:
+        """S_k as it stands."""
+        images, labels, lr = self.method.learned()
+        return Subset(images, labels, lr)
 
 
 class Hook(Protocol):
@@ -210,11 +202,15 @@ class Distiller:
 
     def preview(self, first: int) -> dict[int, torch.Tensor]:
         """The images every stage from `first` on starts from (its checkpoint's, or its initial real images),
-        shown while experts train, so a cold start shows something true at once."""
+        shown while experts train, so a cold start shows something true at once. An objective that picks its
+        initial images with the experts (DATM) has none to show before they exist."""
         cfg, ctx = self.config, self.ctx
         checkpoint = self.run_folder.checkpoint_images()
-        return {k: checkpoint[1] if checkpoint and checkpoint[0] == k else
-                initial_images(ctx.data, cfg.distill.subsets[k].ipc, cfg.distill.init, make_generator(cfg.seed, "init", k))
+        known = {checkpoint[0]: checkpoint[1]} if checkpoint and checkpoint[0] >= first else {}
+        if cfg.distill.objective != "mtt":
+            return known
+        return {k: known.get(k, initial_images(ctx.data, cfg.distill.subsets[k].ipc, cfg.distill.init,
+                                               make_generator(cfg.seed, "init", k)))
                 for k in range(first, len(cfg.distill.subsets))}
 
     def expert_phase(self, name: str, stage: int, recipe: dict[str, Any]) -> None:
@@ -230,8 +226,8 @@ class Distiller:
     # -- one subset: the stage loop ----------------------------------------------------------------------
     def distil_stage(self, k: int, experts: torch.Tensor, prior: list[Subset]) -> Subset:
         """Learn S_{k+1} (k is 0-based) against `experts` (n, E+1, P) with `prior` subsets frozen."""
-        stage = self.open_stage(k, prior)
-        method, g1 = self.method(stage), self.g1_recorder(stage)
+        stage = self.open_stage(k, prior, self.method(k), experts)
+        g1 = self.g1_recorder(stage)
         hooks = [g1.after_step, self._after_step_metrics, Selection(self).after_step, Checkpoints(self).after_step,
                  *(hook.after_step for hook in self.extra_hooks)]
         self.emit(EventKind.STAGE_START, k, stage.iteration, images=stage.images().clone())
@@ -239,62 +235,68 @@ class Distiller:
             self.run_folder.save_snapshot(k, 0, stage.images(), stage.lr())
         for iteration in range(stage.started_at, stage.iterations):
             self.control.checkpoint()
-            try:
-                record = method.step(stage.state, experts, stage.frozen, stage.labels, stage.generator,
-                                     record_gradients=g1.due(iteration + 1))  # G1 measures, never changes, the step
+            try:  # G1 measures, never changes, the step
+                record = stage.method.step(experts, stage.frozen, stage.frozen_labels, stage.generator, iteration,
+                                           record_gradients=g1.due(iteration + 1))
             except DivergenceError as error:
                 return self.stop_diverged(stage, iteration, error)
             stage.iteration = iteration + 1
             for hook in hooks:
                 hook(stage, record)
-        use_best = selects(self.config.distill)
-        images, lr = (stage.best.images, stage.best.lr) if use_best else (stage.images(), stage.lr())
-        return self.finish_stage(stage, Subset(images.clone(), stage.labels_k.clone(), float(lr)))
+        best = stage.best
+        kept = Subset(best.images, best.labels, best.lr) if selects(self.config.distill) else stage.subset()
+        return self.finish_stage(stage, Subset(kept.images.clone(), kept.labels.clone(), float(kept.lr)))
 
-    def method(self, stage: Stage) -> Method:
-        """The MTT step with its fused student in the memory mode that fits (shown in the status card)."""
+    def method(self, k: int) -> Method:
+        """Stage k's method (distill.objective) with its fused student in the memory mode that fits (shown in the
+        status card)."""
         cfg, data, spec = self.config, self.ctx.data, self.ctx.spec
-        sub, dist = cfg.distill.subsets[stage.k], cfg.distill
+        sub, dist = cfg.distill.subsets[k], cfg.distill
         batch_syn = dist.batch_syn or data.num_classes * sub.ipc
-        memory = choose_memory_mode(dist.memory_mode, spec, batch_syn, dist.syn_steps, len(stage.labels),
-                                    self.ctx.device)
-        self.phase(f"distilling S{stage.k + 1}", stage.k, iteration=stage.iteration, iterations=stage.iterations,
-                   memory_mode=memory.mode, memory_note=memory.describe())
+        images = data.num_classes * sum(s.ipc for s in dist.subsets[:k + 1])  # U_{k-1} and S_k
+        memory = choose_memory_mode(dist.memory_mode, spec, batch_syn, dist.syn_steps, images, self.ctx.device)
+        self.phase(f"distilling S{k + 1}", k, iterations=sub.iterations, memory_mode=memory.mode,
+                   memory_note=memory.describe())
         setting = StageSetting(tuple(sub.interval), dist.expert_epochs, dist.syn_steps, batch_syn, dist.max_lr,
-                               data.image_size)
-        return MTT(ConvNetStudent(spec, memory.mode, memory.replay), setting)
+                               data.image_size, dist.lr_img, dist.lr_lr, dist.momentum, self.ctx.pixel_limit)
+        return make_method(cfg, ConvNetStudent(spec, memory.mode, memory.replay), setting)
 
     def g1_recorder(self, stage: Stage) -> "G1":
         cfg = self.config
-        parts = [s.labels for s in stage.prior] + [stage.labels_k]
+        parts = [hard(s.labels) for s in stage.prior] + [hard(stage.labels_k())]
         recorder = GradientRecorder(self.run_folder.path, stage.k, parts,
-                                    cfg.distill.nominal_groups if cfg.method == "mtt" else None,
+                                    cfg.distill.nominal_groups if cfg.schedule == "static" else None,
                                     cfg.distill.diagnose_every, stage.iteration)
         return G1(recorder)
 
-    def open_stage(self, k: int, prior: list[Subset]) -> Stage:
-        """Stage k fresh (initial images, its own seeded generator) or resumed from the run's checkpoint."""
+    def open_stage(self, k: int, prior: list[Subset], method: Method, experts: torch.Tensor) -> Stage:
+        """Stage k fresh (the method's initial images and labels, its own seeded generator) or resumed from the
+        run's checkpoint."""
         cfg, ctx = self.config, self.ctx
-        sub, dist = cfg.distill.subsets[k], cfg.distill
-        labels_k = class_labels(ctx.data.num_classes, sub.ipc, ctx.device)
-        frozen = torch.cat([s.images.to(ctx.device) for s in prior]) if prior else labels_k.new_empty(0).float()
-        labels = torch.cat([s.labels.to(ctx.device) for s in prior] + [labels_k])
+        sub = cfg.distill.subsets[k]
         resumed = self.run_folder.resume_point(k)
         if resumed is None:
-            init = initial_images(ctx.data, sub.ipc, dist.init, make_generator(cfg.seed, "init", k))
-            state = MatchingState.create(init, sub.lr_init, dist.lr_img, dist.lr_lr, dist.momentum, ctx.pixel_limit)
-            return Stage(k, sub.iterations, state, make_generator(cfg.seed, "distill", k), 0,
-                         Best(-1.0, 0, init.clone(), sub.lr_init), frozen, labels, prior)
-        state = MatchingState.create(resumed.images.to(ctx.device), resumed.lr, dist.lr_img, dist.lr_lr,
-                                     dist.momentum, ctx.pixel_limit)
-        for optimizer, param, buffer in ((state.image_optimizer, state.images, resumed.image_momentum),
-                                         (state.lr_optimizer, state.lr, resumed.lr_momentum)):
-            if buffer is not None:
-                optimizer.state[param]["momentum_buffer"] = buffer.to(ctx.device).clone()
-        best = Best(resumed.best_accuracy, resumed.best_iteration, resumed.best_images.to(ctx.device), resumed.best_lr)
-        self.run_folder.add_message("info", f"resumed S{k + 1} at iteration {resumed.iteration} of {sub.iterations}")
-        return Stage(k, sub.iterations, state, resumed.generator, resumed.iteration, best, frozen, labels, prior,
-                     started_at=resumed.iteration)
+            images, labels = method.initial(ctx.data, experts, sub.ipc, make_generator(cfg.seed, "init", k))
+            for note in method.notes:
+                self.run_folder.add_message("warning", f"S{k + 1}: {note}")
+            method.begin(images, labels, sub.lr_init)
+            generator, best = make_generator(cfg.seed, "distill", k), Best(-1.0, 0, images.clone(), labels.clone(),
+                                                                           sub.lr_init)
+        else:
+            state = {name: tensor.to(ctx.device) for name, tensor in resumed.state.items()}
+            if "labels" not in state:  # a checkpoint from before methods owned their labels: MTT's fixed classes
+                state["labels"] = class_labels(ctx.data.num_classes, sub.ipc, ctx.device)
+            method.load_state_dict(state)
+            best_labels = state["labels"] if resumed.best_labels is None else resumed.best_labels.to(ctx.device)
+            generator = resumed.generator
+            best = Best(resumed.best_accuracy, resumed.best_iteration, resumed.best_images.to(ctx.device), best_labels,
+                        resumed.best_lr)
+            self.run_folder.add_message("info", f"resumed S{k + 1} at iteration {resumed.iteration} of {sub.iterations}")
+        learned = method.learned()[1]
+        frozen = torch.cat([s.images.to(ctx.device) for s in prior]) if prior else learned.new_empty(0).float()
+        frozen_labels = torch.cat([s.labels.to(ctx.device) for s in prior]) if prior else learned[:0]
+        return Stage(k, sub.iterations, method, generator, resumed.iteration if resumed else 0, best, frozen,
+                     frozen_labels, prior, started_at=resumed.iteration if resumed else 0)
 
     def _after_step_metrics(self, stage: Stage, record: StepRecord) -> None:
         """Log the iteration to metrics.jsonl and publish it (with the images every publish_every iterations)."""
@@ -320,9 +322,12 @@ class Distiller:
         self.run_folder.update_status(diverged=[*self.run_folder.status().get("diverged", []), stage.k])
         self.run_folder.log({"kind": "divergence", "stage": stage.k, "iteration": iteration + 1, "message": str(error)})
         self.emit(EventKind.PHASE, stage.k, name=f"S{stage.k + 1} diverged", message=text)
-        return self.finish_stage(stage, Subset(best.images.clone(), stage.labels_k.clone(), float(best.lr)))
+        return self.finish_stage(stage, Subset(best.images.clone(), best.labels.clone(), float(best.lr)))
 
     def finish_stage(self, stage: Stage, subset: Subset) -> Subset:
+        """Save S_k and hand it on as saved: its lr rounded to the float32 it is stored as, so that a run resumed
+        after this stage (which reads it back) evaluates exactly what an unbroken run does."""
+        subset = Subset(subset.images, subset.labels, float(torch.tensor(subset.lr, dtype=torch.float32)))
         info = {"stage": stage.k, "ipc": self.config.distill.subsets[stage.k].ipc, "lr": subset.lr,
                 "best_iteration": stage.best.iteration, "best_val_accuracy": stage.best.accuracy}
         self.run_folder.save_subset(stage.k, subset, info)
@@ -348,13 +353,14 @@ class Selection:
         if done not in selection_iterations(stage.iterations, dist.select_every, dist.select_points):
             return
         if stage.best.accuracy < 0:  # the initial images, measured here so that the first steps show at once
-            self.score(stage, stage.best.iteration, stage.best.images, stage.best.lr)
-        self.score(stage, done, stage.images(), stage.lr())
+            best = stage.best
+            self.score(stage, best.iteration, Subset(best.images, best.labels, best.lr))
+        self.score(stage, done, stage.subset())
 
-    def score(self, stage: Stage, iteration: int, images: torch.Tensor, lr: float) -> None:
+    def score(self, stage: Stage, iteration: int, candidate: Subset) -> None:
         driver = self.driver
         cfg, ctx = driver.config, driver.ctx
-        subsets = [*stage.prior, Subset(images, stage.labels_k, lr)]
+        subsets = [*stage.prior, candidate]
         curriculum = curriculum_from_subsets([(s.images, s.labels) for s in subsets], [s.lr for s in subsets])
         tag = f"select-{stage.k}"
         starts = self.after_earlier_stages(curriculum[:-1], tag)
@@ -362,7 +368,7 @@ class Selection:
                                 tag, control=driver.control, starts=starts).mean
         improved = accuracy > stage.best.accuracy
         if improved:
-            stage.best = Best(accuracy, iteration, images.clone(), lr)
+            stage.best = Best(accuracy, iteration, candidate.images.clone(), candidate.labels.clone(), candidate.lr)
         driver.run_folder.log({"kind": "selection", "stage": stage.k, "iteration": iteration,
                                "val_accuracy": accuracy, "best": improved})
         driver.emit(EventKind.SELECTION, stage.k, iteration, val_accuracy=accuracy,
@@ -391,15 +397,11 @@ class Checkpoints:
         every, done = self.driver.config.distill.snapshot_every, stage.iteration
         if done % every and done != stage.iterations:
             return
-        run, state = self.driver.run_folder, stage.state
-        run.save_snapshot(stage.k, done, state.images, stage.lr())
-        momentum = {name: optimizer.state.get(param, {}).get("momentum_buffer")
-                    for name, optimizer, param in (("image_momentum", state.image_optimizer, state.images),
-                                                   ("lr_momentum", state.lr_optimizer, state.lr))}
+        run = self.driver.run_folder
+        run.save_snapshot(stage.k, done, stage.images(), stage.lr())
         best = stage.best
-        run.save_checkpoint(Checkpoint(stage.k, done, state.images.detach(), stage.lr(), stage.generator.get_state(),
-                                       momentum["image_momentum"], momentum["lr_momentum"], best.accuracy,
-                                       best.iteration, best.images, best.lr))
+        run.save_checkpoint(Checkpoint(stage.k, done, stage.method.state_dict(), stage.generator.get_state(),
+                                       best.accuracy, best.iteration, best.images, best.lr, best.labels))
         run.update_status(state=RunState.RUNNING, phase=f"distilling S{stage.k + 1}", stage=stage.k, iteration=done,
                           iterations=stage.iterations)
 
@@ -421,12 +423,18 @@ class G1:
 def evaluate_run(ctx: RunContext, run: RunFolder, subsets: list[Subset], emit: Callable[..., None],
                  control: RunControl | None = None) -> dict[str, Any]:
     """Test accuracy of the learned curriculum and of a random real set of the same IPC (evaluations met before,
-    e.g. the baseline a comparison's other run measured, are read back); writes eval.json and returns its content."""
+    e.g. the baseline a comparison's other run measured, are read back); writes eval.json and returns its content.
+    A set with soft labels is also measured with its top classes as hard labels, and its baseline also with soft
+    labels from the same experts (the fair baseline of a soft-label method); each pair uses the same nets."""
     cfg = ctx.config
-    curriculum = curriculum_from_subsets([(s.images, s.labels) for s in subsets], [s.lr for s in subsets])
-    sets = ["synthetic"] + (["random_real"] if cfg.eval.baseline else [])
+    lrs = [s.lr for s in subsets]
+    curricula = {"synthetic": curriculum_from_subsets([(s.images, s.labels) for s in subsets], lrs)}
+    soft = is_soft(subsets[0].labels)
+    if soft:
+        curricula["synthetic_hard"] = curriculum_from_subsets([(s.images, hard(s.labels)) for s in subsets], lrs)
+    sets = [*curricula] + (["random_real"] + (["random_real_soft"] if soft else []) if cfg.eval.baseline else [])
     total = len(sets) * len(cfg.eval.architectures) * cfg.eval.num_nets
-    result = EvalResult(cfg.method, cfg.ipc, [s.lr for s in subsets], cfg.eval.epochs, cfg.eval.num_nets, cfg.budget,
+    result = EvalResult(cfg.method, cfg.ipc, lrs, cfg.eval.epochs, cfg.eval.num_nets, cfg.budget,
                         run.status().get("diverged", []))
     done = 0
     for name in sets:
@@ -435,10 +443,11 @@ def evaluate_run(ctx: RunContext, run: RunFolder, subsets: list[Subset], emit: C
                 emit(EventKind.PROGRESS, task="evaluation", done=offset + round(n / _total * cfg.eval.num_nets),
                      total=total)
 
-            if name == "synthetic":
-                accuracy = ctx.evaluate(curriculum, arch, cfg.eval.num_nets, "test", name, progress, control).to_dict()
+            if name in curricula:  # the same nets ("synthetic") for the set's own and its hard labels
+                accuracy = ctx.evaluate(curricula[name], arch, cfg.eval.num_nets, "test", "synthetic", progress,
+                                        control).to_dict()
             else:
-                accuracy = ctx.baseline(arch, progress, control)
+                accuracy = ctx.baseline(arch, progress, control, soft=name == "random_real_soft")
             result.add(name, arch, accuracy)
             done += cfg.eval.num_nets
             emit(EventKind.PROGRESS, task="evaluation", done=done, total=total)

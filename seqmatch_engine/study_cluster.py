@@ -33,6 +33,7 @@ from .parallel import set_this_thread_cores
 from .records import RunState
 from .runs import RunFolder
 from .seqmatch import Distiller
+from .study_summary import chooser
 
 POLL_SECONDS = 0.5
 
@@ -98,7 +99,7 @@ def run_on_cluster(study, experts_root: Path, executor: DaskExecutor, open_run: 
     sent = 0
     try:
         while True:
-            for planned in spec.plan(study.chooser()):
+            for planned in spec.plan(chooser(study)):
                 if planned.id in seen:
                     continue
                 seen.add(planned.id)

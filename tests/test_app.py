@@ -44,9 +44,14 @@ def wait_for(predicate, timeout=120.0, every=0.3):
     raise AssertionError("condition not met in time")
 
 
-def smoke_form(**changes) -> list:
-    values = form_defaults("cpu-smoke")
+def form_defaults_list(preset: str, **changes) -> list:
+    """The form's values as `preset` fills them, with `changes`, in the order the UI passes them."""
+    values = form_defaults(preset)
     return [getattr(values, name) if name not in changes else changes[name] for name in FormValues.fields()]
+
+
+def smoke_form(**changes) -> list:
+    return form_defaults_list("cpu-smoke", **changes)
 
 
 def digest(path) -> str:
@@ -61,6 +66,11 @@ def test_form_validation_messages():
     assert parse_intervals("0-8", 2) == [(0, 8), (0, 8)]
     config = config_from_form(FormValues(*smoke_form(method="Static MTT")))
     assert config.method == "mtt" and config.ipc == 2
+    config = config_from_form(FormValues(*smoke_form(objective="DATM (soft labels)")))
+    assert config.method == "seqmatch-datm" and config.distill.datm.lr_label == 2.0
+    assert config_from_form(FormValues(*form_defaults_list("fashion-ipc20-datm", objective="MTT"))).method == "seqmatch"
+    with pytest.raises(ConfigError, match="objective: 'DM' is not one of MTT, DATM"):
+        config_from_form(FormValues(*smoke_form(objective="DM")))
 
 
 def test_start_poll_pause_resume_stop_reopen_export_import(app, tmp_path):
@@ -168,7 +178,8 @@ def test_studies_tab_lists_shows_and_refuses(app, tmp_path):
     from test_study import tiny_spec
 
     from seqmatch_engine import paths
-    from seqmatch_engine.study import StudyFolder, run_study
+    from seqmatch_engine.study import run_study
+    from seqmatch_engine.study_folder import StudyFolder
     from views.studies_tab import StudiesTab
 
     client, manager = app

@@ -177,7 +177,7 @@ def test_a_stopped_local_map_starts_nothing():
 
 # -- a study's runs as cluster jobs -------------------------------------------------------------------------
 def study_spec():
-    from seqmatch_engine.study import StudySpec
+    from seqmatch_engine.study_spec import StudySpec
 
     base = tiny_run_config("base", 0, (1, 1), diagnose_every=2, select_points=2).to_dict()
     base["eval"]["num_nets"] = 2
@@ -195,7 +195,8 @@ def study_files(home) -> dict:
 
 @pytest.fixture(scope="module")
 def local_study(tmp_path_factory):
-    from seqmatch_engine.study import StudyFolder, run_study
+    from seqmatch_engine.study import run_study
+    from seqmatch_engine.study_folder import StudyFolder
 
     home = tmp_path_factory.mktemp("local-study")
     threads = torch.get_num_threads()
@@ -226,7 +227,8 @@ def test_a_study_on_a_local_cluster_equals_the_local_study(local_study, tmp_path
 
 
 def test_a_worker_killed_while_a_study_run_distils_changes_nothing(cluster, local_study, tmp_path):
-    from seqmatch_engine.study import StudyFolder, run_study
+    from seqmatch_engine.study import run_study
+    from seqmatch_engine.study_folder import StudyFolder
 
     killed = []
 

@@ -229,7 +229,7 @@ def test_config_accepts_and_checks_memory_mode():
 
 
 def test_distiller_reports_and_uses_the_chosen_memory_mode(tmp_path, monkeypatch):
-    import seqmatch_engine.methods as methods
+    import seqmatch_engine.methods.mtt as methods
     import seqmatch_engine.seqmatch as driver
     from seqmatch_engine.runs import RunFolder
 
@@ -243,9 +243,9 @@ def test_distiller_reports_and_uses_the_chosen_memory_mode(tmp_path, monkeypatch
     modes = []
     real = methods.outer_step
 
-    def spy(forward, *rest):
+    def spy(forward, *rest, **options):
         modes.append(forward.memory_mode)
-        return real(forward, *rest)
+        return real(forward, *rest, **options)
 
     monkeypatch.setattr(methods, "outer_step", spy)
     events = []

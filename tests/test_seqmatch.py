@@ -10,7 +10,7 @@ from configs import tiny_run_config
 from reference import reference_unroll
 from torch import nn
 
-import seqmatch_engine.methods as methods
+import seqmatch_engine.methods.mtt as methods
 from seqmatch_engine.augment import DSA_OPERATIONS, apply_augmentation
 from seqmatch_engine.config import EvalConfig, RunConfig, as_static
 from seqmatch_engine.context import RunContext
@@ -67,9 +67,9 @@ def test_stage_two_never_touches_stage_one_pixels(tmp_path, monkeypatch):
     captured = []
     real_outer_step = methods.outer_step
 
-    def spy(forward, state, frozen, labels, *rest):
+    def spy(forward, state, frozen, labels, *rest, **options):
         before = frozen.clone()
-        loss = real_outer_step(forward, state, frozen, labels, *rest)
+        loss = real_outer_step(forward, state, frozen, labels, *rest, **options)
         captured.append((before, frozen.clone(), len(labels)))
         return loss
 

@@ -353,13 +353,21 @@ def test_snapshots_are_listed_in_order(tmp_path):
 def test_checkpoint_round_trip(tmp_path):
     run = RunFolder.create(tmp_path, preset_config())
     assert run.checkpoint() is None
-    saved = Checkpoint(1, 7, torch.ones(2, 3), 0.1, torch.Generator().get_state(), torch.full((2, 3), 0.5), None,
-                       0.7, 4, torch.zeros(2, 3), 0.09)
+    state = {"images": torch.ones(2, 3), "lr": torch.tensor(0.1), "labels": torch.randn(2, 10),
+             "image_momentum": torch.full((2, 3), 0.5), "label_momentum": torch.full((2, 10), 0.25)}
+    saved = Checkpoint(1, 7, state, torch.Generator().get_state(), 0.7, 4, torch.zeros(2, 3), 0.09, torch.ones(2, 10))
     run.save_checkpoint(saved)
     loaded = run.checkpoint()
-    assert torch.equal(loaded.images, torch.ones(2, 3)) and torch.equal(loaded.image_momentum, saved.image_momentum)
+    assert loaded.state.keys() == state.keys() and all(torch.equal(loaded.state[k], v) for k, v in state.items())
+    assert torch.equal(loaded.images, torch.ones(2, 3)) and torch.equal(loaded.best_labels, torch.ones(2, 10))
     assert (loaded.stage, loaded.iteration, loaded.best_accuracy, loaded.best_iteration) == (1, 7, 0.7, 4)
-    assert loaded.lr_momentum is None and loaded.lr == pytest.approx(0.1) and loaded.best_lr == pytest.approx(0.09)
+    assert loaded.lr == pytest.approx(0.1) and loaded.best_lr == pytest.approx(0.09)
+    # a checkpoint written before methods owned their labels (no labels, no best_labels) still reads
+    old = {"images": torch.ones(2, 3), "lr": torch.tensor(0.1), "generator": torch.Generator().get_state(),
+           "best_images": torch.zeros(2, 3), "image_momentum": torch.full((2, 3), 0.5)}
+    write_tensors(run.path / "checkpoint.safetensors", old, metadata={"info": json.dumps(saved.info())})
+    loaded = run.checkpoint()
+    assert loaded.best_labels is None and set(loaded.state) == {"images", "lr", "image_momentum"}
     write_tensors(run.path / "checkpoint.safetensors", {"images": torch.ones(2, 3)}, metadata={"info": "{}"})
     with pytest.raises(StorageError, match="lacks lr, generator, best_images"):
         run.checkpoint()

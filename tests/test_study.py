@@ -10,17 +10,10 @@ from seqmatch_engine import cli, paths
 from seqmatch_engine.config import ConfigError
 from seqmatch_engine.expert_cache import ExpertCache
 from seqmatch_engine.seqmatch import RunControl, StopRequested
-from seqmatch_engine.study import (
-    Cell,
-    StudyFolder,
-    StudySpec,
-    format_table,
-    load_study_spec,
-    run_id,
-    run_study,
-    study_preset_names,
-    summarise,
-)
+from seqmatch_engine.study import run_study
+from seqmatch_engine.study_folder import StudyFolder
+from seqmatch_engine.study_spec import Cell, StudySpec, load_study_spec, run_id, study_preset_names
+from seqmatch_engine.study_summary import chooser, format_table, summarise
 
 
 def tiny_spec(**changes) -> StudySpec:
@@ -56,7 +49,7 @@ def test_the_grid_expands_to_paired_configs():
 @pytest.mark.parametrize("change, message", [
     ({"grid": []}, "study.grid: needs at least one cell"),
     ({"grid": [{"ipc": 1, "subsets": 2}]}, "IPC 1 cannot be split into 2 subsets"),
-    ({"grid": [{"ipc": 4, "subsets": 1}]}, "SeqMatch needs at least 2 subsets"),
+    ({"grid": [{"ipc": 4, "subsets": 1}]}, "seqmatch needs at least 2 subsets"),
     ({"seeds": [0, 0]}, "study.seeds: needs distinct whole numbers"),
     ({"methods": ["dm"]}, "study.methods: distinct names from mtt, seqmatch"),
     ({"budget": "half"}, "study.budget: must be one of per-image, total"),
@@ -104,9 +97,10 @@ def test_summary_numbers_are_the_runs_eval_values(finished):
     differences = [study.run(run_id(Cell(2, 2), s, "seqmatch")).eval().accuracy()["mean"]
                    - study.run(run_id(Cell(2, 2), s, "mtt")).eval().accuracy()["mean"] for s in (0, 1)]
     assert row["paired"]["values"] == pytest.approx(differences) and row["paired"]["seeds"] == [0, 1]
-    assert set(row["controls"]) == {"first_subset_alone", "one_stage", "random_last"}
+    row_controls = row["methods"]["seqmatch"]["controls"]
+    assert set(row_controls) == {"first_subset_alone", "one_stage", "random_last"}
     controls = study.run(run_id(Cell(2, 2), 0, "seqmatch")).controls()["accuracy"]
-    assert row["controls"]["one_stage"]["values"][0] == controls["one_stage"]["mean"]
+    assert row_controls["one_stage"]["values"][0] == controls["one_stage"]["mean"]
     table = format_table(summary)
     assert "budget convention **per-image**" in table and "4/4 runs done" in table
     assert f"{100 * row['paired']['mean']:+.2f} ± {100 * row['paired']['std']:.2f} (n=2)" in table
@@ -179,13 +173,13 @@ def test_cli_study_summary_and_errors(finished, tmp_path, capsys):
 
 
 def test_one_seed_shows_no_spread_and_the_table_says_what_is_evidence():
-    from seqmatch_engine.study import _pct, mean_std
+    from seqmatch_engine.study_summary import _pct, mean_std
 
     assert _pct(mean_std([0.8])) == "80.00 (n=1)"
     assert _pct(mean_std([0.8, 0.82]), signed=True) == "+81.00 ± 1.41 (n=2)"
     summary = {"study": "s", "budget": "per-image", "seeds": [0], "runs_done": 0, "runs_total": 2,
                "cells": [{"ipc": 2, "subsets": 2, "methods": {}, "random_real": None, "paired": None,
-                          "controls": {}, "headroom": None}], "experts": {}, "experts_overall": None}
+                          "sequential_gain": {}, "headroom": None}], "experts": {}, "experts_overall": None}
     assert "fewer than 3 paired seeds is a demonstration, not evidence" in format_table(summary)
 
 
@@ -269,13 +263,13 @@ def test_an_lr_sweep_tunes_on_validation_and_runs_the_other_seeds_at_the_choice(
     assert summary["runs_done"] == summary["runs_total"] == 6
     table = format_table(summary)
     assert "Pixel-lr sweep on the tune seeds ([0])" in table and "| 2 | 2 | 4 | static MTT | 10 |" in table
-    assert "| pixel lr MTT / SeqMatch |" in table
+    assert "| pixel lr static MTT / SeqMatch |" in table
 
 
 def test_a_sweep_whose_tuning_is_unfinished_chooses_nothing_yet(tmp_path):
     spec = sweep_spec(controls=False)
     study = StudyFolder.create_or_open(paths.studies_root(tmp_path), spec)
-    assert [p.id for p in spec.plan(study.chooser())] == [run_id(Cell(2, 2), 0, m, lr) for lr in (10.0, 40.0)
+    assert [p.id for p in spec.plan(chooser(study))] == [run_id(Cell(2, 2), 0, m, lr) for lr in (10.0, 40.0)
                                                           for m in ("mtt", "seqmatch")]
     summary = summarise(study)
     assert summary["runs_done"] == 0 and summary["runs_total"] == 6
@@ -284,10 +278,43 @@ def test_a_sweep_whose_tuning_is_unfinished_chooses_nothing_yet(tmp_path):
 
 
 def test_a_run_written_with_select_every_is_the_same_run_as_its_select_points_twin():
-    from seqmatch_engine.study import same_run
+    from seqmatch_engine.study_spec import same_run
 
     every = tiny_run_config("x", 0, (1, 1), select_every=2)            # 4 iterations: points 2, 4
     points = tiny_run_config("x", 0, (1, 1), select_points=2)
     assert same_run(every, points) and same_run(points, points)
     assert not same_run(every, tiny_run_config("x", 0, (1, 1), select_points=4))
     assert not same_run(every, tiny_run_config("x", 1, (1, 1), select_points=2))
+
+
+def test_a_study_of_four_methods_pairs_them_by_seed_and_leads_with_fair_scores(tmp_path):
+    base = tiny_run_config("base", 0, (1, 1), diagnose_every=2).to_dict()
+    base["eval"]["num_nets"] = 2
+    spec = StudySpec.from_dict({"name": "four", "config": base, "grid": [{"ipc": 2, "subsets": 2}], "seeds": [0, 1],
+                                "methods": ["mtt", "seqmatch", "datm", "seqmatch-datm"], "controls": True})
+    configs = {m: spec.run_config(Cell(2, 2), 1, m) for m in spec.methods}
+    assert {m: (c.distill.objective, c.schedule, c.method) for m, c in configs.items()} == {
+        "mtt": ("mtt", "static", "mtt"), "seqmatch": ("mtt", "sequential", "seqmatch"),
+        "datm": ("datm", "static", "datm"), "seqmatch-datm": ("datm", "sequential", "seqmatch-datm")}
+    study = StudyFolder.create_or_open(paths.studies_root(tmp_path), spec)
+    summary = run_study(study, paths.experts_root(tmp_path))
+    assert summary["runs_done"] == summary["runs_total"] == 8
+    row = summary["cells"][0]
+    for seed in (0, 1):  # every method of a seed: the same random-real baseline (same images, nets; hard labels)
+        results = [study.run(run_id(Cell(2, 2), seed, m)).eval() for m in spec.methods]
+        assert len({json.dumps(r.accuracy("random_real"), sort_keys=True) for r in results}) == 1
+        soft = [r for r in results if r.accuracy("random_real_soft")]
+        assert [r.method for r in soft] == ["datm", "seqmatch-datm"]
+        assert soft[0].accuracy("random_real_soft") == soft[1].accuracy("random_real_soft")
+    datm = row["methods"]["datm"]
+    assert datm["labels"] == "soft" and datm["gain"]["over"] == "random_real_soft"
+    assert row["methods"]["mtt"]["gain"]["over"] == "random_real" and row["methods"]["mtt"]["labels"] == "hard"
+    own = [study.run(run_id(Cell(2, 2), s, "datm")).eval() for s in (0, 1)]
+    assert datm["gain"]["values"] == pytest.approx([r.accuracy()["mean"] - r.accuracy("random_real_soft")["mean"]
+                                                    for r in own])
+    assert datm["hard_labels"]["values"] == [r.accuracy("synthetic_hard")["mean"] for r in own]
+    assert set(row["sequential_gain"]) == {"mtt", "datm"} and row["paired"] == row["sequential_gain"]["mtt"]
+    assert set(row["methods"]["seqmatch-datm"]["controls"]) == {"first_subset_alone", "one_stage", "random_last"}
+    table = format_table(summary)
+    assert "| static MTT | SeqMatch | DATM | SeqMatch-DATM | random real | random real, soft labels |" in table
+    assert "SeqMatch-DATM − DATM (paired)" in table and "Fair scores" in table and "gain over random real" in table

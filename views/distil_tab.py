@@ -9,7 +9,7 @@ from seqmatch_engine.config import ConfigError, preset_names
 from seqmatch_engine.manager import JobManager
 from seqmatch_engine.records import RunState
 
-from .forms import METHODS, FormValues, config_from_form, form_defaults
+from .forms import METHODS, OBJECTIVES, FormValues, config_from_form, form_defaults
 from .live_view import LiveView, poll_outputs
 
 DEFAULT_PRESET = "cpu-demo"
@@ -25,7 +25,10 @@ class DistilTab:
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=380, elem_classes="sm-form"):
                 self.preset = gr.Dropdown(preset_names(), value=DEFAULT_PRESET, label="Preset", elem_id="sm-preset")
-                self.method = gr.Radio(list(METHODS), value=defaults.method, label="Method")
+                with gr.Row():
+                    self.method = gr.Radio(list(METHODS), value=defaults.method, label="Schedule")
+                    self.objective = gr.Radio(list(OBJECTIVES), value=defaults.objective, label="Objective",
+                                              info="DATM learns soft labels too", elem_id="sm-objective")
                 with gr.Row():
                     self.ipc = gr.Number(defaults.ipc, label="IPC (images per class)", precision=0)
                     self.num_subsets = gr.Number(defaults.num_subsets, label="Subsets K", precision=0)

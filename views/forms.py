@@ -1,13 +1,13 @@
 """The Distil form: preset values in, a validated RunConfig out (pure functions, no gradio)."""
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 
-from seqmatch_engine.config import ConfigError, RunConfig, apply_overrides, as_static, load_preset, split_ipc
+from seqmatch_engine.config import ConfigError, RunConfig, apply_values, as_static, load_preset, split_ipc
 
-METHODS = ("SeqMatch", "Static MTT")
+METHODS = ("SeqMatch", "Static MTT")  # the schedule: K subsets in turn, or all images at once
+OBJECTIVES = {"MTT": "mtt", "DATM (soft labels)": "datm"}  # what each subset learns and matches
 
 
 @dataclass
@@ -16,6 +16,7 @@ class FormValues:
 
     preset: str
     method: str
+    objective: str
     ipc: int
     num_subsets: int
     iterations: int
@@ -54,7 +55,8 @@ def form_defaults(preset: str) -> FormValues:
     config = RunConfig.from_dict(load_preset(preset))
     subsets = config.distill.subsets
     return FormValues(
-        preset=preset, method=METHODS[0] if len(subsets) > 1 else METHODS[1], ipc=config.ipc,
+        preset=preset, method=METHODS[0] if len(subsets) > 1 else METHODS[1],
+        objective=next(label for label, name in OBJECTIVES.items() if name == config.distill.objective), ipc=config.ipc,
         num_subsets=len(subsets), iterations=subsets[0].iterations,
         intervals=format_intervals([s.interval for s in subsets]), syn_steps=config.distill.syn_steps,
         lr_img=config.distill.lr_img, lr_lr=config.distill.lr_lr, num_experts=config.experts.num_experts,
@@ -88,7 +90,13 @@ def config_from_form(values: FormValues) -> RunConfig:
     lr_init = raw.get("distill", {}).get("subsets", [{}])[0].get("lr_init", 0.01)
     subsets = [{"ipc": n, "interval": list(iv), "iterations": _whole(values.iterations, "iterations per subset"),
                 "lr_init": lr_init} for n, iv in zip(sizes, intervals)]
+    if values.objective not in OBJECTIVES:
+        raise ConfigError(f"objective: {values.objective!r} is not one of {', '.join(OBJECTIVES)}")
+    objective = OBJECTIVES[values.objective]
+    if objective != raw.get("distill", {}).get("objective", "mtt"):
+        raw.get("distill", {}).pop("datm", None)  # a DATM preset run as MTT (or the reverse) takes the defaults
     overrides = {
+        "distill.objective": objective,
         "distill.subsets": subsets, "distill.syn_steps": _whole(values.syn_steps, "syn_steps"),
         "distill.lr_img": _number(values.lr_img, "pixel lr (lr_img)"),
         "distill.lr_lr": _number(values.lr_lr, "lr of the learned lr (lr_lr)"),
@@ -97,8 +105,7 @@ def config_from_form(values: FormValues) -> RunConfig:
         "eval.epochs": _whole(values.eval_epochs, "evaluation epochs"),
         "eval.num_nets": _whole(values.eval_nets, "evaluation nets"), "seed": _whole(values.seed, "seed"),
     }
-    raw = apply_overrides(raw, [f"{key}={json.dumps(value)}" for key, value in overrides.items()])
-    return RunConfig.from_dict(raw)
+    return RunConfig.from_dict(apply_values(raw, overrides))
 
 
 def compare_pair(values: FormValues, budget: str = "per-image") -> tuple[RunConfig, RunConfig]:

@@ -1,8 +1,10 @@
 """Colours shared by every tab: one per method (the same in every chart), one per subset in the grids."""
 from __future__ import annotations
 
-METHOD_COLOURS = {"mtt": "#0d9488", "seqmatch": "#ea580c", "random_real": "#94a3b8"}
-METHOD_NAMES = {"mtt": "static MTT", "seqmatch": "SeqMatch", "random_real": "random real"}
+METHOD_COLOURS = {"mtt": "#0d9488", "seqmatch": "#ea580c", "datm": "#4f46e5", "seqmatch-datm": "#be123c",
+                  "random_real": "#94a3b8", "random_real_soft": "#64748b"}
+METHOD_NAMES = {"mtt": "static MTT", "seqmatch": "SeqMatch", "datm": "DATM", "seqmatch-datm": "SeqMatch-DATM",
+                "random_real": "random real", "random_real_soft": "random real, soft labels"}
 # Subsets S1, S2, ... in the image grids and the per-subset curves (none of them a method's colour).
 STAGE_COLOURS = ["#2563eb", "#db2777", "#7c3aed", "#65a30d", "#0891b2", "#a16207"]
 # Other series (several runs of one method, pairs of groups in G1).

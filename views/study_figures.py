@@ -15,8 +15,10 @@ GROUP_DASHES = ["solid", "dash", "dashdot", "longdash"]  # one per IPC on an ite
 GROUP_SYMBOLS = ["circle", "square", "triangle-up", "diamond"]
 # Methods sit side by side at each x so that their markers and error bars do not hide each other: a shift in
 # IPC on a linear axis, a factor on the logarithmic iterations axis.
-IPC_SHIFT = {"mtt": -0.35, "seqmatch": 0.35, "random_real": 0.0}
-ITERATIONS_FACTOR = {"mtt": 10 ** -0.012, "seqmatch": 10 ** 0.012, "random_real": 1.0}
+SHIFTS = {"mtt": -1.5, "seqmatch": -0.5, "datm": 0.5, "seqmatch-datm": 1.5, "random_real": 0.0, "random_real_soft": 0.0}
+IPC_SHIFT = {method: 0.25 * step for method, step in SHIFTS.items()}
+ITERATIONS_FACTOR = {method: 10 ** (0.009 * step) for method, step in SHIFTS.items()}
+SEQUENTIAL = {"mtt": "seqmatch", "datm": "seqmatch-datm"}  # each static method's sequential counterpart
 
 
 def study_axis(summary: dict[str, Any]) -> str:
@@ -86,14 +88,23 @@ def _title(text: str, summary: dict[str, Any], note: str) -> str:
     return f"{text} vs {against}<br><sup>{note}</sup>"
 
 
+def _methods(summary: dict[str, Any]) -> list[str]:
+    """The study's methods in their order (older summaries: the ones their rows hold)."""
+    return summary.get("methods") or [m for m in SHIFTS if not m.startswith("random")
+                                      and any(m in row["methods"] for row in summary["cells"])]
+
+
 def accuracy_figure(summary: dict[str, Any]) -> go.Figure:
-    """Test accuracy (%) of static MTT and SeqMatch (error bars: std over seeds), with random real as reference."""
+    """Test accuracy (%) of each method (error bars: std over seeds), with random real (and, for soft-label
+    methods, random real with soft labels) as references."""
     figure = go.Figure()
+    references = ["random_real"] + (["random_real_soft"] if any(row.get("random_real_soft")
+                                                                 for row in summary["cells"]) else [])
     for index, (group, rows) in enumerate(_groups(summary)):
-        for method in ("mtt", "seqmatch", "random_real"):
+        for method in _methods(summary) + references:
             points = []
             for row in rows:
-                stat = row["random_real"] if method == "random_real" else \
+                stat = row.get(method) if method in references else \
                     ((row["methods"].get(method) or {}).get("accuracy"))
                 if stat:
                     points.append((_x(summary, row, method), 100 * stat["mean"], 100 * stat["std"], stat["n"],
@@ -106,7 +117,7 @@ def accuracy_figure(summary: dict[str, Any]) -> go.Figure:
                     hovertemplate=f"{_hover(summary)} %{{customdata[1]}}: %{{y:.2f}} % (n=%{{customdata[0]}})",
                     marker={"symbol": GROUP_SYMBOLS[index % len(GROUP_SYMBOLS)]},
                     line={"color": METHOD_COLOURS[method],
-                          "dash": "dot" if method == "random_real" else GROUP_DASHES[index % len(GROUP_DASHES)]}))
+                          "dash": "dot" if method in references else GROUP_DASHES[index % len(GROUP_DASHES)]}))
     note = f"{summary['budget']} budget; {_seed_note(summary)}"
     figure.update_layout(title=_title("Test accuracy", summary, note), xaxis=_x_axis(summary),
                          yaxis_title="test accuracy (%)", **LAYOUT)
@@ -114,26 +125,36 @@ def accuracy_figure(summary: dict[str, Any]) -> go.Figure:
 
 
 def paired_figure(summary: dict[str, Any]) -> go.Figure:
-    """SeqMatch − static MTT (points) per seed, with the mean ± std over seeds; above 0: SeqMatch better."""
+    """Sequential − static (points) per seed for each objective (SeqMatch − static MTT, SeqMatch-DATM − DATM), with
+    the mean ± std over seeds; above 0: the sequential schedule better."""
     figure = go.Figure()
+    objectives = [o for o in SEQUENTIAL if any((row.get("sequential_gain") or {}).get(o) or
+                                               (o == "mtt" and row.get("paired")) for row in summary["cells"])]
     for index, (group, all_rows) in enumerate(_groups(summary)):
-        rows = [row for row in all_rows if row.get("paired")]
-        label = f" · {group}" if group else ""
-        figure.add_trace(go.Scatter(
-            x=[_x(summary, row, "random_real") for row in rows for _ in row["paired"]["values"]],
-            y=[100 * v for row in rows for v in row["paired"]["values"]], mode="markers", name=f"one seed{label}",
-            text=[f"seed {s}" for row in rows for s in row["paired"]["seeds"]],
-            marker={"color": METHOD_COLOURS["seqmatch"], "opacity": 0.45, "size": 8,
-                    "symbol": GROUP_SYMBOLS[index % len(GROUP_SYMBOLS)]}))
-        figure.add_trace(go.Scatter(
-            x=[_x(summary, row, "seqmatch") for row in rows], y=[100 * row["paired"]["mean"] for row in rows],
-            mode="lines+markers" if study_axis(summary) == "iterations" else "markers", name=f"mean ± std{label}",
-            error_y={"type": "data", "array": [100 * row["paired"]["std"] for row in rows]},
-            line={"color": METHOD_COLOURS["seqmatch"], "dash": GROUP_DASHES[index % len(GROUP_DASHES)]},
-            marker={"color": METHOD_COLOURS["seqmatch"], "symbol": "diamond", "size": 12}))
+        for objective in objectives:
+            sequential = SEQUENTIAL[objective]
+            rows = [(row, paired) for row in all_rows
+                    if (paired := (row.get("sequential_gain") or {}).get(objective)
+                        or (row.get("paired") if objective == "mtt" else None))]
+            label = " · ".join(p for p in ([METHOD_NAMES[sequential]] if len(objectives) > 1 else []) + [group] if p)
+            label = f" · {label}" if label else ""
+            colour = METHOD_COLOURS[sequential]
+            figure.add_trace(go.Scatter(
+                x=[_x(summary, row, "random_real") for row, paired in rows for _ in paired["values"]],
+                y=[100 * v for _, paired in rows for v in paired["values"]], mode="markers", name=f"one seed{label}",
+                text=[f"seed {s}" for _, paired in rows for s in paired["seeds"]],
+                marker={"color": colour, "opacity": 0.45, "size": 8, "symbol": GROUP_SYMBOLS[index % len(GROUP_SYMBOLS)]}))
+            figure.add_trace(go.Scatter(
+                x=[_x(summary, row, sequential) for row, _ in rows], y=[100 * paired["mean"] for _, paired in rows],
+                mode="lines+markers" if study_axis(summary) == "iterations" else "markers", name=f"mean ± std{label}",
+                error_y={"type": "data", "array": [100 * paired["std"] for _, paired in rows]},
+                line={"color": colour, "dash": GROUP_DASHES[index % len(GROUP_DASHES)]},
+                marker={"color": colour, "symbol": "diamond", "size": 12}))
     figure.add_hline(y=0, line={"color": "#6b7280", "dash": "dash"})
-    figure.update_layout(title=_title("SeqMatch − static MTT, paired by seed", summary,
-                                      "same experts, evaluation nets and baseline; above 0: SeqMatch better"),
+    title = ("SeqMatch − static MTT, paired by seed" if objectives == ["mtt"]
+             else "Sequential − static schedule, paired by seed")
+    figure.update_layout(title=_title(title, summary, "same experts, evaluation nets and baseline; above 0: the "
+                                                       "sequential schedule better"),
                          xaxis=_x_axis(summary), yaxis_title="accuracy difference (points)", **LAYOUT)
     return figure
 
@@ -142,7 +163,7 @@ def coupling_figure(summary: dict[str, Any]) -> go.Figure:
     """G1 coupling index (mean cosine between subsets' gradients, late in each run), per method."""
     figure = go.Figure()
     for index, (group, rows) in enumerate(_groups(summary)):
-        for method in ("mtt", "seqmatch"):
+        for method in _methods(summary):
             points = [(_x(summary, row, method), m["coupling"]) for row in rows
                       if (m := row["methods"].get(method)) and m.get("coupling")]
             if points:

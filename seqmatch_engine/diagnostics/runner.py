@@ -17,6 +17,7 @@ from ..context import RunContext
 from ..evaluate import curriculum_from_subsets, random_real_curriculum, train_curriculum
 from ..executors import Executor
 from ..experts import recipe_key
+from ..labels import hard, targets
 from ..models import build_eval_net
 from ..prepare import PreparedData
 from ..runs import RunError, RunFolder, Subset
@@ -80,12 +81,6 @@ class RunDiagnostics:
             jobs = [self.ctx.expert_job(recipe, i, ("held-out-expert", i)) for i in range(self.options.experts)]
             self._held_out = self.ctx.experts(recipe, jobs, progress)
         return self._held_out
-
-    def run_set(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The run's full set U_K: images (n, C, H, W) and labels (n,) on the device."""
-        images = torch.cat([s.images for s in self.subsets]).to(self.device)
-        labels = torch.cat([s.labels for s in self.subsets]).to(self.device)
-        return images, labels
 
     def compute(self, name: str, progress: ProgressFn | None = None, partner: RunFolder | None = None):
         """Compute and cache one of COMPUTED ("g2" takes the SeqMatch partner of a static MTT run)."""
@@ -155,10 +150,11 @@ class RunDiagnostics:
 
     def scoring_set(self, k: int) -> tuple[torch.Tensor, torch.Tensor, float]:
         """(images, labels, lr) a student trains on to score subset k: U_k = S_1..S_k with alpha_k for SeqMatch,
-        the whole set with alpha_1 for static MTT."""
+        the whole set with alpha_1 for static MTT; labels as the student's loss takes them (class indices, or the
+        probabilities of soft labels)."""
         images = torch.cat([s.images for s in self.subsets[:k + 1]]).to(self.device)
         labels = torch.cat([s.labels for s in self.subsets[:k + 1]]).to(self.device)
-        return images, labels, self.subsets[k].lr
+        return images, targets(labels), self.subsets[k].lr
 
     # -- G3 ----------------------------------------------------------------------------------------------
     def points(self, source: str | None = None, with_real: bool = True) -> PointSet:
@@ -166,7 +162,7 @@ class RunDiagnostics:
         data = self.data
         parts = [real_sample(data.train_images, data.train_labels, data.num_classes, self.options.real_per_class,
                              self.config.seed)] if with_real else []
-        parts.append(subset_points([(s.images, s.labels) for s in self.subsets], source or self.config.method))
+        parts.append(subset_points([(s.images, hard(s.labels)) for s in self.subsets], source or self.config.method))
         return PointSet.concat(parts)
 
     def g3(self, progress: ProgressFn | None = None) -> Embedding:

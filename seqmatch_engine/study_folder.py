@@ -1,0 +1,98 @@
+"""A study on disk: `StudyFolder` is the only code that reads or writes a study folder.
+
+    studies/<id>/study.json        the spec (StudySpec) and the base config it expands
+                 status.json       state, the run in progress, runs done / total
+                 experts.json      test accuracy of each seed's stage-1 experts (the headroom)
+                 runs/ipc020-k2-seqmatch-seed1/ ...   ordinary run folders (RunFolder)
+                 summary.json, summary.md          the table, rebuilt from the runs after each one
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from . import paths
+from .config import ConfigError
+from .records import RunState
+from .runs import RunFolder, find_folder
+from .storage import read_json, write_json, write_text
+from .study_spec import StudySpec
+
+
+class StudyFolder:
+    """One study on disk (the only code that reads or writes a study folder)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @classmethod
+    def create_or_open(cls, root: Path, spec: StudySpec) -> "StudyFolder":
+        """studies/<spec.name>/, created with the spec, or reopened when it holds the same spec."""
+        path = paths.child(root, spec.name, "study")
+        study = cls(path)
+        if (path / paths.STUDY_FILE).is_file():
+            if study.spec().to_dict() != spec.to_dict():
+                raise ConfigError(f"study {spec.name!r} exists in {path} with another spec; give the study another "
+                                  f"name, or delete that folder to start it over")
+            return study
+        path.mkdir(parents=True, exist_ok=True)
+        write_json(path / paths.STUDY_FILE, spec.to_dict())
+        study.update_status(state=RunState.CREATED, done=0, total=spec.run_count(), created=time.time())
+        return study
+
+    @classmethod
+    def find(cls, root: Path, study_id: object) -> "StudyFolder":
+        return cls(find_folder(root, study_id, "study", paths.STUDY_FILE))
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def runs_root(self) -> Path:
+        return self.path / paths.STUDY_RUNS_DIR
+
+    def spec(self) -> StudySpec:
+        return StudySpec.from_dict(read_json(self.path / paths.STUDY_FILE))
+
+    def status(self) -> dict[str, Any]:
+        path = self.path / paths.STUDY_STATUS_FILE
+        return read_json(path) if path.exists() else {}
+
+    def update_status(self, **fields: Any) -> None:
+        write_json(self.path / paths.STUDY_STATUS_FILE, {**self.status(), **fields, "updated": time.time()})
+
+    def last_activity(self) -> float:
+        """When the study or its run in progress last wrote a file (a time stamp)."""
+        files = [self.path / paths.STUDY_STATUS_FILE]
+        current = self.status().get("current")
+        if current and self.run(current):
+            files += [self.run(current).path / name for name in (paths.STATUS_FILE, paths.METRICS_FILE)]
+        return max((f.stat().st_mtime for f in files if f.exists()), default=0.0)
+
+    def run(self, rid: str) -> RunFolder | None:
+        path = self.runs_root / rid
+        return RunFolder(path) if (path / paths.CONFIG_FILE).is_file() else None
+
+    def expert_accuracy(self) -> dict[str, Any]:
+        path = self.path / paths.STUDY_EXPERTS_FILE
+        return read_json(path) if path.exists() else {}
+
+    def save_expert_accuracy(self, seed: int, values: list[float]) -> None:
+        write_json(self.path / paths.STUDY_EXPERTS_FILE, {**self.expert_accuracy(), str(seed): values})
+
+    def save_summary(self, summary: dict[str, Any], table: str) -> None:
+        write_json(self.path / paths.STUDY_SUMMARY_FILE, summary)
+        write_text(self.path / paths.STUDY_TABLE_FILE, table)
+
+    def summary(self) -> dict[str, Any] | None:
+        path = self.path / paths.STUDY_SUMMARY_FILE
+        return read_json(path) if path.exists() else None
+
+
+def list_studies(root: Path) -> list[StudyFolder]:
+    root = Path(root)
+    if not root.exists():
+        return []
+    return sorted((StudyFolder(p) for p in root.iterdir() if (p / paths.STUDY_FILE).is_file()), key=lambda s: s.id)

@@ -1,0 +1,213 @@
+"""Soft labels and DATM: the maths against independent formulas and finite differences, the window, the initial
+images and labels, resume, export and import, fair scores."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from configs import tiny_run_config
+from test_matching import SPEC, forward, tiny_problem
+
+from seqmatch_engine.config import ConfigError, RunConfig, method_name, method_parts
+from seqmatch_engine.labels import hard, soft_cross_entropy, targets
+from seqmatch_engine.matching import ConvNetStudent, MatchingState, matching_loss, outer_step
+from seqmatch_engine.methods import OBJECTIVES
+from seqmatch_engine.methods.datm import correct_real_images, window_at
+from seqmatch_engine.models import ConvNetSpec
+from seqmatch_engine.prepare import PreparedData
+from seqmatch_engine.runs import RunFolder
+from seqmatch_engine.seeding import make_generator
+from seqmatch_engine.seqmatch import Distiller
+
+
+def test_soft_cross_entropy_is_the_formula_and_hard_labels_are_unchanged():
+    g = make_generator(0, "soft-ce")
+    outputs, logits = torch.randn(7, 5, generator=g, dtype=torch.float64), torch.randn(7, 5, generator=g,
+                                                                                      dtype=torch.float64)
+    by_hand = sum(-sum(torch.log_softmax(outputs[b], 0)[c] * torch.softmax(logits[b], 0)[c] for c in range(5))
+                  for b in range(7)) / 7
+    assert float(soft_cross_entropy(outputs, logits)) == pytest.approx(float(by_hand), rel=1e-12)
+    assert float(F.cross_entropy(outputs, targets(logits))) == pytest.approx(float(by_hand), rel=1e-12)
+    classes = torch.tensor([0, 4, 2])
+    assert targets(classes) is classes and torch.equal(hard(classes), classes)
+    assert torch.equal(hard(logits), logits.argmax(1))
+
+
+@pytest.mark.parametrize("mode", ["unrolled", "recompute"])
+def test_the_label_gradient_through_the_unroll_matches_finite_differences(mode):
+    """d loss / d label logits through N unrolled steps of soft cross-entropy (fp64), both memory modes."""
+    start, target, images, classes, plan = tiny_problem(steps=3)
+    g = make_generator(1, "label-logits")
+    logits = torch.randn(len(classes), SPEC.num_classes, generator=g, dtype=torch.float64).requires_grad_(True)
+    lr = torch.tensor(0.1, dtype=torch.float64)
+
+    def loss_of(label_logits):
+        return matching_loss(forward, start, target, images, targets(label_logits), lr, plan, mode)
+
+    loss_of(logits).backward()
+    analytic = logits.grad.clone()
+    assert analytic.abs().max() > 1e-6  # the labels do move the loss: the check can fail
+    numeric = torch.zeros_like(logits)
+    eps = 1e-6
+    for i in range(logits.numel()):
+        bump = torch.zeros(logits.numel(), dtype=torch.float64)
+        bump[i] = eps
+        bump = bump.view_as(logits)
+        numeric.view(-1)[i] = (loss_of(logits.detach() + bump) - loss_of(logits.detach() - bump)).detach() / (2 * eps)
+    torch.testing.assert_close(analytic, numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_the_fused_student_gives_the_label_gradient_of_the_generic_one():
+    spec = ConvNetSpec(channels=2, image_size=(8, 8), num_classes=3, width=4, depth=2)
+    start, target, images, classes, plan = tiny_problem(steps=2)
+    logits = torch.randn(len(classes), 3, generator=make_generator(2, "l"), dtype=torch.float64)
+    grads = []
+    for student in (forward, ConvNetStudent(spec, "unrolled"), ConvNetStudent(spec, "recompute")):
+        leaf = logits.clone().requires_grad_(True)
+        matching_loss(student, start, target, images, targets(leaf), torch.tensor(0.1, dtype=torch.float64),
+                      plan).backward()
+        grads.append(leaf.grad)
+    for other in grads[1:]:
+        torch.testing.assert_close(other, grads[0], rtol=1e-9, atol=1e-12)
+
+
+def test_an_outer_step_learns_soft_labels_and_the_gate_holds_every_optimiser():
+    start, target, images, classes, plan = tiny_problem(dtype=torch.float32, steps=2)
+    logits = torch.randn(len(classes), 3, generator=make_generator(3, "l"))
+    learned = MatchingState.create(images, 0.1, 10.0, 1e-3, 0.5, labels=logits, lr_label=2.0, label_momentum=0.9)
+    outer_step(forward, learned, images.new_empty(0), logits, start, target, plan, max_lr=1.0)
+    assert not torch.equal(learned.labels.detach(), logits) and not torch.equal(learned.images.detach(), images)
+    assert "label_momentum" in learned.optimized()
+    gated = MatchingState.create(images, 0.1, 10.0, 1e-3, 0.5, labels=logits, lr_label=2.0, label_momentum=0.9)
+    result = outer_step(forward, gated, images.new_empty(0), logits, start, target, plan, max_lr=1.0,
+                        update_below=1e-9)  # the loss is never that small: nothing moves
+    assert result.loss > 1e-9
+    assert torch.equal(gated.labels.detach(), logits) and torch.equal(gated.images.detach(), images)
+    assert float(gated.lr) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("iteration, expected", [(0, (0, 10)), (50, (0, 15)), (99, (0, 19)), (100, (0, 20)),
+                                                 (500, (0, 20))])
+def test_datm_window_grows_linearly_to_the_interval_end(iteration, expected):
+    assert window_at((0, 20), 10, 100, iteration) == expected
+    assert window_at((0, 20), None, 100, iteration) == (0, 20)
+
+
+def test_datm_starts_from_correctly_classified_images_with_the_mean_logits_of_the_experts_that_agree():
+    """A hand-built case: 'experts' are tables of logits by image id; class 0 has 4 images, class 1 has 3."""
+    ids = torch.arange(7, dtype=torch.float32)
+    images = ids.view(7, 1, 1, 1)
+    train_labels = torch.tensor([0, 0, 0, 0, 1, 1, 1])
+    table = torch.tensor([  # expert e's logits for image i: rows = experts, [image, class]
+        [[2, 0], [0, 2], [3, 1], [0, 1], [0, 5], [1, 0], [0, 2]],
+        [[1, 0], [0, 1], [0, 4], [5, 0], [0, 3], [2, 0], [1, 0]]], dtype=torch.float32)
+
+    def expert_forward(params, x):  # params is the expert index (as a 1-element tensor)
+        return table[int(params[0])][x.view(-1).long()]
+
+    data = PreparedData("toy", ("a", "b"), None, images, train_labels, images[:0], train_labels[:0], images[:0],
+                        train_labels[:0])
+    finals = torch.tensor([[0.0], [1.0]])
+    picked, labels, filled = correct_real_images(data, finals, expert_forward, 2, make_generator(0, "toy"), chunk=2)
+    assert filled == {}
+    picked_ids = picked.view(-1).long().tolist()
+    # correct: image 0 (both), 1 (none), 2 (expert 0), 3 (expert 1); 4 (both), 5 (none), 6 (expert 0)
+    assert set(picked_ids[:2]) <= {0, 2, 3} and set(picked_ids[2:]) <= {4, 6}
+    means = {0: (table[0][0] + table[1][0]) / 2, 2: table[0][2], 3: table[1][3], 4: (table[0][4] + table[1][4]) / 2,
+             6: table[0][6]}
+    for row, image in enumerate(picked_ids):
+        torch.testing.assert_close(labels[row], means[image])
+    picked, labels, filled = correct_real_images(data, finals, expert_forward, 3, make_generator(0, "toy"))
+    assert filled == {1: 1}  # class 1 has 2 correct images: the third is image 5, with all experts' mean logits
+    assert picked.view(-1).long().tolist()[-1] == 5
+    torch.testing.assert_close(labels[-1], (table[0][5] + table[1][5]) / 2)
+
+
+def datm_config(**distill) -> RunConfig:
+    raw = tiny_run_config("datm", 3, (1, 1), select_points=2, **distill).to_dict()
+    raw["distill"].update(objective="datm", datm={"lr_label": 2.0, "initial_end": 2, "growth_iterations": 2,
+                                                 "update_below": 10.0})
+    return RunConfig.from_dict(raw)
+
+
+def run_to_end(tmp_path, config, name="run", control=None):
+    run = RunFolder.create(tmp_path / name, config)
+    return run, Distiller(run, tmp_path / "experts", control=control).run()
+
+
+def test_a_seqmatch_datm_run_learns_soft_labels_and_reports_fair_scores(tmp_path):
+    config = datm_config()
+    assert config.method == "seqmatch-datm" and config.schedule == "sequential"
+    run, result = run_to_end(tmp_path, config)
+    subsets = run.subsets()
+    assert all(s.labels.shape == (10, 10) and s.labels.is_floating_point() for s in subsets)
+    assert set(result) >= {"synthetic", "synthetic_hard", "random_real", "random_real_soft"}
+    assert result["method"] == "seqmatch-datm"
+    own, hard_only = result["synthetic"]["convnet"], result["synthetic_hard"]["convnet"]
+    assert own["values"] != hard_only["values"] or own == hard_only  # other labels, same nets
+    assert result["random_real"] != result["random_real_soft"]
+
+
+def test_kill_and_resume_a_datm_run_gives_the_unbroken_run_bit_for_bit(tmp_path):
+    from seqmatch_engine.control import RunControl
+
+    config = datm_config()
+    unbroken, _ = run_to_end(tmp_path, config, "unbroken")
+    control, seen = RunControl(), []
+
+    def stop_in_stage_two(event):
+        if event.kind == "iteration" and event.stage == 1 and event.iteration == 3:
+            control.stop()
+
+    run = RunFolder.create(tmp_path / "broken", config)
+    assert Distiller(run, tmp_path / "experts", stop_in_stage_two, control).run() is None
+    checkpoint = run.checkpoint()
+    assert checkpoint.stage == 1 and {"labels", "label_momentum"} <= set(checkpoint.state)
+    seen.append(checkpoint.iteration)
+    Distiller(RunFolder(run.path), tmp_path / "experts").run()
+    for a, b in zip(run.subsets(), unbroken.subsets(), strict=True):
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) and a.lr == b.lr
+    assert run.eval().to_dict() == unbroken.eval().to_dict()
+
+
+def test_objectives_are_registered_once_and_unknown_ones_name_the_field():
+    from seqmatch_engine.config import OBJECTIVES as NAMES
+
+    assert tuple(OBJECTIVES) == NAMES
+    raw = tiny_run_config("x", 0, (1,)).to_dict()
+    raw["distill"]["objective"] = "dm"
+    with pytest.raises(ConfigError, match=r"distill.objective: unknown objective 'dm'; choose one of mtt, datm"):
+        RunConfig.from_dict(raw)
+    raw["distill"].update(objective="mtt", datm={"lr_label": 3.0})
+    with pytest.raises(ConfigError, match=r"distill.datm: is set but distill.objective is not \"datm\""):
+        RunConfig.from_dict(raw)
+    for method in ("mtt", "seqmatch", "datm", "seqmatch-datm"):
+        assert method_name(*method_parts(method)) == method
+    static = RunConfig.from_dict({**datm_config().to_dict(), "distill": {
+        **datm_config().to_dict()["distill"], "subsets": datm_config().to_dict()["distill"]["subsets"][:1]}})
+    assert static.method == "datm" and static.schedule == "static"
+
+
+def test_a_soft_label_set_keeps_its_labels_through_import_and_export(tmp_path):
+    """DATM's code saves images_best.pt and labels_best.pt (logits (n, C)): imported, they stay soft logits (a DATM
+    set, ordered by top class), and the export carries them as they are."""
+    from safetensors import safe_open
+
+    from seqmatch_engine.importer import import_distilled_set
+
+    g = make_generator(0, "import-soft")
+    classes = torch.arange(10).repeat(2)  # interleaved, as a public file may hold them
+    logits = torch.randn(20, 10, generator=g) + 5 * F.one_hot(classes, 10)
+    images = torch.randn(20, 1, 28, 28, generator=g)
+    torch.save(images, tmp_path / "images_best.pt")
+    torch.save(logits, tmp_path / "labels_best.pt")
+    run = import_distilled_set([tmp_path / "images_best.pt", tmp_path / "labels_best.pt"], "fashion-mnist-small",
+                               False, tmp_path / "runs")
+    assert run.config().method == "datm"
+    (subset,) = run.subsets()
+    order = torch.argsort(classes, stable=True)
+    assert torch.equal(subset.labels, logits[order]) and torch.equal(subset.images, images[order])
+    exported = run.export(tmp_path / "out")
+    with safe_open(str(exported / "distilled_set.safetensors"), "pt") as handle:
+        assert torch.equal(handle.get_tensor("S1.labels"), logits[order])
+    assert (exported / "S1.png").is_file()
