@@ -60,13 +60,35 @@ def _font(size: int):
 
 @dataclass(frozen=True)
 class Panel:
-    """One subset's grid: a title (S1), a subtitle, the title's colour, pixels (n, C, H, W) in [0,1], labels (n,)."""
+    """One subset's grid: a title (S1), a subtitle, the title's colour, pixels (n, C, H, W) in [0,1], the class rows
+    they sit in (n,), and, for a set with soft labels, their logits (n, classes): then each image shows its label's
+    confidence as a bar under it, teal when the label's top class is the image's row, red (with that class's name)
+    when it is another."""
 
     title: str
     subtitle: str
     colour: str
     pixels: torch.Tensor
     labels: torch.Tensor
+    soft_labels: torch.Tensor | None = None
+
+
+AGREES, DISAGREES = "#0d9488", "#dc2626"  # a soft label's top class is / is not the image's row
+
+
+def _draw_soft_labels(draw, panel: Panel, x: int, y: int, scale: int, class_names, font) -> None:
+    """Confidence bars (and the top class where it is not the row's) under each cell of a panel's grid."""
+    probabilities = torch.softmax(panel.soft_labels.detach().float().cpu(), dim=1)
+    h, w = panel.pixels.shape[-2:]
+    rows = panel.labels.cpu()
+    for c in range(len(class_names)):
+        for j, i in enumerate(torch.nonzero(rows == c).flatten().tolist()):
+            left, bottom = x + (1 + j * (w + 1)) * scale, y + (1 + c * (h + 1) + h) * scale
+            confidence, top = float(probabilities[i].max()), int(probabilities[i].argmax())
+            colour = AGREES if top == c else DISAGREES
+            draw.rectangle([left, bottom - scale - 2, left + round(confidence * w * scale), bottom], fill=colour)
+            if top != c:
+                draw.text((left + 2, bottom - scale - 4), class_names[top][:5], fill=colour, font=font, anchor="lb")
 
 
 def labelled_panels(panels: list[Panel], class_names: tuple[str, ...] | list[str], caption: str | None = None
@@ -103,8 +125,13 @@ def labelled_panels(panels: list[Panel], class_names: tuple[str, ...] | list[str
         draw.text((label_width - 8, top + title_height + row_height * (c + 0.5)), name, fill="#374151", font=font,
                   anchor="rm")
     x = label_width
+    small = _font(max(10, text_size - 4))
     for panel, grid, panel_width in zip(panels, grids, widths):
         canvas.paste(Image.fromarray(grid), (x, top + title_height))
+        if panel.soft_labels is not None:
+            side = max(panel.pixels.shape[-2:])
+            _draw_soft_labels(draw, panel, x, top + title_height, 4 if side <= 32 else 2 if side <= 64 else 1,
+                              class_names, small)
         draw.text((x, top + 2), panel.title, fill=panel.colour, font=stage_font)
         draw.text((x, top + text_size + 8), panel.subtitle, fill="#64748b", font=title_font)
         x += panel_width + gap

@@ -20,6 +20,7 @@ from .config import RunConfig
 from .diagnostics import COMPUTED, DiagnosticsOptions, RunDiagnostics
 from .eta import PhasePlan, remaining_seconds
 from .executors import Executor
+from .labels import is_soft
 from .records import RunState
 from .runs import RunError, RunFolder, list_runs
 from .seqmatch import Distiller, Event, EventKind, RunControl, StopRequested
@@ -51,6 +52,7 @@ class LiveState:
     start_epochs: list[tuple[int, int, int]] = field(default_factory=list)
     selections: list[tuple[int, int, float]] = field(default_factory=list)  # (stage, iteration, val acc)
     images: dict[int, torch.Tensor] = field(default_factory=dict)           # stage -> latest images
+    soft_labels: dict[int, torch.Tensor] = field(default_factory=dict)      # stage -> latest soft label logits
     image_version: int = 0
     evaluation: list[dict[str, Any]] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
@@ -118,12 +120,12 @@ def fold(live: LiveState, event: Event) -> None:
         live.lrs = _thin([*live.lrs, (event.stage, event.iteration, data["lr"])])
         live.start_epochs = _thin([*live.start_epochs, (event.stage, event.iteration, data["start_epoch"])])
         if data.get("images") is not None:
-            _publish(live, event.stage, data["images"])
+            _publish(live, event.stage, data["images"], data.get("labels"))
     elif event.kind in (EventKind.STAGE_START, EventKind.STAGE_DONE):
         live.waiting.discard(event.stage)
         if event.kind == EventKind.STAGE_START:
             live.phase_first_fraction = event.iteration / live.iterations if live.iterations else 0.0
-        _publish(live, event.stage, data["images"])
+        _publish(live, event.stage, data["images"], data.get("labels"))
     elif event.kind == EventKind.SELECTION:
         live.selections.append((event.stage, event.iteration, data["val_accuracy"]))
     elif event.kind == EventKind.EVALUATION:
@@ -142,8 +144,10 @@ def _close_phase(live: LiveState) -> None:
         live.measured[phases[live.phase].kind] = (time.time() - live.phase_started) / (phases[live.phase].units * done)
 
 
-def _publish(live: LiveState, stage: int, images: torch.Tensor) -> None:
+def _publish(live: LiveState, stage: int, images: torch.Tensor, soft_labels: torch.Tensor | None = None) -> None:
     live.images[stage] = images.detach().cpu()
+    if soft_labels is not None:
+        live.soft_labels[stage] = soft_labels.detach().cpu()
     live.image_version += 1
     if live.first_image_s is None and live.started is not None:
         live.first_image_s = time.time() - live.started
@@ -175,11 +179,15 @@ def live_from_folder(run: RunFolder) -> LiveState:
     live.stage, live.eta_s = status.get("stage"), None
     live.iteration, live.iterations = status.get("iteration", 0), status.get("iterations", 0)
     live.error, live.messages = status.get("error"), [m["text"] for m in status.get("messages", [])]
-    live.images = {k: subset.images for k, subset in enumerate(run.subsets())}
+    subsets = run.subsets()
+    live.images = {k: subset.images for k, subset in enumerate(subsets)}
+    live.soft_labels = {k: subset.labels for k, subset in enumerate(subsets) if is_soft(subset.labels)}
     snapshots = run.snapshots()
     if snapshots and snapshots[-1][0] not in live.images:
         stage, iteration = snapshots[-1][:2]
         live.images[stage] = run.snapshot_images(stage, iteration)
+        if (labels := run.snapshot_labels(stage, iteration)) is not None:
+            live.soft_labels[stage] = labels
     live.image_version = len(snapshots) + len(live.images)
     return live
 

@@ -281,9 +281,14 @@ class RunFolder:
     def clear_checkpoint(self) -> None:
         (self.path / paths.CHECKPOINT_FILE).unlink(missing_ok=True)
 
-    def save_snapshot(self, stage: int, iteration: int, images: torch.Tensor, lr: float) -> None:
+    def save_snapshot(self, stage: int, iteration: int, images: torch.Tensor, lr: float,
+                      soft_labels: torch.Tensor | None = None) -> None:
+        """A timeline point of subset `stage`: its images, lr and, when it learns them, its soft label logits."""
         self._require_folder()
-        write_tensors(paths.snapshot_file(self.path, stage, iteration), {"images": images, "lr": torch.tensor(lr)})
+        tensors = {"images": images, "lr": torch.tensor(lr)}
+        if soft_labels is not None:
+            tensors["labels"] = soft_labels
+        write_tensors(paths.snapshot_file(self.path, stage, iteration), tensors)
 
     def snapshots(self) -> list[tuple[int, int]]:
         """(stage, iteration) of every timeline snapshot, in order."""
@@ -296,6 +301,10 @@ class RunFolder:
     def snapshot_images(self, stage: int, iteration: int) -> torch.Tensor:
         """The images (n_k, C, H, W) of subset `stage` after `iteration` outer iterations (a timeline snapshot)."""
         return read_tensors(paths.snapshot_file(self.path, stage, iteration), ("images",))["images"]
+
+    def snapshot_labels(self, stage: int, iteration: int) -> torch.Tensor | None:
+        """The soft label logits (n_k, classes) of that snapshot; None for a subset whose labels are fixed classes."""
+        return read_tensors(paths.snapshot_file(self.path, stage, iteration), ("images",)).get("labels")
     def save_eval(self, result: "EvalResult") -> None:
         self._require_folder()
         write_json(self.path / paths.EVAL_FILE, result.to_dict())

@@ -47,10 +47,10 @@ class EventKind(TextEnum):
     PROGRESS = "progress"          # data: task ("experts" | "evaluation"), done, total
     PLAN = "plan"                  # data: phases (eta.PhasePlan list: the run's work still to do)
     PREVIEW = "preview"            # data: images {stage: initial (or resumed) images of every stage to learn}
-    STAGE_START = "stage_start"    # data: images
-    ITERATION = "iteration"        # data: loss, lr, start_epoch, images (or None), total, eta_s
+    STAGE_START = "stage_start"    # data: images, labels (soft label logits, or None for class labels)
+    ITERATION = "iteration"        # data: loss, lr, start_epoch, images and labels (or None), total, eta_s
     SELECTION = "selection"        # data: val_accuracy, best_accuracy, best_iteration
-    STAGE_DONE = "stage_done"      # data: info, images
+    STAGE_DONE = "stage_done"      # data: info, images, labels
     EVALUATION = "evaluation"      # data: {set, arch, mean, std, values}
     DONE = "done"                  # data: eval.json's content
     ERROR = "error"                # data: message, kind_name
@@ -109,6 +109,11 @@ class Stage:
         """S_k as it stands."""
         images, labels, lr = self.method.learned()
         return Subset(images, labels, lr)
+
+    def soft_labels(self) -> torch.Tensor | None:
+        """S_k's soft label logits as they stand (for display), None when its labels are fixed classes."""
+        labels = self.labels_k()
+        return labels.clone() if is_soft(labels) else None
 
 
 class Hook(Protocol):
@@ -230,9 +235,9 @@ class Distiller:
         g1 = self.g1_recorder(stage)
         hooks = [g1.after_step, self._after_step_metrics, Selection(self).after_step, Checkpoints(self).after_step,
                  *(hook.after_step for hook in self.extra_hooks)]
-        self.emit(EventKind.STAGE_START, k, stage.iteration, images=stage.images().clone())
+        self.emit(EventKind.STAGE_START, k, stage.iteration, images=stage.images().clone(), labels=stage.soft_labels())
         if stage.started_at == 0:  # the timeline starts with the images as they were before any step
-            self.run_folder.save_snapshot(k, 0, stage.images(), stage.lr())
+            self.run_folder.save_snapshot(k, 0, stage.images(), stage.lr(), stage.soft_labels())
         for iteration in range(stage.started_at, stage.iterations):
             self.control.checkpoint()
             try:  # G1 measures, never changes, the step
@@ -307,7 +312,8 @@ class Distiller:
                              "seconds": rate})
         publish = done % dist.publish_every == 0 or done == stage.iterations
         self.emit(EventKind.ITERATION, stage.k, done, loss=record.loss, lr=record.lr, start_epoch=record.start_epoch,
-                  images=stage.images().clone() if publish else None, total=stage.iterations,
+                  images=stage.images().clone() if publish else None,
+                  labels=stage.soft_labels() if publish else None, total=stage.iterations,
                   eta_s=rate * (stage.iterations - done))
 
     def stop_diverged(self, stage: Stage, iteration: int, error: DivergenceError) -> Subset:
@@ -332,7 +338,8 @@ class Distiller:
                 "best_iteration": stage.best.iteration, "best_val_accuracy": stage.best.accuracy}
         self.run_folder.save_subset(stage.k, subset, info)
         self.run_folder.clear_checkpoint()
-        self.emit(EventKind.STAGE_DONE, stage.k, data=info, images=subset.images.clone())
+        self.emit(EventKind.STAGE_DONE, stage.k, data=info, images=subset.images.clone(),
+                  labels=subset.labels.clone() if is_soft(subset.labels) else None)
         return subset
 
 
@@ -398,7 +405,7 @@ class Checkpoints:
         if done % every and done != stage.iterations:
             return
         run = self.driver.run_folder
-        run.save_snapshot(stage.k, done, stage.images(), stage.lr())
+        run.save_snapshot(stage.k, done, stage.images(), stage.lr(), stage.soft_labels())
         best = stage.best
         run.save_checkpoint(Checkpoint(stage.k, done, stage.method.state_dict(), stage.generator.get_state(),
                                        best.accuracy, best.iteration, best.images, best.lr, best.labels))

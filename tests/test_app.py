@@ -157,19 +157,26 @@ def test_compare_tab_fills_from_its_preset_and_pairs_under_the_authors_budget_by
     smoke = form_defaults("cpu-smoke")
     ipc, k, iterations = client.predict("cpu-smoke", api_name="/compare_preset")
     assert (ipc, k, iterations) == (smoke.ipc, smoke.num_subsets, smoke.iterations)
-    mtt_id, seq_id, message = client.predict("cpu-smoke", ipc, k, iterations, api_name="/compare_start")  # default budget
+    mtt_id, seq_id, datm_id, seq_datm_id, message = client.predict("cpu-smoke", ipc, k, iterations,
+                                                                    api_name="/compare_start")  # default budget
+    assert datm_id is None and seq_datm_id is None  # MTT and SeqMatch are ticked by default
     assert "budget convention **per-image**" in message and "demonstration, not evidence" in message
     mtt, seq = manager.run(mtt_id).config(), manager.run(seq_id).config()
     assert mtt.method == "mtt" and seq.method == "seqmatch" and mtt.budget == "per-image"
     assert mtt.distill.subsets[0].iterations == iterations
     assert [s.iterations for s in seq.distill.subsets] == [iterations] * k
     wait_for(lambda: all(manager.live(r).state == "done" for r in (mtt_id, seq_id)), timeout=300)
-    figure, note, *_ = client.predict(mtt_id, seq_id, api_name="/compare_charts")
+    figure, note, *_ = client.predict(mtt_id, seq_id, None, None, api_name="/compare_charts")
     assert "budget convention **per-image**" in note and "One seed per method: a demonstration" in note
     bars = figure["plot"] if isinstance(figure, dict) else figure
-    assert "Static MTT IPC" in str(bars) and "SeqMatch IPC" in str(bars) and "random real" in str(bars)
+    assert "static MTT IPC" in str(bars) and "SeqMatch IPC" in str(bars) and "random real" in str(bars)
     *_, message = client.predict("cpu-smoke", ipc, k, iterations, "total", api_name="/compare_start")
     assert "budget convention **total**" in message and f"({k * iterations} iterations)" in message
+    *ids, message = client.predict("cpu-smoke", ipc, k, iterations, "per-image", ["datm", "seqmatch-datm"],
+                                   api_name="/compare_start")
+    assert ids[:2] == [None, None] and [manager.run(i).config().method for i in ids[2:]] == ["datm", "seqmatch-datm"]
+    *ids, message = client.predict("cpu-smoke", ipc, k, iterations, "per-image", [], api_name="/compare_start")
+    assert "Cannot start:** methods: tick at least one method" in message
     for live in manager.jobs():
         manager.stop(live.run_id)
 

@@ -130,8 +130,8 @@ def test_a_newcomers_pages_stay_current(smoke_server, screenshot_dir):
 
         # the lists follow without a Refresh: Compare's finished-run pickers and the Runs table
         first.get_by_role("tab", name="Compare").click()
-        first.get_by_text("…or pick two finished runs").click()
-        first.locator("#sm-compare-pick-seq input").click()
+        first.get_by_text("…or pick finished runs").click()
+        first.locator("#sm-compare-pick-seqmatch input").click()
         first.get_by_role("option", name=re.compile("seqmatch-cpu-smoke")).first.wait_for(timeout=15_000)
         first.keyboard.press("Escape")
         first.get_by_role("tab", name="Runs").click()

@@ -1,4 +1,6 @@
-"""Compare tab: static MTT and SeqMatch at the same total IPC, side by side, live or from past runs."""
+"""Compare tab: up to four methods (MTT or DATM, static or sequential) at the same total IPC, side by side, live or
+from past runs; accuracy with error bars beside both random-real baselines, and each method's gain over the
+baseline trained the same way."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,50 +8,72 @@ from dataclasses import dataclass
 import gradio as gr
 import plotly.graph_objects as go
 
-from seqmatch_engine.config import BUDGET_NOTES, ConfigError, preset_names
+from seqmatch_engine.config import BUDGET_NOTES, METHODS, ConfigError, preset_names
 from seqmatch_engine.manager import JobManager
 from seqmatch_engine.records import EvalResult, RunState
 from seqmatch_engine.runs import RunError, RunFolder, list_runs
 
-from .forms import FormValues, compare_pair, form_defaults
+from .forms import FormValues, compare_set, form_defaults
 from .live_view import LiveView, poll_outputs
 from .overlays import comparison_overlays
-from .palette import method_colour
+from .palette import METHOD_NAMES, method_colour
 
 DEFAULT_PRESET = "cpu-demo"
+DEFAULT_METHODS = ["mtt", "seqmatch"]
 BUDGET_EXPLAINED = (
     "**Budget.** *Per image* (the authors' convention, default): each SeqMatch subset runs as many iterations as "
     "static MTT's whole run, so every image gets the same number of updates and the compute is about equal. "
     "*Total*: static MTT runs the sum of the subsets' iterations, twice the updates per image at K = 2. "
     "**Headroom.** SeqMatch can only help where the experts end well above what static MTT reaches; on the small "
     "CPU presets they barely do. On this CPU's headroom study static MTT stayed ahead of SeqMatch at IPC 10 and 20 "
-    "(Learn tab: the table, paired differences over 3 seeds).")
+    "(Learn tab: the table, paired differences over 3 seeds). **Soft labels.** DATM learns soft labels: random real "
+    "images with soft labels from the same experts already score far above hard-labelled ones, so a soft-label "
+    "method is judged by its gain over *that* baseline (the bars show both).")
+EMPTY_NOTE = ("Tick the methods to compare and press **Start comparison**: each one's synthetic images appear below "
+              "as they learn, then its accuracy beside the random-real baselines.")
 
 
 def accuracy_figure(results: list[tuple[str, EvalResult | None]]) -> go.Figure:
-    """Bars of test accuracy (mean ± std) for each labelled run and the random-real baseline."""
-    names, means, stds, colours = [], [], [], []
-    baseline = None
+    """Bars of test accuracy (mean ± std over nets) of each labelled run, its hard-label accuracy for soft-label
+    sets, and the random-real baselines (hard labels; soft labels from the same experts where a run has them)."""
+    bars: list[tuple[str, float, float, str]] = []
+    baselines: dict[str, dict] = {}
     for label, result in results:
         acc = result.accuracy() if result else None
         if acc is None:
             continue
-        names.append(label)
-        means.append(100 * acc["mean"])
-        stds.append(100 * acc["std"])
-        colours.append(method_colour(result.method))
-        baseline = baseline or result.accuracy("random_real")
-    if baseline:
-        names.append("random real")
-        means.append(100 * baseline["mean"])
-        stds.append(100 * baseline["std"])
-        colours.append(method_colour("random_real"))
-    figure = go.Figure(go.Bar(x=names, y=means, error_y={"type": "data", "array": stds}, marker_color=colours,
-                              text=[f"{m:.1f}" for m in means], textposition="outside"))
+        bars.append((label, acc["mean"], acc["std"], method_colour(result.method)))
+        if result.accuracy("synthetic_hard"):
+            hard = result.accuracy("synthetic_hard")
+            bars.append((f"{label}, hard labels", hard["mean"], hard["std"], "#cbd5e1"))
+        for kind in ("random_real", "random_real_soft"):
+            baselines.setdefault(kind, result.accuracy(kind))
+    for kind, baseline in baselines.items():
+        if baseline:
+            bars.append((METHOD_NAMES[kind], baseline["mean"], baseline["std"], method_colour(kind)))
+    means = [100 * b[1] for b in bars]
+    figure = go.Figure(go.Bar(x=[b[0] for b in bars], y=means,
+                              error_y={"type": "data", "array": [100 * b[2] for b in bars]},
+                              marker_color=[b[3] for b in bars], text=[f"{m:.1f}" for m in means],
+                              textposition="outside"))
     figure.update_layout(title="Test accuracy (ConvNet, mean ± std over nets)", yaxis_title="accuracy (%)",
-                         template="plotly_white", height=320, margin={"l": 50, "r": 10, "t": 50, "b": 40},
+                         template="plotly_white", height=340, margin={"l": 50, "r": 10, "t": 50, "b": 60},
                          yaxis={"range": [0, max(means + [10]) * 1.15]})
     return figure
+
+
+def gains_markdown(results: list[tuple[str, EvalResult | None]]) -> str:
+    """Each run's gain over random real images trained the same way (the fair number for soft labels)."""
+    lines = []
+    for label, result in results:
+        if not result or result.accuracy() is None:
+            continue
+        kind = "random_real_soft" if result.accuracy("synthetic_hard") else "random_real"
+        baseline = result.accuracy(kind)
+        if baseline:
+            gain = 100 * (result.accuracy()["mean"] - baseline["mean"])
+            lines.append(f"- **{label}**: {gain:+.2f} points over {METHOD_NAMES[kind]} (the same protocol and nets)")
+    return ("**Gain over random real, same labels:**\n" + "\n".join(lines)) if lines else ""
 
 
 def run_choices(manager: JobManager, method: str) -> list[str]:
@@ -69,82 +93,89 @@ class CompareTab:
             self.num_subsets = gr.Number(defaults.num_subsets, label="SeqMatch subsets K", precision=0, scale=1)
             self.iterations = gr.Number(defaults.iterations, label="Iterations per subset", precision=0, scale=1)
             self.budget = gr.Dropdown([("per image (authors')", "per-image"), ("total", "total")], value="per-image",
-                                      label="Budget convention", scale=1, min_width=190, elem_id="sm-compare-budget")
+                                      label="Budget convention", scale=1, min_width=220, elem_id="sm-compare-budget")
+        with gr.Row():
+            self.methods = gr.CheckboxGroup([(METHOD_NAMES[m], m) for m in METHODS], value=DEFAULT_METHODS,
+                                            label="Methods (objective × schedule)", scale=3,
+                                            elem_id="sm-compare-methods")
             self.start = gr.Button("Start comparison", variant="primary", scale=1, elem_id="sm-compare-start")
         gr.Markdown(BUDGET_EXPLAINED, elem_classes="sm-note")
-        with gr.Accordion("…or pick two finished runs", open=False):
+        with gr.Accordion("…or pick finished runs", open=False):
             with gr.Row():
-                self.pick_mtt = gr.Dropdown(run_choices(self.manager, "mtt"), value=None, label="Static MTT run",
-                                            allow_custom_value=True)
-                self.pick_seq = gr.Dropdown(run_choices(self.manager, "seqmatch"), value=None, label="SeqMatch run",
-                                            allow_custom_value=True, elem_id="sm-compare-pick-seq")
+                self.picks = [gr.Dropdown(run_choices(self.manager, m), value=None, label=f"{METHOD_NAMES[m]} run",
+                                          allow_custom_value=True, elem_id=f"sm-compare-pick-{m}") for m in METHODS]
                 self.show = gr.Button("Show")
-        self.message = gr.Markdown(elem_id="sm-compare-message")
-        with gr.Row(equal_height=False):
-            with gr.Column():
-                self.mtt_view = LiveView(self.manager, "Static MTT")
-                self.mtt_view.build()
-            with gr.Column():
-                self.seq_view = LiveView(self.manager, "SeqMatch")
-                self.seq_view.build()
+        self.message = gr.Markdown(EMPTY_NOTE, elem_id="sm-compare-message")
+        self.views = {m: LiveView(self.manager, METHOD_NAMES[m]) for m in METHODS}
+        for row in (METHODS[:2], METHODS[2:]):
+            with gr.Row(equal_height=False):
+                for method in row:
+                    with gr.Column():
+                        self.views[method].build()
         self.refresh = gr.Button("Update comparison charts", size="sm")
-        self.accuracy = gr.Plot(label="Accuracy")
+        self.accuracy = gr.Plot(label="Accuracy", show_label=False)
         self.overlays = gr.Markdown()
         with gr.Row():
-            self.g1 = gr.Plot(label="G1 coupling")
-            self.g2 = gr.Plot(label="G2 matching error")
-        self.g4 = gr.Plot(label="G4 easy vs hard")
+            self.g1 = gr.Plot(label="G1 coupling", show_label=False)
+            self.g2 = gr.Plot(label="G2 matching error", show_label=False)
+        self.g4 = gr.Plot(label="G4 easy vs hard", show_label=False)
 
     def wire(self, timer: gr.Timer) -> None:
-        self.mtt_state = gr.BrowserState(None, storage_key="seqmatch-compare-mtt")
-        self.seq_state = gr.BrowserState(None, storage_key="seqmatch-compare-seq")
+        self.states = [gr.BrowserState(None, storage_key=f"seqmatch-compare-{m}") for m in METHODS]
         self.preset.change(self.on_preset, self.preset, [self.ipc, self.num_subsets, self.iterations], queue=False,
                            api_name="compare_preset")
-        self.start.click(self.on_start, [self.preset, self.ipc, self.num_subsets, self.iterations, self.budget],
-                         [self.mtt_state, self.seq_state, self.message], api_name="compare_start")
-        self.show.click(self.on_show, [self.pick_mtt, self.pick_seq], [self.mtt_state, self.seq_state, self.message],
-                        api_name="compare_show")
-        for view, state in ((self.mtt_view, self.mtt_state), (self.seq_view, self.seq_state)):
+        self.start.click(self.on_start, [self.preset, self.ipc, self.num_subsets, self.iterations, self.budget,
+                                         self.methods], [*self.states, self.message], api_name="compare_start")
+        self.show.click(self.on_show, self.picks, [*self.states, self.message], api_name="compare_show")
+        for method, state in zip(METHODS, self.states):
+            view = self.views[method]
             timer.tick(view.poll, [state, view.version], poll_outputs(view), concurrency_limit=None,
                        show_progress="hidden", api_name=False)
         outputs = [self.accuracy, self.overlays, self.g1, self.g2, self.g4]
-        self.refresh.click(self.on_refresh, [self.mtt_state, self.seq_state], outputs, api_name="compare_charts")
+        self.refresh.click(self.on_refresh, self.states, outputs, api_name="compare_charts")
 
     @staticmethod
     def on_preset(preset: str) -> tuple[int, int, int]:
-        """The pair's total IPC, SeqMatch's K and the iterations per subset, as the preset sets them."""
+        """The comparison's total IPC, SeqMatch's K and the iterations per subset, as the preset sets them."""
         values = form_defaults(preset)
         return values.ipc, values.num_subsets, values.iterations
 
-    def on_start(self, preset: str, ipc: float, num_subsets: float, iterations: float, budget: str = "per-image"):
+    def on_start(self, preset: str, ipc: float, num_subsets: float, iterations: float, budget: str = "per-image",
+                 methods: list[str] | None = None):
+        """Queue one run per ticked method; returns each method's run id (None for unticked ones) and a message."""
+        methods = [m for m in METHODS if m in (DEFAULT_METHODS if methods is None else methods)]
         try:
             values = form_defaults(preset)
             values = FormValues(**{**values.__dict__, "ipc": ipc, "num_subsets": num_subsets, "iterations": iterations})
-            mtt, seqmatch = compare_pair(values, budget)
+            configs = compare_set(values, budget, tuple(methods))
         except ConfigError as error:
-            return None, None, f"**Cannot start:** {error}"
-        mtt_id, seq_id = self.manager.submit(mtt), self.manager.submit(seqmatch)
-        return mtt_id, seq_id, (
-            f"Queued static MTT `{mtt_id}` ({mtt.distill.subsets[0].iterations} iterations) then SeqMatch `{seq_id}` "
-            f"({' + '.join(str(s.iterations) for s in seqmatch.distill.subsets)} iterations): budget convention "
-            f"**{budget}**, {BUDGET_NOTES[budget]}. One seed: a demonstration, not evidence (the Studies tab runs "
-            f"several). They share the stage-1 experts and the random-real baseline.")
+            return *[gr.skip()] * len(METHODS), f"**Cannot start:** {error}"
+        ids = {method: self.manager.submit(config) for method, config in configs.items()}
+        queued = ", then ".join(f"{METHOD_NAMES[m]} `{ids[m]}` "
+                                f"({' + '.join(str(s.iterations) for s in configs[m].distill.subsets)} iterations)"
+                                for m in methods)
+        return *[ids.get(m) for m in METHODS], (
+            f"Queued {queued}: budget convention **{budget}**, {BUDGET_NOTES[budget]}. One seed: a demonstration, "
+            f"not evidence (the Studies tab runs several). They share the stage-1 experts and the random-real "
+            f"baselines.")
 
-    def on_show(self, mtt_id: str | None, seq_id: str | None):
-        if not mtt_id or not seq_id:
-            return gr.skip(), gr.skip(), "**Pick one run of each method.**"
-        return mtt_id, seq_id, f"Showing `{mtt_id}` and `{seq_id}`."
+    def on_show(self, *picked: str | None):
+        if not any(picked):
+            return *[gr.skip()] * len(METHODS), "**Pick at least one finished run.**"
+        shown = ", ".join(f"`{run_id}`" for run_id in picked if run_id)
+        return *picked, f"Showing {shown}."
 
-    def on_refresh(self, mtt_id: str | None, seq_id: str | None):
+    def on_refresh(self, *run_ids: str | None):
         runs = []
-        for label, run_id in (("Static MTT", mtt_id), ("SeqMatch", seq_id)):
+        for method, run_id in zip(METHODS, run_ids):
             try:
-                runs.append((label, self.manager.run(run_id)))
+                runs.append((METHOD_NAMES[method], self.manager.run(run_id)))
             except RunError:
                 continue
-        figure = accuracy_figure([(f"{label} IPC {run.config().ipc}", run.eval()) for label, run in runs])
+        results = [(f"{label} IPC {run.config().ipc}", run.eval()) for label, run in runs]
         text, g1, g2, g4 = comparison_overlays(runs)
-        budgets = {run.config().budget for _, run in runs if run.config().method == "mtt"}
+        budgets = {run.config().budget for _, run in runs if run.config().schedule == "static"}
         note = "; ".join(f"budget convention **{b}**: {BUDGET_NOTES[b]}" for b in budgets if b) or \
-            "budget convention: not recorded (these runs were not started as a pair)"
-        return figure, f"{note}. One seed per method: a demonstration, not evidence.\n\n{text}", g1, g2, g4
+            "budget convention: not recorded (these runs were not started together)"
+        return (accuracy_figure(results), f"{note}. One seed per method: a demonstration, not evidence.\n\n"
+                f"{gains_markdown(results)}\n\n{text}", g1, g2, g4)

@@ -4,7 +4,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from seqmatch_engine.config import ConfigError, RunConfig, apply_values, as_static, load_preset, split_ipc
+from seqmatch_engine.config import (
+    ConfigError,
+    RunConfig,
+    apply_values,
+    as_static,
+    load_preset,
+    method_parts,
+    split_ipc,
+)
 
 METHODS = ("SeqMatch", "Static MTT")  # the schedule: K subsets in turn, or all images at once
 OBJECTIVES = {"MTT": "mtt", "DATM (soft labels)": "datm"}  # what each subset learns and matches
@@ -108,9 +116,18 @@ def config_from_form(values: FormValues) -> RunConfig:
     return RunConfig.from_dict(apply_values(raw, overrides))
 
 
-def compare_pair(values: FormValues, budget: str = "per-image") -> tuple[RunConfig, RunConfig]:
-    """(static MTT, SeqMatch) at the same total IPC from one form, MTT's iterations by the budget convention."""
-    seqmatch = config_from_form(FormValues(**{**values.__dict__, "method": METHODS[0]}))
-    if len(seqmatch.distill.subsets) < 2:
-        raise ConfigError("number of subsets: a comparison needs SeqMatch with at least 2 subsets")
-    return as_static(seqmatch, budget), seqmatch
+def compare_set(values: FormValues, budget: str = "per-image",
+                methods: tuple[str, ...] = ("mtt", "seqmatch")) -> dict[str, RunConfig]:
+    """Configs of `methods` (config.METHODS) at the same total IPC from one form: each objective's sequential run
+    with the form's K subsets, its static counterpart's iterations by the budget convention."""
+    if not methods:
+        raise ConfigError("methods: tick at least one method to compare")
+    configs = {}
+    for method in methods:
+        objective, schedule = method_parts(method)
+        label = next(label for label, name in OBJECTIVES.items() if name == objective)
+        sequential = config_from_form(FormValues(**{**values.__dict__, "method": METHODS[0], "objective": label}))
+        if len(sequential.distill.subsets) < 2:
+            raise ConfigError("number of subsets: a comparison needs the sequential schedule with at least 2 subsets")
+        configs[method] = as_static(sequential, budget) if schedule == "static" else sequential
+    return configs

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from seqmatch_engine.config import METHODS
 from seqmatch_engine.manager import JobManager
 from seqmatch_engine.runs import folder_signature
 
@@ -26,8 +27,7 @@ class RunLists:
 
     def wire(self, demo: gr.Blocks) -> None:
         self.signature = gr.State("")
-        pickers = [self.runs.selected, self.diagnostics.runs, self.compare.pick_mtt, self.compare.pick_seq,
-                   self.studies.selected]
+        pickers = [self.runs.selected, self.diagnostics.runs, *self.compare.picks, self.studies.selected]
         outputs = [self.signature, self.runs.table, *pickers]
         demo.load(self.refresh, [self.signature, *pickers], outputs, api_name="lists")
         gr.Timer(LIST_POLL_SECONDS).tick(self.refresh, [self.signature, *pickers], outputs, concurrency_limit=None,
@@ -39,10 +39,10 @@ class RunLists:
         quietly show its first entry as picked: picking it then would change nothing and show nothing)."""
         current = folder_signature(self.manager.runs_root) + folder_signature(self.manager.studies_root)
         if current == signature:
-            return [signature, *[gr.skip()] * 6]
+            return [signature, *[gr.skip()] * (len(picked) + 1)]
         rows = run_rows(self.manager)
-        choices = [[row[0] for row in rows], finished_runs(self.manager), run_choices(self.manager, "mtt"),
-                   run_choices(self.manager, "seqmatch"), study_choices(self.manager)]
+        choices = [[row[0] for row in rows], finished_runs(self.manager),
+                   *[run_choices(self.manager, method) for method in METHODS], study_choices(self.manager)]
         updates = []
         for options, value in zip(choices, picked, strict=True):
             if isinstance(value, list):  # a multiselect keeps the picks that still exist

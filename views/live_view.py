@@ -11,6 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from seqmatch_engine.labels import is_soft
 from seqmatch_engine.manager import JobManager, LiveState
 from seqmatch_engine.records import RunState
 from seqmatch_engine.runs import RunError, RunFolder
@@ -81,10 +82,12 @@ class LiveView:
         finished = run.subsets()
         images = {k: subset.images for k, subset in enumerate(finished) if k not in live.images}
         images.update(live.images)
+        soft = {k: subset.labels for k, subset in enumerate(finished) if is_soft(subset.labels)}
+        soft.update(live.soft_labels)
         running = live.state in (RunState.RUNNING, RunState.PAUSED)
         unfinished = {k for k in images if k >= len(finished) and k not in live.waiting}
         return subset_panels(images, transform, names, live.stage if running else None, live.waiting,
-                             set() if running else unfinished)
+                             set() if running else unfinished, soft_labels=soft)
 
 
 def poll_outputs(view: LiveView) -> list:

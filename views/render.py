@@ -17,11 +17,13 @@ from .palette import METHOD_NAMES, STAGE_COLOURS
 
 def subset_panels(images: dict[int, torch.Tensor], transform: PixelTransform, class_names: tuple[str, ...],
                   active_stage: int | None = None, waiting: frozenset[int] | set[int] = frozenset(),
-                  stopped: frozenset[int] | set[int] = frozenset(), caption: str | None = None) -> np.ndarray:
+                  stopped: frozenset[int] | set[int] = frozenset(), caption: str | None = None,
+                  soft_labels: dict[int, torch.Tensor] | None = None) -> np.ndarray:
     """One labelled grid per subset side by side (imaging.labelled_panels), pixels mapped back through the run's
     transform. `images` maps a 0-based stage to model inputs (num_classes * ipc_k, C, H, W) grouped by class; a
     panel is titled learning (`active_stage`), frozen (before it), initial (`waiting`: not started), stopped
-    (`stopped`: ended before its last iteration) or learned."""
+    (`stopped`: ended before its last iteration) or learned. `soft_labels` (by stage) draws each image's soft label
+    as its confidence and top class."""
     num_classes = len(class_names)
     panels = []
     for stage in sorted(images):
@@ -35,8 +37,10 @@ def subset_panels(images: dict[int, torch.Tensor], transform: PixelTransform, cl
             state = "frozen"
         else:
             state = "stopped" if stage in stopped else "learned"
-        panels.append(Panel(f"S{stage + 1}", f"{ipc}/class · {state}", STAGE_COLOURS[stage % len(STAGE_COLOURS)],
-                            pixels, torch.arange(num_classes).repeat_interleave(ipc)))
+        soft = (soft_labels or {}).get(stage)
+        panels.append(Panel(f"S{stage + 1}", f"{ipc}/class · {state}" + (" · soft labels" if soft is not None else ""),
+                            STAGE_COLOURS[stage % len(STAGE_COLOURS)], pixels,
+                            torch.arange(num_classes).repeat_interleave(ipc), soft))
     return labelled_panels(panels, class_names, caption)
 
 

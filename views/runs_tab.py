@@ -10,6 +10,7 @@ import gradio as gr
 
 from seqmatch_engine.data import DATASET_NAMES
 from seqmatch_engine.importer import ImportFailed, import_distilled_set, import_expert_buffer, imported_buffers
+from seqmatch_engine.labels import is_soft
 from seqmatch_engine.manager import JobManager
 from seqmatch_engine.records import RunState
 from seqmatch_engine.runs import RunError, RunFolder, list_runs
@@ -142,10 +143,14 @@ class RunsTab:
         if not snapshots or info is None:
             return None
         stage, iteration = snapshots[min(int(index), len(snapshots) - 1)]
-        images = {k: s.images for k, s in enumerate(run.subsets()[:stage])}
+        earlier = run.subsets()[:stage]
+        images = {k: s.images for k, s in enumerate(earlier)}
         images[stage] = run.snapshot_images(stage, iteration)
+        soft = {k: s.labels for k, s in enumerate(earlier) if is_soft(s.labels)}
+        if (labels := run.snapshot_labels(stage, iteration)) is not None:
+            soft[stage] = labels
         iterations = run.config().distill.subsets[stage].iterations
-        return subset_panels(images, *info, active_stage=stage,
+        return subset_panels(images, *info, active_stage=stage, soft_labels=soft,
                              caption=f"S{stage + 1} after iteration {iteration} of {iterations}")
 
     def on_resume(self, run_id: str, current: str | None):
