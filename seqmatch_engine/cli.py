@@ -1,4 +1,4 @@
-"""Command line: python -m seqmatch_engine experts|distill|evaluate|export|runs|presets|diagnose|bench ..."""
+"""Command line: python -m seqmatch_engine presets|experts|distill|evaluate|export|runs|diagnose|study|bench ..."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,7 @@ from . import paths
 from .config import (
     BUDGET_NOTES,
     BUDGETS,
+    DEFAULT_PRESET,
     ConfigError,
     RunConfig,
     apply_overrides,
@@ -27,8 +28,6 @@ from .runs import RunError, RunFolder, list_runs
 from .seeding import resolve_device
 from .seqmatch import Distiller, Event, EventKind, StopRequested, evaluate_run
 from .storage import StorageError
-
-DEFAULT_PRESET = "cpu-demo"
 
 
 class ProgressBars:

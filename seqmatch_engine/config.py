@@ -88,9 +88,9 @@ class DistillConfig:
     publish_every: int = 1            # images sent to observers every this many iterations
     diagnose_every: int = 0           # G1 gradient-similarity record every this many iterations; 0: off
     nominal_groups: int = 2           # G1 of static MTT: its one subset split into this many groups per class
-    # "unrolled" (keep all N steps' graphs), "recompute" (rebuild each step's graph in the backward
-    # pass: ~1/6 of the memory, O(1) in N where even that does not fit), or "auto": unrolled if it
-    # fits, else recompute
+    # "unrolled" (keep all N steps' graphs), "recompute" (rebuild each step's graph in the backward pass:
+    # ~1/6 of unrolled's memory with the convolutions replayed, ~1/N with nothing recorded where even that
+    # does not fit; matching.py), or "auto": unrolled if it fits, else recompute
     memory_mode: str = "auto"
 
 
@@ -441,6 +441,9 @@ def apply_values(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
                 raise ConfigError(f"override {key}: {part} is not a group of settings")
         node[parts[-1]] = value
     return raw
+
+
+DEFAULT_PRESET = "cpu-demo"  # what the app's forms and the CLI start from
 
 
 def preset_names() -> list[str]:

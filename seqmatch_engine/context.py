@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 
 from .config import RunConfig
-from .control import RunControl
+from .control import ProgressFn, RunControl
 from .eval_cache import EvaluationCache
 from .evaluate import Accuracy, CurriculumStage, curriculum_from_subsets, random_real_curriculum
 from .executors import Executor, LocalExecutor
@@ -40,8 +40,6 @@ from .models import ConvNetSpec, convnet_forward, default_depth
 from .prepare import PreparedData, prepare_data
 from .runs import Subset
 from .seeding import resolve_device
-
-ProgressFn = Callable[[int, int], None]  # (done, total)
 
 
 class RunContext:

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import threading
+from typing import Callable
+
+ProgressFn = Callable[[int, int], None]     # (done, total) of a task
+JobEpochFn = Callable[[int, int], None]     # (position of a job in an executor's map, epochs it has done)
 
 
 class StopRequested(Exception):

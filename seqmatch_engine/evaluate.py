@@ -21,8 +21,6 @@ from .matching import draw_minibatches
 from .prepare import PreparedData
 from .seeding import make_generator
 
-ProgressFn = Callable[[int, int], None]  # (done, total)
-
 
 @dataclass(frozen=True)
 class CurriculumStage:
@@ -78,13 +76,17 @@ def train_curriculum(net: nn.Module, stages: list[CurriculumStage], config: Eval
 
 
 @torch.no_grad()
+def predict(net: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Predicted classes (N,) on the CPU for images (N, C, H, W); the net is left in train mode."""
+    net.eval()
+    predictions = torch.cat([net(images[i:i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
+    net.train()
+    return predictions.cpu()
+
+
 def accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
     """Top-1 accuracy of `net` on images (N, C, H, W)."""
-    net.eval()
-    correct = sum(int((net(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
-                  for i in range(0, len(images), batch_size))
-    net.train()
-    return correct / max(len(images), 1)
+    return int((predict(net, images, batch_size) == labels.cpu()).sum()) / max(len(images), 1)
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ class Accuracy:
 
     @property
     def std(self) -> float:
-        return statistics.pstdev(self.values) if len(self.values) > 1 else 0.0
+        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0  # sample std, as studies report
 
     def to_dict(self) -> dict:
         return {"mean": self.mean, "std": self.std, "values": self.values}

@@ -16,10 +16,9 @@ from typing import Any, Callable, Iterator, Protocol
 
 import torch
 
-from .control import RunControl, StopRequested
+from .control import JobEpochFn, RunControl, StopRequested
 from .parallel import parallel_workers, run_in_parallel, set_this_thread_cores
 
-ProgressFn = Callable[[int, int], None]  # (position of the job in the map, epochs it has done)
 CLUSTER_ENV = "SEQMATCH_CLUSTER"
 
 
@@ -30,7 +29,7 @@ class ClusterError(RuntimeError):
 class Executor(Protocol):
     def describe(self) -> str: ...
 
-    def map(self, fn: Callable, jobs: list, on_epoch: ProgressFn | None = None,
+    def map(self, fn: Callable, jobs: list, on_epoch: JobEpochFn | None = None,
             control: RunControl | None = None) -> Iterator[tuple[int, Any]]: ...
 
     def close(self) -> None: ...
@@ -50,7 +49,7 @@ class LocalExecutor:
     def describe(self) -> str:
         return f"local ({self.workers} job{'s' if self.workers > 1 else ''} at a time)"
 
-    def map(self, fn: Callable, jobs: list, on_epoch: ProgressFn | None = None,
+    def map(self, fn: Callable, jobs: list, on_epoch: JobEpochFn | None = None,
             control: RunControl | None = None) -> Iterator[tuple[int, Any]]:
         def work(position: int) -> Any:
             def epoch_done(epoch: int) -> None:
@@ -152,7 +151,7 @@ class DaskExecutor:
         where = self.address if not self.cluster else f"local cluster {self.client.scheduler.address}"
         return f"dask {where} ({self.workers()} workers)"
 
-    def map(self, fn: Callable, jobs: list, on_epoch: ProgressFn | None = None,
+    def map(self, fn: Callable, jobs: list, on_epoch: JobEpochFn | None = None,
             control: RunControl | None = None) -> Iterator[tuple[int, Any]]:
         distributed = _import_distributed()
         if control is not None:
@@ -189,7 +188,7 @@ class DaskExecutor:
                 distributed.rejoin()
 
     @staticmethod
-    def _drain(progress, on_epoch: ProgressFn | None) -> None:
+    def _drain(progress, on_epoch: JobEpochFn | None) -> None:
         count = progress.qsize()
         if count:
             for position, epoch in progress.get(batch=count):

@@ -107,7 +107,7 @@ def import_distilled_set(files: list[Path], dataset: str, zca: bool, runs_root: 
     transform, class_names, note = _display_transform(config, images, num_classes)
     run = RunFolder.create(runs_root, config)
     run.save_transform(transform)
-    run.save_subset(0, Subset(images[order], labels[order], lr), {"imported_from": sorted(by_name)})
+    run.save_subset(0, Subset(images[order], labels[order], lr))
     run.update_status(state=RunState.DONE, phase="imported (not evaluated)", class_names=list(class_names),
                       dataset=dataset)
     if note:

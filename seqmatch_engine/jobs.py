@@ -133,9 +133,15 @@ class EvalJob:
     start: NetState | None = None
 
 
+def eval_net_generator(seed: int, tag: str, arch: str, index: int) -> torch.Generator:
+    """The generator of evaluation net `index` of `tag` (its initialisation, minibatches and augmentations): the one
+    place its seed tags are written, so that diagnostics retrain exactly the nets an evaluation trained."""
+    return make_generator(seed, "eval", tag, arch, index)
+
+
 def _trained_net(job: EvalJob, on_epoch: EpochFn | None) -> tuple[torch.nn.Module, torch.Generator]:
     device = torch.device(job.device)
-    generator = make_generator(job.seed, "eval", job.tag, job.arch, job.index)
+    generator = eval_net_generator(job.seed, job.tag, job.arch, job.index)
     net = build_eval_net(job.arch, job.spec, generator, device)
     if job.start is not None:
         net.load_state_dict(job.start.tensors)

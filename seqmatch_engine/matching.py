@@ -12,10 +12,11 @@ All randomness of one unroll (minibatches, augmentation) is drawn up front into 
 Two ways to get the meta-gradient (same values up to rounding):
 - "unrolled": keep the graph of all N steps (memory grows with N x batch);
 - "recompute": keep only theta_n of every step, then walk back from N-1 to 0, rebuilding one
-  step's graph at a time and applying its vector-Jacobian product (about 1/N of the memory,
-  one extra forward + first-order backward per step). By default it records the deeper
-  convolutions of each step in the forward sweep and replays them in the rebuild (`replay`,
-  conv_replay.py: ~1/9 of a step's graph, most of the rebuild's time).
+  step's graph at a time and applying its vector-Jacobian product (one extra forward +
+  first-order backward per step). By default it records the deeper convolutions of each step in
+  the forward sweep and replays them in the rebuild (`replay`, conv_replay.py: ~1/9 of a step's
+  graph, most of the rebuild's time): ~1/6 of unrolled's memory at any N (bench: 0.16-0.17 at
+  N 10-50); recording nothing, ~1/N.
 A `ConvNetStudent` (a ConvNet spec + memory mode) takes the fast path with the fused kernels of
 models.py; any other forward function takes the generic autograd path.
 """

@@ -64,9 +64,6 @@ class PreparedData(ImageShape):
     test_images: torch.Tensor
     test_labels: torch.Tensor
 
-    def class_indices(self) -> list[torch.Tensor]:
-        """Per class c, the rows of the training split with label c."""
-        return [torch.nonzero(self.train_labels.cpu() == c).flatten() for c in range(self.num_classes)]
 
 
 def split_train_val(labels: torch.Tensor, num_classes: int, val_per_class: int, train_per_class: int | None,

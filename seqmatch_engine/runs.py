@@ -202,11 +202,10 @@ class RunFolder:
         t = read_tensors(self.path / paths.TRANSFORM_FILE, ("mean", "std"))
         return PixelTransform(t["mean"], t["std"], t.get("zca_mean"), t.get("zca_matrix"), t.get("zca_inverse"))
 
-    def save_subset(self, stage: int, subset: Subset, info: dict[str, Any]) -> None:
+    def save_subset(self, stage: int, subset: Subset) -> None:
         self._require_folder()
         write_tensors(paths.subset_file(self.path, stage),
-                      {"images": subset.images, "labels": subset.labels, "lr": torch.tensor(subset.lr)},
-                      metadata={"info": json.dumps(info)})
+                      {"images": subset.images, "labels": subset.labels, "lr": torch.tensor(subset.lr)})
 
     def subsets(self) -> list[Subset]:
         """Finished subsets S_1, S_2, ... in order (stops at the first missing one)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import torch
 
@@ -116,26 +116,21 @@ class Stage:
         return labels.clone() if is_soft(labels) else None
 
 
-class Hook(Protocol):
-    def after_step(self, stage: Stage, record: StepRecord) -> None: ...
+Hook = Callable[["Stage", StepRecord], None]  # after each outer iteration: (the stage, what the step did)
 
 
 class Distiller:
-    """Runs one run folder to completion (or to a stop), resuming from what the folder holds.
-
-    `hooks` are called after every outer iteration after the default ones (G1, metrics and publishing,
-    validation selection, checkpoints), in order.
-    """
+    """Runs one run folder to completion (or to a stop), resuming from what the folder holds. After every outer
+    iteration its hooks run in order: G1, metrics and publishing, validation selection, checkpoints."""
 
     def __init__(self, run: RunFolder, experts_root: Path, observer: Observer | None = None,
                  control: RunControl | None = None, data: PreparedData | None = None,
-                 executor: Executor | None = None, hooks: list[Hook] | None = None):
+                 executor: Executor | None = None):
         self.run_folder = run
         self.config = run.config()
         self.ctx = RunContext(self.config, experts_root, data, executor)
         self.observer = observer or (lambda event: None)
         self.control = control or RunControl()
-        self.extra_hooks = list(hooks or [])
         self._phase: str | None = None
         self._phase_started = 0.0
         self._phase_seconds: dict[str, float] = dict(run.status().get("phase_seconds", {}))
@@ -233,8 +228,8 @@ class Distiller:
         """Learn S_{k+1} (k is 0-based) against `experts` (n, E+1, P) with `prior` subsets frozen."""
         stage = self.open_stage(k, prior, self.method(k), experts)
         g1 = self.g1_recorder(stage)
-        hooks = [g1.after_step, self._after_step_metrics, Selection(self).after_step, Checkpoints(self).after_step,
-                 *(hook.after_step for hook in self.extra_hooks)]
+        hooks: list[Hook] = [g1.after_step, self._after_step_metrics, Selection(self).after_step,
+                             Checkpoints(self).after_step]
         self.emit(EventKind.STAGE_START, k, stage.iteration, images=stage.images().clone(), labels=stage.soft_labels())
         if stage.started_at == 0:  # the timeline starts with the images as they were before any step
             self.run_folder.save_snapshot(k, 0, stage.images(), stage.lr(), stage.soft_labels())
@@ -336,7 +331,7 @@ class Distiller:
         subset = Subset(subset.images, subset.labels, float(torch.tensor(subset.lr, dtype=torch.float32)))
         info = {"stage": stage.k, "ipc": self.config.distill.subsets[stage.k].ipc, "lr": subset.lr,
                 "best_iteration": stage.best.iteration, "best_val_accuracy": stage.best.accuracy}
-        self.run_folder.save_subset(stage.k, subset, info)
+        self.run_folder.save_subset(stage.k, subset)
         self.run_folder.clear_checkpoint()
         self.emit(EventKind.STAGE_DONE, stage.k, data=info, images=subset.images.clone(),
                   labels=subset.labels.clone() if is_soft(subset.labels) else None)

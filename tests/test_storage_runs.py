@@ -318,9 +318,9 @@ def test_metrics_and_truncation(tmp_path):
 def test_save_subset_and_subsets_round_trip(tmp_path):
     run = RunFolder.create(tmp_path, preset_config())
     images = torch.randn(4, 1, 28, 28)
-    run.save_subset(0, Subset(images, torch.tensor([0, 0, 1, 1], dtype=torch.int32), 0.0125), {"stage": 0})
-    run.save_subset(1, Subset(images * 2, torch.tensor([0, 1]), 0.5), {"stage": 1})
-    run.save_subset(3, Subset(images, torch.tensor([0, 1]), 0.5), {"stage": 3})  # S4 without S3: ignored
+    run.save_subset(0, Subset(images, torch.tensor([0, 0, 1, 1], dtype=torch.int32), 0.0125))
+    run.save_subset(1, Subset(images * 2, torch.tensor([0, 1]), 0.5))
+    run.save_subset(3, Subset(images, torch.tensor([0, 1]), 0.5))  # S4 without S3: ignored
     subsets = run.subsets()
     assert len(subsets) == 2
     assert torch.equal(subsets[0].images, images)
@@ -417,9 +417,9 @@ def hand_built_run(root: Path) -> RunFolder:
     run = RunFolder.create(root, preset_config())
     run.save_transform(PixelTransform(torch.tensor([0.5]), torch.tensor([0.25])))
     generator = torch.Generator().manual_seed(0)
-    run.save_subset(0, Subset(torch.randn(10, 1, 28, 28, generator=generator), torch.arange(10), 0.02), {})
+    run.save_subset(0, Subset(torch.randn(10, 1, 28, 28, generator=generator), torch.arange(10), 0.02))
     run.save_subset(1, Subset(torch.randn(20, 1, 28, 28, generator=generator),
-                              torch.arange(10).repeat_interleave(2), 0.03), {})
+                              torch.arange(10).repeat_interleave(2), 0.03))
     return run
 
 

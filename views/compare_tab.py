@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import gradio as gr
 import plotly.graph_objects as go
 
-from seqmatch_engine.config import BUDGET_NOTES, METHODS, ConfigError, preset_names
+from seqmatch_engine.config import BUDGET_NOTES, DEFAULT_PRESET, METHODS, ConfigError, preset_names
 from seqmatch_engine.manager import JobManager
 from seqmatch_engine.records import EvalResult, RunState
 from seqmatch_engine.runs import RunError, RunFolder, list_runs
@@ -18,17 +18,15 @@ from .live_view import LiveView, poll_outputs
 from .overlays import comparison_overlays
 from .palette import METHOD_NAMES, method_colour
 
-DEFAULT_PRESET = "cpu-demo"
 DEFAULT_METHODS = ["mtt", "seqmatch"]
 BUDGET_EXPLAINED = (
     "**Budget.** *Per image* (the authors' convention, default): each SeqMatch subset runs as many iterations as "
     "static MTT's whole run, so every image gets the same number of updates and the compute is about equal. "
     "*Total*: static MTT runs the sum of the subsets' iterations, twice the updates per image at K = 2. "
     "**Headroom.** SeqMatch can only help where the experts end well above what static MTT reaches; on the small "
-    "CPU presets they barely do. On this CPU's headroom study static MTT stayed ahead of SeqMatch at IPC 10 and 20 "
-    "(Learn tab: the table, paired differences over 3 seeds). **Soft labels.** DATM learns soft labels: random real "
-    "images with soft labels from the same experts already score far above hard-labelled ones, so a soft-label "
-    "method is judged by its gain over *that* baseline (the bars show both).")
+    "CPU presets they barely do; what the studies found is in the Learn tab. **Soft labels.** DATM learns soft "
+    "labels: random real images with soft labels from the same experts already score far above hard-labelled ones, "
+    "so a soft-label method is judged by its gain over *that* baseline (the bars show both).")
 EMPTY_NOTE = ("Tick the methods to compare and press **Start comparison**: each one's synthetic images appear below "
               "as they learn, then its accuracy beside the random-real baselines.")
 

@@ -5,9 +5,8 @@ METHOD_COLOURS = {"mtt": "#0d9488", "seqmatch": "#ea580c", "datm": "#4f46e5", "s
                   "random_real": "#94a3b8", "random_real_soft": "#64748b"}
 METHOD_NAMES = {"mtt": "static MTT", "seqmatch": "SeqMatch", "datm": "DATM", "seqmatch-datm": "SeqMatch-DATM",
                 "random_real": "random real", "random_real_soft": "random real, soft labels"}
-# Subsets S1, S2, ... in the image grids and the per-subset curves (none of them a method's colour).
-STAGE_COLOURS = ["#2563eb", "#db2777", "#7c3aed", "#65a30d", "#0891b2", "#a16207"]
-# Other series (several runs of one method, pairs of groups in G1).
+# Subsets S1, S2, ... in the image grids and the per-subset curves, and other series (several runs of one method,
+# pairs of groups in G1): none of them a method's colour.
 SERIES_COLOURS = ["#2563eb", "#db2777", "#7c3aed", "#65a30d", "#0891b2", "#a16207"]
 FAMILY_DASHES = ["solid", "dash", "dot", "dashdot"]  # G2: families of held-out trajectories
 

@@ -12,7 +12,7 @@ from seqmatch_engine.manager import LiveState
 from seqmatch_engine.prepare import PixelTransform
 from seqmatch_engine.records import EvalResult, RunState
 
-from .palette import METHOD_NAMES, STAGE_COLOURS
+from .palette import METHOD_NAMES, SERIES_COLOURS
 
 
 def subset_panels(images: dict[int, torch.Tensor], transform: PixelTransform, class_names: tuple[str, ...],
@@ -39,7 +39,7 @@ def subset_panels(images: dict[int, torch.Tensor], transform: PixelTransform, cl
             state = "stopped" if stage in stopped else "learned"
         soft = (soft_labels or {}).get(stage)
         panels.append(Panel(f"S{stage + 1}", f"{ipc}/class · {state}" + (" · soft labels" if soft is not None else ""),
-                            STAGE_COLOURS[stage % len(STAGE_COLOURS)], pixels,
+                            SERIES_COLOURS[stage % len(SERIES_COLOURS)], pixels,
                             torch.arange(num_classes).repeat_interleave(ipc), soft))
     return labelled_panels(panels, class_names, caption)
 
@@ -56,7 +56,7 @@ def curves_figure(live: LiveState, height: int = 300) -> go.Figure:
             figure.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], name=f"S{stage + 1}",
                                         mode=_curve_mode(col, len(points)), legendgroup=f"S{stage + 1}",
                                         showlegend=col == 1, marker={"size": 4},
-                                        line={"color": STAGE_COLOURS[stage % len(STAGE_COLOURS)], "width": 1.6}),
+                                        line={"color": SERIES_COLOURS[stage % len(SERIES_COLOURS)], "width": 1.6}),
                              row=1, col=col)
         figure.update_xaxes(title_text="iteration", row=1, col=col, tickformat="d", rangemode="tozero")
     if live.lrs:  # alpha learns slowly (a percent in a short run): keep a 1 % change looking like one

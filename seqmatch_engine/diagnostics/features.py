@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from ..control import ProgressFn
 from ..evaluate import random_real_subset
 from ..models import ConvNetSpec, convnet_features
 from ..seeding import make_generator
 
-ProgressFn = Callable[[int, int], None]
 REDUCERS = ("pca", "umap")
 
 

@@ -11,13 +11,11 @@ are never learned by weak experts), the tie goes the other way: easy = {h < m}, 
 from __future__ import annotations
 
 import statistics
-from typing import Callable
 
 import torch
 
+from ..control import ProgressFn
 from ..models import ConvNetSpec, convnet_forward
-
-ProgressFn = Callable[[int, int], None]
 
 
 @torch.no_grad()
@@ -71,5 +69,5 @@ def summarise(values: list[float | None]) -> dict:
     """mean, std (population) and values of per-net accuracies; mean None if any is None."""
     if not values or any(v is None for v in values):
         return {"mean": None, "std": None, "values": values}
-    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "values": values}

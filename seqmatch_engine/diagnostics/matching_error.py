@@ -30,10 +30,10 @@ from typing import Callable
 import torch
 
 from ..augment import DSA_OPERATIONS
+from ..control import ProgressFn
 from ..matching import ForwardFn, UnrollPlan, draw_unroll_plan, matching_loss
 from ..seeding import make_generator
 
-ProgressFn = Callable[[int, int], None]
 LATE_FRACTION = 0.25  # "late-epoch matching error": mean L(t) over the last quarter of start epochs
 
 
@@ -92,7 +92,7 @@ def matching_error_curve(forward: ForwardFn, experts: torch.Tensor, expert_epoch
             if progress:
                 progress(done, total)
     return {"start_epochs": starts, "mean": [statistics.fmean(v) for v in values],
-            "std": [statistics.pstdev(v) if len(v) > 1 else 0.0 for v in values], "per_expert": per_expert}
+            "std": [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values], "per_expert": per_expert}
 
 
 def late_matching_error(result: dict, fraction: float = LATE_FRACTION) -> float:

@@ -9,26 +9,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from ..context import RunContext
-from ..evaluate import curriculum_from_subsets, random_real_curriculum, train_curriculum
+from ..control import ProgressFn
+from ..evaluate import curriculum_from_subsets, predict, random_real_curriculum, train_curriculum
 from ..executors import Executor
 from ..experts import recipe_key
+from ..jobs import eval_net_generator
 from ..labels import hard, targets
 from ..models import build_eval_net
 from ..prepare import PreparedData
 from ..runs import RunError, RunFolder, Subset
-from ..seeding import make_generator
 from . import store
 from .features import Embedding, PointSet, checkpoint_epochs, joint_embedding, real_sample, subset_points
 from .gradients import coupling_index
 from .hardness import expert_correctness, hardness, masked_accuracy, split_easy_hard, summarise
 from .matching_error import g2_plan, late_matching_error, matching_error_curve, owning_subset
 
-ProgressFn = Callable[[int, int], None]
 COMPUTED = ("g2", "g3", "g4")  # G1 is recorded during distillation, not computed afterwards
 
 
@@ -194,7 +194,7 @@ class RunDiagnostics:
         for name, stages in jobs:
             scores: dict[str, list[float | None]] = {"all": [], "easy": [], "hard": []}
             for i in range(nets):
-                generator = make_generator(cfg.seed, "eval", name, "convnet", i)  # as evaluate_curriculum
+                generator = eval_net_generator(cfg.seed, name, "convnet", i)  # the nets of the run's evaluation
                 net = build_eval_net("convnet", spec, generator, self.device)
                 train_curriculum(net, stages, cfg.eval, generator)
                 predictions = predict(net, data.test_images)
@@ -235,14 +235,6 @@ def missing(run_dir: Path, reducer: str | None = None) -> list[str]:
 
 
 @torch.no_grad()
-def predict(net: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Predicted classes (N,) on the CPU for images (N, C, H, W); the net is left in train mode."""
-    net.eval()
-    predictions = torch.cat([net(images[i:i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
-    net.train()
-    return predictions.cpu()
-
-
 def load_embedding(run_dir: Path) -> Embedding | None:
     """The cached G3 embedding of a run folder, or None."""
     found = store.read_g3(run_dir)
