@@ -211,3 +211,16 @@ def test_a_soft_label_set_keeps_its_labels_through_import_and_export(tmp_path):
     with safe_open(str(exported / "distilled_set.safetensors"), "pt") as handle:
         assert torch.equal(handle.get_tensor("S1.labels"), logits[order])
     assert (exported / "S1.png").is_file()
+
+
+def test_g2_to_g4_run_on_a_soft_label_set_with_its_own_labels(tmp_path):
+    from seqmatch_engine.diagnostics.runner import DiagnosticsOptions, RunDiagnostics
+
+    run, _ = run_to_end(tmp_path, datm_config())
+    diagnostics = RunDiagnostics(run, tmp_path / "experts", DiagnosticsOptions(experts=1, draws=1, nets=1,
+                                                                              reducer="pca", real_per_class=2))
+    images, labels, _ = diagnostics.scoring_set(1)
+    assert labels.shape == (20, 10) and torch.allclose(labels.sum(1), torch.ones(20))  # probabilities of the logits
+    g2, g3, g4 = diagnostics.g2(), diagnostics.g3(), diagnostics.g4()
+    assert g2["families"] and g4["sets"]["synthetic"]["all"]
+    assert g3.label.dtype == torch.int64  # top classes colour the map

@@ -34,6 +34,13 @@ def g2_partner(run: RunFolder, runs: dict[str, RunFolder]) -> RunFolder | None:
     return None
 
 
+SOFT_LABEL_NOTE = (
+    "**Runs with soft labels (DATM).** Every diagnostic applies, with the set's own labels: G1 measures the same "
+    "pixel gradients; G2 trains the student on the soft labels (soft cross-entropy), as the set was learned; G3 "
+    "colours each synthetic image by its label's top class; G4 trains the evaluation nets on the soft labels, as "
+    "the set's evaluation does.")
+
+
 @dataclass
 class DiagnosticsTab:
     manager: JobManager
@@ -49,6 +56,7 @@ class DiagnosticsTab:
         with gr.Row():
             self.show = gr.Button("Show", variant="secondary")
             self.compute = gr.Button("Compute missing G2-G4", variant="primary", elem_id="sm-diag-compute")
+        gr.Markdown(SOFT_LABEL_NOTE, elem_classes="sm-note")
         self.status = gr.HTML()
         self.summary = gr.Markdown()
         with gr.Row():
