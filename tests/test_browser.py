@@ -175,8 +175,9 @@ def test_a_newcomers_pages_stay_current(smoke_server, screenshot_dir):
         status_has(fresh, "Done", 60_000)
         fresh.wait_for_function(f"() => ({grid_src})().length > 0", timeout=30_000)
         fresh.get_by_role("tab", name="Learn").click()  # the study's findings, in words and numbers
-        from views.learn_tab import STUDY_TITLE
+        from views.learn_tab import study_findings, study_folders
 
-        fresh.get_by_text(STUDY_TITLE).click()
+        headroom = next(folder for folder in study_folders() if folder.name == "headroom")
+        fresh.get_by_text(study_findings(headroom)[0]).click()
         fresh.get_by_text("SeqMatch − MTT (paired)").first.wait_for(timeout=15_000)
         browser.close()

@@ -8,8 +8,9 @@ import gradio as gr
 from seqmatch_engine.paths import ASSETS_DIR
 
 LEARN_DIR = ASSETS_DIR / "learn"
-STUDY_DIR = LEARN_DIR / "study"  # findings.md (what the study shows, in words), summary.md (its table), figures
-STUDY_TITLE = "What the headroom study found (IPC 10 and 20: 3 seeds; IPC 30: 1 seed)"
+# One folder per study: findings.md (its first line, a "# " title; then what the study shows, in words), summary.md
+# (its table) and its figures (PNG).
+STUDIES_DIR = LEARN_DIR / "studies"
 
 SECTIONS = [
     ("What is dataset distillation?",
@@ -42,6 +43,17 @@ SECTIONS = [
      "clearly above static MTT at that IPC; the paper also ties coupling to larger IPC. On a laptop's small "
      "presets the experts barely beat static MTT, so a single run there is a demonstration, not evidence: the "
      "**Studies** tab pairs both methods over several seeds and IPCs and shows the paired difference."),
+    ("Soft labels and DATM",
+     "**DATM** keeps MTT's matching but lets the *labels* learn too: each synthetic image carries a soft label "
+     "(a probability over classes, started from what the experts believe about that image) that the same matching "
+     "loss improves. It also starts from real images the experts classify correctly and moves the window of "
+     "matched epochs later as the run goes on, so a large set learns the experts' later, harder knowledge, the "
+     "problem SeqMatch attacks by splitting the set.\n\n"
+     "**Fair scores.** A soft label is partly a teacher's knowledge: random real images with the same experts' "
+     "soft labels already score far above hard-labelled ones. So a soft-label method is judged by its **gain "
+     "over random real images trained the same way**, and also evaluated with its top classes as hard labels. "
+     "In the grids, the bar under each image is its label's confidence: teal when its top class is the row's "
+     "class, red (with that class) when it is another."),
     ("What the live view shows",
      "Each panel is one subset: a row per class, a column per image. The panel marked *learning* is the "
      "one being optimised; *frozen* panels are finished. Below: the matching loss (lower is better), the "
@@ -58,18 +70,30 @@ SECTIONS = [
 ]
 
 
+def study_folders() -> list:
+    """The studies the Learn tab reports, in name order."""
+    return sorted(p for p in STUDIES_DIR.iterdir() if (p / "findings.md").is_file()) if STUDIES_DIR.is_dir() else []
+
+
+def study_findings(folder) -> tuple[str, str]:
+    """(title, text) of a study's findings.md: its first line is "# <title>"."""
+    first, _, rest = (folder / "findings.md").read_text().partition("\n")
+    return first.removeprefix("# ").strip() or folder.name, rest.strip()
+
+
 @dataclass
 class LearnTab:
     def build(self) -> None:
         for title, text in SECTIONS:
             with gr.Accordion(title, open=title == SECTIONS[0][0]):
                 gr.Markdown(text)
-        if (STUDY_DIR / "findings.md").is_file():
-            with gr.Accordion(STUDY_TITLE, open=False):
-                gr.Markdown((STUDY_DIR / "findings.md").read_text())
-                if (STUDY_DIR / "summary.md").is_file():
-                    gr.Markdown((STUDY_DIR / "summary.md").read_text())
-                figures = sorted(STUDY_DIR.glob("*.png"))
+        for folder in study_folders():
+            title, findings = study_findings(folder)
+            with gr.Accordion(title, open=False):
+                gr.Markdown(findings)
+                if (folder / "summary.md").is_file():
+                    gr.Markdown((folder / "summary.md").read_text())
+                figures = sorted(folder.glob("*.png"))
                 if figures:
                     gr.Gallery([(str(p), p.stem.replace("-", " ")) for p in figures], label="The study's figures",
                                columns=3, height=None, allow_preview=True, object_fit="contain")
