@@ -129,6 +129,7 @@ class RunConfig:
 
 
 ARCHITECTURES = ("convnet", "resnet18", "vgg11", "alexnet")
+MAX_NETS = 100  # nets per evaluation: each trains eval.epochs per stage; 100 already take 20 times the default 5
 EXPERT_SOURCES = ("retrained", "window")
 INITS = ("real", "noise")
 MEMORY_MODES = ("auto", "unrolled", "recompute")
@@ -269,8 +270,8 @@ def validate(config: RunConfig) -> None:
         _require(b <= horizon + 1, f"{where}.interval",
                  f"ends at epoch {b} but its experts have only {horizon} epochs; lower the end or raise {epochs_field}")
     _require(v.epochs >= 1, "eval.epochs", "must be >= 1")
-    _require(v.num_nets >= 1, "eval.num_nets", "must be >= 1")
-    _require(v.select_nets >= 1, "eval.select_nets", "must be >= 1")
+    _require(1 <= v.num_nets <= MAX_NETS, "eval.num_nets", f"must be from 1 to {MAX_NETS}, got {v.num_nets}")
+    _require(1 <= v.select_nets <= MAX_NETS, "eval.select_nets", f"must be from 1 to {MAX_NETS}, got {v.select_nets}")
     _require(v.batch_size >= 1, "eval.batch_size", "must be >= 1")
     _require(v.baseline_lr > 0, "eval.baseline_lr", "must be > 0")
     _require(len(v.architectures) >= 1, "eval.architectures", "needs at least one architecture")

@@ -167,7 +167,16 @@ class Distiller:
 
     # -- the whole run ---------------------------------------------------------------------------------
     def run(self) -> dict[str, Any] | None:
-        """Distil every subset, then evaluate. Returns eval.json's content (None when stopped)."""
+        """Distil every subset, then evaluate. Returns eval.json's content (None when stopped). Owns the run folder
+        meanwhile (its lock: ownership.Owned, and nothing written, when another process trains it)."""
+        with self.run_folder.lock().hold(), self.ctx.executor.watch(self.worker_lost):
+            return self._run()
+
+    def worker_lost(self, address: str) -> None:
+        self.run_folder.add_message("warning", f"the Dask worker {address} was lost while this run's jobs ran; Dask "
+                                               f"runs its jobs again on the other workers (same results, more time)")
+
+    def _run(self) -> dict[str, Any] | None:
         cfg, ctx = self.config, self.ctx
         try:
             self.phase("loading data")
@@ -198,6 +207,9 @@ class Distiller:
             self.run_folder.update_status(state=RunState.STOPPED, phase="stopped", phase_seconds=self._time_phase(None))
             self.emit(EventKind.PHASE, name="stopped")
             return None
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through the CLI's handler
+            self.run_folder.update_status(state=RunState.STOPPED, phase="stopped", phase_seconds=self._time_phase(None))
+            raise
         except Exception as error:
             try:
                 self.run_folder.update_status(state=RunState.FAILED, phase="failed",
@@ -413,9 +425,10 @@ class G1:
 
 # -- evaluation ----------------------------------------------------------------------------------------------
 def evaluate_run(ctx: RunContext, run: RunFolder, subsets: list[Subset], emit: Callable[..., None],
-                 control: RunControl | None = None) -> dict[str, Any]:
+                 control: RunControl | None = None, name: str | None = None) -> dict[str, Any]:
     """Test accuracy of the learned curriculum and of a random real set of the same IPC (evaluations met before,
-    e.g. the baseline a comparison's other run measured, are read back); writes eval.json and returns its content."""
+    e.g. the baseline a comparison's other run measured, are read back); writes eval.json (or, for settings other
+    than the run's own, the evaluation `name` beside it) and returns its content."""
     cfg = ctx.config
     curriculum = curriculum_from_subsets([(s.images, s.labels) for s in subsets], [s.lr for s in subsets])
     sets = ["synthetic"] + (["random_real"] if cfg.eval.baseline else [])
@@ -423,19 +436,19 @@ def evaluate_run(ctx: RunContext, run: RunFolder, subsets: list[Subset], emit: C
     result = EvalResult(cfg.method, cfg.ipc, [s.lr for s in subsets], cfg.eval.epochs, cfg.eval.num_nets, cfg.budget,
                         run.status().get("diverged", []))
     done = 0
-    for name in sets:
+    for which in sets:
         for arch in cfg.eval.architectures:
             def progress(n: int, _total: int, offset: int = done) -> None:
                 emit(EventKind.PROGRESS, task="evaluation", done=offset + round(n / _total * cfg.eval.num_nets),
                      total=total)
 
-            if name == "synthetic":
-                accuracy = ctx.evaluate(curriculum, arch, cfg.eval.num_nets, "test", name, progress, control).to_dict()
+            if which == "synthetic":
+                accuracy = ctx.evaluate(curriculum, arch, cfg.eval.num_nets, "test", which, progress, control).to_dict()
             else:
                 accuracy = ctx.baseline(arch, progress, control)
-            result.add(name, arch, accuracy)
+            result.add(which, arch, accuracy)
             done += cfg.eval.num_nets
             emit(EventKind.PROGRESS, task="evaluation", done=done, total=total)
-            emit(EventKind.EVALUATION, data={"set": name, "arch": arch, **accuracy})
-    run.save_eval(result)
+            emit(EventKind.EVALUATION, data={"set": which, "arch": arch, **accuracy})
+    run.save_eval(result, name)
     return result.to_dict()

@@ -306,22 +306,43 @@ def test_export_defaults_to_the_run_folder(finished, tmp_path, capsys):
     assert (run.path / "export" / "distilled_set.safetensors").is_file()
 
 
-def test_evaluate_prints_new_accuracies(finished, tmp_path, capsys):
+def test_evaluate_with_other_settings_writes_its_own_evaluation_and_never_replaces_eval_json(finished, tmp_path,
+                                                                                             capsys):
     home = copy_home(finished[0], tmp_path / "copy")
     run = only_run(home)
+    own_bytes, own = (run.path / "eval.json").read_bytes(), 100 * run.eval().accuracy()["mean"]
     lrs = ", ".join(f"{s.lr:.4g}" for s in run.subsets())
     rc = cli.main(["--home", str(home), "evaluate", str(run.path), "--nets", "1", "--epochs", "2"])
     assert rc == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 3
     assert lines[0] == f"method seqmatch  IPC 2  learned lrs {lrs}"
     assert lines[1].startswith("synthetic    convnet") and lines[1].endswith("(1 nets)")
     assert lines[2].startswith("random_real  convnet") and lines[2].endswith("(1 nets)")
-    result = run.eval().to_dict()
-    assert (result["eval_epochs"], result["num_nets"]) == (2, 1)  # the run itself was evaluated for 1 epoch
-    assert f"{100 * result['synthetic']['convnet']['mean']:6.2f} ± 0.00 %" in lines[1]
-    assert f"{100 * result['random_real']['convnet']['mean']:6.2f} ± 0.00 %" in lines[2]
+    assert (run.path / "eval.json").read_bytes() == own_bytes, "another measurement must not replace the run's own"
+    other = run.evaluations()["epochs2"]  # 1 net is the run's own setting: only the epochs differ
+    assert (other.eval_epochs, other.num_nets) == (2, 1)
+    assert f"{100 * other.accuracy()['mean']:6.2f} ± 0.00 %" in lines[1]
+    assert f"{100 * other.accuracy('random_real')['mean']:6.2f} ± 0.00 %" in lines[2]
+    assert lines[3] == (f"evaluation 'epochs2' (settings other than the run's own) written to "
+                        f"{run.path / 'evaluations' / 'epochs2.json'}; the run's own evaluation, eval.json "
+                        f"({own:.2f} %), is unchanged and is what lists and studies show")
+    assert lines[4] == (f"evaluations of run {run.id}: its own (eval.json): {own:.2f} %; "
+                        f"epochs2: {100 * other.accuracy()['mean']:.2f} %")
     assert run.config().eval.epochs == 1, "evaluate must not rewrite the stored config"
+    assert cli.main(["--home", str(home), "runs"]) == 0  # the list shows the run's own accuracy, the other beside it
+    row = capsys.readouterr().out
+    assert f"{own:.2f} %" in row and f"other evaluations: epochs2 {100 * other.accuracy()['mean']:.2f} %" in row
+    # the run's own settings again: its own evaluation, the same bytes (the same nets, read back)
+    assert cli.main(["--home", str(home), "evaluate", str(run.path)]) == 0
+    assert (run.path / "eval.json").read_bytes() == own_bytes
+    assert "evaluation 'epochs2'" not in capsys.readouterr().out
+
+
+def test_evaluation_names_say_what_differs_from_the_run():
+    own = RunConfig().eval
+    assert cli.evaluation_name(own, own) is None
+    changed = RunConfig.from_dict({"eval": {"epochs": 2, "num_nets": 3, "architectures": ["convnet", "vgg11"]}}).eval
+    assert cli.evaluation_name(own, changed) == "epochs2-nets3-arch-convnet-vgg11"
 
 
 def test_evaluating_again_reads_the_nets_trained_before_and_says_so(finished, tmp_path, capsys):
@@ -334,7 +355,7 @@ def test_evaluating_again_reads_the_nets_trained_before_and_says_so(finished, tm
     assert cli.main(command) == 0
     again = capsys.readouterr().out.splitlines()
     assert again[:3] == first[:3]  # the same accuracies
-    assert again[3].startswith("(4 evaluation nets were read from") and "delete that folder" in again[3]
+    assert again[-1].startswith("(4 evaluation nets were read from") and "delete that folder" in again[-1]
 
 
 def test_evaluate_keeps_the_run_done(finished, tmp_path, capsys):

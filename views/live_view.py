@@ -11,7 +11,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from seqmatch_engine.manager import JobManager, LiveState
+from seqmatch_engine.live import LiveState
+from seqmatch_engine.manager import JobManager
 from seqmatch_engine.records import RunState
 from seqmatch_engine.runs import RunError, RunFolder
 from seqmatch_engine.storage import StorageError

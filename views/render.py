@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import torch
 
 from seqmatch_engine.imaging import Panel, labelled_panels
-from seqmatch_engine.manager import LiveState
+from seqmatch_engine.live import LiveState
 from seqmatch_engine.prepare import PixelTransform
 from seqmatch_engine.records import EvalResult, RunState
 
@@ -86,6 +86,9 @@ def status_html(live: LiveState | None, queue_position: int = 0, error: str | No
         return "<div class='sm-status'>No run yet. Pick a preset and press <b>Start</b>.</div>"
     if live.state == RunState.QUEUED:
         ahead = f"{queue_position} run{'s' if queue_position != 1 else ''} ahead" if queue_position > 0 else "next"
+        if live.waiting_for:  # another process holds the run, the study or this home's queue
+            return (f"<div class='sm-status'><b>Queued</b> ({ahead}): waiting, {html.escape(live.waiting_for)}. "
+                    f"Apps and commands on one home train one run at a time.</div>")
         return f"<div class='sm-status'><b>Queued</b> ({ahead}): one run trains at a time.</div>"
     done, total = (live.iteration, live.iterations) if live.phase.startswith("distilling") else (live.progress or (0, 0))
     fraction = done / total if total else 0.0
