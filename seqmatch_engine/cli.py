@@ -238,7 +238,9 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from .study import StudyFolder, format_table, load_study_spec, run_study, study_preset_names, summarise
+    from .study import StudyFolder, load_study_spec, study_preset_names
+    from .study_run import run_study
+    from .study_summary import format_table, summarise
 
     if (args.spec is None) == (args.preset is None):
         raise ConfigError(f"study: give a spec file or --preset NAME (one of: {', '.join(study_preset_names())})")

@@ -136,7 +136,8 @@ class DaskExecutor:
         if address.startswith("local:"):
             count = address.split(":", 1)[1]
             if not count.isdigit() or int(count) < 1:
-                raise ClusterError(f"{source} {address!r}: local:N needs N >= 1 worker processes, e.g. local:2")
+                raise ClusterError(f"{source} {address!r}: local:N needs N >= 1 worker processes, e.g. local:2; or "
+                                   f"{_way_out(source)} to run on this machine")
             self.cluster = distributed.LocalCluster(
                 n_workers=int(count), threads_per_worker=1, processes=True, host="127.0.0.1",
                 dashboard_address=None, silence_logs=40)
@@ -251,13 +252,17 @@ def make_executor(cluster: str | None, device: torch.device) -> Executor:
     return DaskExecutor(address, gpu_share=1.0 if device.type == "cuda" else None, source=source)
 
 
+def _way_out(source: str) -> str:
+    return f"drop {source}" if source.startswith("--") else f"unset {source.lstrip('$')}"
+
+
 def _check(address: str, source: str) -> str:
     """How to check a scheduler address, and the way out."""
     where = address.removeprefix("tcp://").rsplit(":", 1)
     port_test = f"`nc -vz {where[0].strip('[]')} {where[1]}`" if len(where) == 2 else "`nc -vz HOST PORT`"
     return (f"Check the address ({source}), that a scheduler runs there (`dask scheduler`, then `dask worker {address}` "
-            f"on each machine) and that its port is open from here ({port_test}); or drop {source} to run on this "
-            f"machine")
+            f"on each machine) and that its port is open from here ({port_test}); or {_way_out(source)} to run on "
+            f"this machine")
 
 
 def probe_scheduler(address: str, deadline: float, source: str = "--cluster") -> None:
@@ -268,7 +273,8 @@ def probe_scheduler(address: str, deadline: float, source: str = "--cluster") ->
     match = re.fullmatch(r"tcp://(\[[0-9a-fA-F:.]+\]|[^/:\s\[\]]+):(\d{1,5})", address)  # tcp://HOST:PORT
     if not match or not 0 < int(match.group(2)) < 65536:
         raise ClusterError(f"{source} {address!r}: use local:N (N worker processes on this machine) or "
-                           f"tcp://HOST:PORT of a running Dask scheduler (e.g. tcp://10.0.0.5:8786)")
+                           f"tcp://HOST:PORT of a running Dask scheduler (e.g. tcp://10.0.0.5:8786); or "
+                           f"{_way_out(source)} to run on this machine")
     host, port = match.group(1).strip("[]"), int(match.group(2))
     check = _check(address, source)
     try:

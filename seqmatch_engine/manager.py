@@ -28,7 +28,8 @@ from .records import RunState
 from .runs import RunError, RunFolder, list_runs
 from .seqmatch import Distiller, Event, RunControl, StopRequested
 from .storage import StorageError
-from .study import StudyFolder, StudySpec, run_study
+from .study import StudyFolder, StudySpec
+from .study_run import run_study
 
 
 @dataclass

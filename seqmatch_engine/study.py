@@ -32,7 +32,6 @@ from .config import (
     as_static,
     build_dataclass,
     load_preset,
-    selection_iterations,
     selects,
     split_ipc,
 )
@@ -138,14 +137,26 @@ class StudySpec:
                                   f"at least one")
             if any(c == cell for c in self.grid[:i]):
                 raise ConfigError(f"{where}: the same cell as an earlier one; give each (ipc, subsets, iterations) once")
-        if self.lr_img and not selects(RunConfig.from_dict(self.base()).distill):
+        base = self.base_config()
+        if self.lr_img and not selects(base.distill):
             raise ConfigError("study.lr_img: choosing an lr needs validation scores; set distill.select_points (or "
                               "select_every) above 0 in the base config")
-        for cell in self.grid:
+        for i, cell in enumerate(self.grid):  # every config of the grid validates before anything runs
             for seed in self.cell_seeds(cell):
                 for method in self.methods:
                     for lr in self.lr_img or [None]:
-                        self.run_config(cell, seed, method, lr)  # every config of the grid validates before anything runs
+                        try:
+                            self.run_config(cell, seed, method, lr)
+                        except ConfigError as error:
+                            raise ConfigError(f"study.grid[{i}] ({method}, seed {seed}): {error}") from None
+
+    def base_config(self) -> RunConfig:
+        """The base config, validated; ConfigError naming the field as the spec writes it (study.config.distill.x)."""
+        try:
+            return RunConfig.from_dict(self.base())
+        except ConfigError as error:
+            where = "study.config." if self.config is not None else f"study (preset {self.preset!r} + study.overrides): "
+            raise ConfigError(f"{where}{error}") from None
 
     def base(self) -> dict[str, Any]:
         raw = load_preset(self.preset) if self.preset is not None else self.config
@@ -176,7 +187,8 @@ class StudySpec:
         raw = {**raw, "seed": seed, "name": f"{self.name}-{_cell_tag(cell)}", "distill": distill}
         data = raw.get("data", {})
         if data.get("train_per_class") is not None and data["train_per_class"] < cell.ipc:
-            raise ConfigError(f"study.grid: IPC {cell.ipc} needs data.train_per_class >= {cell.ipc}")
+            raise ConfigError(f"ipc {cell.ipc} needs data.train_per_class >= {cell.ipc} (the base config has "
+                              f"{data['train_per_class']})")
         seqmatch = RunConfig.from_dict(raw)
         return as_static(seqmatch, self.budget) if method == "mtt" else seqmatch
 
@@ -389,277 +401,3 @@ def lr_choice(study: StudyFolder, cell: Cell, method: str) -> dict[str, Any] | N
         sweep.append({"lr_img": lr, "val": mean_std(val) if val else None, "test": mean_std(test) if test else None})
     chosen = max(sweep, key=lambda row: row["val"]["mean"])["lr_img"] if complete else None
     return {"chosen": chosen, "sweep": sweep}
-
-
-def summarise(study: StudyFolder) -> dict[str, Any]:
-    """Per cell and method (at its chosen lr when the study sweeps lr_img): the mean over seeds of each run's mean
-    test accuracy (ConvNet), its std over seeds, the random-real baseline, the paired difference SeqMatch - MTT per
-    seed, the coupling index and the controls; plus each seed's expert accuracy (the headroom)."""
-    from .diagnostics import coupling_index
-    from .diagnostics.store import read_g1
-
-    spec = study.spec()
-    base_iterations = RunConfig.from_dict(spec.base()).distill.subsets[0].iterations
-    cells = []
-    for cell in sorted(spec.grid, key=lambda c: (c.ipc, c.subsets, c.iterations or base_iterations)):
-        row: dict[str, Any] = {"ipc": cell.ipc, "subsets": cell.subsets,
-                               "iterations": cell.iterations or base_iterations, "methods": {}, "paired": None}
-        per_seed: dict[str, dict[int, float]] = {}
-        baseline, coupling, controls = {}, {}, {}
-        choices = {method: lr_choice(study, cell, method) for method in spec.methods}
-        for seed in spec.cell_seeds(cell):
-            for method in spec.methods:
-                choice = choices[method]
-                if choice is not None and choice["chosen"] is None:
-                    continue  # the sweep is not finished: no lr is chosen yet
-                run = study.run(run_id(cell, seed, method, choice and choice["chosen"]))
-                result = run.eval() if run else None
-                if not result or result.accuracy() is None:
-                    continue
-                per_seed.setdefault(method, {})[seed] = result.accuracy()["mean"]
-                if result.accuracy("random_real"):
-                    baseline[seed] = result.accuracy("random_real")["mean"]
-                index = coupling_index(read_g1(run.path))
-                if index is not None:
-                    coupling.setdefault(method, []).append(index)
-                for name, acc in (run.controls() or {}).get("accuracy", {}).items():
-                    controls.setdefault(name, []).append(acc["mean"])
-        for method in spec.methods:
-            values = per_seed.get(method)
-            if values or choices[method]:
-                row["methods"][method] = {
-                    "accuracy": mean_std(list(values.values())) if values else None, "seeds": sorted(values or {}),
-                    "coupling": mean_std(coupling[method]) if coupling.get(method) else None,
-                    "lr_img": choices[method] and choices[method]["chosen"],
-                    "lr_sweep": choices[method] and choices[method]["sweep"]}
-        row["random_real"] = mean_std(list(baseline.values())) if baseline else None
-        row["controls"] = {name: mean_std(values) for name, values in controls.items()}
-        paired = sorted(set(per_seed.get("mtt", {})) & set(per_seed.get("seqmatch", {})))
-        if paired:
-            differences = [per_seed["seqmatch"][s] - per_seed["mtt"][s] for s in paired]
-            row["paired"] = {**mean_std(differences), "seeds": paired}
-        cells.append(row)
-    experts = {seed: mean_std(values) for seed, values in study.expert_accuracy().items() if values}
-    all_experts = [v for values in study.expert_accuracy().values() for v in values]
-    experts_overall = mean_std(all_experts) if all_experts else None
-    for row in cells:
-        mtt = (row["methods"].get("mtt") or {}).get("accuracy")
-        row["headroom"] = experts_overall["mean"] - mtt["mean"] if experts_overall and mtt else None
-    return {"study": study.id, "budget": spec.budget, "seeds": spec.seeds, "cells": cells,
-            "lr_img": spec.lr_img, "tune_seeds": spec.tune_seeds,
-            "experts": experts, "experts_overall": experts_overall,
-            "runs_done": sum(1 for planned in spec.plan(study.chooser()) if (run := study.run(planned.id)) and run.eval()),
-            "runs_total": spec.run_count()}
-
-
-def _pct(stat: dict[str, Any] | None, signed: bool = False) -> str:
-    if not stat:
-        return "–"
-    sign = "+" if signed else ""
-    if stat["n"] == 1:  # no spread to show: one seed is a demonstration
-        return f"{100 * stat['mean']:{sign}.2f} (n=1)"
-    return f"{100 * stat['mean']:{sign}.2f} ± {100 * stat['std']:.2f} (n={stat['n']})"
-
-
-def _points(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.1f}"
-
-
-def _lr(value: float | None) -> str:
-    return "–" if value is None else f"{value:g}"
-
-
-def format_table(summary: dict[str, Any]) -> str:
-    """The summary as markdown tables (test accuracy %, mean ± std over seeds)."""
-    rows = summary["cells"]
-    sweep = bool(summary.get("lr_img"))
-    iterations = sweep or len({row.get("iterations") for row in rows}) > 1
-
-    def cells(row: dict[str, Any]) -> list[str]:
-        return [str(row["ipc"]), str(row["subsets"])] + ([str(row.get("iterations", "–"))] if iterations else [])
-
-    def accuracy(row: dict[str, Any], method: str) -> str:
-        return _pct((row["methods"].get(method) or {}).get("accuracy"))
-
-    head = ["IPC", "subsets"] + (["iterations per subset"] if iterations else [])
-    columns = head + ["static MTT", "SeqMatch", "random real", "SeqMatch − MTT (paired)"] + \
-        (["pixel lr MTT / SeqMatch"] if sweep else []) + ["coupling MTT / SeqMatch", "headroom"]
-    lines = [f"Study `{summary['study']}`: budget convention **{summary['budget']}**, seeds {summary['seeds']}, "
-             f"{summary['runs_done']}/{summary['runs_total']} runs done.", "", _row(columns), _row(["---"] * len(columns))]
-    for row in rows:
-        methods = [row["methods"].get(m) for m in ("mtt", "seqmatch")]
-        coupling = " / ".join(f"{m['coupling']['mean']:.3f}" if m and m.get("coupling") else "–" for m in methods)
-        lrs = [" / ".join(_lr(m and m.get("lr_img")) for m in methods)] if sweep else []
-        lines.append(_row(cells(row) + [accuracy(row, "mtt"), accuracy(row, "seqmatch"), _pct(row["random_real"]),
-                                        _pct(row["paired"], True), *lrs, coupling, _points(row.get("headroom"))]))
-    if sweep:
-        tune = summary.get("tune_seeds")
-        lines += ["", f"Pixel-lr sweep on the tune seeds ({'every seed' if tune is None else tune}): each method uses, "
-                      f"per cell, the lr_img with the best mean validation accuracy (the test column is shown, never "
-                      f"used to choose):", "",
-                  _row(head + ["method", "lr_img", "validation", "test", "chosen"]), _row(["---"] * (len(head) + 5))]
-        for row in rows:
-            for method, result in row["methods"].items():
-                for entry in (result or {}).get("lr_sweep") or []:
-                    chosen = "✓" if entry["lr_img"] == result["lr_img"] else ""
-                    lines.append(_row(cells(row) + [METHOD_LABELS[method], _lr(entry["lr_img"]), _pct(entry["val"]),
-                                                    _pct(entry["test"]), chosen]))
-    if any(row["controls"] for row in rows):
-        columns = head + ["S1 alone", "all subsets in one stage", "S1..S(K-1) + random real last", "SeqMatch"]
-        lines += ["", "Evaluation-only controls of the SeqMatch sets (test accuracy %):", "", _row(columns),
-                  _row(["---"] * len(columns))]
-        for row in rows:
-            c = row["controls"]
-            lines.append(_row(cells(row) + [_pct(c.get("first_subset_alone")), _pct(c.get("one_stage")),
-                                            _pct(c.get("random_last")), accuracy(row, "seqmatch")]))
-    if summary.get("experts_overall"):
-        lines += ["", f"Stage-1 experts' final test accuracy: {_pct(summary['experts_overall'])} over "
-                      f"{len(summary['experts'])} seed(s). Headroom: the experts' mean minus static MTT's, in points "
-                      f"(SeqMatch can only add what the experts know and static MTT misses)."]
-    lines += ["", "Accuracy: mean ± sample std over seeds; a cell with fewer than 3 paired seeds is a demonstration, "
-                  "not evidence."]
-    return "\n".join(lines) + "\n"
-
-
-METHOD_LABELS = {"mtt": "static MTT", "seqmatch": "SeqMatch"}
-
-
-def _row(values: list[str]) -> str:
-    return "| " + " | ".join(values) + " |"
-
-
-# -- running a study -------------------------------------------------------------------------------------
-RunHook = Callable[[str, int, int], None]  # (run id, index, total) before each run
-
-
-def run_study(study: StudyFolder, experts_root: Path, observer=None, control=None,
-              on_run: RunHook | None = None, executor=None) -> dict[str, Any]:
-    """Run (or resume) every run of the study, then return the summary. Finished runs are skipped, an interrupted
-    one resumes from its checkpoint; the summary is rewritten after each run. Locally the runs go one after another
-    in plan order (their experts and nets as jobs on `executor`, default: local threads); on a Dask executor the
-    runs themselves are jobs too and distil at once (study_cluster.py). Owns the study meanwhile (its lock:
-    ownership.Owned, and nothing written, when another process runs it)."""
-    with study.lock().hold():
-        return _run_study(study, experts_root, observer, control, on_run, executor)
-
-
-def _run_study(study: StudyFolder, experts_root: Path, observer, control, on_run: RunHook | None,
-               executor) -> dict[str, Any]:
-    from .control import RunControl, StopRequested
-    from .executors import DaskExecutor
-    from .seqmatch import Distiller
-
-    spec, control = study.spec(), control or RunControl()
-    total = spec.run_count()
-    study.update_status(state=RunState.RUNNING, started=time.time(), total=total)
-
-    def open_run(planned: PlannedRun) -> RunFolder:
-        config = spec.run_config(planned.cell, planned.seed, planned.method, planned.lr_img)
-        run = study.run(planned.id) or RunFolder.create(study.runs_root, config, planned.id)
-        if not same_run(run.config(), config):
-            raise ConfigError(f"{run.path} holds another config than the study's plan; delete that run folder")
-        return run
-
-    def starting(run_id: str, index: int, count: int) -> None:
-        study.update_status(current=run_id, index=index)
-        if on_run:
-            on_run(run_id, index, count)
-
-    def finish(planned: PlannedRun, run: RunFolder) -> None:
-        record_run(study, planned, run, experts_root, executor, control)
-
-    try:
-        if isinstance(executor, DaskExecutor):
-            from .study_cluster import run_on_cluster
-
-            run_on_cluster(study, experts_root, executor, open_run, finish, control, starting)
-        else:
-            for index, planned in enumerate(spec.plan(study.chooser())):
-                run = open_run(planned)
-                starting(planned.id, index, total)
-                if run.status().get("state") != RunState.DONE:
-                    if Distiller(run, experts_root, observer, control, executor=executor).run() is None:
-                        raise StopRequested()
-                finish(planned, run)
-    except StopRequested:
-        study.update_status(state=RunState.STOPPED, current=None)
-        raise
-    except Exception as error:
-        study.update_status(state=RunState.FAILED, current=None, error=f"{type(error).__name__}: {error}")
-        raise
-    except BaseException:  # Ctrl-C, SIGTERM (through the CLI's handler), SystemExit
-        study.update_status(state=RunState.STOPPED, current=None, error=None)
-        raise
-    summary = summarise(study)
-    study.save_summary(summary, format_table(summary))
-    study.update_status(state=RunState.DONE, current=None, finished=time.time(), done=summary["runs_done"])
-    return summary
-
-
-def record_run(study: StudyFolder, planned: PlannedRun, run: RunFolder, experts_root: Path, executor, control) -> None:
-    """After a run of the study finished: its seed's expert accuracy (once), the controls now due, the summary."""
-    from .context import RunContext
-
-    if str(planned.seed) not in study.expert_accuracy():
-        study.save_expert_accuracy(planned.seed, expert_accuracy(RunContext(run.config(), experts_root,
-                                                                            executor=executor)))
-    for pending in runs_needing_controls(study):
-        ctx = RunContext(pending.config(), experts_root, executor=executor)
-        pending.save_controls(evaluate_controls(ctx, pending, control))
-    summary = summarise(study)
-    study.save_summary(summary, format_table(summary))
-    study.update_status(done=summary["runs_done"])
-
-
-def same_run(a: RunConfig, b: RunConfig) -> bool:
-    """Whether two configs describe the same run: equal, or equal but for how the same selection points are written
-    (select_every 25 or select_points 4 at 100 iterations), so a study made before select_points resumes."""
-    def schedule(config: RunConfig) -> tuple:
-        d = config.distill
-        return tuple(tuple(selection_iterations(s.iterations, d.select_every, d.select_points)) for s in d.subsets)
-
-    def rest(config: RunConfig) -> dict[str, Any]:
-        raw = config.to_dict()
-        raw["distill"].pop("select_every"), raw["distill"].pop("select_points")
-        return raw
-
-    return a == b or (schedule(a) == schedule(b) and rest(a) == rest(b))
-
-
-def runs_needing_controls(study: StudyFolder) -> list[RunFolder]:
-    """Finished SeqMatch runs whose controls are not measured yet: every one, or with an lr sweep only those at
-    their cell's chosen lr (the runs the summary reports)."""
-    spec = study.spec()
-    if not spec.controls or "seqmatch" not in spec.methods:
-        return []
-    choose, pending = study.chooser(), []
-    for planned in spec.plan(choose):
-        if planned.method != "seqmatch" or (planned.tuning and choose(planned.cell, "seqmatch") != planned.lr_img):
-            continue
-        run = study.run(planned.id)
-        if run and run.eval() and run.controls() is None:
-            pending.append(run)
-    return pending
-
-
-def expert_accuracy(ctx) -> list[float]:
-    """Test accuracy of the final epoch of each stage-1 expert of a run's recipe (read from the cache)."""
-    from .evaluate import accuracy
-    from .models import ConvNet
-
-    data = ctx.data
-    return [accuracy(ConvNet(ctx.spec, trajectory[-1].to(ctx.device)), data.test_images, data.test_labels)
-            for trajectory in ctx.cached_stage1_experts()]
-
-
-def evaluate_controls(ctx, run: RunFolder, control=None) -> dict[str, Any]:
-    """Test accuracy of a SeqMatch set's evaluation-only controls (evaluate.CONTROLS), on the same evaluation nets
-    (same seed tag) as the set itself, so that each control is paired with it."""
-    from .evaluate import control_curricula
-
-    cfg = ctx.config
-    subsets = run.subsets()
-    curricula = control_curricula([(s.images, s.labels) for s in subsets], [s.lr for s in subsets], ctx.data, cfg.seed)
-    accuracy = {name: ctx.evaluate(stages, "convnet", cfg.eval.num_nets, "test", "synthetic", control=control).to_dict()
-                for name, stages in curricula.items()}
-    return {"accuracy": accuracy, "eval_nets": cfg.eval.num_nets}

@@ -168,7 +168,8 @@ def test_studies_tab_lists_shows_and_refuses(app, tmp_path):
     from test_study import tiny_spec
 
     from seqmatch_engine import paths
-    from seqmatch_engine.study import StudyFolder, run_study
+    from seqmatch_engine.study import StudyFolder
+    from seqmatch_engine.study_run import run_study
     from views.studies_tab import StudiesTab
 
     client, manager = app

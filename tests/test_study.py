@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from configs import tiny_run_config
@@ -14,13 +15,12 @@ from seqmatch_engine.study import (
     Cell,
     StudyFolder,
     StudySpec,
-    format_table,
     load_study_spec,
     run_id,
-    run_study,
     study_preset_names,
-    summarise,
 )
+from seqmatch_engine.study_run import run_study, same_run
+from seqmatch_engine.study_summary import _pct, format_table, summarise
 
 
 def tiny_spec(**changes) -> StudySpec:
@@ -63,11 +63,32 @@ def test_the_grid_expands_to_paired_configs():
     ({"name": "../x"}, "study.name"),
     ({"colour": "red"}, "study.colour: unknown setting"),
     ({"preset": "cpu-demo"}, "exactly one of preset"),
-    ({"grid": [{"ipc": 20, "subsets": 2}]}, "data.train_per_class"),
+    ({"grid": [{"ipc": 20, "subsets": 2}]},
+     "study.grid[0] (mtt, seed 0): ipc 20 needs data.train_per_class >= 20 (the base config has 12)"),
 ])
 def test_bad_specs_name_the_field(change, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         tiny_spec(**change)
+
+
+def test_the_base_config_of_a_spec_is_named_as_the_spec_writes_it():
+    base = tiny_run_config("base", 0, (1, 1)).to_dict()
+    for change, message in ((("distill", "syn_stepz", 3), "study.config.distill.syn_stepz: unknown setting; known"),
+                            (("distill", "syn_steps", 2.7), "study.config.distill.syn_steps: expected a whole number, "
+                                                            "got 2.7"),
+                            (("model", "width", "8"), 'study.config.model.width: expected a whole number, got "8"'),
+                            (("eval", "num_nets", True), "study.config.eval.num_nets: expected a whole number, got true")):
+        group, key, value = change
+        raw = json.loads(json.dumps(base))
+        raw[group][key] = value
+        with pytest.raises(ConfigError) as info:
+            tiny_spec(config=raw)
+        assert str(info.value).startswith(message), str(info.value)
+    with pytest.raises(ConfigError) as info:
+        StudySpec.from_dict({"name": "p", "preset": "cpu-smoke", "overrides": ["distill.syn_steps=2.7"],
+                             "grid": [{"ipc": 2, "subsets": 2}]})
+    assert str(info.value) == ("study (preset 'cpu-smoke' + study.overrides): distill.syn_steps: expected a whole "
+                               "number, got 2.7")
 
 
 def test_study_runs_every_cell_and_pairs_by_seed(finished):
@@ -179,7 +200,7 @@ def test_cli_study_summary_and_errors(finished, tmp_path, capsys):
 
 
 def test_one_seed_shows_no_spread_and_the_table_says_what_is_evidence():
-    from seqmatch_engine.study import _pct, mean_std
+    from seqmatch_engine.study import mean_std
 
     assert _pct(mean_std([0.8])) == "80.00 (n=1)"
     assert _pct(mean_std([0.8, 0.82]), signed=True) == "+81.00 ± 1.41 (n=2)"
@@ -209,8 +230,13 @@ def test_an_iterations_axis_expands_to_the_right_configs():
 
 @pytest.mark.parametrize("cell, message", [
     ({"ipc": 2.7, "subsets": 2}, r"study.grid\[0\].ipc: expected a whole number, got 2.7"),
-    ({"ipc": "2", "subsets": 2}, r"study.grid\[0\].ipc: expected a whole number, got '2'"),
-    ({"ipc": True, "subsets": 2}, r"study.grid\[0\].ipc: expected a whole number, got True"),
+    ({"ipc": "2", "subsets": 2}, r'study.grid\[0\].ipc: expected a whole number, got "2"'),
+    ({"ipc": True, "subsets": 2}, r"study.grid\[0\].ipc: expected a whole number, got true"),
+    ({"ipc": 2, "subsets": 2.0}, r"study.grid\[0\].subsets: expected a whole number, got 2.0"),
+    ({"ipc": 2, "subsets": 2, "iterations": "3"}, r'study.grid\[0\].iterations: expected a whole number, got "3"'),
+    ({"ipc": 2, "subsets": 2, "seeds": [0, 1.5]}, r"study.grid\[0\].seeds\[1\]: expected a whole number, got 1.5"),
+    ({"ipc": 2, "subsets": 2, "iteration": 3, "lr": 1},
+     r"study.grid\[0\].iteration, study.grid\[0\].lr: unknown settings; known settings here: ipc, iterations, seeds"),
     ({"ipc": 0, "subsets": 2}, r"study.grid\[0\].ipc: must be >= 1, got 0"),
     ({"ipc": 2, "subsets": 0}, r"study.grid\[0\].subsets: must be >= 1, got 0"),
     ({"ipc": 2, "subsets": 2, "iterations": 0}, r"study.grid\[0\].iterations: must be >= 1"),
@@ -225,7 +251,8 @@ def test_a_grid_cell_is_parsed_strictly_naming_the_field(cell, message):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"seeds": [True, False]}, r"study.seeds\[0\]: expected a whole number, got True"),
+    ({"seeds": [True, False]}, r"study.seeds\[0\]: expected a whole number, got true"),
+    ({"tune_seeds": ["0"], "lr_img": [10]}, r'study.tune_seeds\[0\]: expected a whole number, got "0"'),
     ({"lr_img": [10, 10]}, "study.lr_img: distinct values > 0"),
     ({"lr_img": [-1]}, "study.lr_img: distinct values > 0"),
     ({"tune_seeds": [0]}, "study.tune_seeds: only with an lr sweep"),
@@ -284,7 +311,6 @@ def test_a_sweep_whose_tuning_is_unfinished_chooses_nothing_yet(tmp_path):
 
 
 def test_a_run_written_with_select_every_is_the_same_run_as_its_select_points_twin():
-    from seqmatch_engine.study import same_run
 
     every = tiny_run_config("x", 0, (1, 1), select_every=2)            # 4 iterations: points 2, 4
     points = tiny_run_config("x", 0, (1, 1), select_points=2)

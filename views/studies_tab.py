@@ -11,7 +11,8 @@ from seqmatch_engine.config import BUDGET_NOTES, ConfigError
 from seqmatch_engine.manager import JobManager
 from seqmatch_engine.runs import RunError
 from seqmatch_engine.storage import StorageError
-from seqmatch_engine.study import StudyFolder, format_table, list_studies, load_study_spec, study_preset_names, summarise
+from seqmatch_engine.study import StudyFolder, list_studies, load_study_spec, study_preset_names
+from seqmatch_engine.study_summary import format_table, summarise
 
 from .render import format_seconds
 from .study_figures import accuracy_figure, coupling_figure, paired_figure

@@ -1,4 +1,4 @@
-"""Figures of a study's summary (study.summarise): accuracy, paired differences and coupling, against IPC, or
+"""Figures of a study's summary (study_summary.summarise): accuracy, paired differences and coupling, against IPC, or
 against the outer iterations per subset when the study varies them (one group of lines per IPC then)."""
 from __future__ import annotations
 
