@@ -29,7 +29,7 @@ from .context import RunContext
 from .data import DatasetError
 from .executors import CLUSTER_ENV, ClusterError, Executor, make_executor
 from .export import export_set
-from .ownership import Owned, Owner, OwnerLock
+from .ownership import Owned, Owner, OwnerLock, name_this_process
 from .records import EvalResult, RunState
 from .runs import RunError, RunFolder, list_runs
 from .seeding import resolve_device
@@ -400,6 +400,7 @@ INTERRUPTED = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    name_this_process(f"python -m seqmatch_engine {args.command}")
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)  # SIGTERM stops like Ctrl-C: states are recorded as stopped
     try:
@@ -408,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted" + (f"; {INTERRUPTED[args.command]}" if args.command in INTERRUPTED else ""), file=sys.stderr)
+        tqdm.write("interrupted" + (f"; {INTERRUPTED[args.command]}" if args.command in INTERRUPTED else ""),
+                   file=sys.stderr)  # below any progress bar
         return 130
 
 

@@ -49,9 +49,12 @@ class Owned(RuntimeError):
         super().__init__(f"{what} is in use by {who}. {advice}")
 
 
-def _this_command() -> str:
-    words = [Path(sys.argv[0]).name if sys.argv else "python", *sys.argv[1:]]
-    return " ".join(words)[:200]
+PROCESS = {"label": Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"}
+
+
+def name_this_process(label: str) -> None:
+    """What owner messages call this process: "python -m seqmatch_engine distill", "app.py on port 7860"."""
+    PROCESS["label"] = label[:120]
 
 
 _held: dict[str, tuple[int, int, int]] = {}   # resolved path -> (thread id, depth, fd) in this process
@@ -137,7 +140,7 @@ class OwnerLock:
                 on_wait(owner)
             time.sleep(POLL_SECONDS)
         record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
-                             "command": _this_command()})
+                             "command": PROCESS["label"]})
         os.ftruncate(fd, 0)
         os.pwrite(fd, record.encode(), 0)
         return fd

@@ -138,6 +138,26 @@ def test_summary_numbers_are_the_runs_eval_values(finished):
     assert study.status()["state"] == "done"
 
 
+def test_another_evaluation_of_a_study_run_leaves_the_summary_on_the_runs_own(finished, tmp_path):
+    import shutil
+
+    from seqmatch_engine.config import RunConfig
+    from seqmatch_engine.context import RunContext
+    from seqmatch_engine.seqmatch import evaluate_run
+
+    home, study, summary, _ = finished
+    copy = StudyFolder(shutil.copytree(study.path, tmp_path / "study"))
+    run = copy.run(run_id(Cell(2, 2), 0, "seqmatch"))
+    own = (run.path / paths.EVAL_FILE).read_bytes()
+    config = run.config().to_dict()
+    config["eval"]["epochs"] = 4  # the run's own: 2
+    ctx = RunContext(RunConfig.from_dict(config), paths.experts_root(home))
+    other = evaluate_run(ctx, run, run.subsets(), lambda *a, **k: None, name="epochs4")
+    assert (run.path / paths.EVAL_FILE).read_bytes() == own and run.evaluations()["epochs4"].eval_epochs == 4
+    assert other["synthetic"] != run.eval().to_dict()["synthetic"]  # a different measurement...
+    assert summarise(copy)["cells"] == summary["cells"]  # ...that the summary never reads
+
+
 def test_resume_skips_finished_runs_and_finishes_interrupted_ones(finished, tmp_path, monkeypatch):
     import shutil
 
