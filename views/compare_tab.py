@@ -15,8 +15,11 @@ from .forms import FormValues, compare_pair, form_defaults
 from .live_view import LiveView, poll_outputs
 from .overlays import comparison_overlays
 from .palette import method_colour
+from .render import placeholder_figure
 
 DEFAULT_PRESET = "cpu-demo"
+START_LABEL = "Start comparison"
+CHARTS_LABEL = "Update comparison charts"
 BUDGET_EXPLAINED = (
     "**Budget.** *Per image* (the authors' convention, default): each SeqMatch subset runs as many iterations as "
     "static MTT's whole run, so every image gets the same number of updates and the compute is about equal. "
@@ -68,9 +71,9 @@ class CompareTab:
             self.ipc = gr.Number(defaults.ipc, label="Total IPC", precision=0, scale=1)
             self.num_subsets = gr.Number(defaults.num_subsets, label="SeqMatch subsets K", precision=0, scale=1)
             self.iterations = gr.Number(defaults.iterations, label="Iterations per subset", precision=0, scale=1)
-            self.budget = gr.Dropdown([("per image (authors')", "per-image"), ("total", "total")], value="per-image",
-                                      label="Budget convention", scale=1, min_width=190, elem_id="sm-compare-budget")
-            self.start = gr.Button("Start comparison", variant="primary", scale=1, elem_id="sm-compare-start")
+            self.budget = gr.Dropdown([("per image", "per-image"), ("total", "total")], value="per-image",
+                                      label="Budget convention", scale=1, min_width=170, elem_id="sm-compare-budget")
+            self.start = gr.Button(START_LABEL, variant="primary", scale=1, elem_id="sm-compare-start")
         gr.Markdown(BUDGET_EXPLAINED, elem_classes="sm-note")
         with gr.Accordion("…or pick two finished runs", open=False):
             with gr.Row():
@@ -82,18 +85,22 @@ class CompareTab:
         self.message = gr.Markdown(elem_id="sm-compare-message")
         with gr.Row(equal_height=False):
             with gr.Column():
-                self.mtt_view = LiveView(self.manager, "Static MTT")
+                self.mtt_view = LiveView(self.manager, "Static MTT", start=START_LABEL)
                 self.mtt_view.build()
             with gr.Column():
-                self.seq_view = LiveView(self.manager, "SeqMatch")
+                self.seq_view = LiveView(self.manager, "SeqMatch", start=START_LABEL)
                 self.seq_view.build()
-        self.refresh = gr.Button("Update comparison charts", size="sm")
-        self.accuracy = gr.Plot(label="Accuracy")
+        self.refresh = gr.Button(CHARTS_LABEL, size="sm")
+        self.accuracy = gr.Plot(placeholder_figure(f"Test accuracy of both runs and of random real images, once both "
+                                                   f"are evaluated: press {CHARTS_LABEL}"), label="Accuracy")
         self.overlays = gr.Markdown()
         with gr.Row():
-            self.g1 = gr.Plot(label="G1 coupling")
-            self.g2 = gr.Plot(label="G2 matching error")
-        self.g4 = gr.Plot(label="G4 easy vs hard")
+            self.g1 = gr.Plot(placeholder_figure("G1 coupling of both runs (recorded while distilling when "
+                                                 "distill.diagnose_every > 0)"), label="G1 coupling")
+            self.g2 = gr.Plot(placeholder_figure("G2 matching error by expert epoch (Diagnostics tab computes it)"),
+                              label="G2 matching error")
+        self.g4 = gr.Plot(placeholder_figure("G4 accuracy on easy and hard test images (Diagnostics tab computes it)"),
+                          label="G4 easy vs hard")
 
     def wire(self, timer: gr.Timer) -> None:
         self.mtt_state = gr.BrowserState(None, storage_key="seqmatch-compare-mtt")
@@ -147,4 +154,8 @@ class CompareTab:
         budgets = {run.config().budget for _, run in runs if run.config().method == "mtt"}
         note = "; ".join(f"budget convention **{b}**: {BUDGET_NOTES[b]}" for b in budgets if b) or \
             "budget convention: not recorded (these runs were not started as a pair)"
-        return figure, f"{note}. One seed per method: a demonstration, not evidence.\n\n{text}", g1, g2, g4
+        return (figure, f"{note}. One seed per method: a demonstration, not evidence.\n\n{text}",
+                g1 or placeholder_figure("No G1 records in these runs: coupling is recorded while distilling when "
+                                         "distill.diagnose_every > 0"),
+                g2 or placeholder_figure("No G2 for these runs yet: compute it on the Diagnostics tab"),
+                g4 or placeholder_figure("No G4 for these runs yet: compute it on the Diagnostics tab"))

@@ -153,6 +153,10 @@ def coupling_figure(summary: dict[str, Any]) -> go.Figure:
                     marker={"symbol": GROUP_SYMBOLS[index % len(GROUP_SYMBOLS)]},
                     line={"color": METHOD_COLOURS[method], "dash": GROUP_DASHES[index % len(GROUP_DASHES)]}))
     note = f"mean cosine between subsets' gradients, late in each run; static MTT: nominal groups; {_seed_note(summary)}"
+    if not figure.data:
+        figure.add_annotation(text="No G1 records in this study's runs: coupling is recorded while distilling when "
+                                   "the base config sets distill.diagnose_every > 0", x=0.5, y=0.5, xref="paper",
+                              yref="paper", showarrow=False, font={"color": "#64748b"})
     figure.update_layout(title=_title("Coupling index", summary, note), xaxis=_x_axis(summary), yaxis_title="cosine",
                          **LAYOUT)
     return figure
