@@ -8,6 +8,7 @@ import torch
 
 from seqmatch_engine.executors import ClusterError, make_executor
 from seqmatch_engine.manager import JobManager
+from seqmatch_engine.ownership import name_this_process
 from views.layout import build_app, launch_options
 
 
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="run experts and evaluation nets on Dask: local:N or tcp://HOST:8786 "
                              "(default: $SEQMATCH_CLUSTER, else this process)")
     args = parser.parse_args(argv)
+    name_this_process(f"the app (app.py) on port {args.port}")
     try:
         executor = make_executor(args.cluster, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     except ClusterError as error:

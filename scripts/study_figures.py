@@ -34,7 +34,7 @@ def main() -> int:
         page.locator("#sm-study-table table").first.wait_for(timeout=60_000)
         page.wait_for_timeout(3_000)  # plotly draws after the data arrives
         page.locator("#sm-study-table").screenshot(path=str(args.out / f"{args.study}-table.png"))
-        plots = page.locator(".js-plotly-plot")
+        plots = page.locator(".js-plotly-plot:visible")
         for index, name in enumerate(("accuracy", "paired", "coupling")):
             plots.nth(index).screenshot(path=str(args.out / f"{args.study}-{name}.png"))
         page.screenshot(path=str(args.out / f"{args.study}-page.png"), full_page=True)

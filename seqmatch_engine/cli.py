@@ -2,17 +2,23 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from tqdm import tqdm
 
 from . import paths
+from .cli_progress import ProgressBars, TaskBar
 from .config import (
     BUDGET_NOTES,
     BUDGETS,
     DEFAULT_PRESET,
+    MAX_NETS,
     ConfigError,
+    EvalConfig,
     RunConfig,
     apply_overrides,
     as_static,
@@ -23,54 +29,13 @@ from .config import (
 from .context import RunContext
 from .data import DatasetError
 from .executors import CLUSTER_ENV, ClusterError, Executor, make_executor
-from .records import RunState
+from .export import export_set
+from .ownership import Owned, Owner, OwnerLock, name_this_process
+from .records import EvalResult, RunState
 from .runs import RunError, RunFolder, list_runs
 from .seeding import resolve_device
 from .seqmatch import Distiller, Event, EventKind, StopRequested, evaluate_run
 from .storage import StorageError
-
-
-class ProgressBars:
-    """An observer drawing one tqdm bar per phase on stderr."""
-
-    def __init__(self) -> None:
-        self.bar: tqdm | None = None
-        self.key: tuple | None = None
-
-    def _bar(self, key: tuple, total: int, description: str) -> tqdm:
-        if self.key != key:
-            self.close()
-            self.bar = tqdm(total=total, desc=description, unit="it", dynamic_ncols=True, file=sys.stderr)
-            self.key = key
-        return self.bar
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        self.bar, self.key = None, None
-
-    def __call__(self, event: Event) -> None:
-        if event.kind == EventKind.PHASE:
-            self.close()
-            tqdm.write(f"[{event.data['name']}]" + (f" {event.data['message']}" if "message" in event.data else ""),
-                       file=sys.stderr)
-        elif event.kind == EventKind.PROGRESS:
-            task = event.data["task"]
-            bar = self._bar((task, event.stage), event.data["total"],
-                            f"experts S{event.stage + 1}" if task == "experts" else task)
-            bar.n = event.data["done"]
-            bar.refresh()
-        elif event.kind == EventKind.ITERATION:
-            bar = self._bar(("distil", event.stage), event.data["total"], f"distilling S{event.stage + 1}")
-            bar.n = event.iteration
-            bar.set_postfix(loss=f"{event.data['loss']:.4f}", lr=f"{event.data['lr']:.4g}",
-                            t=event.data["start_epoch"], refresh=True)
-        elif event.kind == EventKind.SELECTION:
-            tqdm.write(f"  S{event.stage + 1} it {event.iteration}: val acc {100 * event.data['val_accuracy']:.2f} % "
-                       f"(best {100 * event.data['best_accuracy']:.2f} % at it {event.data['best_iteration']})",
-                       file=sys.stderr)
-        elif event.kind in (EventKind.DONE, EventKind.ERROR):
-            self.close()
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -122,24 +87,48 @@ def cmd_experts(args: argparse.Namespace) -> int:
     return 0
 
 
+def owning(lock: OwnerLock, wait: bool):
+    """Hold `lock` (a run's or a study's); with `wait`, say once whom this command waits for."""
+    told: list[str] = []
+
+    def on_wait(owner: Owner | None) -> None:
+        who = owner.describe() if owner else "another process"
+        if who not in told:
+            told.append(who)
+            print(f"waiting: {lock.what} is in use by {who}; this command goes on when it is free (Ctrl-C gives up)",
+                  file=sys.stderr)
+
+    return lock.hold(wait=wait, on_wait=on_wait)
+
+
 def cmd_distill(args: argparse.Namespace) -> int:
-    if args.resume:
-        if args.set or args.config or args.static:
-            raise ConfigError("--resume continues a run with the config saved in its folder; "
-                              "drop --set, --config and --static (start a new run to change settings)")
-        run = RunFolder.from_argument(paths.runs_root(args.home), args.resume)
+    if not args.resume:
+        if args.wait:
+            raise ConfigError("--wait waits for another process to free a run; use it with --resume RUN")
+        config = config_from_args(args)
+        executor = executor_from_args(args, config)  # the cluster is reached before any run folder exists
+        try:
+            run = RunFolder.create(paths.runs_root(args.home), config)
+        except BaseException:
+            executor.close()
+            raise
+        return _distil(args, run, executor)
+    if args.set or args.config or args.static:
+        raise ConfigError("--resume continues a run with the config saved in its folder; "
+                          "drop --set, --config and --static (start a new run to change settings)")
+    run = RunFolder.from_argument(paths.runs_root(args.home), args.resume)
+    with owning(run.lock(), args.wait):  # a second process refuses here, before it builds anything
         if run.status().get("state") == RunState.DONE:
             raise RunError(f"run {run.id} is finished; nothing to resume (its results are kept). To evaluate it "
                            f"again: python -m seqmatch_engine evaluate {run.path}")
-    else:
-        config = config_from_args(args)
-        resolve_device(config.device)  # fail before creating a run folder
-        run = RunFolder.create(paths.runs_root(args.home), config)
+        return _distil(args, run, executor_from_args(args, run.config()))
+
+
+def _distil(args: argparse.Namespace, run: RunFolder, executor: Executor) -> int:
     print(f"run folder: {run.path}", file=sys.stderr)
     budget = run.config().budget
     if budget:
         print(f"budget convention: {budget} ({BUDGET_NOTES[budget]})", file=sys.stderr)
-    executor = executor_from_args(args, run.config())
     try:
         result = Distiller(run, paths.experts_root(args.home), ProgressBars(), executor=executor).run()
     except DatasetError:
@@ -159,26 +148,48 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluation_name(own: EvalConfig, used: EvalConfig) -> str | None:
+    """The name of an evaluation with settings `used` beside the run's own (`own`): what differs, e.g. "epochs2" or
+    "epochs2-nets3"; None when nothing does (it is the run's own evaluation, eval.json)."""
+    parts = [f"epochs{used.epochs}" if used.epochs != own.epochs else "",
+             f"nets{used.num_nets}" if used.num_nets != own.num_nets else "",
+             "arch-" + "-".join(used.architectures) if used.architectures != own.architectures else ""]
+    return "-".join(p for p in parts if p) or None
+
+
+def _accuracy_text(result: EvalResult | None) -> str:
+    accuracy = result.accuracy() if result else None
+    return f"{100 * accuracy['mean']:.2f} %" if accuracy else "not evaluated"
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     run = RunFolder.from_argument(paths.runs_root(args.home), args.run)
-    config = run.config()
-    subsets = run.subsets()
-    if len(subsets) < len(config.distill.subsets):
-        raise RunError(f"run {run.id} has {len(subsets)} of {len(config.distill.subsets)} subsets; "
-                       f"finish it first: python -m seqmatch_engine distill --resume {run.path}")
-    changes = {k: v for k, v in (("num_nets", args.nets), ("epochs", args.epochs),
-                                 ("architectures", args.arch)) if v is not None}
-    config = RunConfig.from_dict({**config.to_dict(), "eval": {**config.to_dict()["eval"], **changes}})
-    executor = executor_from_args(args, config)
-    try:
-        bars = ProgressBars()
-        ctx = RunContext(config, paths.experts_root(args.home), executor=executor)
-        result = evaluate_run(ctx, run, subsets, lambda kind, stage=None, iteration=None, **data: bars(
-            Event(kind, stage, iteration, data)))
-        bars.close()
-    finally:
-        executor.close()
+    with owning(run.lock(), wait=False):
+        own = run.config()
+        subsets = run.subsets()
+        if len(subsets) < len(own.distill.subsets):
+            raise RunError(f"run {run.id} has {len(subsets)} of {len(own.distill.subsets)} subsets; "
+                           f"finish it first: python -m seqmatch_engine distill --resume {run.path}")
+        changes = {k: v for k, v in (("num_nets", args.nets), ("epochs", args.epochs),
+                                     ("architectures", args.arch)) if v is not None}
+        config = RunConfig.from_dict({**own.to_dict(), "eval": {**own.to_dict()["eval"], **changes}})
+        name = evaluation_name(own.eval, config.eval)
+        executor = executor_from_args(args, config)
+        try:
+            bars = ProgressBars()
+            ctx = RunContext(config, paths.experts_root(args.home), executor=executor)
+            result = evaluate_run(ctx, run, subsets, lambda kind, stage=None, iteration=None, **data: bars(
+                Event(kind, stage, iteration, data)), name=name)
+            bars.close()
+        finally:
+            executor.close()
     print(format_accuracy(result))
+    if name:
+        print(f"evaluation {name!r} (settings other than the run's own) written to {run.evaluation_file(name)}; the "
+              f"run's own evaluation, {paths.EVAL_FILE} ({_accuracy_text(run.eval())}), is unchanged and is what "
+              f"lists and studies show")
+    others = "".join(f"; {other}: {_accuracy_text(result)}" for other, result in run.evaluations().items())
+    print(f"evaluations of run {run.id}: its own ({paths.EVAL_FILE}): {_accuracy_text(run.eval())}{others}")
     if ctx.evaluations_read:
         print(f"({ctx.evaluations_read} evaluation nets were read from {ctx.evaluations.root}, trained before with "
               f"the same sets, seeds and settings; delete that folder to train them again)")
@@ -187,40 +198,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     run = RunFolder.from_argument(paths.runs_root(args.home), args.run)
-    folder = run.export(Path(args.out) if args.out else None)
-    print(f"exported to {folder}")
+    print(export_set(run, Path(args.out) if args.out else None, partial=args.partial).describe())
     return 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
     for run in list_runs(paths.runs_root(args.home)):
         row = run.overview()
-        state = RunState.on_disk({"state": row.state})
+        owner = run.lock().owner()
+        state = "running" if owner else RunState.on_disk({"state": row.state})
         acc = "" if row.accuracy is None else f"{100 * row.accuracy['mean']:.2f} %"
-        print(f"{row.id:45s} {state:11s} {row.phase:18s} {acc}" + (f"  ({row.problem})" if row.problem else ""))
+        notes = ([row.problem] if row.problem else []) + ([f"in {owner.describe()}"] if owner else [])
+        others = [f"{name} {_accuracy_text(result)}" for name, result in run.evaluations().items()] if not row.problem \
+            else []
+        notes += [f"other evaluations: {', '.join(others)}"] if others else []
+        print(f"{row.id:45s} {state:11s} {row.phase:18s} {acc}" + (f"  ({'; '.join(notes)})" if notes else ""))
     return 0
-
-
-class TaskBar:
-    """A progress callback (done, total) drawing one tqdm bar on stderr, opened on first use."""
-
-    def __init__(self, description: str) -> None:
-        self.description = description
-        self.bar: tqdm | None = None
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.bar is None:
-            self.bar = tqdm(total=total, desc=self.description, dynamic_ncols=True, file=sys.stderr)
-        self.bar.total = total
-        self.bar.n = done
-        self.bar.refresh()
-
-    def __enter__(self) -> "TaskBar":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
@@ -259,10 +252,14 @@ def cmd_study(args: argparse.Namespace) -> int:
     if (args.spec is None) == (args.preset is None):
         raise ConfigError(f"study: give a spec file or --preset NAME (one of: {', '.join(study_preset_names())})")
     spec = load_study_spec(args.preset or args.spec)
-    study = StudyFolder.create_or_open(paths.studies_root(args.home), spec)
-    print(f"study folder: {study.path}  (budget convention: {spec.budget}: {BUDGET_NOTES[spec.budget]})",
-          file=sys.stderr)
+    root = paths.studies_root(args.home)
     if args.summary:
+        study = StudyFolder.existing(root, spec)
+        if study is None:
+            raise RunError(f"study {spec.name!r} has not run yet (no folder in {root.resolve()}); run it first "
+                           f"(the same command without --summary)")
+        print(f"study folder: {study.path}  (budget convention: {spec.budget}: {BUDGET_NOTES[spec.budget]})",
+              file=sys.stderr)
         summary = summarise(study)
         study.save_summary(summary, format_table(summary))
         print(format_table(summary))
@@ -273,14 +270,20 @@ def cmd_study(args: argparse.Namespace) -> int:
         bars.close()
         tqdm.write(f"== run {index + 1}/{total}: {run_id}", file=sys.stderr)
 
-    executor = executor_from_args(args, spec.run_config(spec.grid[0], spec.seeds[0], spec.methods[0]))
-    try:
-        summary = run_study(study, paths.experts_root(args.home), bars, on_run=on_run, executor=executor)
-    except StopRequested:
-        print(f"stopped; resume with the same command (finished runs are kept): {study.path}", file=sys.stderr)
-        return 1
-    finally:
-        executor.close()
+    with contextlib.ExitStack() as stack:
+        study = StudyFolder.existing(root, spec)
+        if study is not None:  # a second process refuses (or waits) here, before it builds anything
+            stack.enter_context(owning(study.lock(), args.wait))
+        executor = executor_from_args(args, spec.run_config(spec.grid[0], spec.seeds[0], spec.methods[0]))
+        stack.callback(executor.close)
+        study = study or StudyFolder.create_or_open(root, spec)  # only once the cluster answered
+        print(f"study folder: {study.path}  (budget convention: {spec.budget}: {BUDGET_NOTES[spec.budget]})",
+              file=sys.stderr)
+        try:
+            summary = run_study(study, paths.experts_root(args.home), bars, on_run=on_run, executor=executor)
+        except StopRequested:
+            print(f"stopped; resume with the same command (finished runs are kept): {study.path}", file=sys.stderr)
+            return 1
     print(format_table(summary))
     return 0
 
@@ -296,6 +299,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     run_bench(quick=args.quick, threads=args.threads, sections=args.only)
     return 0
+
+
+def whole_number(low: int, high: int):
+    """An argparse type: a whole number from `low` to `high` (argparse names the option in its message)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}, got {value}")
+        return value
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -328,18 +344,24 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --static: per-image (the authors' convention, default): as many iterations as each "
                           "subset; total: the sum of the subsets' iterations")
     sub.add_argument("--resume", metavar="RUN", help="continue a stopped or killed run folder")
+    sub.add_argument("--wait", action="store_true",
+                     help="with --resume: when another process trains the run, wait until it is free instead of "
+                          "refusing")
     with_cluster(sub)
     sub.set_defaults(func=cmd_distill)
     sub = commands.add_parser("evaluate", help="re-evaluate a finished run")
     sub.add_argument("run")
-    sub.add_argument("--nets", type=int)
-    sub.add_argument("--epochs", type=int)
+    sub.add_argument("--nets", type=whole_number(1, MAX_NETS), help=f"evaluation nets per set (1-{MAX_NETS})")
+    sub.add_argument("--epochs", type=whole_number(1, 100_000), help="training epochs per curriculum stage")
     sub.add_argument("--arch", nargs="+", help="convnet resnet18 vgg11 alexnet")
     with_cluster(sub)
     sub.set_defaults(func=cmd_evaluate)
     sub = commands.add_parser("export", help="write a run's set as safetensors + PNG grids")
     sub.add_argument("run")
     sub.add_argument("--out")
+    sub.add_argument("--partial", action="store_true",
+                     help="export the subsets a running, stopped or interrupted run has learned so far (marked as "
+                          "partial in the file's metadata)")
     sub.set_defaults(func=cmd_export)
     commands.add_parser("runs", help="list runs").set_defaults(func=cmd_runs)
     commands.add_parser("presets", help="list presets").set_defaults(func=cmd_presets)
@@ -347,9 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("run")
     sub.add_argument("--only", nargs="+", choices=["g1", "g2", "g3", "g4"], help="diagnostics to show/compute")
     sub.add_argument("--reducer", choices=["umap", "pca"], default="umap", help="G3 embedding (pca: instant)")
-    sub.add_argument("--experts", type=int, default=3, help="held-out experts for G2-G4")
-    sub.add_argument("--draws", type=int, default=2, help="G2 unroll plans per held-out expert and start epoch")
-    sub.add_argument("--nets", type=int, default=2, help="G4 nets per set")
+    sub.add_argument("--experts", type=whole_number(1, 100), default=3, help="held-out experts for G2-G4")
+    sub.add_argument("--draws", type=whole_number(1, 100), default=2,
+                     help="G2 unroll plans per held-out expert and start epoch")
+    sub.add_argument("--nets", type=whole_number(1, MAX_NETS), default=2, help="G4 nets per set")
     sub.add_argument("--force", action="store_true", help="recompute G2-G4 even when the run has them")
     sub.add_argument("--partner", metavar="RUN",
                      help="for a static MTT run: the SeqMatch run (same seed) whose retrained-expert families G2 "
@@ -359,26 +382,42 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("spec", nargs="?", help="a study spec JSON file (see assets/studies/)")
     sub.add_argument("--preset", help="a study preset from assets/studies/ instead of a file")
     sub.add_argument("--summary", action="store_true", help="only rebuild and print the summary of what has run")
+    sub.add_argument("--wait", action="store_true",
+                     help="when another process runs the study, wait until it is free instead of refusing")
     with_cluster(sub)
     sub.set_defaults(func=cmd_study)
     sub = commands.add_parser("bench", help="speed and memory of the engine vs plain references (prints a report)")
     sub.add_argument("--quick", action="store_true", help="one round per measurement, 1 expert for the first-image test")
-    sub.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    sub.add_argument("--threads", type=whole_number(1, 1024), help="torch threads (default: torch's choice)")
     sub.add_argument("--only", nargs="+", choices=SECTIONS,
                      help="run only these sections")
     sub.set_defaults(func=cmd_bench)
     return parser
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt("SIGTERM")
+
+
+INTERRUPTED = {
+    "distill": "resume with: python -m seqmatch_engine distill --resume RUN (the run folder printed above)",
+    "study": "run the same command again to resume the study (finished runs are kept)",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    name_this_process(f"python -m seqmatch_engine {args.command}")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)  # SIGTERM stops like Ctrl-C: states are recorded as stopped
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, RunError, StorageError, ValueError, ClusterError) as error:
+    except (ConfigError, DatasetError, RunError, StorageError, ValueError, ClusterError, Owned) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; resume with `distill --resume RUN`", file=sys.stderr)
+        tqdm.write("interrupted" + (f"; {INTERRUPTED[args.command]}" if args.command in INTERRUPTED else ""),
+                   file=sys.stderr)  # below any progress bar
         return 130
 
 

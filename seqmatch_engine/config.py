@@ -168,6 +168,7 @@ def method_parts(method: str) -> tuple[str, str]:
     if method == "seqmatch":
         return "mtt", "sequential"
     return (method.removeprefix("seqmatch-"), "sequential") if method.startswith("seqmatch-") else (method, "static")
+MAX_NETS = 100  # nets per evaluation: each trains eval.epochs per stage; 100 already take 20 times the default 5
 EXPERT_SOURCES = ("retrained", "window")
 INITS = ("real", "noise")
 MEMORY_MODES = ("auto", "unrolled", "recompute")
@@ -186,9 +187,10 @@ def build_dataclass(cls: type, raw: Any, where: str) -> Any:
         raise ConfigError(f"{where or 'config'}: expected an object, got {type(raw).__name__}")
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
+    unknown = sorted(map(str, set(raw) - names))
     if unknown:
-        raise ConfigError(f"{where + '.' if where else ''}{unknown[0]}: unknown setting; "
+        named = ", ".join(f"{where + '.' if where else ''}{key}" for key in unknown)
+        raise ConfigError(f"{named}: unknown setting{'s' if len(unknown) > 1 else ''}; "
                           f"known settings here: {', '.join(sorted(names))}")
     values = {}
     for f in dataclasses.fields(cls):
@@ -202,6 +204,14 @@ def build_dataclass(cls: type, raw: Any, where: str) -> Any:
     return cls(**values)
 
 
+def _shown(value: Any) -> str:
+    """A value as it is written in JSON (true, "2", 2.7), the way specs, configs and --set give it."""
+    try:
+        return json.dumps(value)[:80]
+    except (TypeError, ValueError):
+        return repr(value)[:80]
+
+
 def _coerce(hint: Any, value: Any, where: str) -> Any:
     origin, args = get_origin(hint), get_args(hint)
     if dataclasses.is_dataclass(hint):
@@ -213,33 +223,33 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         return _coerce(inner, value, where)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected an object, got {value!r}")
+            raise ConfigError(f"{where}: expected an object, got {_shown(value)}")
         return value
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {_shown(value)}")
         return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{where}: expected a pair [start, end], got {value!r}")
+            raise ConfigError(f"{where}: expected a pair [start, end], got {_shown(value)}")
         return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: expected true or false, got {_shown(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+            raise ConfigError(f"{where}: expected a whole number, got {_shown(value)}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {_shown(value)}")
         if not math.isfinite(value):
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+            raise ConfigError(f"{where}: expected a finite number, got {_shown(value)}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected text, got {value!r}")
+            raise ConfigError(f"{where}: expected text, got {_shown(value)}")
         return value
     raise ConfigError(f"{where}: unsupported type {hint}")
 
@@ -316,8 +326,8 @@ def validate(config: RunConfig) -> None:
         _require(b <= horizon + 1, f"{where}.interval",
                  f"ends at epoch {b} but its experts have only {horizon} epochs; lower the end or raise {epochs_field}")
     _require(v.epochs >= 1, "eval.epochs", "must be >= 1")
-    _require(v.num_nets >= 1, "eval.num_nets", "must be >= 1")
-    _require(v.select_nets >= 1, "eval.select_nets", "must be >= 1")
+    _require(1 <= v.num_nets <= MAX_NETS, "eval.num_nets", f"must be from 1 to {MAX_NETS}, got {v.num_nets}")
+    _require(1 <= v.select_nets <= MAX_NETS, "eval.select_nets", f"must be from 1 to {MAX_NETS}, got {v.select_nets}")
     _require(v.batch_size >= 1, "eval.batch_size", "must be >= 1")
     _require(v.baseline_lr > 0, "eval.baseline_lr", "must be > 0")
     _require(len(v.architectures) >= 1, "eval.architectures", "needs at least one architecture")

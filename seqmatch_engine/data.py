@@ -89,7 +89,8 @@ def display_facts(name: str) -> tuple[tuple[float, ...], tuple[float, ...], tupl
 
 
 _BUNDLED_REBUILD_HINT = (
-    "Rebuild it with `python assets/data/make_bundled_dataset.py` "
+    f"It ships with the repository: restore it with `git -C {BUNDLED_DATASET_PATH.parent.parent.parent} checkout -- "
+    f"assets/data/{BUNDLED_DATASET_PATH.name}`, or rebuild it with `python assets/data/make_bundled_dataset.py` "
     "(needs `apt-get install dataset-fashion-mnist`)."
 )
 

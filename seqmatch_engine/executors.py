@@ -10,7 +10,12 @@ Dask is optional: importing this module never imports it.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import re
+import socket
+import time
 import uuid
 from typing import Any, Callable, Iterator, Protocol
 
@@ -31,6 +36,8 @@ class Executor(Protocol):
 
     def map(self, fn: Callable, jobs: list, on_epoch: JobEpochFn | None = None,
             control: RunControl | None = None) -> Iterator[tuple[int, Any]]: ...
+
+    def watch(self, on_lost: Callable[[str], None]) -> contextlib.AbstractContextManager: ...
 
     def close(self) -> None: ...
 
@@ -63,6 +70,9 @@ class LocalExecutor:
         if control is not None:
             control.checkpoint()
         yield from run_in_parallel(work, list(range(len(jobs))), self.workers)
+
+    def watch(self, on_lost: Callable[[str], None]) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # threads of this process are never lost alone
 
     def close(self) -> None:
         pass
@@ -106,35 +116,38 @@ def _leave_worker_pool(distributed) -> bool:
 
 class DaskExecutor:
     """Jobs on a Dask cluster: `local:N` starts N single-threaded worker processes bound to 127.0.0.1 (no
-    dashboard); any other address (tcp://HOST:8786) joins a running scheduler. On CUDA each job asks for
-    `gpu_share` of a worker's `GPU` resource (workers started with --resources GPU=1), so 1/gpu_share jobs
-    share one GPU."""
+    dashboard); any other address (tcp://HOST:8786) joins a running scheduler, after `probe_scheduler` saw it
+    answer in time. On CUDA each job asks for `gpu_share` of a worker's `GPU` resource (workers started with
+    --resources GPU=1), so 1/gpu_share jobs share one GPU. `source` names where the address came from."""
 
     POLL_SECONDS = 0.3
-    CONNECT_SECONDS = 10.0  # how long to wait for a remote scheduler before saying it cannot be reached
+    CONNECT_SECONDS = 10.0  # deadline of each step of reaching a remote scheduler (connect, its handshake, identity)
+    WORKER_CHECK_SECONDS = 1.0
 
-    def __init__(self, address: str, gpu_share: float | None = None, connect_timeout: float | None = None):
+    def __init__(self, address: str, gpu_share: float | None = None, connect_timeout: float | None = None,
+                 source: str = "--cluster"):
         distributed = _import_distributed()
         self.address, self.gpu_share, self.cluster = address, gpu_share, None
+        self._listeners: list[Callable[[str], None]] = []
+        self._workers: set[str] | None = None
+        self._checked = 0.0
+        deadline = connect_timeout or self.CONNECT_SECONDS
+        if address.startswith("local:"):
+            count = address.split(":", 1)[1]
+            if not count.isdigit() or int(count) < 1:
+                raise ClusterError(f"{source} {address!r}: local:N needs N >= 1 worker processes, e.g. local:2; or "
+                                   f"{_way_out(source)} to run on this machine")
+            self.cluster = distributed.LocalCluster(
+                n_workers=int(count), threads_per_worker=1, processes=True, host="127.0.0.1",
+                dashboard_address=None, silence_logs=40)
+            self.client = distributed.Client(self.cluster)
+            return
+        probe_scheduler(address, deadline, source)
         try:
-            if address.startswith("local:"):
-                count = int(address.split(":", 1)[1])
-                if count < 1:
-                    raise ValueError
-                self.cluster = distributed.LocalCluster(
-                    n_workers=count, threads_per_worker=1, processes=True, host="127.0.0.1",
-                    dashboard_address=None, silence_logs=40)
-                self.client = distributed.Client(self.cluster)
-            else:
-                self.client = distributed.Client(address, timeout=connect_timeout or self.CONNECT_SECONDS)
-        except ValueError:
-            raise ClusterError(f"--cluster {address!r}: use local:N (N worker processes on this machine) or "
-                               f"tcp://HOST:PORT of a running Dask scheduler") from None
+            self.client = distributed.Client(address, timeout=deadline)
         except (OSError, TimeoutError) as error:
-            raise ClusterError(f"cannot reach the Dask scheduler at {address} ({type(error).__name__}: {error}). "
-                               f"Start one there (`dask scheduler`, then `dask worker {address}` on each "
-                               f"machine), check the address and that the port is open, or drop --cluster "
-                               f"to run on this machine") from None
+            raise ClusterError(f"cannot reach the Dask scheduler at {address} (from {source}): {type(error).__name__}: "
+                               f"{error}. {_check(address, source)}") from None
 
     @classmethod
     def from_client(cls, client, gpu_share: float | None = None) -> "DaskExecutor":
@@ -142,7 +155,31 @@ class DaskExecutor:
         executor = cls.__new__(cls)
         executor.address, executor.gpu_share, executor.cluster, executor.client = (
             str(client.scheduler.address), gpu_share, None, client)
+        executor._listeners, executor._workers, executor._checked = [], None, 0.0
         return executor
+
+    @contextlib.contextmanager
+    def watch(self, on_lost: Callable[[str], None]) -> Iterator[None]:
+        """Within the block, `on_lost(address)` for each worker that leaves the cluster while jobs run."""
+        self._listeners.append(on_lost)
+        try:
+            yield
+        finally:
+            self._listeners.remove(on_lost)
+
+    def lost_workers(self, force: bool = False) -> list[str]:
+        """Workers gone since the last call (at most one scheduler query per WORKER_CHECK_SECONDS unless `force`);
+        each is also told to the watchers. The first call only learns who is there."""
+        if not force and time.monotonic() - self._checked < self.WORKER_CHECK_SECONDS:
+            return []
+        self._checked = time.monotonic()
+        now = set(self.client.scheduler_info().get("workers", {}))
+        lost = sorted((self._workers or set()) - now)
+        self._workers = now
+        for address in lost:
+            for listener in list(self._listeners):
+                listener(address)
+        return lost
 
     def workers(self) -> int:
         return len(self.client.scheduler_info().get("workers", {}))
@@ -167,6 +204,8 @@ class DaskExecutor:
                    for position, job in enumerate(jobs)}
         pending = set(futures)
         waiting = _leave_worker_pool(distributed)  # a run distilled on a worker waits for its own jobs
+        if not waiting:
+            self.lost_workers(force=True)  # who is there as the jobs start
         try:
             while pending:
                 try:
@@ -174,6 +213,8 @@ class DaskExecutor:
                 except TimeoutError:  # nothing finished in this poll
                     done = set()
                 self._drain(progress, on_epoch)
+                if not waiting:
+                    self.lost_workers()
                 if control is not None and control.stopping:
                     raise StopRequested()
                 for future in done:
@@ -203,7 +244,77 @@ class DaskExecutor:
 
 def make_executor(cluster: str | None, device: torch.device) -> Executor:
     """`cluster` (or $SEQMATCH_CLUSTER) as a DaskExecutor, else the LocalExecutor for `device`."""
+    source = "--cluster" if cluster else f"${CLUSTER_ENV}"
     address = cluster or os.environ.get(CLUSTER_ENV)
     if not address:
         return LocalExecutor.for_device(device)
-    return DaskExecutor(address, gpu_share=1.0 if device.type == "cuda" else None)
+    return DaskExecutor(address, gpu_share=1.0 if device.type == "cuda" else None, source=source)
+
+
+def _way_out(source: str) -> str:
+    return f"drop {source}" if source.startswith("--") else f"unset {source.lstrip('$')}"
+
+
+def _check(address: str, source: str) -> str:
+    """How to check a scheduler address, and the way out."""
+    where = address.removeprefix("tcp://").rsplit(":", 1)
+    port_test = f"`nc -vz {where[0].strip('[]')} {where[1]}`" if len(where) == 2 else "`nc -vz HOST PORT`"
+    return (f"Check the address ({source}), that a scheduler runs there (`dask scheduler`, then `dask worker {address}` "
+            f"on each machine) and that its port is open from here ({port_test}); or {_way_out(source)} to run on "
+            f"this machine")
+
+
+def probe_scheduler(address: str, deadline: float, source: str = "--cluster") -> None:
+    """Check, each step within `deadline` seconds, that a Dask scheduler answers at tcp://HOST:PORT: the TCP
+    connection, the handshake a scheduler sends as soon as it accepts one, its identity. ClusterError naming the step,
+    the address, where it came from and how to check it. (Dask's own client waits without end on a server that
+    accepts and never answers.)"""
+    match = re.fullmatch(r"tcp://(\[[0-9a-fA-F:.]+\]|[^/:\s\[\]]+):(\d{1,5})", address)  # tcp://HOST:PORT
+    if not match or not 0 < int(match.group(2)) < 65536:
+        raise ClusterError(f"{source} {address!r}: use local:N (N worker processes on this machine) or "
+                           f"tcp://HOST:PORT of a running Dask scheduler (e.g. tcp://10.0.0.5:8786); or "
+                           f"{_way_out(source)} to run on this machine")
+    host, port = match.group(1).strip("[]"), int(match.group(2))
+    check = _check(address, source)
+    try:
+        connection = socket.create_connection((host, port), timeout=deadline)
+    except socket.timeout:
+        raise ClusterError(f"cannot reach the Dask scheduler at {address} (from {source}): connecting timed out after "
+                           f"{deadline:g} s. {check}") from None
+    except OSError as error:
+        raise ClusterError(f"cannot reach the Dask scheduler at {address} (from {source}): connecting failed "
+                           f"({error.strerror or error}). {check}") from None
+    with connection:
+        connection.settimeout(deadline)
+        try:
+            first = connection.recv(256)
+        except (socket.timeout, OSError):
+            first = None
+    if not first:
+        raise ClusterError(f"the server at {address} (from {source}) accepted the connection but sent no Dask handshake "
+                           f"within {deadline:g} s (or closed it): it is not a Dask scheduler (a dashboard or web "
+                           f"server waits silently), or it is stuck. {check}")
+    if b"compression" not in first and b"pickle-protocol" not in first:
+        raise ClusterError(f"the server at {address} (from {source}) answered, but not as a Dask scheduler (it sent "
+                           f"{first[:40]!r}). {check}")
+    try:
+        identity = asyncio.run(_identity(address, deadline))
+    except (asyncio.TimeoutError, OSError) as error:
+        raise ClusterError(f"the Dask scheduler at {address} (from {source}) shook hands but did not tell its identity "
+                           f"within {deadline:g} s ({type(error).__name__}): it is overloaded or stuck. {check}") from None
+    kind = identity.get("type") if isinstance(identity, dict) else None
+    if kind != "Scheduler":
+        raise ClusterError(f"{address} (from {source}) is a Dask {kind or 'server'}, not a scheduler (a worker's "
+                           f"address?). {check}")
+
+
+async def _identity(address: str, deadline: float) -> Any:
+    """The scheduler's answer to Dask's `identity` request, each step within `deadline` seconds."""
+    from distributed.comm import connect
+
+    comm = await asyncio.wait_for(connect(address, timeout=deadline), deadline)
+    try:
+        await asyncio.wait_for(comm.write({"op": "identity", "reply": True}), deadline)
+        return await asyncio.wait_for(comm.read(), deadline)
+    finally:
+        comm.abort()

@@ -46,8 +46,19 @@ def child(root: Path, name: object, what: str = "run") -> Path:
     except (OSError, RuntimeError, ValueError):  # a symlink loop, an unrepresentable name
         raise refused from None
     if resolved.parent != root:
+        if path.is_symlink():
+            raise UnsafeName(f"{what} {shown} is refused: it is a symbolic link to {resolved}, outside {root}, and a "
+                             f"{what} is a folder inside it; remove the link, or move that folder into {root}")
         raise refused
     return path
+
+
+def inside(root: Path, entry: Path) -> bool:
+    """Whether `entry` (an entry of `root`), with symbolic links resolved, lies directly inside `root`."""
+    try:
+        return entry.resolve().parent == Path(root).resolve()
+    except (OSError, RuntimeError):
+        return False
 
 
 def runs_root(base: Path | None = None) -> Path:
@@ -67,6 +78,11 @@ def studies_root(base: Path | None = None) -> Path:
     return (base or home()) / "studies"
 
 
+def queue_lock(base: Path | None = None) -> Path:
+    """The lock that app processes on one home hold while their queue runs a job (one job at a time for all)."""
+    return (base or home()) / "app-queue.lock"
+
+
 # Files inside one run folder.
 CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"
@@ -78,6 +94,8 @@ SUBSETS_DIR = "subsets"
 SNAPSHOTS_DIR = "snapshots"
 EXPORT_DIR = "export"
 CONTROLS_FILE = "controls.json"
+EVALUATIONS_DIR = "evaluations"   # evaluations with other settings than the run's own (evaluate --epochs ...)
+LOCK_FILE = "owner.lock"          # held (fcntl.flock) by the process that trains the run or runs the study
 
 # Files inside one study folder (studies/<id>/): its spec, progress, summary and its runs.
 STUDY_FILE = "study.json"

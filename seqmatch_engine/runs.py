@@ -11,21 +11,23 @@
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import re
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from . import paths
 from .config import RunConfig
-from .imaging import Panel, labelled_panels, save_png
-from .labels import hard, is_soft
+from .ownership import OwnerLock
 from .prepare import PixelTransform
 from .records import Checkpoint, EvalResult, RunOverview, RunState
 from .storage import (
@@ -75,16 +77,27 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_-]+", "-", text).strip("-")[:40]
 
 
-def _new_folder(root: Path, base: str) -> Path:
-    """Create and return root/base, or root/base-1, base-2, ... when taken."""
-    for n in range(1000):
-        path = root / (base if n == 0 else f"{base}-{n}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise RunError(f"{root} already holds 1000 folders named {base}*; delete some")
+def place_folder(root: Path, names: list[str], fill: Callable[[Path], None], what: str) -> Path:
+    """A new folder root/<the first free name of `names`>, filled by `fill` in a hidden scratch folder and renamed
+    into place whole, so that nobody ever sees it half-made and two processes creating one name never both win.
+    RunError when every name is taken."""
+    scratch = Path(tempfile.mkdtemp(prefix=".creating-", dir=root))
+    try:
+        fill(scratch)
+        for name in names:
+            path = paths.child(root, name, what)
+            try:
+                os.rename(scratch, path)  # replaces an empty folder; fails on a non-empty one
+                return path
+            except OSError as error:
+                if error.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+                    raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if len(names) == 1:
+        raise RunError(f"{root / names[0]} exists but is not a {what} folder (or another process has just made it "
+                       f"one): move it away or delete it, then try again")
+    raise RunError(f"{root} already holds {len(names)} folders named {names[0]}*; delete some")
 
 
 class RunFolder:
@@ -100,15 +113,13 @@ class RunFolder:
         base = "-".join(p for p in (stamp, config.method, _slug(config.name)) if p)
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
-        if run_id is not None:
-            path = paths.child(root, run_id, "run")
-            path.mkdir()
-        else:
-            path = _new_folder(root, base)
-        run = cls(path)
-        write_json(path / paths.CONFIG_FILE, config.to_dict())
-        run.update_status(state="created", phase="queued", created=time.time())
-        return run
+        names = [run_id] if run_id is not None else [base] + [f"{base}-{n}" for n in range(1, 1000)]
+
+        def fill(folder: Path) -> None:
+            write_json(folder / paths.CONFIG_FILE, config.to_dict())
+            cls(folder).update_status(state="created", phase="queued", created=time.time())
+
+        return cls(place_folder(root, names, fill, "run"))
 
     @classmethod
     def find(cls, root: Path, run_id: object) -> "RunFolder":
@@ -136,6 +147,13 @@ class RunFolder:
     @property
     def id(self) -> str:
         return self.path.name
+
+    def lock(self) -> OwnerLock:
+        """The run's owner lock, held by whoever trains it (the CLI, an app's queue, a study)."""
+        return OwnerLock(self.path / paths.LOCK_FILE, f"run {self.id}",
+                         f"Let it finish there or stop it (Stop in its app, Ctrl-C in its terminal); a killed owner "
+                         f"frees the run at once. To continue it as soon as it is free: python -m seqmatch_engine "
+                         f"distill --resume {self.path} --wait")
 
     # -- config, status, metrics ----------------------------------------------------------------
     def config(self) -> RunConfig:
@@ -304,14 +322,34 @@ class RunFolder:
     def snapshot_labels(self, stage: int, iteration: int) -> torch.Tensor | None:
         """The soft label logits (n_k, classes) of that snapshot; None for a subset whose labels are fixed classes."""
         return read_tensors(paths.snapshot_file(self.path, stage, iteration), ("images",)).get("labels")
-    def save_eval(self, result: "EvalResult") -> None:
+
+    def save_eval(self, result: "EvalResult", name: str | None = None) -> Path:
+        """eval.json (the run's own evaluation, name None) or evaluations/<name>.json (one with other settings);
+        returns the file written."""
         self._require_folder()
-        write_json(self.path / paths.EVAL_FILE, result.to_dict())
+        path = self.path / paths.EVAL_FILE if name is None else self.evaluation_file(name)
+        write_json(path, result.to_dict())
+        return path
 
     def eval(self) -> "EvalResult | None":
-        """The final evaluation (eval.json), None before it; the only reader of that file."""
+        """The run's own evaluation (eval.json), None before it: what lists and studies show."""
         path = self.path / paths.EVAL_FILE
         return EvalResult.from_dict(read_json(path)) if path.exists() else None
+
+    def evaluations(self) -> dict[str, "EvalResult"]:
+        """Evaluations with other settings than the run's own, by name (evaluate --epochs/--nets/--arch)."""
+        found = {}
+        for path in sorted((self.path / paths.EVALUATIONS_DIR).glob("*.json")):
+            try:
+                found[path.stem] = EvalResult.from_dict(read_json(path))
+            except StorageError:
+                continue  # a damaged extra evaluation hides only itself
+        return found
+
+    def evaluation_file(self, name: str) -> Path:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", name) or name.startswith("."):
+            raise RunError(f"evaluation name {name[:80]!r}: use letters, digits, '.', '-' or '_'")
+        return self.path / paths.EVALUATIONS_DIR / f"{name}.json"
 
     def save_controls(self, result: dict[str, Any]) -> None:
         write_json(self.path / paths.CONTROLS_FILE, result)
@@ -321,37 +359,6 @@ class RunFolder:
         path = self.path / paths.CONTROLS_FILE
         return read_json(path) if path.exists() else None
 
-    # -- export ----------------------------------------------------------------------------------
-    def export(self, destination: Path | None = None) -> Path:
-        """Write the distilled set (one safetensors file + a PNG grid per subset) and return the folder."""
-        subsets = self.subsets()
-        if not subsets:
-            raise RunError(f"run {self.id} has no finished subset to export yet")
-        config = self.config()
-        destination = Path(destination or self.path / paths.EXPORT_DIR)
-        if destination.exists() and not destination.is_dir():
-            raise RunError(f"{destination.resolve()} is a file: give --out a folder (new or existing) to write the set to")
-        try:
-            destination.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise RunError(f"cannot create the folder {destination.resolve()} ({error.strerror}): give --out a folder "
-                           f"you can write to") from None
-        transform = self.transform()
-        num_classes = max(s.labels.shape[1] if is_soft(s.labels) else int(s.labels.max()) + 1 for s in subsets)
-        names = self.status().get("class_names") or [f"class {c}" for c in range(num_classes)]
-        tensors: dict[str, torch.Tensor] = {}
-        for k, subset in enumerate(subsets):
-            tensors[f"S{k + 1}.images"] = subset.images
-            tensors[f"S{k + 1}.labels"] = subset.labels
-            tensors[f"S{k + 1}.lr"] = torch.tensor(subset.lr)
-            tensors[f"S{k + 1}.pixels"] = transform.to_pixels(subset.images)
-            panel = Panel(f"S{k + 1}", f"{len(subset.labels) // num_classes}/class · lr {subset.lr:.4g}", "#111827",
-                          transform.to_pixels(subset.images), hard(subset.labels))
-            save_png(labelled_panels([panel], names, f"{config.method} · {self.id}"), destination / f"S{k + 1}.png")
-        write_tensors(destination / "distilled_set.safetensors", tensors,
-                      metadata={"config": json.dumps(config.to_dict()), "subsets": str(len(subsets))})
-        return destination
-
     def delete(self) -> None:
         shutil.rmtree(self.path)
 
@@ -359,16 +366,18 @@ class RunFolder:
     def pack(self) -> dict[str, bytes]:
         """Every file of the folder by its path relative to the folder (POSIX)."""
         return {p.relative_to(self.path).as_posix(): p.read_bytes() for p in sorted(self.path.rglob("*"))
-                if p.is_file() and not p.name.endswith(".tmp")}
+                if p.is_file() and not p.name.endswith(".tmp") and p.name != paths.LOCK_FILE}
 
     def install(self, files: dict[str, bytes]) -> None:
         """Make the folder hold exactly `files` (as `pack` gives them): each written atomically, status.json last,
-        then files it no longer has removed. RunError for a path that would leave the folder."""
+        then files it no longer has removed (never the owner lock, which only its holder's process touches).
+        RunError for a path that would leave the folder."""
+        files = {name: data for name, data in files.items() if name != paths.LOCK_FILE}
         targets = {name: self._inside(name) for name in files}
         for name in sorted(files, key=lambda n: n == paths.STATUS_FILE):
             write_bytes(targets[name], files[name])
         for path in sorted(self.path.rglob("*"), reverse=True):
-            if path.is_file() and path not in targets.values():
+            if path.is_file() and path not in targets.values() and path.name != paths.LOCK_FILE:
                 path.unlink()
 
     def _inside(self, name: str) -> Path:
@@ -417,7 +426,8 @@ def list_runs(root: Path | None = None) -> list[RunFolder]:
     root = Path(root or paths.runs_root())
     if not root.exists():
         return []
-    runs = [RunFolder(p) for p in root.iterdir() if (p / paths.CONFIG_FILE).is_file()]
+    runs = [RunFolder(p) for p in root.iterdir() if not p.name.startswith(".") and paths.inside(root, p)
+            and (p / paths.CONFIG_FILE).is_file()]  # never a link to a folder elsewhere, nor one being created
 
     def created(run: RunFolder) -> tuple:
         """Folder time stamp (to the second), then the exact creation time within that second."""

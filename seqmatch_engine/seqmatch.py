@@ -159,7 +159,16 @@ class Distiller:
 
     # -- the whole run ---------------------------------------------------------------------------------
     def run(self) -> dict[str, Any] | None:
-        """Distil every subset, then evaluate. Returns eval.json's content (None when stopped)."""
+        """Distil every subset, then evaluate. Returns eval.json's content (None when stopped). Owns the run folder
+        meanwhile (its lock: ownership.Owned, and nothing written, when another process trains it)."""
+        with self.run_folder.lock().hold(), self.ctx.executor.watch(self.worker_lost):
+            return self._run()
+
+    def worker_lost(self, address: str) -> None:
+        self.run_folder.add_message("warning", f"the Dask worker {address} was lost while this run's jobs ran; Dask "
+                                               f"runs its jobs again on the other workers (same results, more time)")
+
+    def _run(self) -> dict[str, Any] | None:
         cfg, ctx = self.config, self.ctx
         try:
             self.phase("loading data")
@@ -190,6 +199,9 @@ class Distiller:
             self.run_folder.update_status(state=RunState.STOPPED, phase="stopped", phase_seconds=self._time_phase(None))
             self.emit(EventKind.PHASE, name="stopped")
             return None
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through the CLI's handler
+            self.run_folder.update_status(state=RunState.STOPPED, phase="stopped", phase_seconds=self._time_phase(None))
+            raise
         except Exception as error:
             try:
                 self.run_folder.update_status(state=RunState.FAILED, phase="failed",
@@ -423,11 +435,12 @@ class G1:
 
 # -- evaluation ----------------------------------------------------------------------------------------------
 def evaluate_run(ctx: RunContext, run: RunFolder, subsets: list[Subset], emit: Callable[..., None],
-                 control: RunControl | None = None) -> dict[str, Any]:
+                 control: RunControl | None = None, name: str | None = None) -> dict[str, Any]:
     """Test accuracy of the learned curriculum and of a random real set of the same IPC (evaluations met before,
-    e.g. the baseline a comparison's other run measured, are read back); writes eval.json and returns its content.
-    A set with soft labels is also measured with its top classes as hard labels, and its baseline also with soft
-    labels from the same experts (the fair baseline of a soft-label method); each pair uses the same nets."""
+    e.g. the baseline a comparison's other run measured, are read back); writes eval.json (or, for settings other
+    than the run's own, the evaluation `name` beside it) and returns its content. A set with soft labels is also
+    measured with its top classes as hard labels, and its baseline also with soft labels from the same experts (the
+    fair baseline of a soft-label method); each pair uses the same nets."""
     cfg = ctx.config
     lrs = [s.lr for s in subsets]
     curricula = {"synthetic": curriculum_from_subsets([(s.images, s.labels) for s in subsets], lrs)}
@@ -439,20 +452,20 @@ def evaluate_run(ctx: RunContext, run: RunFolder, subsets: list[Subset], emit: C
     result = EvalResult(cfg.method, cfg.ipc, lrs, cfg.eval.epochs, cfg.eval.num_nets, cfg.budget,
                         run.status().get("diverged", []))
     done = 0
-    for name in sets:
+    for which in sets:
         for arch in cfg.eval.architectures:
             def progress(n: int, _total: int, offset: int = done) -> None:
                 emit(EventKind.PROGRESS, task="evaluation", done=offset + round(n / _total * cfg.eval.num_nets),
                      total=total)
 
-            if name in curricula:  # the same nets ("synthetic") for the set's own and its hard labels
-                accuracy = ctx.evaluate(curricula[name], arch, cfg.eval.num_nets, "test", "synthetic", progress,
+            if which in curricula:  # the same nets ("synthetic") for the set's own and its hard labels
+                accuracy = ctx.evaluate(curricula[which], arch, cfg.eval.num_nets, "test", "synthetic", progress,
                                         control).to_dict()
             else:
-                accuracy = ctx.baseline(arch, progress, control, soft=name == "random_real_soft")
-            result.add(name, arch, accuracy)
+                accuracy = ctx.baseline(arch, progress, control, soft=which == "random_real_soft")
+            result.add(which, arch, accuracy)
             done += cfg.eval.num_nets
             emit(EventKind.PROGRESS, task="evaluation", done=done, total=total)
-            emit(EventKind.EVALUATION, data={"set": name, "arch": arch, **accuracy})
-    run.save_eval(result)
+            emit(EventKind.EVALUATION, data={"set": which, "arch": arch, **accuracy})
+    run.save_eval(result, name)
     return result.to_dict()

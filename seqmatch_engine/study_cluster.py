@@ -12,7 +12,8 @@
 The driver alone writes the study folder: a worker writes only its scratch copy, and the driver installs
 what comes back. A run distils on one worker thread with as many torch threads as this process uses, and
 its jobs run single-threaded as local ones do, so every run gives the local bits. A worker that dies
-takes its run with it and Dask runs it again from the files it was sent: nothing changes but the time.
+takes its run with it and Dask runs it again from the files it was sent: nothing changes but the time
+(and the run's messages say so).
 Stopping sets a cluster-wide event that running runs obey at their next outer iteration.
 """
 from __future__ import annotations
@@ -96,7 +97,9 @@ def run_on_cluster(study, experts_root: Path, executor: DaskExecutor, open_run: 
     in_flight: dict[Any, tuple[Any, RunFolder]] = {}
     seen: set[str] = set()
     experts_ready: set[str] = set()
+    lost: dict[str, list[str]] = {}  # run id -> workers lost while it was on the cluster
     sent = 0
+    executor.lost_workers(force=True)
     try:
         while True:
             for planned in spec.plan(chooser(study)):
@@ -122,9 +125,15 @@ def run_on_cluster(study, experts_root: Path, executor: DaskExecutor, open_run: 
             except TimeoutError:
                 done = set()
             control.checkpoint()
+            for address in executor.lost_workers():
+                for planned, _ in in_flight.values():
+                    lost.setdefault(planned.id, []).append(address)
             for future in done:
                 planned, run = in_flight.pop(future)
                 run.install(future.result())  # a run's exception is raised here
+                for address in lost.pop(planned.id, []):
+                    run.add_message("warning", f"the Dask worker {address} was lost while this run was on the "
+                                               f"cluster; Dask ran again what it held (same results, more time)")
                 finish(planned, run)
     except BaseException:
         stop.set()  # running runs stop at their next outer iteration; waiting ones never start

@@ -14,8 +14,9 @@ from typing import Any
 
 from . import paths
 from .config import ConfigError
+from .ownership import OwnerLock
 from .records import RunState
-from .runs import RunFolder, find_folder
+from .runs import RunError, RunFolder, find_folder, place_folder
 from .storage import read_json, write_json, write_text
 from .study_spec import StudySpec
 
@@ -27,19 +28,37 @@ class StudyFolder:
         self.path = Path(path)
 
     @classmethod
-    def create_or_open(cls, root: Path, spec: StudySpec) -> "StudyFolder":
-        """studies/<spec.name>/, created with the spec, or reopened when it holds the same spec."""
-        path = paths.child(root, spec.name, "study")
-        study = cls(path)
-        if (path / paths.STUDY_FILE).is_file():
-            if study.spec().to_dict() != spec.to_dict():
-                raise ConfigError(f"study {spec.name!r} exists in {path} with another spec; give the study another "
-                                  f"name, or delete that folder to start it over")
-            return study
-        path.mkdir(parents=True, exist_ok=True)
-        write_json(path / paths.STUDY_FILE, spec.to_dict())
-        study.update_status(state=RunState.CREATED, done=0, total=spec.run_count(), created=time.time())
+    def existing(cls, root: Path, spec: StudySpec) -> "StudyFolder | None":
+        """studies/<spec.name>/ when it holds this spec, None when there is no such study; ConfigError when it
+        holds another spec."""
+        study = cls(paths.child(root, spec.name, "study"))
+        if not (study.path / paths.STUDY_FILE).is_file():
+            return None
+        if study.spec().to_dict() != spec.to_dict():
+            raise ConfigError(f"study {spec.name!r} exists in {study.path} with another spec; give the study another "
+                              f"name, or delete that folder to start it over")
         return study
+
+    @classmethod
+    def create_or_open(cls, root: Path, spec: StudySpec) -> "StudyFolder":
+        """studies/<spec.name>/, created whole with the spec (runs.place_folder), or reopened when it holds the
+        same spec (also when another process has just created it)."""
+        study = cls.existing(root, spec)
+        if study is not None:
+            return study
+
+        def fill(folder: Path) -> None:
+            write_json(folder / paths.STUDY_FILE, spec.to_dict())
+            cls(folder).update_status(state=RunState.CREATED, done=0, total=spec.run_count(), created=time.time())
+
+        Path(root).mkdir(parents=True, exist_ok=True)
+        try:
+            return cls(place_folder(Path(root), [spec.name], fill, "study"))
+        except RunError:
+            study = cls.existing(root, spec)
+            if study is None:
+                raise
+            return study
 
     @classmethod
     def find(cls, root: Path, study_id: object) -> "StudyFolder":
@@ -48,6 +67,13 @@ class StudyFolder:
     @property
     def id(self) -> str:
         return self.path.name
+
+    def lock(self) -> OwnerLock:
+        """The study's owner lock, held by the process that runs it (the CLI or an app's queue)."""
+        return OwnerLock(self.path / paths.LOCK_FILE, f"study {self.id}",
+                         "Let it run there or stop it (Stop in its app's Studies tab, Ctrl-C in its terminal); a "
+                         "killed owner frees the study at once. To continue it as soon as it is free, run the same "
+                         "command with --wait")
 
     @property
     def runs_root(self) -> Path:
@@ -95,4 +121,5 @@ def list_studies(root: Path) -> list[StudyFolder]:
     root = Path(root)
     if not root.exists():
         return []
-    return sorted((StudyFolder(p) for p in root.iterdir() if (p / paths.STUDY_FILE).is_file()), key=lambda s: s.id)
+    return sorted((StudyFolder(p) for p in root.iterdir() if not p.name.startswith(".") and paths.inside(root, p)
+                   and (p / paths.STUDY_FILE).is_file()), key=lambda s: s.id)

@@ -133,14 +133,26 @@ class StudySpec:
                                   f"at least one")
             if any(c == cell for c in self.grid[:i]):
                 raise ConfigError(f"{where}: the same cell as an earlier one; give each (ipc, subsets, iterations) once")
-        if self.lr_img and not selects(RunConfig.from_dict(self.base()).distill):
+        base = self.base_config()
+        if self.lr_img and not selects(base.distill):
             raise ConfigError("study.lr_img: choosing an lr needs validation scores; set distill.select_points (or "
                               "select_every) above 0 in the base config")
-        for cell in self.grid:
+        for i, cell in enumerate(self.grid):  # every config of the grid validates before anything runs
             for seed in self.cell_seeds(cell):
                 for method in self.methods:
                     for lr in self.lr_img or [None]:
-                        self.run_config(cell, seed, method, lr)  # every config of the grid validates before anything runs
+                        try:
+                            self.run_config(cell, seed, method, lr)
+                        except ConfigError as error:
+                            raise ConfigError(f"study.grid[{i}] ({method}, seed {seed}): {error}") from None
+
+    def base_config(self) -> RunConfig:
+        """The base config, validated; ConfigError naming the field as the spec writes it (study.config.distill.x)."""
+        try:
+            return RunConfig.from_dict(self.base())
+        except ConfigError as error:
+            where = "study.config." if self.config is not None else f"study (preset {self.preset!r} + study.overrides): "
+            raise ConfigError(f"{where}{error}") from None
 
     def base(self) -> dict[str, Any]:
         raw = load_preset(self.preset) if self.preset is not None else self.config
@@ -174,7 +186,8 @@ class StudySpec:
         raw = {**raw, "seed": seed, "name": f"{self.name}-{_cell_tag(cell)}", "distill": distill}
         data = raw.get("data", {})
         if data.get("train_per_class") is not None and data["train_per_class"] < cell.ipc:
-            raise ConfigError(f"study.grid: IPC {cell.ipc} needs data.train_per_class >= {cell.ipc}")
+            raise ConfigError(f"ipc {cell.ipc} needs data.train_per_class >= {cell.ipc} (the base config has "
+                              f"{data['train_per_class']})")
         sequential = RunConfig.from_dict(raw)
         return as_static(sequential, self.budget) if schedule == "static" else sequential
 

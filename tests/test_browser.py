@@ -181,3 +181,44 @@ def test_a_newcomers_pages_stay_current(smoke_server, screenshot_dir):
         fresh.get_by_text(study_findings(headroom)[0]).click()
         fresh.get_by_text("SeqMatch − MTT (paired)").first.wait_for(timeout=15_000)
         browser.close()
+
+
+@pytest.mark.browser
+def test_a_fresh_compare_page_and_the_learn_figures_read_as_they_should(smoke_server, screenshot_dir):
+    """What a newcomer sees first: nothing clipped, the status names the real button, every empty box says what will
+    appear there, and the study's figures in the Learn tab are large enough to read."""
+    browser_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.goto(smoke_server)
+        page.get_by_text("SeqMatch Studio").first.wait_for(timeout=60_000)
+        page.get_by_role("tab", name="Compare").click()
+        page.locator("#sm-compare-start").wait_for()
+        assert page.locator("#sm-compare-start").inner_text().strip() == "Start comparison"
+        cards = page.locator(".sm-status:visible")
+        assert cards.count() == 2 and all("press Start comparison." in text for text in cards.all_inner_texts())
+        budget = page.locator("#sm-compare-budget input")
+        assert budget.input_value() == "per image"
+        assert budget.evaluate("e => e.scrollWidth <= e.clientWidth"), "the budget's value is clipped"
+        for caption, grid in zip(page.locator(".sm-caption:visible").all(), page.locator(".sm-grid:visible").all()):
+            assert caption.bounding_box()["y"] + caption.bounding_box()["height"] <= grid.bounding_box()["y"] + 1, \
+                "the grid's caption runs under the image box"
+        for text in ("once the run distils", "once both are evaluated", "G1 coupling of both runs",
+                     "Diagnostics tab computes it"):
+            page.get_by_text(text).locator("visible=true").first.wait_for(timeout=15_000)
+        page.screenshot(path=str(screenshot_dir / "compare-fresh.png"), full_page=True)
+        page.get_by_role("tab", name="Learn").click()
+        from views.learn_tab import STUDY_TITLE
+
+        page.get_by_text(STUDY_TITLE).click()
+        figures = {name: page.locator(f"img[src*='headroom-{name}']").first for name in ("accuracy", "paired",
+                                                                                          "coupling")}
+        for name, figure in figures.items():
+            figure.wait_for(timeout=15_000)
+            width = figure.bounding_box()["width"]
+            assert width >= (1000 if name == "coupling" else 450), f"the {name} figure is {width:.0f} px wide"
+        page.screenshot(path=str(screenshot_dir / "learn-study.png"), full_page=True)
+        browser.close()

@@ -155,6 +155,28 @@ def test_bad_override_value_exits_2(tmp_path, capsys):
     assert "error: model.width: must be >= 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("override, message", [
+    ("distill.syn_steps=2.7", "distill.syn_steps: expected a whole number, got 2.7"),
+    ('seed="2"', 'seed: expected a whole number, got "2"'),
+    ("model.width=true", "model.width: expected a whole number, got true"),
+    ("data.train_per_class=20.0", "data.train_per_class: expected a whole number, got 20.0"),
+    ("eval.num_nets=1000000000", "eval.num_nets: must be from 1 to 100, got 1000000000"),
+])
+def test_overrides_are_never_coerced(override, message, tmp_path, capsys):
+    assert cli.main(["--home", str(tmp_path), "distill", "--set", override]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("option, value", [("--nets", "1000000000"), ("--nets", "0"), ("--epochs", "2.5")])
+def test_evaluate_options_are_bounded_whole_numbers(option, value, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["evaluate", "some-run", option, value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: expected a whole number from 1 to " in err and value in err
+
+
 def test_override_without_equals_sign_exits_2(tmp_path, capsys):
     rc = cli.main(["--home", str(tmp_path), "distill", "--set", "distill.syn_steps"])
     assert rc == 2
@@ -291,11 +313,58 @@ def test_export_writes_the_distilled_set(finished, tmp_path, capsys):
     assert 0 <= float(tensors["S1.pixels"].min()) and float(tensors["S1.pixels"].max()) <= 1
     with safe_open(str(out / "distilled_set.safetensors"), "pt") as handle:
         metadata = handle.metadata()
-    assert metadata["subsets"] == "2"
+    assert (metadata["subsets"], metadata["subsets_of_run"], metadata["partial"]) == ("2", "2", "false")
     assert json.loads(metadata["config"]) == run.config().to_dict()
     # 10 classes x 1 image of 28 px, 1 px padding, scaled x4, with class names and a title
     width, height = Image.open(out / "S1.png").size
     assert width > 4 * 30 and height > 4 * 291
+
+
+def half_done(finished, tmp_path) -> tuple[Path, RunFolder]:
+    """A copy of the finished run as it stood after S1, stopped: S2, its evaluation and its state taken back."""
+    home = copy_home(finished[0], tmp_path / "copy")
+    run = only_run(home)
+    (run.path / "subsets" / "S2.safetensors").unlink()
+    (run.path / "eval.json").unlink()
+    run.update_status(state="stopped", phase="stopped")
+    return home, run
+
+
+def test_exporting_a_stopped_run_refuses_unless_partial_then_says_so(finished, tmp_path, capsys):
+    home, run = half_done(finished, tmp_path)
+    assert cli.main(["--home", str(home), "export", run.id]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: run {run.id} is stopped and holds S1 of its 2 subsets: its set is partial. Finish it first "
+        f"(python -m seqmatch_engine distill --resume {run.path}), or pass --partial to export S1 alone, marked as "
+        f"partial")
+    assert not (run.path / "export").exists()
+    assert cli.main(["--home", str(home), "export", run.id, "--partial"]) == 0
+    folder = run.path / "export"
+    assert capsys.readouterr().out.strip() == (
+        f"exported a PARTIAL set to {folder}: S1 of the run's 2 subsets (S2 onwards not learned yet); its metadata "
+        f"says so (partial: true)")
+    assert sorted(p.name for p in folder.iterdir()) == ["S1.png", "distilled_set.safetensors"]
+    with safe_open(str(folder / "distilled_set.safetensors"), "pt") as handle:
+        metadata = handle.metadata()
+    assert (metadata["subsets"], metadata["subsets_of_run"], metadata["partial"]) == ("1", "2", "true")
+    assert metadata["note"] == "partial set: S1 of the run's 2 subsets"
+
+
+def test_exporting_a_run_while_another_process_trains_it_names_that_process(finished, tmp_path, capsys):
+    home, run = half_done(finished, tmp_path)
+    run.update_status(state="running", phase="distilling S2")
+    code = ("import sys, time\nfrom seqmatch_engine.ownership import OwnerLock\n"
+            "with OwnerLock(sys.argv[1], 'x', 'y').hold():\n    print('held', flush=True)\n    time.sleep(600)\n")
+    owner = subprocess.Popen([sys.executable, "-c", code, str(run.path / paths.LOCK_FILE)], cwd=paths.REPO_DIR,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout.readline().strip() == "held"
+        assert cli.main(["--home", str(home), "export", run.id]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: run {run.id} is training (in process {owner.pid} on ") and "--partial" in err
+    finally:
+        owner.kill()
+        owner.wait()
 
 
 def test_export_defaults_to_the_run_folder(finished, tmp_path, capsys):
@@ -306,22 +375,43 @@ def test_export_defaults_to_the_run_folder(finished, tmp_path, capsys):
     assert (run.path / "export" / "distilled_set.safetensors").is_file()
 
 
-def test_evaluate_prints_new_accuracies(finished, tmp_path, capsys):
+def test_evaluate_with_other_settings_writes_its_own_evaluation_and_never_replaces_eval_json(finished, tmp_path,
+                                                                                             capsys):
     home = copy_home(finished[0], tmp_path / "copy")
     run = only_run(home)
+    own_bytes, own = (run.path / "eval.json").read_bytes(), 100 * run.eval().accuracy()["mean"]
     lrs = ", ".join(f"{s.lr:.4g}" for s in run.subsets())
     rc = cli.main(["--home", str(home), "evaluate", str(run.path), "--nets", "1", "--epochs", "2"])
     assert rc == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 3
     assert lines[0] == f"method seqmatch  IPC 2  learned lrs {lrs}"
     assert lines[1].startswith("synthetic    convnet") and lines[1].endswith("(1 nets)")
     assert lines[2].startswith("random_real  convnet") and lines[2].endswith("(1 nets)")
-    result = run.eval().to_dict()
-    assert (result["eval_epochs"], result["num_nets"]) == (2, 1)  # the run itself was evaluated for 1 epoch
-    assert f"{100 * result['synthetic']['convnet']['mean']:6.2f} ± 0.00 %" in lines[1]
-    assert f"{100 * result['random_real']['convnet']['mean']:6.2f} ± 0.00 %" in lines[2]
+    assert (run.path / "eval.json").read_bytes() == own_bytes, "another measurement must not replace the run's own"
+    other = run.evaluations()["epochs2"]  # 1 net is the run's own setting: only the epochs differ
+    assert (other.eval_epochs, other.num_nets) == (2, 1)
+    assert f"{100 * other.accuracy()['mean']:6.2f} ± 0.00 %" in lines[1]
+    assert f"{100 * other.accuracy('random_real')['mean']:6.2f} ± 0.00 %" in lines[2]
+    assert lines[3] == (f"evaluation 'epochs2' (settings other than the run's own) written to "
+                        f"{run.path / 'evaluations' / 'epochs2.json'}; the run's own evaluation, eval.json "
+                        f"({own:.2f} %), is unchanged and is what lists and studies show")
+    assert lines[4] == (f"evaluations of run {run.id}: its own (eval.json): {own:.2f} %; "
+                        f"epochs2: {100 * other.accuracy()['mean']:.2f} %")
     assert run.config().eval.epochs == 1, "evaluate must not rewrite the stored config"
+    assert cli.main(["--home", str(home), "runs"]) == 0  # the list shows the run's own accuracy, the other beside it
+    row = capsys.readouterr().out
+    assert f"{own:.2f} %" in row and f"other evaluations: epochs2 {100 * other.accuracy()['mean']:.2f} %" in row
+    # the run's own settings again: its own evaluation, the same bytes (the same nets, read back)
+    assert cli.main(["--home", str(home), "evaluate", str(run.path)]) == 0
+    assert (run.path / "eval.json").read_bytes() == own_bytes
+    assert "evaluation 'epochs2'" not in capsys.readouterr().out
+
+
+def test_evaluation_names_say_what_differs_from_the_run():
+    own = RunConfig().eval
+    assert cli.evaluation_name(own, own) is None
+    changed = RunConfig.from_dict({"eval": {"epochs": 2, "num_nets": 3, "architectures": ["convnet", "vgg11"]}}).eval
+    assert cli.evaluation_name(own, changed) == "epochs2-nets3-arch-convnet-vgg11"
 
 
 def test_evaluating_again_reads_the_nets_trained_before_and_says_so(finished, tmp_path, capsys):
@@ -334,7 +424,7 @@ def test_evaluating_again_reads_the_nets_trained_before_and_says_so(finished, tm
     assert cli.main(command) == 0
     again = capsys.readouterr().out.splitlines()
     assert again[:3] == first[:3]  # the same accuracies
-    assert again[3].startswith("(4 evaluation nets were read from") and "delete that folder" in again[3]
+    assert again[-1].startswith("(4 evaluation nets were read from") and "delete that folder" in again[-1]
 
 
 def test_evaluate_keeps_the_run_done(finished, tmp_path, capsys):

@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -70,6 +72,8 @@ def test_a_worker_killed_mid_job_changes_nothing(cluster, local_run, tmp_path):
 
     run, result = run_with(tmp_path, DaskExecutor.from_client(cluster), kill_a_worker)
     assert killed and result == local_run[1]
+    lost = [m["text"] for m in run.status()["messages"] if "was lost" in m["text"]]
+    assert lost and lost[0].startswith("the Dask worker tcp://127.0.0.1:") and "(same results, more time)" in lost[0]
     assert all(torch.equal(a.images, b.images) for a, b in zip(run.subsets(), local_run[0].subsets(), strict=True))
     assert not list(paths.experts_root(tmp_path).rglob("*.tmp"))
     cluster.wait_for_workers(2, timeout=60)
@@ -117,9 +121,75 @@ def test_an_unreachable_scheduler_names_the_address_and_the_fix(capsys, monkeypa
     with pytest.raises(ClusterError, match=r"cannot reach the Dask scheduler at tcp://127.0.0.1:9 .*dask scheduler"):
         DaskExecutor("tcp://127.0.0.1:9", connect_timeout=2)
     rc = cli.main(["distill", "--preset", "cpu-smoke", "--cluster", "tcp://127.0.0.1:9"])
-    assert rc == 2 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in capsys.readouterr().err
-    with pytest.raises(ClusterError, match="use local:N"):
+    assert rc == 2 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9 (from --cluster): connecting failed " \
+                       "(Connection refused)" in capsys.readouterr().err
+    with pytest.raises(ClusterError, match="local:N needs N >= 1"):
         DaskExecutor("local:none")
+
+
+@pytest.fixture
+def silent_server():
+    """A loopback server that accepts every connection and never writes a byte (nor closes one)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"tcp://127.0.0.1:{server.getsockname()[1]}", accepted
+    server.close()
+    for connection in accepted:
+        connection.close()
+
+
+def test_a_scheduler_that_accepts_and_never_answers_cannot_hang_the_cli(silent_server, tmp_path):
+    address, accepted = silent_server
+    started = time.time()
+    proc = subprocess.run([sys.executable, "-m", "seqmatch_engine", "--home", str(tmp_path), "distill", "--preset",
+                           "cpu-smoke", "--cluster", address], cwd=paths.REPO_DIR, capture_output=True, text=True,
+                          timeout=DaskExecutor.CONNECT_SECONDS + 90, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    elapsed = time.time() - started
+    assert proc.returncode == 2, proc.stderr
+    assert accepted, "the CLI never connected"
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: the server at {address} (from --cluster) accepted the connection but sent no Dask handshake within "
+        f"10 s (or closed it): it is not a Dask scheduler (a dashboard or web server waits silently), or it is stuck. "
+        f"Check the address (--cluster), that a scheduler runs there (`dask scheduler`, then `dask worker {address}` "
+        f"on each machine) and that its port is open from here (`nc -vz 127.0.0.1 {address.rsplit(':', 1)[1]}`); or "
+        f"drop --cluster to run on this machine")
+    assert DaskExecutor.CONNECT_SECONDS <= elapsed < DaskExecutor.CONNECT_SECONDS + 60
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "studies").exists()
+
+
+@pytest.mark.parametrize("value, message", [
+    ("http://127.0.0.1:8786", "--cluster 'http://127.0.0.1:8786': use local:N"),
+    ("local:0", "--cluster 'local:0': local:N needs N >= 1 worker processes, e.g. local:2; or drop --cluster"),
+    ("local:-1", "--cluster 'local:-1': local:N needs N >= 1"),
+    ("local:abc", "--cluster 'local:abc': local:N needs N >= 1"),
+    ("../../etc", "--cluster '../../etc': use local:N (N worker processes on this machine) or tcp://HOST:PORT"),
+    ("tcp://127.0.0.1:99999", "--cluster 'tcp://127.0.0.1:99999': use local:N"),
+])
+def test_every_bad_cluster_value_is_refused_before_anything_is_written(value, message, tmp_path, capsys):
+    spec = tmp_path / "study.json"
+    spec.write_text(json.dumps(study_spec().to_dict()))
+    for command in (["distill", "--preset", "cpu-smoke"], ["study", str(spec)], ["experts", "--preset", "cpu-smoke"]):
+        assert cli.main(["--home", str(tmp_path / "home"), *command, "--cluster", value]) == 2
+        assert f"error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "home").exists(), "a failed start left files behind"
+
+
+def test_a_bad_cluster_from_the_environment_names_the_variable(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SEQMATCH_CLUSTER", "garbage")
+    assert cli.main(["--home", str(tmp_path), "distill", "--preset", "cpu-smoke"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: $SEQMATCH_CLUSTER 'garbage': use local:N (N worker processes on this machine) or tcp://HOST:PORT of "
+        "a running Dask scheduler (e.g. tcp://10.0.0.5:8786); or unset SEQMATCH_CLUSTER to run on this machine")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_missing_distributed_package_says_how_to_install_it(monkeypatch):
@@ -256,4 +326,8 @@ def test_a_worker_killed_while_a_study_run_distils_changes_nothing(cluster, loca
         torch.set_num_threads(threads)
     assert killed
     assert study_files(tmp_path) == local_study
+    messages = [m["text"] for run in (paths.studies_root(tmp_path) / "spread" / "runs").iterdir()
+                for m in RunFolder(run).status().get("messages", [])]
+    assert any(text.startswith("the Dask worker tcp://127.0.0.1:") and "was lost while this run was on the cluster"
+               in text for text in messages), messages
     cluster.wait_for_workers(2, timeout=60)

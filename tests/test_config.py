@@ -109,6 +109,12 @@ def test_unknown_nested_key_names_the_dotted_field():
     assert "syn_steps" in message
 
 
+def test_every_unknown_key_is_named_with_the_known_ones():
+    message = error_of(raw_config(distill={"syn_stepz": 20, "lr_imgg": 3}))
+    assert message.startswith("distill.lr_imgg, distill.syn_stepz: unknown settings; known settings here: ")
+    assert "lr_img" in message and "syn_steps" in message
+
+
 def test_unknown_key_inside_a_subset_names_its_index():
     raw = raw_config()
     raw["distill"]["subsets"][1]["ipcc"] = 2
@@ -116,18 +122,19 @@ def test_unknown_key_inside_a_subset_names_its_index():
 
 
 @pytest.mark.parametrize(("group", "key", "value", "expected"), [
-    (None, "seed", "1", "seed: expected a whole number, got '1'"),
-    (None, "seed", True, "seed: expected a whole number, got True"),
+    (None, "seed", "1", 'seed: expected a whole number, got "1"'),
+    (None, "seed", True, "seed: expected a whole number, got true"),
+    (None, "seed", 2.7, "seed: expected a whole number, got 2.7"),
     ("experts", "epochs", 2.5, "experts.epochs: expected a whole number, got 2.5"),
-    ("model", "width", False, "model.width: expected a whole number, got False"),
-    ("data", "train_per_class", "20", "data.train_per_class: expected a whole number, got '20'"),
-    ("experts", "lr", "0.01", "experts.lr: expected a number, got '0.01'"),
-    ("experts", "lr", True, "experts.lr: expected a number, got True"),
+    ("model", "width", False, "model.width: expected a whole number, got false"),
+    ("data", "train_per_class", "20", 'data.train_per_class: expected a whole number, got "20"'),
+    ("experts", "lr", "0.01", 'experts.lr: expected a number, got "0.01"'),
+    ("experts", "lr", True, "experts.lr: expected a number, got true"),
     ("data", "zca", 1, "data.zca: expected true or false, got 1"),
     (None, "name", 5, "name: expected text, got 5"),
-    ("eval", "architectures", "convnet", "eval.architectures: expected a list, got 'convnet'"),
+    ("eval", "architectures", "convnet", 'eval.architectures: expected a list, got "convnet"'),
     ("eval", "architectures", ["convnet", 3], "eval.architectures[1]: expected text, got 3"),
-    ("distill", "subsets", {"ipc": 1}, "distill.subsets: expected a list, got {'ipc': 1}"),
+    ("distill", "subsets", {"ipc": 1}, 'distill.subsets: expected a list, got {"ipc": 1}'),
 ])
 def test_wrong_types_are_rejected(group, key, value, expected):
     raw = raw_config()
@@ -193,7 +200,8 @@ def test_types_are_coerced():
     ("distill", {"init": "zeros"}, "distill.init: must be one of real, noise"),
     ("distill", {"subsets": []}, "distill.subsets: needs at least one subset"),
     ("eval", {"epochs": 0}, "eval.epochs: must be >= 1"),
-    ("eval", {"num_nets": 0}, "eval.num_nets: must be >= 1"),
+    ("eval", {"num_nets": 0}, "eval.num_nets: must be from 1 to 100, got 0"),
+    ("eval", {"num_nets": 1_000_000_000}, "eval.num_nets: must be from 1 to 100, got 1000000000"),
     ("eval", {"architectures": []}, "eval.architectures: needs at least one architecture"),
     ("eval", {"architectures": ["convnet", "resnet50"]},
      "eval.architectures: unknown 'resnet50'; choose from convnet, resnet18, vgg11, alexnet"),

@@ -330,6 +330,8 @@ def test_bad_bundled_file(tmp_path, monkeypatch, write):
         load_dataset("fashion-mnist-small")
     assert str(path) in str(error.value)
     assert "make_bundled_dataset.py" in str(error.value)
+    assert f"restore it with `git -C {Path(data.__file__).resolve().parents[1]} checkout -- " \
+           f"assets/data/fashion_mnist_small.npz`" in str(error.value)
 
 
 # --------------------------------------------------------------------------- errors

@@ -197,7 +197,7 @@ def test_g4_figure_grouped_bars_with_error_bars():
 
 
 def test_live_curves_show_the_first_points_as_dots():
-    from seqmatch_engine.manager import LiveState
+    from seqmatch_engine.live import LiveState
     from views.render import curves_figure
 
     live = LiveState("r", losses=[(0, 1, 0.9)], lrs=[(0, 1, 0.1)], start_epochs=[(0, 1, 2)])

@@ -256,7 +256,7 @@ def test_distiller_reports_and_uses_the_chosen_memory_mode(tmp_path, monkeypatch
     assert modes == ["recompute", "recompute"]
     assert run.status().get("memory_mode") == "recompute"
     # what the app shows: the live state rebuilt from the folder, and the status card while distilling
-    from seqmatch_engine.manager import live_from_folder
+    from seqmatch_engine.live import live_from_folder
     from seqmatch_engine.records import RunState
     from views.render import status_html
 

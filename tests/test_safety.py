@@ -13,7 +13,8 @@ from test_app import free_port
 from seqmatch_engine import cli, paths
 from seqmatch_engine.config import ConfigError, RunConfig, load_preset
 from seqmatch_engine.manager import JobManager
-from seqmatch_engine.runs import RunError, RunFolder
+from seqmatch_engine.runs import RunError, RunFolder, list_runs
+from seqmatch_engine.study_folder import list_studies
 
 PIECES = ["..", ".", "/", "\\", "\x00", "\n", "~", "runs", "a", "é", "日本", "\u202e", "%2e%2e", "..%2f", " ", "$HOME",
           "victim", "C:", "\\\\?\\", "//", "\u2215", "\uff0e\uff0e"]
@@ -323,3 +324,31 @@ def test_an_emptied_form_field_is_named(app_with_victim):
                                                                                              "the field is empty")):
         run_id, message = client.predict(*smoke_form(**{field: None}), None, api_name="/start")
         assert run_id is None and "Cannot start" in message and label in message, message
+
+
+def test_a_link_to_a_folder_outside_is_refused_for_what_it_is_and_never_listed(rooted, capsys):
+    root, run, victim = rooted
+    assert [r.id for r in list_runs(root)] == [run.id]
+    assert cli.main(["--home", str(root.parent), "runs"]) == 0
+    assert "escape" not in capsys.readouterr().out
+    assert cli.main(["--home", str(root.parent), "distill", "--resume", "escape"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: run 'escape' is refused: it is a symbolic link to {victim.resolve()}, outside {root.resolve()}, and "
+        f"a run is a folder inside it; remove the link, or move that folder into {root.resolve()}")
+    studies = paths.studies_root(root.parent)
+    studies.mkdir()
+    (studies / "linked").symlink_to(victim, target_is_directory=True)
+    (victim / paths.STUDY_FILE).write_text("{}")
+    assert list_studies(studies) == []
+
+
+def test_an_unreadable_run_says_so_in_the_app_instead_of_failing(app_with_victim):
+    client, root, run, _ = app_with_victim
+    (run.path / paths.CONFIG_FILE).write_text('{"seed": "0"}')  # foreign: a whole number written as text
+    details, _, image = client.predict(run.id, api_name="/select_run")
+    assert details == f'**Run `{run.id}` cannot be read:** seed: expected a whole number, got "0"' and image is None
+    _, message = client.predict(run.id, None, api_name="/resume_run")
+    assert message == f'**Cannot resume `{run.id}`:** seed: expected a whole number, got "0"'
+    (run.path / paths.CONFIG_FILE).write_text(RunConfig().to_dict().__repr__())  # not JSON at all
+    details, _, _ = client.predict(run.id, api_name="/select_run")
+    assert details.startswith(f"**Run `{run.id}` cannot be read:** {run.path / paths.CONFIG_FILE} is not valid JSON")

@@ -21,6 +21,7 @@ from safetensors import safe_open
 
 from seqmatch_engine import paths, runs, storage
 from seqmatch_engine.config import RunConfig, load_preset
+from seqmatch_engine.export import export_set
 from seqmatch_engine.prepare import PixelTransform, prepare_data
 from seqmatch_engine.records import Checkpoint, EvalResult
 from seqmatch_engine.runs import RunError, RunFolder, Subset, list_runs
@@ -425,8 +426,9 @@ def hand_built_run(root: Path) -> RunFolder:
 
 def test_export_writes_tensors_and_grids(tmp_path):
     run = hand_built_run(tmp_path / "runs")
-    folder = run.export()
-    assert folder == run.path / "export"
+    exported = export_set(run)
+    folder = exported.folder
+    assert folder == run.path / "export" and not exported.partial and exported.describe() == f"exported to {folder}"
     assert sorted(p.name for p in folder.iterdir()) == ["S1.png", "S2.png", "distilled_set.safetensors"]
     tensors = read_tensors(folder / "distilled_set.safetensors")
     subsets = run.subsets()
@@ -437,7 +439,7 @@ def test_export_writes_tensors_and_grids(tmp_path):
         assert torch.allclose(tensors[f"S{k}.pixels"], (subset.images * 0.25 + 0.5).clamp(0, 1))
     with safe_open(str(folder / "distilled_set.safetensors"), "pt") as handle:
         metadata = handle.metadata()
-    assert metadata["subsets"] == "2"
+    assert (metadata["subsets"], metadata["subsets_of_run"], metadata["partial"]) == ("2", "2", "false")
     assert RunConfig.from_dict(json.loads(metadata["config"])) == run.config()
     # one row per class (28 px + 1 px padding, x4), one column per image, class names on the left, a title on top
     import numpy as np
@@ -453,7 +455,7 @@ def test_export_writes_tensors_and_grids(tmp_path):
 def test_export_to_a_chosen_folder(tmp_path):
     run = hand_built_run(tmp_path / "runs")
     destination = tmp_path / "out" / "set"
-    assert run.export(destination) == destination
+    assert export_set(run, destination).folder == destination
     assert (destination / "distilled_set.safetensors").is_file()
     assert not (run.path / "export").exists()
 
@@ -461,8 +463,8 @@ def test_export_to_a_chosen_folder(tmp_path):
 def test_export_without_subsets_is_refused(tmp_path):
     run = RunFolder.create(tmp_path, preset_config())
     with pytest.raises(RunError) as info:
-        run.export()
-    assert str(info.value) == f"run {run.id} has no finished subset to export yet"
+        export_set(run, partial=True)
+    assert str(info.value) == f"run {run.id} has no finished subset to export yet; it is interrupted"
     assert not (run.path / "export").exists()
 
 
@@ -569,7 +571,7 @@ def test_stopped_run_resumes_and_exports(tmp_path, data, experts_root):
     final = read_tensors(paths.snapshot_file(run.path, 0, 3), ("images", "lr"))
     assert torch.equal(final["images"], subset.images)  # select_every 0: the last images are kept
 
-    folder = run.export()
+    folder = export_set(run).folder
     assert sorted(p.name for p in folder.iterdir()) == ["S1.png", "distilled_set.safetensors"]
     assert torch.equal(read_tensors(folder / "distilled_set.safetensors")["S1.images"], subset.images)
 

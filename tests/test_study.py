@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from configs import tiny_run_config
@@ -56,11 +57,32 @@ def test_the_grid_expands_to_paired_configs():
     ({"name": "../x"}, "study.name"),
     ({"colour": "red"}, "study.colour: unknown setting"),
     ({"preset": "cpu-demo"}, "exactly one of preset"),
-    ({"grid": [{"ipc": 20, "subsets": 2}]}, "data.train_per_class"),
+    ({"grid": [{"ipc": 20, "subsets": 2}]},
+     "study.grid[0] (mtt, seed 0): ipc 20 needs data.train_per_class >= 20 (the base config has 12)"),
 ])
 def test_bad_specs_name_the_field(change, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         tiny_spec(**change)
+
+
+def test_the_base_config_of_a_spec_is_named_as_the_spec_writes_it():
+    base = tiny_run_config("base", 0, (1, 1)).to_dict()
+    for change, message in ((("distill", "syn_stepz", 3), "study.config.distill.syn_stepz: unknown setting; known"),
+                            (("distill", "syn_steps", 2.7), "study.config.distill.syn_steps: expected a whole number, "
+                                                            "got 2.7"),
+                            (("model", "width", "8"), 'study.config.model.width: expected a whole number, got "8"'),
+                            (("eval", "num_nets", True), "study.config.eval.num_nets: expected a whole number, got true")):
+        group, key, value = change
+        raw = json.loads(json.dumps(base))
+        raw[group][key] = value
+        with pytest.raises(ConfigError) as info:
+            tiny_spec(config=raw)
+        assert str(info.value).startswith(message), str(info.value)
+    with pytest.raises(ConfigError) as info:
+        StudySpec.from_dict({"name": "p", "preset": "cpu-smoke", "overrides": ["distill.syn_steps=2.7"],
+                             "grid": [{"ipc": 2, "subsets": 2}]})
+    assert str(info.value) == ("study (preset 'cpu-smoke' + study.overrides): distill.syn_steps: expected a whole "
+                               "number, got 2.7")
 
 
 def test_study_runs_every_cell_and_pairs_by_seed(finished):
@@ -109,6 +131,26 @@ def test_summary_numbers_are_the_runs_eval_values(finished):
     assert row["headroom"] == pytest.approx(sum(experts) / len(experts) - row["methods"]["mtt"]["accuracy"]["mean"])
     assert f"| {100 * row['headroom']:.1f} |" in table
     assert study.status()["state"] == "done"
+
+
+def test_another_evaluation_of_a_study_run_leaves_the_summary_on_the_runs_own(finished, tmp_path):
+    import shutil
+
+    from seqmatch_engine.config import RunConfig
+    from seqmatch_engine.context import RunContext
+    from seqmatch_engine.seqmatch import evaluate_run
+
+    home, study, summary, _ = finished
+    copy = StudyFolder(shutil.copytree(study.path, tmp_path / "study"))
+    run = copy.run(run_id(Cell(2, 2), 0, "seqmatch"))
+    own = (run.path / paths.EVAL_FILE).read_bytes()
+    config = run.config().to_dict()
+    config["eval"]["epochs"] = 4  # the run's own: 2
+    ctx = RunContext(RunConfig.from_dict(config), paths.experts_root(home))
+    other = evaluate_run(ctx, run, run.subsets(), lambda *a, **k: None, name="epochs4")
+    assert (run.path / paths.EVAL_FILE).read_bytes() == own and run.evaluations()["epochs4"].eval_epochs == 4
+    assert other["synthetic"] != run.eval().to_dict()["synthetic"]  # a different measurement...
+    assert summarise(copy)["cells"] == summary["cells"]  # ...that the summary never reads
 
 
 def test_resume_skips_finished_runs_and_finishes_interrupted_ones(finished, tmp_path, monkeypatch):
@@ -203,8 +245,13 @@ def test_an_iterations_axis_expands_to_the_right_configs():
 
 @pytest.mark.parametrize("cell, message", [
     ({"ipc": 2.7, "subsets": 2}, r"study.grid\[0\].ipc: expected a whole number, got 2.7"),
-    ({"ipc": "2", "subsets": 2}, r"study.grid\[0\].ipc: expected a whole number, got '2'"),
-    ({"ipc": True, "subsets": 2}, r"study.grid\[0\].ipc: expected a whole number, got True"),
+    ({"ipc": "2", "subsets": 2}, r'study.grid\[0\].ipc: expected a whole number, got "2"'),
+    ({"ipc": True, "subsets": 2}, r"study.grid\[0\].ipc: expected a whole number, got true"),
+    ({"ipc": 2, "subsets": 2.0}, r"study.grid\[0\].subsets: expected a whole number, got 2.0"),
+    ({"ipc": 2, "subsets": 2, "iterations": "3"}, r'study.grid\[0\].iterations: expected a whole number, got "3"'),
+    ({"ipc": 2, "subsets": 2, "seeds": [0, 1.5]}, r"study.grid\[0\].seeds\[1\]: expected a whole number, got 1.5"),
+    ({"ipc": 2, "subsets": 2, "iteration": 3, "lr": 1},
+     r"study.grid\[0\].iteration, study.grid\[0\].lr: unknown settings; known settings here: ipc, iterations, seeds"),
     ({"ipc": 0, "subsets": 2}, r"study.grid\[0\].ipc: must be >= 1, got 0"),
     ({"ipc": 2, "subsets": 0}, r"study.grid\[0\].subsets: must be >= 1, got 0"),
     ({"ipc": 2, "subsets": 2, "iterations": 0}, r"study.grid\[0\].iterations: must be >= 1"),
@@ -219,7 +266,8 @@ def test_a_grid_cell_is_parsed_strictly_naming_the_field(cell, message):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"seeds": [True, False]}, r"study.seeds\[0\]: expected a whole number, got True"),
+    ({"seeds": [True, False]}, r"study.seeds\[0\]: expected a whole number, got true"),
+    ({"tune_seeds": ["0"], "lr_img": [10]}, r'study.tune_seeds\[0\]: expected a whole number, got "0"'),
     ({"lr_img": [10, 10]}, "study.lr_img: distinct values > 0"),
     ({"lr_img": [-1]}, "study.lr_img: distinct values > 0"),
     ({"tune_seeds": [0]}, "study.tune_seeds: only with an lr sweep"),

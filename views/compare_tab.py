@@ -17,8 +17,11 @@ from .forms import FormValues, compare_set, form_defaults
 from .live_view import LiveView, poll_outputs
 from .overlays import comparison_overlays
 from .palette import METHOD_NAMES, method_colour
+from .render import placeholder_figure
 
 DEFAULT_METHODS = ["mtt", "seqmatch"]
+START_LABEL = "Start comparison"
+CHARTS_LABEL = "Update comparison charts"
 BUDGET_EXPLAINED = (
     "**Budget.** *Per image* (the authors' convention, default): each SeqMatch subset runs as many iterations as "
     "static MTT's whole run, so every image gets the same number of updates and the compute is about equal. "
@@ -90,13 +93,13 @@ class CompareTab:
             self.ipc = gr.Number(defaults.ipc, label="Total IPC", precision=0, scale=1)
             self.num_subsets = gr.Number(defaults.num_subsets, label="SeqMatch subsets K", precision=0, scale=1)
             self.iterations = gr.Number(defaults.iterations, label="Iterations per subset", precision=0, scale=1)
-            self.budget = gr.Dropdown([("per image (authors')", "per-image"), ("total", "total")], value="per-image",
-                                      label="Budget convention", scale=1, min_width=220, elem_id="sm-compare-budget")
+            self.budget = gr.Dropdown([("per image", "per-image"), ("total", "total")], value="per-image",
+                                      label="Budget convention", scale=1, min_width=170, elem_id="sm-compare-budget")
         with gr.Row():
             self.methods = gr.CheckboxGroup([(METHOD_NAMES[m], m) for m in METHODS], value=DEFAULT_METHODS,
                                             label="Methods (objective × schedule)", scale=3,
                                             elem_id="sm-compare-methods")
-            self.start = gr.Button("Start comparison", variant="primary", scale=1, elem_id="sm-compare-start")
+            self.start = gr.Button(START_LABEL, variant="primary", scale=1, elem_id="sm-compare-start")
         gr.Markdown(BUDGET_EXPLAINED, elem_classes="sm-note")
         with gr.Accordion("…or pick finished runs", open=False):
             with gr.Row():
@@ -104,19 +107,23 @@ class CompareTab:
                                           allow_custom_value=True, elem_id=f"sm-compare-pick-{m}") for m in METHODS]
                 self.show = gr.Button("Show")
         self.message = gr.Markdown(EMPTY_NOTE, elem_id="sm-compare-message")
-        self.views = {m: LiveView(self.manager, METHOD_NAMES[m]) for m in METHODS}
+        self.views = {m: LiveView(self.manager, METHOD_NAMES[m], start=START_LABEL) for m in METHODS}
         for row in (METHODS[:2], METHODS[2:]):
             with gr.Row(equal_height=False):
                 for method in row:
                     with gr.Column():
                         self.views[method].build()
-        self.refresh = gr.Button("Update comparison charts", size="sm")
-        self.accuracy = gr.Plot(label="Accuracy", show_label=False)
+        self.refresh = gr.Button(CHARTS_LABEL, size="sm")
+        self.accuracy = gr.Plot(placeholder_figure(f"Test accuracy of the runs and of random real images, once they "
+                                                   f"are evaluated: press {CHARTS_LABEL}"), label="Accuracy")
         self.overlays = gr.Markdown()
         with gr.Row():
-            self.g1 = gr.Plot(label="G1 coupling", show_label=False)
-            self.g2 = gr.Plot(label="G2 matching error", show_label=False)
-        self.g4 = gr.Plot(label="G4 easy vs hard", show_label=False)
+            self.g1 = gr.Plot(placeholder_figure("G1 coupling of the runs (recorded while distilling when "
+                                                 "distill.diagnose_every > 0)"), label="G1 coupling")
+            self.g2 = gr.Plot(placeholder_figure("G2 matching error by expert epoch (Diagnostics tab computes it)"),
+                              label="G2 matching error")
+        self.g4 = gr.Plot(placeholder_figure("G4 accuracy on easy and hard test images (Diagnostics tab computes it)"),
+                          label="G4 easy vs hard")
 
     def wire(self, timer: gr.Timer) -> None:
         self.states = [gr.BrowserState(None, storage_key=f"seqmatch-compare-{m}") for m in METHODS]
@@ -176,4 +183,8 @@ class CompareTab:
         note = "; ".join(f"budget convention **{b}**: {BUDGET_NOTES[b]}" for b in budgets if b) or \
             "budget convention: not recorded (these runs were not started together)"
         return (accuracy_figure(results), f"{note}. One seed per method: a demonstration, not evidence.\n\n"
-                f"{gains_markdown(results)}\n\n{text}", g1, g2, g4)
+                f"{gains_markdown(results)}\n\n{text}",
+                g1 or placeholder_figure("No G1 records in these runs: coupling is recorded while distilling when "
+                                         "distill.diagnose_every > 0"),
+                g2 or placeholder_figure("No G2 for these runs yet: compute it on the Diagnostics tab"),
+                g4 or placeholder_figure("No G4 for these runs yet: compute it on the Diagnostics tab"))

@@ -94,9 +94,13 @@ class LearnTab:
                 if (folder / "summary.md").is_file():
                     gr.Markdown((folder / "summary.md").read_text())
                 figures = sorted(folder.glob("*.png"))
-                if figures:
-                    gr.Gallery([(str(p), p.stem.replace("-", " ")) for p in figures], label="The study's figures",
-                               columns=3, height=None, allow_preview=True, object_fit="contain")
+                with gr.Row():  # the narrow figures side by side, the wide coupling figure at full width below
+                    for path in [p for p in figures if "coupling" not in p.stem]:
+                        gr.Image(str(path), label=path.stem.replace("-", " "), show_label=False, interactive=False,
+                                 buttons=["fullscreen"])
+                for path in [p for p in figures if "coupling" in p.stem]:
+                    gr.Image(str(path), label=path.stem.replace("-", " "), show_label=False, interactive=False,
+                             buttons=["fullscreen"])
         pictures = sorted(LEARN_DIR.glob("*.png"))
         if pictures:
             gr.Gallery([(str(p), p.stem.replace("_", " ")) for p in pictures],

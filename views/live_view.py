@@ -12,12 +12,13 @@ from pathlib import Path
 import gradio as gr
 
 from seqmatch_engine.labels import is_soft
-from seqmatch_engine.manager import JobManager, LiveState
+from seqmatch_engine.live import LiveState
+from seqmatch_engine.manager import JobManager
 from seqmatch_engine.records import RunState
 from seqmatch_engine.runs import RunError, RunFolder
 from seqmatch_engine.storage import StorageError
 
-from .render import accuracy_markdown, curves_figure, status_html, subset_panels
+from .render import accuracy_markdown, curves_figure, placeholder_figure, status_html, subset_panels
 
 
 @lru_cache(maxsize=32)
@@ -43,15 +44,19 @@ def display_info(run: RunFolder):
 class LiveView:
     manager: JobManager
     title: str = ""
+    start: str = "Start"  # the label of the button that starts a run here
 
     def build(self) -> None:
         if self.title:
             gr.Markdown(f"### {self.title}")
-        self.status = gr.HTML(status_html(None), elem_classes="sm-status-box")
-        gr.Markdown("**Synthetic images** · a row per class, a panel per subset", elem_classes="sm-caption")
+        self.status = gr.HTML(status_html(None, start=self.start), elem_classes="sm-status-box")
+        gr.Markdown("**Synthetic images** · a row per class, a panel per subset; they appear below as soon as a run "
+                    "starts", elem_classes="sm-caption")
         self.images = gr.Image(label="Synthetic images", show_label=False, type="numpy", interactive=False,
                                format="png", buttons=["download", "fullscreen"], elem_classes="sm-grid", height=560)
-        self.curves = gr.Plot(label="Optimisation", show_label=False, elem_classes="sm-curves")
+        self.curves = gr.Plot(placeholder_figure("Matching loss, learned lr α and start epoch t, per iteration, "
+                                                 "once the run distils"),
+                              label="Optimisation", show_label=False, elem_classes="sm-curves")
         self.accuracy = gr.Markdown(elem_classes="sm-accuracy")
         self.version = gr.State("")
 
@@ -59,7 +64,7 @@ class LiveView:
         """(status html, image or skip, curves or skip, accuracy markdown, new version)."""
         live = self.manager.live(run_id) if run_id else None
         if live is None:
-            return status_html(None), gr.skip(), gr.skip(), gr.skip(), version
+            return status_html(None, start=self.start), gr.skip(), gr.skip(), gr.skip(), version
         try:
             run = self.manager.run(run_id)
         except RunError as error:

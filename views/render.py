@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import torch
 
 from seqmatch_engine.imaging import Panel, labelled_panels
-from seqmatch_engine.manager import LiveState
+from seqmatch_engine.live import LiveState
 from seqmatch_engine.prepare import PixelTransform
 from seqmatch_engine.records import EvalResult, RunState
 
@@ -42,6 +42,16 @@ def subset_panels(images: dict[int, torch.Tensor], transform: PixelTransform, cl
                             SERIES_COLOURS[stage % len(SERIES_COLOURS)], pixels,
                             torch.arange(num_classes).repeat_interleave(ipc), soft))
     return labelled_panels(panels, class_names, caption)
+
+
+def placeholder_figure(text: str, height: int = 220) -> go.Figure:
+    """An empty chart that says what will appear in it (a fresh page shows no blank boxes)."""
+    figure = go.Figure()
+    figure.add_annotation(text=text, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+                          font={"size": 14, "color": "#64748b"})
+    figure.update_layout(template="plotly_white", height=height, xaxis={"visible": False}, yaxis={"visible": False},
+                         margin={"l": 10, "r": 10, "t": 10, "b": 10})
+    return figure
 
 
 def curves_figure(live: LiveState, height: int = 300) -> go.Figure:
@@ -82,14 +92,19 @@ def format_seconds(seconds: float | None) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
-def status_html(live: LiveState | None, queue_position: int = 0, error: str | None = None) -> str:
-    """A status card: state, phase, a progress bar and the ETA (or `error` when there is no run to show)."""
+def status_html(live: LiveState | None, queue_position: int = 0, error: str | None = None,
+                start: str = "Start") -> str:
+    """A status card: state, phase, a progress bar and the ETA (or `error` when there is no run to show; `start`:
+    the label of the button that starts one)."""
     if live is None and error:
         return f"<div class='sm-status'><div class='sm-error'>{html.escape(error)}</div></div>"
     if live is None:
-        return "<div class='sm-status'>No run yet. Pick a preset and press <b>Start</b>.</div>"
+        return f"<div class='sm-status'>No run yet. Pick a preset and press <b>{html.escape(start)}</b>.</div>"
     if live.state == RunState.QUEUED:
         ahead = f"{queue_position} run{'s' if queue_position != 1 else ''} ahead" if queue_position > 0 else "next"
+        if live.waiting_for:  # another process holds the run, the study or this home's queue
+            return (f"<div class='sm-status'><b>Queued</b> ({ahead}): waiting, {html.escape(live.waiting_for)}. "
+                    f"Apps and commands on one home train one run at a time.</div>")
         return f"<div class='sm-status'><b>Queued</b> ({ahead}): one run trains at a time.</div>"
     done, total = (live.iteration, live.iterations) if live.phase.startswith("distilling") else (live.progress or (0, 0))
     fraction = done / total if total else 0.0

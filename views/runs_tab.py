@@ -9,6 +9,7 @@ from pathlib import Path
 import gradio as gr
 
 from seqmatch_engine.data import DATASET_NAMES
+from seqmatch_engine.export import export_set
 from seqmatch_engine.importer import ImportFailed, import_distilled_set, import_expert_buffer, imported_buffers
 from seqmatch_engine.labels import is_soft
 from seqmatch_engine.manager import JobManager
@@ -31,11 +32,15 @@ def run_rows(manager: JobManager) -> list[list]:
     rows = []
     for run in list_runs(manager.runs_root):
         row = run.overview()
+        owner = None if manager.owns(run.id) else run.lock().owner()
         if manager.owns(run.id):
             state = manager.live(run.id).state
+        elif owner:
+            state = RunState.RUNNING  # another process (the CLI, another app) trains it
         else:
-            state = RunState.on_disk({"state": row.state})  # nothing here runs it: interrupted, resumable
+            state = RunState.on_disk({"state": row.state})  # nothing runs it: interrupted, resumable
         phase = "" if row.phase.lower() == str(state) else row.phase  # "done · done" says nothing twice
+        phase += f" (in process {owner.pid} on {owner.host})" if owner else ""
         rows.append([row.id, row.method or "?", row.ipc or "", state, row.problem or phase,
                      _percent(row.accuracy) + (" ⚠ diverged" if row.diverged else ""), _percent(row.baseline)])
     return rows
@@ -50,6 +55,19 @@ def buffers_markdown(manager: JobManager) -> str:
             "scripts can read them from these folders):", "", "| file | experts | epochs | parameters | folder |",
             "|---|---|---|---|---|"]
     rows += [f"| {b['name']} | {b['experts']} | {b['epochs']} | {b['params']:,} | `{b['folder']}` |" for b in buffers]
+    return "\n".join(rows)
+
+
+def other_evaluations_markdown(run: RunFolder) -> str:
+    """Evaluations with other settings than the run's own (evaluate --epochs ...), listed after the run's own."""
+    others = run.evaluations()
+    if not others:
+        return ""
+    rows = ["", "", "Other evaluations (settings differ from the run's own; the table above is the run's result):", "",
+            "| evaluation | epochs | nets | accuracy (ConvNet) |", "|---|---|---|---|"]
+    for name, result in others.items():
+        accuracy = result.accuracy() or next(iter(result.sets.get("synthetic", {}).values()), None)
+        rows.append(f"| {name} | {result.eval_epochs} | {result.num_nets} | {_percent(accuracy)} |")
     return "\n".join(rows)
 
 
@@ -111,9 +129,11 @@ class RunsTab:
             return "", gr.update(maximum=1, value=0), None
         try:
             run = self._run(run_id)
+            config, status = run.config(), run.status()
         except RunError as error:
             return f"**{error}**", gr.update(maximum=1, value=0), None
-        config, status = run.config(), run.status()
+        except (StorageError, ValueError) as error:  # a damaged or foreign file: which, and what to do
+            return f"**Run `{run_id}` cannot be read:** {error}", gr.update(maximum=1, value=0), None
         snapshots = run.snapshots()
         lines = [f"**{run.id}**", f"- method **{config.method}**, IPC {config.ipc} "
                  f"({' + '.join(str(s.ipc) for s in config.distill.subsets)}), dataset `{config.data.dataset}`",
@@ -123,7 +143,7 @@ class RunsTab:
         lines += [f"- ⚠ {m['text']}" for m in status.get("messages", []) if m["level"] == "warning"]
         if status.get("error"):
             lines.append(f"- ❌ {status['error']}")
-        text = "\n".join(lines) + "\n\n" + accuracy_markdown(run.eval())
+        text = "\n".join(lines) + "\n\n" + accuracy_markdown(run.eval()) + other_evaluations_markdown(run)
         last = max(len(snapshots) - 1, 1)
         return text, gr.update(maximum=last, value=last), self.final_image(run)
 
@@ -158,17 +178,27 @@ class RunsTab:
             run = self._run(run_id)
         except RunError as error:
             return current, f"**{error}**"
-        if run.status().get("state") == RunState.DONE:
+        overview = run.overview()
+        if overview.state == RunState.UNREADABLE:
+            return current, f"**Cannot resume `{run_id}`:** {overview.problem}"
+        if overview.state == RunState.DONE:
             return current, f"`{run_id}` is finished; its images are shown below."
+        owner = None if self.manager.owns(run_id) else run.lock().owner()
         self.manager.resume(run_id)
+        if owner:
+            return run_id, (f"`{run_id}` is in use by {owner.describe()}: it resumes here when that one ends "
+                            f"(follow it on the **Distil** tab).")
         return run_id, f"Resuming `{run_id}`: follow it on the **Distil** tab."
 
     def on_export(self, run_id: str):
         try:
-            folder = self._run(run_id).export()
+            exported = export_set(self._run(run_id), partial=True)
         except (RunError, StorageError) as error:
             return None, f"**Cannot export:** {error}"
-        archive = shutil.make_archive(str(Path(tempfile.mkdtemp()) / f"{run_id}-set"), "zip", folder)
+        archive = shutil.make_archive(str(Path(tempfile.mkdtemp()) / f"{run_id}-set"), "zip", exported.folder)
+        if exported.partial:
+            return archive, (f"Exported a **partial** set of `{run_id}`: S1–S{exported.held} of its {exported.total} "
+                             f"subsets (the rest is not learned yet; the file's metadata says partial: true).")
         return archive, f"Exported `{run_id}`: safetensors + one PNG grid per subset."
 
     def on_delete(self, run_id: str):

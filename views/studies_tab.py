@@ -33,8 +33,11 @@ def study_status_html(study: StudyFolder, live) -> str:
     """Progress of a study: state, runs done of total, the run in progress (from the job when this app runs it)."""
     status = study.status()
     state = str(live.state if live else status.get("state", "?"))
-    if state in ("running", "queued", "created") and live is None:
-        # another process (the CLI) may be running it, or it was interrupted: say when it last did something
+    owner = study.lock().owner() if live is None else None
+    if owner:
+        state = f"running in {owner.describe()}"
+    elif state in ("running", "queued", "created") and live is None:
+        # a process that took no lock (an older version) may be running it, or it was interrupted
         idle = time.time() - study.last_activity()
         state = (f"running in another process ({format_seconds(idle)} since its last write)" if idle < 600
                  else f"interrupted ({format_seconds(idle)} since its last write): Start resumes it")
@@ -42,6 +45,8 @@ def study_status_html(study: StudyFolder, live) -> str:
     parts = [f"<b>{html.escape(state[0].upper() + state[1:])}</b>", f"{done}/{total} runs done"]
     if live and live.state == "running":
         parts.append(html.escape(live.phase))
+    if live and live.waiting_for:
+        parts.append(f"waiting: {html.escape(live.waiting_for)}")
     if status.get("started") and status.get("updated") and done:
         per_run = (status["updated"] - status["started"]) / max(done, 1)
         if state == "running" and total > done:

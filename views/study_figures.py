@@ -1,4 +1,4 @@
-"""Figures of a study's summary (study.summarise): accuracy, paired differences and coupling, against IPC, or
+"""Figures of a study's summary (study_summary.summarise): accuracy, paired differences and coupling, against IPC, or
 against the outer iterations per subset when the study varies them (one group of lines per IPC then)."""
 from __future__ import annotations
 
@@ -174,6 +174,10 @@ def coupling_figure(summary: dict[str, Any]) -> go.Figure:
                     marker={"symbol": GROUP_SYMBOLS[index % len(GROUP_SYMBOLS)]},
                     line={"color": METHOD_COLOURS[method], "dash": GROUP_DASHES[index % len(GROUP_DASHES)]}))
     note = f"mean cosine between subsets' gradients, late in each run; static MTT: nominal groups; {_seed_note(summary)}"
+    if not figure.data:
+        figure.add_annotation(text="No G1 records in this study's runs: coupling is recorded while distilling when "
+                                   "the base config sets distill.diagnose_every > 0", x=0.5, y=0.5, xref="paper",
+                              yref="paper", showarrow=False, font={"color": "#64748b"})
     figure.update_layout(title=_title("Coupling index", summary, note), xaxis=_x_axis(summary), yaxis_title="cosine",
                          **LAYOUT)
     return figure
