@@ -36,6 +36,8 @@ class Owner:
     command: str
 
     def describe(self) -> str:
+        if not self.pid:
+            return "another process (starting)"
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
         return f"process {self.pid} on {self.host} (since {when}: {self.command})"
 
@@ -81,8 +83,8 @@ class OwnerLock:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             fcntl.flock(fd, fcntl.LOCK_UN)
             return None
-        except BlockingIOError:
-            return self._read() or Owner(0, "?", time.time(), "?")
+        except BlockingIOError:  # held; its record may be an instant from written
+            return self._read() or Owner(0, socket.gethostname(), time.time(), "starting")
         finally:
             os.close(fd)
 

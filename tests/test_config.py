@@ -470,7 +470,9 @@ def test_to_dict_is_a_copy():
 def test_every_preset_validates(name):
     config = RunConfig.from_dict(load_preset(name))
     assert config.ipc >= 1
-    assert config.method == ("mtt" if len(config.distill.subsets) == 1 else "seqmatch")
+    schedule = "mtt" if len(config.distill.subsets) == 1 else "seqmatch"
+    expected = schedule if config.distill.objective == "mtt" else ("datm" if schedule == "mtt" else "seqmatch-datm")
+    assert config.method == expected
 
 
 @pytest.mark.parametrize("iterations, every, points, expected", [
