@@ -5,8 +5,9 @@
 
 A fingerprint holds, per run, a digest of every learned subset (images, labels, lr), of the per-iteration
 losses and selection scores, and the evaluation accuracies. Runs: cpu-smoke (SeqMatch), cpu-smoke as static
-MTT with selection at 3 points, cpu-smoke as SeqMatch-DATM (soft labels), and with --demo cpu-demo (minutes). Bits are only comparable on the same
-machine and torch build, so the file records both and `check` refuses to compare across them.
+MTT with selection at 3 points, cpu-smoke as SeqMatch-DATM (soft labels), and with --demo cpu-demo (minutes).
+Bits are only comparable on the same machine and torch build, so the file records both and `check` refuses to
+compare across them.
 """
 from __future__ import annotations
 
