@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from seqmatch_engine.executors import ClusterError, make_executor
-from seqmatch_engine.manager import JobManager
-from seqmatch_engine.ownership import name_this_process
+from seqmatch_engine.interfaces.manager import JobManager
+from seqmatch_engine.orchestration.executors import ClusterError, make_executor
+from seqmatch_engine.storage.ownership import name_this_process
 from views.layout import build_app, launch_options
 
 

@@ -23,10 +23,10 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from seqmatch_engine.config import RunConfig, apply_overrides, as_static, load_preset  # noqa: E402
-from seqmatch_engine.runs import RunFolder  # noqa: E402
-from seqmatch_engine.seeding import machine_signature  # noqa: E402
-from seqmatch_engine.seqmatch import Distiller  # noqa: E402
+from seqmatch_engine.core.config import RunConfig, apply_overrides, as_static, load_preset  # noqa: E402
+from seqmatch_engine.core.seeding import machine_signature  # noqa: E402
+from seqmatch_engine.orchestration.driver import Distiller  # noqa: E402
+from seqmatch_engine.storage.runs import RunFolder  # noqa: E402
 
 GOLDEN = REPO / "tests" / "golden" / "runs.json"
 RUNS = {

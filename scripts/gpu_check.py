@@ -63,10 +63,10 @@ def part_tests(out: Path, dry: bool) -> dict:
 def _setup(shape, device: str, steps: int):
     import torch
 
-    from seqmatch_engine.augment import DSA_OPERATIONS
-    from seqmatch_engine.matching import draw_unroll_plan
-    from seqmatch_engine.models import ConvNetSpec, init_convnet_params
-    from seqmatch_engine.seeding import make_generator
+    from seqmatch_engine.core.seeding import make_generator
+    from seqmatch_engine.maths.augment import DSA_OPERATIONS
+    from seqmatch_engine.maths.matching import draw_unroll_plan
+    from seqmatch_engine.maths.models import ConvNetSpec, init_convnet_params
 
     width, channels, side, ipc, _ = shape
     spec = ConvNetSpec(channels, (side, side), 10, width=width, depth=3)
@@ -82,8 +82,8 @@ def _setup(shape, device: str, steps: int):
 def _one_iteration(impl: str, spec, start, target, images, labels, plan) -> float:
     import torch
 
-    from seqmatch_engine.bench import plain_matching_loss
-    from seqmatch_engine.matching import ConvNetStudent, matching_loss
+    from seqmatch_engine.interfaces.bench_reference import plain_matching_loss
+    from seqmatch_engine.maths.matching import ConvNetStudent, matching_loss
 
     x = images.clone().requires_grad_(True)
     lr = torch.tensor(0.01, device=images.device, requires_grad=True)
@@ -148,7 +148,7 @@ def write_cifar10_format(root: Path, per_class: int, test_per_class: int) -> Non
     """Fashion-MNIST (bundled) padded to 32x32 and repeated over 3 channels, in cifar-10-batches-py's layout."""
     import numpy as np
 
-    from seqmatch_engine.data import load_dataset
+    from seqmatch_engine.data.datasets import load_dataset
 
     source = load_dataset("fashion-mnist-small")
     base = root / "cifar-10-batches-py"
@@ -173,9 +173,9 @@ def write_cifar10_format(root: Path, per_class: int, test_per_class: int) -> Non
 
 def part_run(out: Path, dry: bool) -> dict:
     """A short paper-shaped SeqMatch run (ConvNet-128 on 32x32x3, K = 2) on CIFAR-10-format data written here."""
-    from seqmatch_engine.config import RunConfig
-    from seqmatch_engine.runs import RunFolder
-    from seqmatch_engine.seqmatch import Distiller
+    from seqmatch_engine.core.config import RunConfig
+    from seqmatch_engine.orchestration.driver import Distiller
+    from seqmatch_engine.storage.runs import RunFolder
 
     device, _ = device_and_shapes(dry)
     home = Path(tempfile.mkdtemp(prefix="gpu-check-"))

@@ -21,11 +21,11 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from seqmatch_engine import paths  # noqa: E402
-from seqmatch_engine.config import RunConfig, load_preset  # noqa: E402
-from seqmatch_engine.context import RunContext  # noqa: E402
-from seqmatch_engine.expert_cache import SHIPPED_PRESETS, write_shipped  # noqa: E402
-from seqmatch_engine.jobs import train_expert  # noqa: E402
+from seqmatch_engine.core import paths  # noqa: E402
+from seqmatch_engine.core.config import RunConfig, load_preset  # noqa: E402
+from seqmatch_engine.orchestration.context import RunContext  # noqa: E402
+from seqmatch_engine.orchestration.jobs import train_expert  # noqa: E402
+from seqmatch_engine.storage.expert_cache import SHIPPED_PRESETS, write_shipped  # noqa: E402
 
 
 def train_stage1(preset: str) -> tuple[dict[str, Any], torch.Tensor]:

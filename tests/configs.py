@@ -1,7 +1,7 @@
 """Small run configs shared by the test modules (seconds per run on a CPU)."""
 from __future__ import annotations
 
-from seqmatch_engine.config import RunConfig
+from seqmatch_engine.core.config import RunConfig
 
 
 def tiny_run_config(name: str, seed: int, ipcs: tuple[int, ...], **distill) -> RunConfig:

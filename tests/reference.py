@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqmatch_engine.models import ConvNetSpec
+from seqmatch_engine.maths.models import ConvNetSpec
 
 
 def reference_convnet(spec: ConvNetSpec) -> nn.Sequential:

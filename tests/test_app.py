@@ -11,8 +11,8 @@ import pytest
 import torch
 from app_server import free_port
 
-from seqmatch_engine.config import ConfigError
-from seqmatch_engine.manager import JobManager
+from seqmatch_engine.core.config import ConfigError
+from seqmatch_engine.interfaces.manager import JobManager
 from views.forms import FormValues, config_from_form, form_defaults, parse_intervals
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -184,9 +184,9 @@ def test_compare_tab_fills_from_its_preset_and_pairs_under_the_authors_budget_by
 def test_studies_tab_lists_shows_and_refuses(app, tmp_path):
     from test_study import tiny_spec
 
-    from seqmatch_engine import paths
-    from seqmatch_engine.study import run_study
-    from seqmatch_engine.study_folder import StudyFolder
+    from seqmatch_engine.core import paths
+    from seqmatch_engine.orchestration.study import run_study
+    from seqmatch_engine.storage.study_folder import StudyFolder
     from views.studies_tab import StudiesTab
 
     client, manager = app

@@ -4,13 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seqmatch_engine.augment import DSA_OPERATIONS, AugmentationDraw, apply_augmentation, draw_augmentation
-from seqmatch_engine.expert_cache import ExpertCache
-from seqmatch_engine.experts import train_trajectory
-from seqmatch_engine.models import ConvNetSpec, build_eval_net, default_depth, init_convnet_params
-from seqmatch_engine.prepare import PixelTransform, fit_zca, split_train_val
-from seqmatch_engine.seeding import make_generator
-from seqmatch_engine.storage import StorageError
+from seqmatch_engine.core.seeding import make_generator
+from seqmatch_engine.data.prepare import PixelTransform, fit_zca, split_train_val
+from seqmatch_engine.maths.augment import DSA_OPERATIONS, AugmentationDraw, apply_augmentation, draw_augmentation
+from seqmatch_engine.maths.experts import train_trajectory
+from seqmatch_engine.maths.models import ConvNetSpec, build_eval_net, default_depth, init_convnet_params
+from seqmatch_engine.storage.expert_cache import ExpertCache
+from seqmatch_engine.storage.files import StorageError
 
 
 def images(n=4, c=3, side=8, dtype=torch.float64):
@@ -137,9 +137,9 @@ def test_expert_cache_lists_missing_loads_saved_and_rejects_stale_files(tmp_path
 def test_zca_is_fitted_on_raw_pixels_as_mtt():
     """With ZCA on, model inputs are W (x - mean) for x the raw [0,1] pixels, W from the training split's
     unbiased covariance C = U diag(s) U^T as U diag(1/sqrt(s + 0.1)) U^T: no standardisation first."""
-    from seqmatch_engine.config import DataConfig
-    from seqmatch_engine.data import ImageDataset
-    from seqmatch_engine.prepare import prepare_data
+    from seqmatch_engine.core.config import DataConfig
+    from seqmatch_engine.data.datasets import ImageDataset
+    from seqmatch_engine.data.prepare import prepare_data
 
     g = make_generator(0, "raw")
     raw = (torch.rand(60, 3, 4, 4, generator=g) * 255).to(torch.uint8)
@@ -168,7 +168,7 @@ def test_one_channel_first_conv_pads_by_three_as_mtt():
     assert mnist.feature_size() == (4, 4) and mnist.feature_dim == 8 * 16
     cifar = ConvNetSpec(3, (32, 32), 10, width=8, depth=3)
     assert cifar.map_sizes() == [(32, 32), (16, 16), (8, 8), (4, 4)]
-    from seqmatch_engine.models import ConvNet, convnet_features, convnet_forward
+    from seqmatch_engine.maths.models import ConvNet, convnet_features, convnet_forward
 
     params = init_convnet_params(mnist, make_generator(0, "pad"))
     x = torch.randn(2, 1, 28, 28, generator=make_generator(1, "pad"))

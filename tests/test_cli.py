@@ -1,4 +1,4 @@
-"""Tests for seqmatch_engine.cli: argument handling, exit codes, and a tiny run end to end.
+"""Tests for seqmatch_engine.interfaces.cli: argument handling, exit codes, and a tiny run end to end.
 
 Everything runs in-process through `cli.main([...])` (plus one subprocess check of
 `python -m seqmatch_engine`) with --home / SEQMATCH_HOME inside pytest's tmp folders.
@@ -23,10 +23,12 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from seqmatch_engine import cli, paths, seqmatch
-from seqmatch_engine.config import RunConfig, load_preset
-from seqmatch_engine.runs import RunFolder, list_runs
-from seqmatch_engine.storage import read_tensors
+from seqmatch_engine.core import paths
+from seqmatch_engine.core.config import RunConfig, load_preset
+from seqmatch_engine.interfaces import cli
+from seqmatch_engine.orchestration import driver as seqmatch
+from seqmatch_engine.storage.files import read_tensors
+from seqmatch_engine.storage.runs import RunFolder, list_runs
 
 TWO_SUBSETS = [
     {"ipc": 1, "interval": [0, 3], "iterations": 2},
@@ -353,7 +355,7 @@ def test_exporting_a_stopped_run_refuses_unless_partial_then_says_so(finished, t
 def test_exporting_a_run_while_another_process_trains_it_names_that_process(finished, tmp_path, capsys):
     home, run = half_done(finished, tmp_path)
     run.update_status(state="running", phase="distilling S2")
-    code = ("import sys, time\nfrom seqmatch_engine.ownership import OwnerLock\n"
+    code = ("import sys, time\nfrom seqmatch_engine.storage.ownership import OwnerLock\n"
             "with OwnerLock(sys.argv[1], 'x', 'y').hold():\n    print('held', flush=True)\n    time.sleep(600)\n")
     owner = subprocess.Popen([sys.executable, "-c", code, str(run.path / paths.LOCK_FILE)], cwd=paths.REPO_DIR,
                              stdout=subprocess.PIPE, text=True)

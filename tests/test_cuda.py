@@ -14,10 +14,10 @@ import torch
 from configs import tiny_run_config
 from reference import reference_unroll, relative_error
 
-from seqmatch_engine.augment import DSA_OPERATIONS, apply_augmentation
-from seqmatch_engine.matching import ConvNetStudent, draw_unroll_plan, matching_loss
-from seqmatch_engine.models import ConvNetSpec, init_convnet_params
-from seqmatch_engine.seeding import make_generator
+from seqmatch_engine.core.seeding import make_generator
+from seqmatch_engine.maths.augment import DSA_OPERATIONS, apply_augmentation
+from seqmatch_engine.maths.matching import ConvNetStudent, draw_unroll_plan, matching_loss
+from seqmatch_engine.maths.models import ConvNetSpec, init_convnet_params
 
 DEVICE = os.environ.get("SEQMATCH_TEST_DEVICE", "cuda")
 AVAILABLE = DEVICE == "cpu" or torch.cuda.is_available()
@@ -109,13 +109,13 @@ def deterministic(fn):
 
 
 def test_experts_and_evaluation_are_reproducible_and_generators_stay_on_the_cpu(tmp_path=None):
-    from seqmatch_engine.context import RunContext
-    from seqmatch_engine.evaluate import curriculum_from_subsets
+    from seqmatch_engine.maths.evaluate import curriculum_from_subsets
+    from seqmatch_engine.orchestration.context import RunContext
 
     tmp_path = Path(tmp_path or tempfile.mkdtemp())
     config = tiny_run_config("cuda", 0, (1,)).to_dict()
     config["device"] = DEVICE
-    from seqmatch_engine.config import RunConfig
+    from seqmatch_engine.core.config import RunConfig
 
     ctx = RunContext(RunConfig.from_dict(config), tmp_path)
     assert ctx.device.type == torch.device(DEVICE).type and ctx.data.train_images.device.type == ctx.device.type
@@ -123,7 +123,7 @@ def test_experts_and_evaluation_are_reproducible_and_generators_stay_on_the_cpu(
 
     def experts():
         job = ctx.stage1_jobs(ctx.stage1_recipe(), 1)[0]
-        from seqmatch_engine.jobs import train_expert
+        from seqmatch_engine.orchestration.jobs import train_expert
 
         return train_expert(job)
 
@@ -149,10 +149,10 @@ def test_experts_and_evaluation_are_reproducible_and_generators_stay_on_the_cpu(
 
 
 def test_a_small_seqmatch_run_end_to_end_reads_back_on_the_cpu(tmp_path=None):
-    from seqmatch_engine.config import RunConfig
-    from seqmatch_engine.records import RunState
-    from seqmatch_engine.runs import RunFolder
-    from seqmatch_engine.seqmatch import Distiller
+    from seqmatch_engine.core.config import RunConfig
+    from seqmatch_engine.orchestration.driver import Distiller
+    from seqmatch_engine.storage.records import RunState
+    from seqmatch_engine.storage.runs import RunFolder
 
     tmp_path = Path(tmp_path or tempfile.mkdtemp())
     raw = tiny_run_config("cuda-e2e", 0, (1, 1), select_every=2).to_dict()

@@ -1,4 +1,4 @@
-"""Tests for seqmatch_engine.data: every loader reads tiny files written in the real format."""
+"""Tests for seqmatch_engine.data.datasets: every loader reads tiny files written in the real format."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import scipy.io
 import torch
 from PIL import Image
 
-from seqmatch_engine import data
-from seqmatch_engine.data import DATASET_NAMES, DatasetError, ImageDataset, load_dataset
+from seqmatch_engine.data import datasets as data
+from seqmatch_engine.data.datasets import DATASET_NAMES, DatasetError, ImageDataset, load_dataset
 
 FASHION_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

@@ -13,10 +13,8 @@ import pytest
 import torch
 from configs import tiny_run_config
 
-from seqmatch_engine import cli
-from seqmatch_engine.augment import DSA_OPERATIONS
-from seqmatch_engine.config import ConfigError, RunConfig, as_static
-from seqmatch_engine.diagnostics import store
+from seqmatch_engine.core.config import ConfigError, RunConfig, as_static
+from seqmatch_engine.core.seeding import make_generator
 from seqmatch_engine.diagnostics.features import (
     Embedding,
     PointSet,
@@ -42,11 +40,19 @@ from seqmatch_engine.diagnostics.hardness import (
     summarise,
 )
 from seqmatch_engine.diagnostics.matching_error import late_matching_error, owning_subset
-from seqmatch_engine.diagnostics.runner import DiagnosticsOptions, RunDiagnostics, load_embedding, overlay_embedding, summary
-from seqmatch_engine.matching import draw_unroll_plan, matching_loss
-from seqmatch_engine.runs import RunError, RunFolder
-from seqmatch_engine.seeding import make_generator
-from seqmatch_engine.seqmatch import Distiller
+from seqmatch_engine.interfaces import cli
+from seqmatch_engine.maths.augment import DSA_OPERATIONS
+from seqmatch_engine.maths.matching import draw_unroll_plan, matching_loss
+from seqmatch_engine.orchestration.diagnostics_runner import (
+    DiagnosticsOptions,
+    RunDiagnostics,
+    load_embedding,
+    overlay_embedding,
+    summary,
+)
+from seqmatch_engine.orchestration.driver import Distiller
+from seqmatch_engine.storage import diagnostics_store as store
+from seqmatch_engine.storage.runs import RunError, RunFolder
 
 E1, E2, E3, E4 = torch.eye(4)
 
@@ -300,7 +306,7 @@ def test_umap_reducer_smoke():
 
 
 def test_joint_embedding_rejects_unknown_reducer():
-    from seqmatch_engine.models import ConvNetSpec
+    from seqmatch_engine.maths.models import ConvNetSpec
 
     spec = ConvNetSpec(1, (4, 4), 2, 2, 1)
     points = PointSet(torch.zeros(2, 1, 4, 4), torch.tensor([0, 1]), ["real", "S1"], ["real", "mtt"])

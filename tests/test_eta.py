@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from configs import tiny_run_config
 
-from seqmatch_engine.eta import DEFAULT_RATES, PhasePlan, rate, remaining_seconds, run_plan
+from seqmatch_engine.orchestration.eta import DEFAULT_RATES, PhasePlan, rate, remaining_seconds, run_plan
 
 
 def test_run_plan_counts_every_phase_of_a_seqmatch_run():

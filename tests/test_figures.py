@@ -197,7 +197,7 @@ def test_g4_figure_grouped_bars_with_error_bars():
 
 
 def test_live_curves_show_the_first_points_as_dots():
-    from seqmatch_engine.live import LiveState
+    from seqmatch_engine.interfaces.live import LiveState
     from views.render import curves_figure
 
     live = LiveState("r", losses=[(0, 1, 0.9)], lrs=[(0, 1, 0.1)], start_epochs=[(0, 1, 2)])
@@ -212,7 +212,7 @@ def test_live_panels_label_classes_at_a_third_of_a_row():
     to a few pixels when the app fits the picture into its panel."""
     import numpy as np
 
-    from seqmatch_engine.prepare import PixelTransform
+    from seqmatch_engine.data.prepare import PixelTransform
     from views.render import subset_panels
 
     names = ("T-shirt/top", "Trouser", "Pullover")

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from seqmatch_engine.paths import REPO_DIR
+from seqmatch_engine.core.paths import REPO_DIR
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from seqmatch_engine.paths import REPO_DIR
+from seqmatch_engine.core.paths import REPO_DIR
 
 
 def make_wheel(folder: Path, name: str) -> None:

@@ -5,8 +5,9 @@ import pytest
 import torch
 from reference import param_count, plain_sgd_student, reference_convnet, reference_unroll, relative_error
 
-from seqmatch_engine.augment import apply_augmentation
-from seqmatch_engine.matching import (
+from seqmatch_engine.core.seeding import make_generator
+from seqmatch_engine.maths.augment import apply_augmentation
+from seqmatch_engine.maths.matching import (
     DivergenceError,
     MatchingState,
     check_finite_step,
@@ -17,8 +18,7 @@ from seqmatch_engine.matching import (
     outer_step,
     unroll_student,
 )
-from seqmatch_engine.models import ConvNetSpec, convnet_forward, init_convnet_params
-from seqmatch_engine.seeding import make_generator
+from seqmatch_engine.maths.models import ConvNetSpec, convnet_forward, init_convnet_params
 
 SPEC = ConvNetSpec(channels=2, image_size=(8, 8), num_classes=3, width=4, depth=2)
 
@@ -181,7 +181,7 @@ def test_recording_gradients_measures_frozen_images_without_changing_the_step():
 
 
 def test_pixel_guard_names_lr_img():
-    from seqmatch_engine.matching import check_pixels
+    from seqmatch_engine.maths.matching import check_pixels
 
     sane = torch.ones(3, 1, 2, 2)
     check_pixels(sane, pixel_limit=20.0, lr_img=100.0)

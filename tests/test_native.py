@@ -8,9 +8,9 @@ import warnings
 import pytest
 import torch
 
-from seqmatch_engine import native
-from seqmatch_engine.models import NormReLUPool
-from seqmatch_engine.seeding import make_generator
+from seqmatch_engine.core.seeding import make_generator
+from seqmatch_engine.maths import native
+from seqmatch_engine.maths.models import NormReLUPool
 
 needs_compiler = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
                                     reason="no C compiler: the norm block runs in torch ops")

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from configs import tiny_run_config
 
-from seqmatch_engine import paths
-from seqmatch_engine.manager import JobManager
-from seqmatch_engine.ownership import Owned, OwnerLock
-from seqmatch_engine.runs import RunFolder
-from seqmatch_engine.study_folder import StudyFolder
-from seqmatch_engine.study_spec import StudySpec
+from seqmatch_engine.core import paths
+from seqmatch_engine.core.study_spec import StudySpec
+from seqmatch_engine.interfaces.manager import JobManager
+from seqmatch_engine.storage.ownership import Owned, OwnerLock
+from seqmatch_engine.storage.runs import RunFolder
+from seqmatch_engine.storage.study_folder import StudyFolder
 from views.render import status_html
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -153,7 +153,7 @@ def test_a_study_stopped_by_sigterm_records_stopped(tmp_path):
 
 def hold_in_another_process(lock_path: Path) -> subprocess.Popen:
     """A process that holds the lock at `lock_path` until killed (it prints 'held' once it does)."""
-    code = ("import sys, time\nfrom seqmatch_engine.ownership import OwnerLock\n"
+    code = ("import sys, time\nfrom seqmatch_engine.storage.ownership import OwnerLock\n"
             "with OwnerLock(sys.argv[1], 'x', 'y').hold():\n    print('held', flush=True)\n    time.sleep(600)\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(lock_path)], cwd=paths.REPO_DIR, env=ENV,
                             stdout=subprocess.PIPE, text=True)

@@ -7,12 +7,13 @@ import torch
 import torch.nn.functional as F
 from reference import reference_unroll, relative_error
 
-import seqmatch_engine.matching as matching
-from seqmatch_engine.augment import DSA_OPERATIONS, apply_augmentation, augment
-from seqmatch_engine.config import ConfigError, RunConfig
-from seqmatch_engine.conv_replay import ConvReplay
-from seqmatch_engine.experts import train_trajectory
-from seqmatch_engine.matching import (
+import seqmatch_engine.maths.matching as matching
+from seqmatch_engine.core.config import ConfigError, RunConfig
+from seqmatch_engine.core.seeding import make_generator
+from seqmatch_engine.maths.augment import DSA_OPERATIONS, apply_augmentation, augment
+from seqmatch_engine.maths.conv_replay import ConvReplay
+from seqmatch_engine.maths.experts import train_trajectory
+from seqmatch_engine.maths.matching import (
     ConvNetStudent,
     MatchingState,
     draw_minibatches,
@@ -21,8 +22,8 @@ from seqmatch_engine.matching import (
     normalised_distance,
     outer_step,
 )
-from seqmatch_engine.memory import BUDGET_FRACTION, choose_memory_mode, estimate_bytes
-from seqmatch_engine.models import (
+from seqmatch_engine.maths.memory import BUDGET_FRACTION, choose_memory_mode, estimate_bytes
+from seqmatch_engine.maths.models import (
     ConvNetSpec,
     Im2colConv,
     NormReLUPool,
@@ -33,8 +34,7 @@ from seqmatch_engine.models import (
     unflatten,
     unpool2,
 )
-from seqmatch_engine.parallel import run_in_parallel, single_threaded_ops
-from seqmatch_engine.seeding import make_generator
+from seqmatch_engine.maths.parallel import run_in_parallel, single_threaded_ops
 
 OPS = ("color", "crop", "scale", "rotate", "flip", "cutout")
 SPECS = {
@@ -65,7 +65,7 @@ def meta_gradients(kind, spec, start, target, images, labels, plan):
         loss = normalised_distance(reference_unroll(spec, start, x, labels, lr, [s.indices for s in plan], augs),
                                    start, target)
     elif kind == "plain":
-        from seqmatch_engine.bench import plain_matching_loss
+        from seqmatch_engine.interfaces.bench_reference import plain_matching_loss
 
         loss = plain_matching_loss(spec, start, target, x, labels, lr, plan)
     else:
@@ -230,8 +230,8 @@ def test_config_accepts_and_checks_memory_mode():
 
 def test_distiller_reports_and_uses_the_chosen_memory_mode(tmp_path, monkeypatch):
     import seqmatch_engine.methods.mtt as methods
-    import seqmatch_engine.seqmatch as driver
-    from seqmatch_engine.runs import RunFolder
+    import seqmatch_engine.orchestration.driver as driver
+    from seqmatch_engine.storage.runs import RunFolder
 
     raw = {"name": "mem", "seed": 1, "device": "cpu",
            "data": {"dataset": "fashion-mnist-small", "train_per_class": 6, "val_per_class": 2},
@@ -256,8 +256,8 @@ def test_distiller_reports_and_uses_the_chosen_memory_mode(tmp_path, monkeypatch
     assert modes == ["recompute", "recompute"]
     assert run.status().get("memory_mode") == "recompute"
     # what the app shows: the live state rebuilt from the folder, and the status card while distilling
-    from seqmatch_engine.live import live_from_folder
-    from seqmatch_engine.records import RunState
+    from seqmatch_engine.interfaces.live import live_from_folder
+    from seqmatch_engine.storage.records import RunState
     from views.render import status_html
 
     live = live_from_folder(run)
@@ -333,7 +333,7 @@ def test_bench_plain_reference_equals_our_step():
 
 
 def test_bench_command_is_wired():
-    from seqmatch_engine.cli import build_parser
+    from seqmatch_engine.interfaces.cli import build_parser
 
     args = build_parser().parse_args(["bench", "--quick", "--threads", "1", "--only", "memory"])
     assert args.quick and args.threads == 1 and args.only == ["memory"] and args.func.__name__ == "cmd_bench"
@@ -341,7 +341,7 @@ def test_bench_command_is_wired():
 
 @pytest.mark.parametrize("impl", ["plain", "ours", "parallel"])
 def test_bench_expert_children_run(impl):
-    from seqmatch_engine.bench import child_main
+    from seqmatch_engine.interfaces.bench import child_main
 
     result = child_main({"kind": "experts", "impl": impl, "images": 64, "reps": 1})
     assert len(result["times"]) == 1 and result["times"][0] > 0
@@ -351,9 +351,9 @@ def test_bench_expert_children_run(impl):
 def test_evaluation_nets_trained_two_at_a_time_give_the_same_accuracies(tmp_path):
     from configs import tiny_run_config
 
-    from seqmatch_engine.context import RunContext
-    from seqmatch_engine.evaluate import curriculum_from_subsets
-    from seqmatch_engine.executors import LocalExecutor
+    from seqmatch_engine.maths.evaluate import curriculum_from_subsets
+    from seqmatch_engine.orchestration.context import RunContext
+    from seqmatch_engine.orchestration.executors import LocalExecutor
 
     config = tiny_run_config("nets", 0, (1,))
     runs, seen = [], []
@@ -369,8 +369,8 @@ def test_evaluation_nets_trained_two_at_a_time_give_the_same_accuracies(tmp_path
 def test_a_single_core_thread_leaves_the_other_threads_their_cores(tmp_path):
     import threading
 
-    from seqmatch_engine.manager import JobManager
-    from seqmatch_engine.parallel import keep_this_thread_single_core
+    from seqmatch_engine.interfaces.manager import JobManager
+    from seqmatch_engine.maths.parallel import keep_this_thread_single_core
     from views.layout import build_app
 
     before = torch.get_num_threads()
@@ -399,7 +399,7 @@ def test_a_single_core_thread_leaves_the_other_threads_their_cores(tmp_path):
 
 ALLOCATOR_PROBE = """
 import ctypes, resource, torch
-from seqmatch_engine.memory import tune_cpu_allocator
+from seqmatch_engine.maths.memory import tune_cpu_allocator
 tuned = tune_cpu_allocator()
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
@@ -444,8 +444,8 @@ def test_tuned_allocator_keeps_freed_memory_in_the_process():
 
 def test_bench_batched_nets_compute_each_net_as_alone():
     """The bench's grouped model of 3 ConvNets gives each net's own logits on its own input."""
-    from seqmatch_engine.bench_eval import batched_forward, stacked_params
-    from seqmatch_engine.models import ConvNet, ConvNetSpec, init_convnet_params
+    from seqmatch_engine.interfaces.bench_eval import batched_forward, stacked_params
+    from seqmatch_engine.maths.models import ConvNet, ConvNetSpec, init_convnet_params
 
     spec = ConvNetSpec(1, (28, 28), 10, width=8, depth=3)
     g = make_generator(0, "test-batched")
@@ -459,14 +459,14 @@ def test_bench_batched_nets_compute_each_net_as_alone():
 
 @pytest.mark.parametrize("impl", ["separate", "batched"])
 def test_bench_evaluation_net_children_run(impl):
-    from seqmatch_engine.bench import child_main
+    from seqmatch_engine.interfaces.bench import child_main
 
     result = child_main({"kind": "nets", "impl": impl, "epochs": 1, "reps": 1})
     assert len(result["times"]) == 1 and result["times"][0] > 0
 
 
 def test_bench_selection_children_score_alike_both_ways():
-    from seqmatch_engine.bench import child_main
+    from seqmatch_engine.interfaces.bench import child_main
 
     whole, shared = (child_main({"kind": "selection", "impl": impl, "epochs": 2, "reps": 0})
                      for impl in ("whole", "shared"))
@@ -476,7 +476,7 @@ def test_bench_selection_children_score_alike_both_ways():
 def test_the_bench_precision_paths_compute_the_convnet():
     """bench --only fashion/precision compares paths that compute the same ConvNet: plain fp32 and its channels-last
     variant equal convnet_forward to fp32 rounding; bf16 convolutions are within bf16's ~3 significant digits."""
-    from seqmatch_engine.bench_precision import FASHION, plain_forward
+    from seqmatch_engine.interfaces.bench_precision import FASHION, plain_forward
 
     g = make_generator(0, "precision-test")
     flat, x = init_convnet_params(FASHION, g), torch.randn((6, 1, 28, 28), generator=g)

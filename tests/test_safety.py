@@ -10,11 +10,12 @@ import pytest
 import torch
 from test_app import free_port
 
-from seqmatch_engine import cli, paths
-from seqmatch_engine.config import ConfigError, RunConfig, load_preset
-from seqmatch_engine.manager import JobManager
-from seqmatch_engine.runs import RunError, RunFolder, list_runs
-from seqmatch_engine.study_folder import list_studies
+from seqmatch_engine.core import paths
+from seqmatch_engine.core.config import ConfigError, RunConfig, load_preset
+from seqmatch_engine.interfaces import cli
+from seqmatch_engine.interfaces.manager import JobManager
+from seqmatch_engine.storage.runs import RunError, RunFolder, list_runs
+from seqmatch_engine.storage.study_folder import list_studies
 
 PIECES = ["..", ".", "/", "\\", "\x00", "\n", "~", "runs", "a", "é", "日本", "\u202e", "%2e%2e", "..%2f", " ", "$HOME",
           "victim", "C:", "\\\\?\\", "//", "\u2215", "\uff0e\uff0e"]
@@ -143,7 +144,7 @@ def finished_copy(tmp_path):
     """Two finished tiny runs (copied from the CLI tests' fixture would couple modules: made here, tiny)."""
     from configs import tiny_run_config
 
-    from seqmatch_engine.seqmatch import Distiller
+    from seqmatch_engine.orchestration.driver import Distiller
 
     home = tmp_path / "home"
     runs = []
@@ -196,7 +197,7 @@ def test_a_damaged_status_or_subset_marks_one_run_unreadable_and_nothing_else(tm
     (torch.zeros(10, 1, 28, 28), torch.zeros(0, dtype=torch.long), 0.01, "has 10 images but labels_best.pt 0 labels"),
 ])
 def test_imports_refuse_sets_that_cannot_be_evaluated(tmp_path, images, labels, lr, message):
-    from seqmatch_engine.importer import ImportFailed, import_distilled_set
+    from seqmatch_engine.orchestration.importer import ImportFailed, import_distilled_set
 
     files = []
     for name, value in (("images_best.pt", images), ("labels_best.pt", labels), ("best_lr.pt", torch.tensor(lr))):
@@ -208,7 +209,7 @@ def test_imports_refuse_sets_that_cannot_be_evaluated(tmp_path, images, labels, 
 
 
 def test_a_damaged_or_hostile_buffer_is_refused_with_its_name(tmp_path):
-    from seqmatch_engine.importer import ImportFailed, import_expert_buffer
+    from seqmatch_engine.orchestration.importer import ImportFailed, import_expert_buffer
 
     buffer = tmp_path / "replay_buffer_0.pt"
     torch.save([[[torch.ones(3)], [torch.full((3,), float("inf"))]]], buffer)
@@ -235,7 +236,7 @@ def test_missing_dataset_names_the_real_option_and_leaves_no_run_behind(tmp_path
 def test_a_damaged_checkpoint_is_set_aside_and_the_stage_learned_again(tmp_path, capsys):
     from test_cli import tiny_args
 
-    from seqmatch_engine.seqmatch import Distiller, RunControl
+    from seqmatch_engine.orchestration.driver import Distiller, RunControl
 
     home = tmp_path / "home"
     config = cli.config_from_args(cli.build_parser().parse_args(["distill", *tiny_args("distill.snapshot_every=1")]))
@@ -274,7 +275,7 @@ def test_a_run_deleted_while_training_is_not_recreated(tmp_path):
 
     from configs import tiny_run_config
 
-    from seqmatch_engine.seqmatch import Distiller
+    from seqmatch_engine.orchestration.driver import Distiller
 
     run = RunFolder.create(tmp_path / "runs", tiny_run_config("gone", 0, (1,)))
 

@@ -11,18 +11,18 @@ from reference import reference_unroll
 from torch import nn
 
 import seqmatch_engine.methods.mtt as methods
-from seqmatch_engine.augment import DSA_OPERATIONS, apply_augmentation
-from seqmatch_engine.config import EvalConfig, RunConfig, as_static
-from seqmatch_engine.context import RunContext
-from seqmatch_engine.evaluate import Accuracy, CurriculumStage, train_curriculum
-from seqmatch_engine.executors import LocalExecutor
-from seqmatch_engine.jobs import EvalJob, NetState, train_partway
-from seqmatch_engine.matching import draw_unroll_plan, normalised_distance
-from seqmatch_engine.prepare import prepare_data
-from seqmatch_engine.runs import RunFolder, Subset
-from seqmatch_engine.seeding import make_generator
-from seqmatch_engine.seqmatch import Distiller, RunControl, Selection, StopRequested, initial_images
-from seqmatch_engine.storage import read_json
+from seqmatch_engine.core.config import EvalConfig, RunConfig, as_static
+from seqmatch_engine.core.seeding import make_generator
+from seqmatch_engine.data.prepare import prepare_data
+from seqmatch_engine.maths.augment import DSA_OPERATIONS, apply_augmentation
+from seqmatch_engine.maths.evaluate import Accuracy, CurriculumStage, train_curriculum
+from seqmatch_engine.maths.matching import draw_unroll_plan, normalised_distance
+from seqmatch_engine.orchestration.context import RunContext
+from seqmatch_engine.orchestration.driver import Distiller, RunControl, Selection, StopRequested, initial_images
+from seqmatch_engine.orchestration.executors import LocalExecutor
+from seqmatch_engine.orchestration.jobs import EvalJob, NetState, train_partway
+from seqmatch_engine.storage.files import read_json
+from seqmatch_engine.storage.runs import RunFolder, Subset
 
 
 def tiny_config(**distill) -> RunConfig:
@@ -199,7 +199,7 @@ def test_exploding_pixels_are_caught_early_blame_lr_img_and_keep_the_best_valida
 def test_evaluation_jobs_met_again_are_read_not_trained(tmp_path, monkeypatch):
     """The random-real baseline is trained once per recipe and shared by a comparison's runs; a damaged
     cache file is measured again; another seed is another baseline."""
-    import seqmatch_engine.context as context
+    import seqmatch_engine.orchestration.context as context
 
     trained = []
     real = context.train_and_test
@@ -228,7 +228,7 @@ def test_evaluation_jobs_met_again_are_read_not_trained(tmp_path, monkeypatch):
 
 
 def test_the_evaluation_cache_tells_jobs_apart_by_what_determines_them(tmp_path, monkeypatch):
-    import seqmatch_engine.eval_cache as eval_cache
+    import seqmatch_engine.orchestration.eval_cache as eval_cache
 
     ctx = RunContext(tiny_config(), tmp_path)
     g = make_generator(0, "test-cache")
@@ -374,7 +374,7 @@ def test_selection_trains_the_earlier_stages_once_per_stage_and_scores_as_before
 def test_seqmatch_first_subset_is_scored_from_static_mtts_evaluations(tmp_path, monkeypatch):
     """SeqMatch's S_1 at IPC 2k is static MTT's set at IPC k (same recipe and seed): its selection candidates
     were scored by the MTT run, so the SeqMatch run trains selection nets for S_2 only."""
-    import seqmatch_engine.context as context
+    import seqmatch_engine.orchestration.context as context
 
     trained = []
     real = context.train_and_test

@@ -8,15 +8,17 @@ import pytest
 import torch
 from configs import tiny_run_config
 
-from seqmatch_engine import cli, context, paths
-from seqmatch_engine.config import RunConfig, apply_overrides, as_static, load_preset
-from seqmatch_engine.context import RunContext
-from seqmatch_engine.expert_cache import SHIPPED_PRESETS, ExpertCache, shipped_sets, without_code, write_shipped
-from seqmatch_engine.jobs import train_expert
-from seqmatch_engine.runs import RunFolder
-from seqmatch_engine.seeding import machine_signature
-from seqmatch_engine.seqmatch import Distiller, EventKind
-from seqmatch_engine.storage import StorageError, write_json
+from seqmatch_engine.core import paths
+from seqmatch_engine.core.config import RunConfig, apply_overrides, as_static, load_preset
+from seqmatch_engine.core.seeding import machine_signature
+from seqmatch_engine.interfaces import cli
+from seqmatch_engine.orchestration import context
+from seqmatch_engine.orchestration.context import RunContext
+from seqmatch_engine.orchestration.driver import Distiller, EventKind
+from seqmatch_engine.orchestration.jobs import train_expert
+from seqmatch_engine.storage.expert_cache import SHIPPED_PRESETS, ExpertCache, shipped_sets, without_code, write_shipped
+from seqmatch_engine.storage.files import StorageError, write_json
+from seqmatch_engine.storage.runs import RunFolder
 
 pytestmark = pytest.mark.usefixtures("isolated_home")
 

@@ -8,16 +8,16 @@ import torch.nn.functional as F
 from configs import tiny_run_config
 from test_matching import SPEC, forward, tiny_problem
 
-from seqmatch_engine.config import ConfigError, RunConfig, method_name, method_parts
-from seqmatch_engine.labels import hard, soft_cross_entropy, targets
-from seqmatch_engine.matching import ConvNetStudent, MatchingState, matching_loss, outer_step
+from seqmatch_engine.core.config import ConfigError, RunConfig, method_name, method_parts
+from seqmatch_engine.core.labels import hard, soft_cross_entropy, targets
+from seqmatch_engine.core.seeding import make_generator
+from seqmatch_engine.data.prepare import PreparedData
+from seqmatch_engine.maths.matching import ConvNetStudent, MatchingState, matching_loss, outer_step
+from seqmatch_engine.maths.models import ConvNetSpec
 from seqmatch_engine.methods import OBJECTIVES
 from seqmatch_engine.methods.datm import correct_real_images, window_at
-from seqmatch_engine.models import ConvNetSpec
-from seqmatch_engine.prepare import PreparedData
-from seqmatch_engine.runs import RunFolder
-from seqmatch_engine.seeding import make_generator
-from seqmatch_engine.seqmatch import Distiller
+from seqmatch_engine.orchestration.driver import Distiller
+from seqmatch_engine.storage.runs import RunFolder
 
 
 def test_soft_cross_entropy_is_the_formula_and_hard_labels_are_unchanged():
@@ -149,7 +149,7 @@ def test_a_seqmatch_datm_run_learns_soft_labels_and_reports_fair_scores(tmp_path
 
 
 def test_kill_and_resume_a_datm_run_gives_the_unbroken_run_bit_for_bit(tmp_path):
-    from seqmatch_engine.control import RunControl
+    from seqmatch_engine.core.control import RunControl
 
     config = datm_config()
     unbroken, _ = run_to_end(tmp_path, config, "unbroken")
@@ -171,7 +171,7 @@ def test_kill_and_resume_a_datm_run_gives_the_unbroken_run_bit_for_bit(tmp_path)
 
 
 def test_objectives_are_registered_once_and_unknown_ones_name_the_field():
-    from seqmatch_engine.config import OBJECTIVES as NAMES
+    from seqmatch_engine.core.config import OBJECTIVES as NAMES
 
     assert tuple(OBJECTIVES) == NAMES
     raw = tiny_run_config("x", 0, (1,)).to_dict()
@@ -193,7 +193,7 @@ def test_a_soft_label_set_keeps_its_labels_through_import_and_export(tmp_path):
     set, ordered by top class), and the export carries them as they are."""
     from safetensors import safe_open
 
-    from seqmatch_engine.importer import import_distilled_set
+    from seqmatch_engine.orchestration.importer import import_distilled_set
 
     g = make_generator(0, "import-soft")
     classes = torch.arange(10).repeat(2)  # interleaved, as a public file may hold them
@@ -214,7 +214,7 @@ def test_a_soft_label_set_keeps_its_labels_through_import_and_export(tmp_path):
 
 
 def test_g2_to_g4_run_on_a_soft_label_set_with_its_own_labels(tmp_path):
-    from seqmatch_engine.diagnostics.runner import DiagnosticsOptions, RunDiagnostics
+    from seqmatch_engine.orchestration.diagnostics_runner import DiagnosticsOptions, RunDiagnostics
 
     run, _ = run_to_end(tmp_path, datm_config())
     diagnostics = RunDiagnostics(run, tmp_path / "experts", DiagnosticsOptions(experts=1, draws=1, nets=1,

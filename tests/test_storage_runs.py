@@ -1,4 +1,4 @@
-"""Tests for seqmatch_engine.storage (atomic files, safetensors) and seqmatch_engine.runs (RunFolder).
+"""Tests for seqmatch_engine.storage.files (atomic files, safetensors) and seqmatch_engine.storage.runs (RunFolder).
 
 Most run-folder tests build a folder by hand; one module-scoped fixture prepares the bundled
 Fashion-MNIST subset once so that a tiny real Distiller run (width-8 net, one 3-epoch expert,
@@ -19,14 +19,14 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from seqmatch_engine import paths, runs, storage
-from seqmatch_engine.config import RunConfig, load_preset
-from seqmatch_engine.export import export_set
-from seqmatch_engine.prepare import PixelTransform, prepare_data
-from seqmatch_engine.records import Checkpoint, EvalResult
-from seqmatch_engine.runs import RunError, RunFolder, Subset, list_runs
-from seqmatch_engine.seqmatch import Distiller, RunControl, StopRequested
-from seqmatch_engine.storage import (
+from seqmatch_engine.core import paths
+from seqmatch_engine.core.config import RunConfig, load_preset
+from seqmatch_engine.data.prepare import PixelTransform, prepare_data
+from seqmatch_engine.orchestration.driver import Distiller, RunControl, StopRequested
+from seqmatch_engine.storage import files as storage
+from seqmatch_engine.storage import runs
+from seqmatch_engine.storage.export import export_set
+from seqmatch_engine.storage.files import (
     StorageError,
     append_jsonl,
     read_json,
@@ -35,6 +35,8 @@ from seqmatch_engine.storage import (
     write_json,
     write_tensors,
 )
+from seqmatch_engine.storage.records import Checkpoint, EvalResult
+from seqmatch_engine.storage.runs import RunError, RunFolder, Subset, list_runs
 
 
 def tiny_config(**distill: object) -> RunConfig:

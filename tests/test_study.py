@@ -7,14 +7,15 @@ import re
 import pytest
 from configs import tiny_run_config
 
-from seqmatch_engine import cli, paths
-from seqmatch_engine.config import ConfigError
-from seqmatch_engine.expert_cache import ExpertCache
-from seqmatch_engine.seqmatch import RunControl, StopRequested
-from seqmatch_engine.study import run_study
-from seqmatch_engine.study_folder import StudyFolder
-from seqmatch_engine.study_spec import Cell, StudySpec, load_study_spec, run_id, study_preset_names
-from seqmatch_engine.study_summary import chooser, format_table, summarise
+from seqmatch_engine.core import paths
+from seqmatch_engine.core.config import ConfigError
+from seqmatch_engine.core.study_spec import Cell, StudySpec, load_study_spec, run_id, study_preset_names
+from seqmatch_engine.interfaces import cli
+from seqmatch_engine.orchestration.driver import RunControl, StopRequested
+from seqmatch_engine.orchestration.study import run_study
+from seqmatch_engine.orchestration.study_summary import chooser, format_table, summarise
+from seqmatch_engine.storage.expert_cache import ExpertCache
+from seqmatch_engine.storage.study_folder import StudyFolder
 
 
 def tiny_spec(**changes) -> StudySpec:
@@ -136,9 +137,9 @@ def test_summary_numbers_are_the_runs_eval_values(finished):
 def test_another_evaluation_of_a_study_run_leaves_the_summary_on_the_runs_own(finished, tmp_path):
     import shutil
 
-    from seqmatch_engine.config import RunConfig
-    from seqmatch_engine.context import RunContext
-    from seqmatch_engine.seqmatch import evaluate_run
+    from seqmatch_engine.core.config import RunConfig
+    from seqmatch_engine.orchestration.context import RunContext
+    from seqmatch_engine.orchestration.driver import evaluate_run
 
     home, study, summary, _ = finished
     copy = StudyFolder(shutil.copytree(study.path, tmp_path / "study"))
@@ -215,7 +216,7 @@ def test_cli_study_summary_and_errors(finished, tmp_path, capsys):
 
 
 def test_one_seed_shows_no_spread_and_the_table_says_what_is_evidence():
-    from seqmatch_engine.study_summary import _pct, mean_std
+    from seqmatch_engine.orchestration.study_summary import _pct, mean_std
 
     assert _pct(mean_std([0.8])) == "80.00 (n=1)"
     assert _pct(mean_std([0.8, 0.82]), signed=True) == "+81.00 ± 1.41 (n=2)"
@@ -326,7 +327,7 @@ def test_a_sweep_whose_tuning_is_unfinished_chooses_nothing_yet(tmp_path):
 
 
 def test_a_run_written_with_select_every_is_the_same_run_as_its_select_points_twin():
-    from seqmatch_engine.study_spec import same_run
+    from seqmatch_engine.core.study_spec import same_run
 
     every = tiny_run_config("x", 0, (1, 1), select_every=2)            # 4 iterations: points 2, 4
     points = tiny_run_config("x", 0, (1, 1), select_points=2)

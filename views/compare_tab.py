@@ -8,16 +8,15 @@ from dataclasses import dataclass
 import gradio as gr
 import plotly.graph_objects as go
 
-from seqmatch_engine.config import BUDGET_NOTES, DEFAULT_PRESET, METHODS, ConfigError, preset_names
-from seqmatch_engine.manager import JobManager
-from seqmatch_engine.records import EvalResult, RunState
-from seqmatch_engine.runs import RunError, RunFolder, list_runs
-
-from .forms import FormValues, compare_set, form_defaults
-from .live_view import LiveView, poll_outputs
-from .overlays import comparison_overlays
-from .palette import METHOD_NAMES, method_colour
-from .render import placeholder_figure
+from seqmatch_engine.core.config import BUDGET_NOTES, DEFAULT_PRESET, METHODS, ConfigError, preset_names
+from seqmatch_engine.interfaces.manager import JobManager
+from seqmatch_engine.storage.records import EvalResult, RunState
+from seqmatch_engine.storage.runs import RunError, RunFolder, list_runs
+from views.forms import FormValues, compare_set, form_defaults
+from views.live_view import LiveView, poll_outputs
+from views.overlays import comparison_overlays
+from views.palette import METHOD_NAMES, method_colour
+from views.render import placeholder_figure
 
 DEFAULT_METHODS = ["mtt", "seqmatch"]
 START_LABEL = "Start comparison"

@@ -6,15 +6,14 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from seqmatch_engine.diagnostics import COMPUTED, DiagnosticsOptions, missing
-from seqmatch_engine.diagnostics.store import read_g1, read_g2
-from seqmatch_engine.manager import JobManager
-from seqmatch_engine.records import RunState
-from seqmatch_engine.runs import RunError, RunFolder, list_runs
-
-from .figures import g1_heatmap_slider
-from .overlays import comparison_overlays, run_figures
-from .render import status_html
+from seqmatch_engine.interfaces.manager import JobManager
+from seqmatch_engine.orchestration.diagnostics_runner import COMPUTED, DiagnosticsOptions, missing
+from seqmatch_engine.storage.diagnostics_store import read_g1, read_g2
+from seqmatch_engine.storage.records import RunState
+from seqmatch_engine.storage.runs import RunError, RunFolder, list_runs
+from views.figures import g1_heatmap_slider
+from views.overlays import comparison_overlays, run_figures
+from views.render import status_html
 
 
 def finished_runs(manager: JobManager) -> list[str]:

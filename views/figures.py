@@ -10,8 +10,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from seqmatch_engine.diagnostics.features import Embedding
-
-from .palette import FAMILY_DASHES, SERIES_COLOURS, method_colour
+from views.palette import FAMILY_DASHES, SERIES_COLOURS, method_colour
 
 CLASS_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                  "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from seqmatch_engine.config import (
+from seqmatch_engine.core.config import (
     ConfigError,
     RunConfig,
     apply_values,

@@ -5,18 +5,17 @@ import functools
 
 import gradio as gr
 
-from seqmatch_engine.manager import JobManager
-from seqmatch_engine.parallel import single_core
-from seqmatch_engine.paths import ASSETS_DIR
-
-from .compare_tab import CompareTab
-from .diagnostics_tab import DiagnosticsTab
-from .distil_tab import DistilTab
-from .learn_tab import LearnTab
-from .lists import RunLists
-from .live_view import LiveView
-from .runs_tab import RunsTab
-from .studies_tab import StudiesTab
+from seqmatch_engine.core.paths import ASSETS_DIR
+from seqmatch_engine.interfaces.manager import JobManager
+from seqmatch_engine.maths.parallel import single_core
+from views.compare_tab import CompareTab
+from views.diagnostics_tab import DiagnosticsTab
+from views.distil_tab import DistilTab
+from views.learn_tab import LearnTab
+from views.lists import RunLists
+from views.live_view import LiveView
+from views.runs_tab import RunsTab
+from views.studies_tab import StudiesTab
 
 POLL_SECONDS = 1.0
 TITLE = "SeqMatch Studio"

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from seqmatch_engine.paths import ASSETS_DIR
+from seqmatch_engine.core.paths import ASSETS_DIR
 
 LEARN_DIR = ASSETS_DIR / "learn"
 # One folder per study: findings.md (its first line, a "# " title; then what the study shows, in words), summary.md

@@ -5,14 +5,13 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from seqmatch_engine.config import METHODS
-from seqmatch_engine.manager import JobManager
-from seqmatch_engine.runs import folder_signature
-
-from .compare_tab import CompareTab, run_choices
-from .diagnostics_tab import DiagnosticsTab, finished_runs
-from .runs_tab import RunsTab, run_rows
-from .studies_tab import StudiesTab, study_choices
+from seqmatch_engine.core.config import METHODS
+from seqmatch_engine.interfaces.manager import JobManager
+from seqmatch_engine.storage.runs import folder_signature
+from views.compare_tab import CompareTab, run_choices
+from views.diagnostics_tab import DiagnosticsTab, finished_runs
+from views.runs_tab import RunsTab, run_rows
+from views.studies_tab import StudiesTab, study_choices
 
 LIST_POLL_SECONDS = 3.0
 

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import gradio as gr
 
-from seqmatch_engine.labels import is_soft
-from seqmatch_engine.live import LiveState
-from seqmatch_engine.manager import JobManager
-from seqmatch_engine.records import RunState
-from seqmatch_engine.runs import RunError, RunFolder
-from seqmatch_engine.storage import StorageError
-
-from .render import accuracy_markdown, curves_figure, placeholder_figure, status_html, subset_panels
+from seqmatch_engine.core.labels import is_soft
+from seqmatch_engine.interfaces.live import LiveState
+from seqmatch_engine.interfaces.manager import JobManager
+from seqmatch_engine.storage.files import StorageError
+from seqmatch_engine.storage.records import RunState
+from seqmatch_engine.storage.runs import RunError, RunFolder
+from views.render import accuracy_markdown, curves_figure, placeholder_figure, status_html, subset_panels
 
 
 @lru_cache(maxsize=32)

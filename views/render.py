@@ -7,12 +7,11 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from seqmatch_engine.imaging import Panel, labelled_panels
-from seqmatch_engine.live import LiveState
-from seqmatch_engine.prepare import PixelTransform
-from seqmatch_engine.records import EvalResult, RunState
-
-from .palette import METHOD_NAMES, SERIES_COLOURS
+from seqmatch_engine.data.imaging import Panel, labelled_panels
+from seqmatch_engine.data.prepare import PixelTransform
+from seqmatch_engine.interfaces.live import LiveState
+from seqmatch_engine.storage.records import EvalResult, RunState
+from views.palette import METHOD_NAMES, SERIES_COLOURS
 
 
 def subset_panels(images: dict[int, torch.Tensor], transform: PixelTransform, class_names: tuple[str, ...],

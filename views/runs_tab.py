@@ -8,17 +8,16 @@ from pathlib import Path
 
 import gradio as gr
 
-from seqmatch_engine.data import DATASET_NAMES
-from seqmatch_engine.export import export_set
-from seqmatch_engine.importer import ImportFailed, import_distilled_set, import_expert_buffer, imported_buffers
-from seqmatch_engine.labels import is_soft
-from seqmatch_engine.manager import JobManager
-from seqmatch_engine.records import RunState
-from seqmatch_engine.runs import RunError, RunFolder, list_runs
-from seqmatch_engine.storage import StorageError
-
-from .live_view import display_info
-from .render import accuracy_markdown, subset_panels
+from seqmatch_engine.core.labels import is_soft
+from seqmatch_engine.data.datasets import DATASET_NAMES
+from seqmatch_engine.interfaces.manager import JobManager
+from seqmatch_engine.orchestration.importer import ImportFailed, import_distilled_set, import_expert_buffer, imported_buffers
+from seqmatch_engine.storage.export import export_set
+from seqmatch_engine.storage.files import StorageError
+from seqmatch_engine.storage.records import RunState
+from seqmatch_engine.storage.runs import RunError, RunFolder, list_runs
+from views.live_view import display_info
+from views.render import accuracy_markdown, subset_panels
 
 COLUMNS = ["run", "method", "IPC", "state", "phase", "accuracy", "random real"]
 

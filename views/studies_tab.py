@@ -7,16 +7,15 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from seqmatch_engine.config import BUDGET_NOTES, ConfigError
-from seqmatch_engine.manager import JobManager
-from seqmatch_engine.runs import RunError
-from seqmatch_engine.storage import StorageError
-from seqmatch_engine.study_folder import StudyFolder, list_studies
-from seqmatch_engine.study_spec import load_study_spec, study_preset_names
-from seqmatch_engine.study_summary import format_table, summarise
-
-from .render import format_seconds
-from .study_figures import accuracy_figure, coupling_figure, paired_figure
+from seqmatch_engine.core.config import BUDGET_NOTES, ConfigError
+from seqmatch_engine.core.study_spec import load_study_spec, study_preset_names
+from seqmatch_engine.interfaces.manager import JobManager
+from seqmatch_engine.orchestration.study_summary import format_table, summarise
+from seqmatch_engine.storage.files import StorageError
+from seqmatch_engine.storage.runs import RunError
+from seqmatch_engine.storage.study_folder import StudyFolder, list_studies
+from views.render import format_seconds
+from views.study_figures import accuracy_figure, coupling_figure, paired_figure
 
 HEADROOM_NOTE = (
     "**Read this first.** A study pairs the methods by seed: both use that seed's experts, evaluation nets and "

@@ -7,7 +7,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from .palette import METHOD_COLOURS, METHOD_NAMES
+from views.palette import METHOD_COLOURS, METHOD_NAMES
 
 LAYOUT = {"template": "plotly_white", "height": 360, "margin": {"l": 55, "r": 10, "t": 60, "b": 45},
           "legend": {"orientation": "h", "y": -0.2}}

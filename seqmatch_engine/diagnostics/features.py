@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from ..control import ProgressFn
-from ..evaluate import random_real_subset
-from ..models import ConvNetSpec, convnet_features
-from ..seeding import make_generator
+from seqmatch_engine.core.control import ProgressFn
+from seqmatch_engine.core.seeding import make_generator
+from seqmatch_engine.maths.evaluate import random_real_subset
+from seqmatch_engine.maths.models import ConvNetSpec, convnet_features
 
 REDUCERS = ("pca", "umap")
 
@@ -95,7 +95,7 @@ def pca_2d(rows: torch.Tensor, seed: int = 0) -> torch.Tensor:
 
 def umap_2d(rows: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """2-D UMAP (R, 2) with a fixed random_state (umap-learn, imported here: numba compiles on first use)."""
-    import umap
+    import umap  # deferred: numba compiles umap on import (~20 s); only G3 with the UMAP reducer needs it
 
     neighbours = max(2, min(15, len(rows) - 1))
     reducer = umap.UMAP(n_components=2, n_neighbors=neighbours, min_dist=0.1, random_state=seed)

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from ..config import split_ipc
+from seqmatch_engine.core.config import split_ipc
 
 COUPLING_FRACTION = 0.2  # the coupling index averages the last 20 % of the G1 records
 

@@ -14,8 +14,8 @@ import statistics
 
 import torch
 
-from ..control import ProgressFn
-from ..models import ConvNetSpec, convnet_forward
+from seqmatch_engine.core.control import ProgressFn
+from seqmatch_engine.maths.models import ConvNetSpec, convnet_forward
 
 
 @torch.no_grad()

@@ -29,10 +29,10 @@ from typing import Callable
 
 import torch
 
-from ..augment import DSA_OPERATIONS
-from ..control import ProgressFn
-from ..matching import ForwardFn, UnrollPlan, draw_unroll_plan, matching_loss
-from ..seeding import make_generator
+from seqmatch_engine.core.control import ProgressFn
+from seqmatch_engine.core.seeding import make_generator
+from seqmatch_engine.maths.augment import DSA_OPERATIONS
+from seqmatch_engine.maths.matching import ForwardFn, UnrollPlan, draw_unroll_plan, matching_loss
 
 LATE_FRACTION = 0.25  # "late-epoch matching error": mean L(t) over the last quarter of start epochs
 

@@ -5,11 +5,11 @@ DATM does) and register it in OBJECTIVES below; config.OBJECTIVES lists the name
 """
 from __future__ import annotations
 
-from ..config import RunConfig
-from ..matching import ConvNetStudent
-from .base import Method, StageSetting, StepRecord
-from .datm import DATM
-from .mtt import MTT, class_labels, initial_images
+from seqmatch_engine.core.config import RunConfig
+from seqmatch_engine.maths.matching import ConvNetStudent
+from seqmatch_engine.methods.base import Method, StageSetting, StepRecord
+from seqmatch_engine.methods.datm import DATM
+from seqmatch_engine.methods.mtt import MTT, class_labels, initial_images
 
 __all__ = ["DATM", "MTT", "Method", "StageSetting", "StepRecord", "class_labels", "initial_images", "make_method"]
 

@@ -12,8 +12,8 @@ from typing import Protocol
 
 import torch
 
-from ..matching import MatchingState
-from ..prepare import PreparedData
+from seqmatch_engine.data.prepare import PreparedData
+from seqmatch_engine.maths.matching import MatchingState
 
 
 @dataclass(frozen=True)

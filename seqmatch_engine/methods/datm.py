@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import torch
 
-from ..config import DATMConfig
-from ..matching import ConvNetStudent, MatchingState
-from ..models import convnet_forward
-from ..prepare import PreparedData
-from .base import StageSetting
-from .mtt import MTT
+from seqmatch_engine.core.config import DATMConfig
+from seqmatch_engine.data.prepare import PreparedData
+from seqmatch_engine.maths.matching import ConvNetStudent, MatchingState
+from seqmatch_engine.maths.models import convnet_forward
+from seqmatch_engine.methods.base import StageSetting
+from seqmatch_engine.methods.mtt import MTT
 
 
 def window_at(interval: tuple[int, int], initial_end: int | None, growth_iterations: int,

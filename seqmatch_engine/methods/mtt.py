@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from ..augment import DSA_OPERATIONS
-from ..evaluate import random_real_subset
-from ..matching import ConvNetStudent, MatchingState, draw_unroll_plan, outer_step
-from ..prepare import PreparedData
-from .base import StageSetting, StepRecord
+from seqmatch_engine.data.prepare import PreparedData
+from seqmatch_engine.maths.augment import DSA_OPERATIONS
+from seqmatch_engine.maths.evaluate import random_real_subset
+from seqmatch_engine.maths.matching import ConvNetStudent, MatchingState, draw_unroll_plan, outer_step
+from seqmatch_engine.methods.base import StageSetting, StepRecord
 
 
 def class_labels(num_classes: int, ipc: int, device: torch.device | str) -> torch.Tensor:

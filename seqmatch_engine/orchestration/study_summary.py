@@ -1,0 +1,231 @@
+"""A study's summary: a pure function of its run folders (mean ± std over seeds, paired differences, the lr sweep,
+controls, fair scores for soft labels), and its markdown table."""
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from seqmatch_engine.core.config import RunConfig
+from seqmatch_engine.core.study_spec import Cell, LrChooser, run_id
+from seqmatch_engine.diagnostics import coupling_index
+from seqmatch_engine.storage.diagnostics_store import read_g1
+from seqmatch_engine.storage.study_folder import StudyFolder
+
+
+def mean_std(values: list[float]) -> dict[str, Any]:
+    """{"mean", "std", "n", "values"}; std is the sample standard deviation (n - 1), 0 for one value."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values), "values": values}
+
+
+def lr_choice(study: StudyFolder, cell: Cell, method: str) -> dict[str, Any] | None:
+    """The lr sweep of `method` at `cell` on the tune seeds: {"chosen": lr or None while a tuning run is unfinished,
+    "sweep": [{"lr_img", "val", "test"} per value, mean_std over the tune seeds that finished]}; None without a sweep.
+    The chosen value has the best mean validation accuracy (ties: the earlier value of study.lr_img)."""
+    spec = study.spec()
+    if not spec.lr_img:
+        return None
+    sweep, complete = [], True
+    for lr in spec.lr_img:
+        val, test = [], []
+        for seed in spec.tune_seeds_of(cell):
+            run = study.run(run_id(cell, seed, method, lr))
+            result = run.eval() if run else None
+            score = run.validation_accuracy() if result else None
+            if score is None or result.accuracy() is None:
+                complete = False
+                continue
+            val.append(score)
+            test.append(result.accuracy()["mean"])
+        sweep.append({"lr_img": lr, "val": mean_std(val) if val else None, "test": mean_std(test) if test else None})
+    chosen = max(sweep, key=lambda row: row["val"]["mean"])["lr_img"] if complete else None
+    return {"chosen": chosen, "sweep": sweep}
+
+
+def chooser(study: StudyFolder) -> LrChooser:
+    """The lr each method uses at a cell, as the finished tuning runs choose it (None while undecided)."""
+    def choose(cell: Cell, method: str) -> float | None:
+        choice = lr_choice(study, cell, method)
+        return choice["chosen"] if choice else None
+    return choose
+
+
+def _paired(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | None:
+    """a - b over the seeds both have: mean_std with the seeds, None without a common seed."""
+    seeds = sorted(set(a) & set(b))
+    return {**mean_std([a[s] - b[s] for s in seeds]), "seeds": seeds} if seeds else None
+
+
+def _stat(values: dict[int, float]) -> dict[str, Any] | None:
+    return mean_std(list(values.values())) if values else None
+
+
+def summarise(study: StudyFolder) -> dict[str, Any]:
+    """Per cell and method (at its chosen lr when the study sweeps lr_img): the mean over seeds of each run's mean
+    test accuracy (ConvNet) and its std over seeds; the gain over random real images trained the same way (soft
+    labels from the same experts for a soft-label method), paired by seed, and a soft-label set's accuracy with
+    hard labels; the paired differences sequential - static per objective (row "paired": SeqMatch - MTT); the
+    coupling index and the controls; plus each seed's expert accuracy (the headroom)."""
+
+    spec = study.spec()
+    base_iterations = RunConfig.from_dict(spec.base()).distill.subsets[0].iterations
+    cells = []
+    for cell in sorted(spec.grid, key=lambda c: (c.ipc, c.subsets, c.iterations or base_iterations)):
+        row: dict[str, Any] = {"ipc": cell.ipc, "subsets": cell.subsets,
+                               "iterations": cell.iterations or base_iterations, "methods": {}}
+        accuracy: dict[str, dict[int, float]] = {m: {} for m in spec.methods}
+        hard_labels: dict[str, dict[int, float]] = {m: {} for m in spec.methods}
+        baselines: dict[str, dict[int, float]] = {"random_real": {}, "random_real_soft": {}}
+        coupling: dict[str, list[float]] = {m: [] for m in spec.methods}
+        controls: dict[str, dict[str, list[float]]] = {m: {} for m in spec.methods}
+        choices = {method: lr_choice(study, cell, method) for method in spec.methods}
+        for seed in spec.cell_seeds(cell):
+            for method in spec.methods:
+                choice = choices[method]
+                if choice is not None and choice["chosen"] is None:
+                    continue  # the sweep is not finished: no lr is chosen yet
+                run = study.run(run_id(cell, seed, method, choice and choice["chosen"]))
+                result = run.eval() if run else None
+                if not result or result.accuracy() is None:
+                    continue
+                accuracy[method][seed] = result.accuracy()["mean"]
+                if result.accuracy("synthetic_hard"):
+                    hard_labels[method][seed] = result.accuracy("synthetic_hard")["mean"]
+                for kind, values in baselines.items():
+                    if result.accuracy(kind):
+                        values[seed] = result.accuracy(kind)["mean"]
+                index = coupling_index(read_g1(run.path))
+                if index is not None:
+                    coupling[method].append(index)
+                for name, acc in (run.controls() or {}).get("accuracy", {}).items():
+                    controls[method].setdefault(name, []).append(acc["mean"])
+        for method in spec.methods:
+            if not accuracy[method] and not choices[method]:
+                continue
+            over = "random_real_soft" if hard_labels[method] else "random_real"
+            row["methods"][method] = {
+                "accuracy": _stat(accuracy[method]), "seeds": sorted(accuracy[method]),
+                "hard_labels": _stat(hard_labels[method]), "labels": "soft" if hard_labels[method] else "hard",
+                "gain": {**gain, "over": over} if (gain := _paired(accuracy[method], baselines[over])) else None,
+                "coupling": mean_std(coupling[method]) if coupling[method] else None,
+                "controls": {name: mean_std(values) for name, values in controls[method].items()},
+                "lr_img": choices[method] and choices[method]["chosen"],
+                "lr_sweep": choices[method] and choices[method]["sweep"]}
+        row["random_real"] = _stat(baselines["random_real"])
+        row["random_real_soft"] = _stat(baselines["random_real_soft"])
+        row["sequential_gain"] = {objective: paired for objective, sequential in SEQUENTIAL.items()
+                                  if objective in accuracy and sequential in accuracy
+                                  and (paired := _paired(accuracy[sequential], accuracy[objective]))}
+        row["paired"] = row["sequential_gain"].get("mtt")
+        cells.append(row)
+    experts = {seed: mean_std(values) for seed, values in study.expert_accuracy().items() if values}
+    all_experts = [v for values in study.expert_accuracy().values() for v in values]
+    experts_overall = mean_std(all_experts) if all_experts else None
+    for row in cells:
+        mtt = (row["methods"].get("mtt") or {}).get("accuracy")
+        row["headroom"] = experts_overall["mean"] - mtt["mean"] if experts_overall and mtt else None
+    return {"study": study.id, "budget": spec.budget, "seeds": spec.seeds, "methods": spec.methods, "cells": cells,
+            "lr_img": spec.lr_img, "tune_seeds": spec.tune_seeds,
+            "experts": experts, "experts_overall": experts_overall,
+            "runs_done": sum(1 for planned in spec.plan(chooser(study)) if (run := study.run(planned.id)) and run.eval()),
+            "runs_total": spec.run_count()}
+
+
+SEQUENTIAL = {"mtt": "seqmatch", "datm": "seqmatch-datm"}  # each static method's sequential counterpart
+METHOD_LABELS = {"mtt": "static MTT", "seqmatch": "SeqMatch", "datm": "DATM", "seqmatch-datm": "SeqMatch-DATM"}
+
+
+def _pct(stat: dict[str, Any] | None, signed: bool = False) -> str:
+    if not stat:
+        return "–"
+    sign = "+" if signed else ""
+    if stat["n"] == 1:  # no spread to show: one seed is a demonstration
+        return f"{100 * stat['mean']:{sign}.2f} (n=1)"
+    return f"{100 * stat['mean']:{sign}.2f} ± {100 * stat['std']:.2f} (n={stat['n']})"
+
+
+def _points(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def _lr(value: float | None) -> str:
+    return "–" if value is None else f"{value:g}"
+
+
+def _row(values: list[str]) -> str:
+    return "| " + " | ".join(values) + " |"
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The summary as markdown tables (test accuracy %, mean ± std over seeds)."""
+    rows = summary["cells"]
+    methods = summary.get("methods") or [m for m in METHOD_LABELS if any(m in row["methods"] for row in rows)]
+    labels = [METHOD_LABELS[m] for m in methods]
+    sweep = bool(summary.get("lr_img"))
+    iterations = sweep or len({row.get("iterations") for row in rows}) > 1
+    soft = any((row["methods"].get(m) or {}).get("labels") == "soft" for row in rows for m in methods)
+    pairs = [(static, sequential) for static, sequential in SEQUENTIAL.items() if {static, sequential} <= set(methods)]
+
+    def cells(row: dict[str, Any]) -> list[str]:
+        return [str(row["ipc"]), str(row["subsets"])] + ([str(row.get("iterations", "–"))] if iterations else [])
+
+    def of(row: dict[str, Any], method: str, key: str = "accuracy") -> Any:
+        return (row["methods"].get(method) or {}).get(key)
+
+    head = ["IPC", "subsets"] + (["iterations per subset"] if iterations else [])
+    columns = head + labels + ["random real"] + (["random real, soft labels"] if soft else []) + \
+        [f"{METHOD_LABELS[b]} − {METHOD_LABELS[a].removeprefix('static ')} (paired)" for a, b in pairs] + \
+        ([f"pixel lr {' / '.join(labels)}"] if sweep else []) + [f"coupling {' / '.join(labels)}", "headroom"]
+    lines = [f"Study `{summary['study']}`: budget convention **{summary['budget']}**, seeds {summary['seeds']}, "
+             f"{summary['runs_done']}/{summary['runs_total']} runs done.", "", _row(columns), _row(["---"] * len(columns))]
+    for row in rows:
+        coupling = " / ".join(f"{c['mean']:.3f}" if (c := of(row, m, "coupling")) else "–" for m in methods)
+        lines.append(_row(cells(row) + [_pct(of(row, m)) for m in methods] + [_pct(row["random_real"])]
+                          + ([_pct(row.get("random_real_soft"))] if soft else [])
+                          + [_pct(row["sequential_gain"].get(a), True) for a, _ in pairs]
+                          + ([" / ".join(_lr(of(row, m, "lr_img")) for m in methods)] if sweep else [])
+                          + [coupling, _points(row.get("headroom"))]))
+    if soft:
+        lines += ["", "Fair scores: each method against random real images trained the same way, labels included "
+                      "(soft labels from the same experts for a soft-label method), paired by seed; soft-label sets "
+                      "also evaluated with their top classes as hard labels:", "",
+                  _row(head + ["method", "labels", "accuracy", "with hard labels", "random real, same labels",
+                               "gain over random real"]), _row(["---"] * (len(head) + 6))]
+        for row in rows:
+            for method in methods:
+                gain = of(row, method, "gain")
+                same = row.get(gain["over"]) if gain else None
+                lines.append(_row(cells(row) + [METHOD_LABELS[method], of(row, method, "labels") or "–",
+                                                _pct(of(row, method)), _pct(of(row, method, "hard_labels")), _pct(same),
+                                                _pct(gain, True)]))
+    if sweep:
+        tune = summary.get("tune_seeds")
+        lines += ["", f"Pixel-lr sweep on the tune seeds ({'every seed' if tune is None else tune}): each method uses, "
+                      f"per cell, the lr_img with the best mean validation accuracy (the test column is shown, never "
+                      f"used to choose):", "",
+                  _row(head + ["method", "lr_img", "validation", "test", "chosen"]), _row(["---"] * (len(head) + 5))]
+        for row in rows:
+            for method, result in row["methods"].items():
+                for entry in (result or {}).get("lr_sweep") or []:
+                    chosen = "✓" if entry["lr_img"] == result["lr_img"] else ""
+                    lines.append(_row(cells(row) + [METHOD_LABELS[method], _lr(entry["lr_img"]), _pct(entry["val"]),
+                                                    _pct(entry["test"]), chosen]))
+    sequential = [m for m in methods if m in SEQUENTIAL.values()]
+    if any(of(row, m, "controls") for row in rows for m in sequential):
+        columns = head + (["method"] if len(sequential) > 1 else []) + \
+            ["S1 alone", "all subsets in one stage", "S1..S(K-1) + random real last", "the set"]
+        lines += ["", "Evaluation-only controls of the sequential sets (test accuracy %):", "", _row(columns),
+                  _row(["---"] * len(columns))]
+        for row in rows:
+            for method in sequential:
+                c = of(row, method, "controls") or {}
+                lines.append(_row(cells(row) + ([METHOD_LABELS[method]] if len(sequential) > 1 else [])
+                                  + [_pct(c.get("first_subset_alone")), _pct(c.get("one_stage")),
+                                     _pct(c.get("random_last")), _pct(of(row, method))]))
+    if summary.get("experts_overall"):
+        lines += ["", f"Stage-1 experts' final test accuracy: {_pct(summary['experts_overall'])} over "
+                      f"{len(summary['experts'])} seed(s). Headroom: the experts' mean minus static MTT's, in points "
+                      f"(SeqMatch can only add what the experts know and static MTT misses)."]
+    lines += ["", "Accuracy: mean ± sample std over seeds; a cell with fewer than 3 paired seeds is a demonstration, "
+                  "not evidence."]
+    return "\n".join(lines) + "\n"

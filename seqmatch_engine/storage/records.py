@@ -1,0 +1,151 @@
+"""The typed contents of a run folder's files: run states, the evaluation result, the resume checkpoint, and
+the row a list of runs shows. runs.RunFolder reads and writes them; nothing here touches a file."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import torch
+
+from seqmatch_engine.storage.files import StorageError
+
+
+class TextEnum(str, Enum):
+    """An enum whose members are their text everywhere: in JSON, f-strings and comparisons with strings."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class RunState(TextEnum):
+    """A run's state in status.json (the last two are never written: views derive them)."""
+
+    CREATED = "created"
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    DONE = "done"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    INTERRUPTED = "interrupted"   # running/queued/created on disk, but no process is running it: resumable
+    UNREADABLE = "unreadable"     # a damaged file
+
+    @property
+    def active(self) -> bool:
+        return self in (RunState.QUEUED, RunState.RUNNING, RunState.PAUSED)
+
+    @classmethod
+    def on_disk(cls, status: dict[str, Any]) -> "RunState":
+        """The state a run's status.json says, as seen by a process that is not running it."""
+        state = cls(status.get("state", "created"))
+        return cls.INTERRUPTED if state in (cls.RUNNING, cls.QUEUED, cls.CREATED, cls.PAUSED) else state
+
+
+@dataclass
+class EvalResult:
+    """eval.json: test accuracies by set ("synthetic", "random_real") and architecture, each
+    {"mean", "std", "values"} over evaluation nets, with what was evaluated."""
+
+    method: str
+    ipc: int
+    lrs: list[float]
+    eval_epochs: int
+    num_nets: int
+    budget: str | None = None
+    diverged: list[int] = field(default_factory=list)
+    sets: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+    # "synthetic": the set with its own labels; "random_real": random real images with hard labels; for a set with
+    # soft labels also "synthetic_hard" (its top classes as hard labels) and "random_real_soft" (random real images
+    # with soft labels from the same experts): the fair baseline of a soft-label method.
+    SETS = ("synthetic", "random_real", "synthetic_hard", "random_real_soft")
+
+    def add(self, name: str, arch: str, accuracy: dict[str, Any]) -> None:
+        self.sets.setdefault(name, {})[arch] = accuracy
+
+    def accuracy(self, name: str = "synthetic", arch: str = "convnet") -> dict[str, Any] | None:
+        return self.sets.get(name, {}).get(arch)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "ipc": self.ipc, "budget": self.budget, "diverged": self.diverged,
+                "lrs": self.lrs, "eval_epochs": self.eval_epochs, "num_nets": self.num_nets, **self.sets}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "EvalResult":
+        try:
+            return cls(raw["method"], raw["ipc"], raw["lrs"], raw.get("eval_epochs", 0), raw.get("num_nets", 0),
+                       raw.get("budget"), raw.get("diverged", []), {name: raw[name] for name in cls.SETS if name in raw})
+        except (KeyError, TypeError) as error:
+            raise StorageError(f"eval.json lacks {error}: it was not written by this tool or is damaged; delete it "
+                               f"and evaluate the run again") from None
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to resume stage `stage` after `iteration` outer iterations: the method's state dict (its
+    images, lr, labels and optimiser momenta), the stage's generator, and the best candidate so far."""
+
+    stage: int
+    iteration: int
+    state: dict[str, torch.Tensor]       # Method.state_dict(): "images" (n_k, C, H, W), "lr" (), "labels", momenta
+    generator_state: torch.Tensor        # torch.Generator.get_state()
+    best_accuracy: float
+    best_iteration: int
+    best_images: torch.Tensor
+    best_lr: float
+    best_labels: torch.Tensor | None = None  # None in checkpoints from before methods owned their labels
+
+    OWN = ("generator", "best_images", "best_labels")  # tensor names that are not the method's
+
+    @property
+    def images(self) -> torch.Tensor:
+        return self.state["images"]
+
+    @property
+    def lr(self) -> float:
+        return float(self.state["lr"])
+
+    @property
+    def generator(self) -> torch.Generator:
+        generator = torch.Generator()
+        generator.set_state(self.generator_state)
+        return generator
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {name: t.detach() for name, t in self.state.items()}
+        tensors.update(generator=self.generator_state, best_images=self.best_images.detach())
+        if self.best_labels is not None:
+            tensors["best_labels"] = self.best_labels.detach()
+        return tensors
+
+    def info(self) -> dict[str, Any]:
+        return {"stage": self.stage, "iteration": self.iteration, "best_accuracy": self.best_accuracy,
+                "best_iteration": self.best_iteration, "best_lr": self.best_lr}
+
+    @classmethod
+    def from_parts(cls, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> "Checkpoint":
+        state = {name: t for name, t in tensors.items() if name not in cls.OWN}
+        return cls(int(info["stage"]), int(info["iteration"]), state, tensors["generator"],
+                   float(info["best_accuracy"]), int(info["best_iteration"]), tensors["best_images"],
+                   float(info["best_lr"]), tensors.get("best_labels"))
+
+
+@dataclass(frozen=True)
+class RunOverview:
+    """One row of a list of runs. `state` is the run's own, or "unreadable" (then `problem` says why and what
+    to do); accuracies are {"mean", "std", "values"} dicts of the ConvNet evaluation, None until evaluated."""
+
+    id: str
+    method: str | None
+    ipc: int | None
+    state: RunState
+    phase: str
+    accuracy: dict[str, Any] | None
+    baseline: dict[str, Any] | None
+    problem: str | None = None
+    budget: str | None = None
+    diverged: list[int] = field(default_factory=list)

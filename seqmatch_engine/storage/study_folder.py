@@ -1,0 +1,125 @@
+"""A study on disk: `StudyFolder` is the only code that reads or writes a study folder.
+
+    studies/<id>/study.json        the spec (StudySpec) and the base config it expands
+                 status.json       state, the run in progress, runs done / total
+                 experts.json      test accuracy of each seed's stage-1 experts (the headroom)
+                 runs/ipc020-k2-seqmatch-seed1/ ...   ordinary run folders (RunFolder)
+                 summary.json, summary.md          the table, rebuilt from the runs after each one
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from seqmatch_engine.core import paths
+from seqmatch_engine.core.config import ConfigError
+from seqmatch_engine.core.study_spec import StudySpec
+from seqmatch_engine.storage.files import read_json, write_json, write_text
+from seqmatch_engine.storage.ownership import OwnerLock
+from seqmatch_engine.storage.records import RunState
+from seqmatch_engine.storage.runs import RunError, RunFolder, find_folder, place_folder
+
+
+class StudyFolder:
+    """One study on disk (the only code that reads or writes a study folder)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @classmethod
+    def existing(cls, root: Path, spec: StudySpec) -> "StudyFolder | None":
+        """studies/<spec.name>/ when it holds this spec, None when there is no such study; ConfigError when it
+        holds another spec."""
+        study = cls(paths.child(root, spec.name, "study"))
+        if not (study.path / paths.STUDY_FILE).is_file():
+            return None
+        if study.spec().to_dict() != spec.to_dict():
+            raise ConfigError(f"study {spec.name!r} exists in {study.path} with another spec; give the study another "
+                              f"name, or delete that folder to start it over")
+        return study
+
+    @classmethod
+    def create_or_open(cls, root: Path, spec: StudySpec) -> "StudyFolder":
+        """studies/<spec.name>/, created whole with the spec (runs.place_folder), or reopened when it holds the
+        same spec (also when another process has just created it)."""
+        study = cls.existing(root, spec)
+        if study is not None:
+            return study
+
+        def fill(folder: Path) -> None:
+            write_json(folder / paths.STUDY_FILE, spec.to_dict())
+            cls(folder).update_status(state=RunState.CREATED, done=0, total=spec.run_count(), created=time.time())
+
+        Path(root).mkdir(parents=True, exist_ok=True)
+        try:
+            return cls(place_folder(Path(root), [spec.name], fill, "study"))
+        except RunError:
+            study = cls.existing(root, spec)
+            if study is None:
+                raise
+            return study
+
+    @classmethod
+    def find(cls, root: Path, study_id: object) -> "StudyFolder":
+        return cls(find_folder(root, study_id, "study", paths.STUDY_FILE))
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    def lock(self) -> OwnerLock:
+        """The study's owner lock, held by the process that runs it (the CLI or an app's queue)."""
+        return OwnerLock(self.path / paths.LOCK_FILE, f"study {self.id}",
+                         "Let it run there or stop it (Stop in its app's Studies tab, Ctrl-C in its terminal); a "
+                         "killed owner frees the study at once. To continue it as soon as it is free, run the same "
+                         "command with --wait")
+
+    @property
+    def runs_root(self) -> Path:
+        return self.path / paths.STUDY_RUNS_DIR
+
+    def spec(self) -> StudySpec:
+        return StudySpec.from_dict(read_json(self.path / paths.STUDY_FILE))
+
+    def status(self) -> dict[str, Any]:
+        path = self.path / paths.STUDY_STATUS_FILE
+        return read_json(path) if path.exists() else {}
+
+    def update_status(self, **fields: Any) -> None:
+        write_json(self.path / paths.STUDY_STATUS_FILE, {**self.status(), **fields, "updated": time.time()})
+
+    def last_activity(self) -> float:
+        """When the study or its run in progress last wrote a file (a time stamp)."""
+        files = [self.path / paths.STUDY_STATUS_FILE]
+        current = self.status().get("current")
+        if current and self.run(current):
+            files += [self.run(current).path / name for name in (paths.STATUS_FILE, paths.METRICS_FILE)]
+        return max((f.stat().st_mtime for f in files if f.exists()), default=0.0)
+
+    def run(self, rid: str) -> RunFolder | None:
+        path = self.runs_root / rid
+        return RunFolder(path) if (path / paths.CONFIG_FILE).is_file() else None
+
+    def expert_accuracy(self) -> dict[str, Any]:
+        path = self.path / paths.STUDY_EXPERTS_FILE
+        return read_json(path) if path.exists() else {}
+
+    def save_expert_accuracy(self, seed: int, values: list[float]) -> None:
+        write_json(self.path / paths.STUDY_EXPERTS_FILE, {**self.expert_accuracy(), str(seed): values})
+
+    def save_summary(self, summary: dict[str, Any], table: str) -> None:
+        write_json(self.path / paths.STUDY_SUMMARY_FILE, summary)
+        write_text(self.path / paths.STUDY_TABLE_FILE, table)
+
+    def summary(self) -> dict[str, Any] | None:
+        path = self.path / paths.STUDY_SUMMARY_FILE
+        return read_json(path) if path.exists() else None
+
+
+def list_studies(root: Path) -> list[StudyFolder]:
+    root = Path(root)
+    if not root.exists():
+        return []
+    return sorted((StudyFolder(p) for p in root.iterdir() if not p.name.startswith(".") and paths.inside(root, p)
+                   and (p / paths.STUDY_FILE).is_file()), key=lambda s: s.id)
