@@ -43,14 +43,16 @@ from seqmatch_engine.diagnostics.matching_error import late_matching_error, owni
 from seqmatch_engine.interfaces import cli
 from seqmatch_engine.maths.augment import DSA_OPERATIONS
 from seqmatch_engine.maths.matching import draw_unroll_plan, matching_loss
-from seqmatch_engine.orchestration.diagnostics_runner import (
+from seqmatch_engine.orchestration.driver import Distiller
+from seqmatch_engine.orchestration.run_diagnostics import (
     DiagnosticsOptions,
     RunDiagnostics,
+    compute,
     load_embedding,
     overlay_embedding,
     summary,
 )
-from seqmatch_engine.orchestration.driver import Distiller
+from seqmatch_engine.orchestration.run_diagnostics.g2 import held_out_retrained
 from seqmatch_engine.storage import diagnostics_store as store
 from seqmatch_engine.storage.runs import RunError, RunFolder
 
@@ -193,7 +195,7 @@ def diagnosed(home):
     home_dir, runs = home
     diagnostics = RunDiagnostics(runs["recorded"], home_dir / "experts",
                                  DiagnosticsOptions(experts=2, draws=1, nets=1, reducer="pca", real_per_class=3))
-    return diagnostics, diagnostics.g2(), diagnostics.g3(), diagnostics.g4()
+    return diagnostics, compute(diagnostics, "g2"), compute(diagnostics, "g3"), compute(diagnostics, "g4")
 
 
 def expected_curve(diagnostics, family, experts, images, labels, lr, batch):
@@ -222,7 +224,7 @@ def test_g2_scores_each_subset_on_the_trajectories_it_was_learned_against(diagno
     assert one["subset"] == [0, 0, 0] and two["subset"] == [1, 1, 1] and two["source_run"] == diagnostics.run.id
     torch.testing.assert_close(torch.tensor(one["per_expert"]), torch.tensor(expected_curve(
         diagnostics, 0, diagnostics.held_out_experts(), s1.images, s1.labels, s1.lr, 20)), rtol=1e-6, atol=0)
-    retrained = diagnostics.held_out_retrained(1, diagnostics.subsets)
+    retrained = held_out_retrained(diagnostics, 1, diagnostics.subsets)
     union = torch.cat([s1.images, s2.images]), torch.cat([s1.labels, s2.labels])
     torch.testing.assert_close(torch.tensor(two["per_expert"]),
                                torch.tensor(expected_curve(diagnostics, 1, retrained, *union, s2.lr, 10)), rtol=1e-6, atol=0)
@@ -235,17 +237,17 @@ def test_g2_of_static_mtt_uses_its_whole_set_on_the_partners_families(home, diag
     seqmatch, _, _, _ = diagnosed
     copy = RunFolder(shutil.copytree(runs["mtt"].path, tmp_path / runs["mtt"].id))  # the module's run stays as it was
     static = RunDiagnostics(copy, home_dir / "experts", DiagnosticsOptions(experts=2, draws=1))
-    alone = static.g2()
+    alone = compute(static, "g2")
     assert [f["family"] for f in alone["families"]] == [1]  # no partner: stage-1 experts only
-    paired = static.g2(partner=runs["recorded"])
+    paired = compute(static, "g2", partner=runs["recorded"])
     assert [f["family"] for f in paired["families"]] == [1, 2] and paired["families"][1]["subset"] == [0, 0, 0]
     (learned,) = static.subsets
-    retrained = seqmatch.held_out_retrained(1, seqmatch.subsets)  # the partner's family 2, from the same cache
-    torch.testing.assert_close(static.held_out_retrained(1, seqmatch.subsets), retrained)
+    retrained = held_out_retrained(seqmatch, 1, seqmatch.subsets)  # the partner's family 2, from the same cache
+    torch.testing.assert_close(held_out_retrained(static, 1, seqmatch.subsets), retrained)
     torch.testing.assert_close(torch.tensor(paired["families"][1]["per_expert"]), torch.tensor(
         expected_curve(static, 1, retrained, learned.images, learned.labels, learned.lr, 30)), rtol=1e-6, atol=0)
     with pytest.raises(RunError, match="not a SeqMatch run"):
-        static.g2(partner=copy)
+        compute(static, "g2", partner=copy)
 
 
 def test_held_out_experts_are_not_the_distillation_experts(diagnosed):
@@ -267,7 +269,7 @@ def test_g3_has_one_row_per_epoch_and_point_and_is_reproducible(diagnosed):
     assert embedding.epoch.tolist() == [0] * n_points + [2] * n_points + [3] * n_points
     assert embedding.point.tolist() == list(range(n_points)) * 3
     assert embedding.kinds == ["real"] * 30 + ["S1"] * 20 + ["S2"] * 10
-    again = diagnostics.g3()
+    again = compute(diagnostics, "g3")
     assert torch.equal(again.coords, embedding.coords)
     cached = load_embedding(diagnostics.run.path)
     assert torch.equal(cached.coords, embedding.coords) and cached.kinds == embedding.kinds
@@ -387,3 +389,32 @@ def test_cli_diagnose_reports_missing_g1_and_unfinished_runs(home, tmp_path, cap
     assert "has 0 of 2 subsets; finish it first" in capsys.readouterr().err
     with pytest.raises(RunError):
         RunDiagnostics(unfinished, home_dir / "experts")
+
+
+def test_a_new_diagnostic_is_one_registry_entry(home, capsys, monkeypatch):
+    """A diagnostic declared once (here a toy G5 counting the set's images) is computed, found lacking,
+    summarised and offered by the CLI without another change."""
+    from seqmatch_engine.orchestration import run_diagnostics
+    from seqmatch_engine.orchestration.run_diagnostics import DIAGNOSTICS, Diagnostic, format_summary, missing
+
+    home_dir, runs = home
+    run = runs["mtt"]
+    written = {}
+
+    def compute_g5(diagnostics, progress=None, partner=None):
+        written[diagnostics.run.path] = sum(len(s.images) for s in diagnostics.subsets)
+        return written[diagnostics.run.path]
+
+    g5 = Diagnostic("g5", "G5 image count", compute_g5, lambda run_dir, reducer, partner: run_dir not in written,
+                    lambda run_dir: {"images": written.get(run_dir)},
+                    lambda values: [f"images (G5)                  {values['images']}"])
+    monkeypatch.setitem(DIAGNOSTICS, "g5", g5)
+    assert "g5" in missing(run.path)
+    count = sum(len(s.images) for s in run.subsets())
+    assert run_diagnostics.compute(RunDiagnostics(run, home_dir / "experts"), "g5") == count
+    assert "g5" not in missing(run.path)
+    assert f"images (G5)                  {count}" in format_summary(summary(run.path))
+    assert cli.main(["--home", str(home_dir), "diagnose", str(run.path), "--only", "g5"]) == 0
+    assert "already there: g5" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="unknown diagnostic 'g1'; choose from g2, g3, g4, g5"):
+        run_diagnostics.compute(RunDiagnostics(run, home_dir / "experts"), "g1")

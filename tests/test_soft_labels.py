@@ -214,13 +214,13 @@ def test_a_soft_label_set_keeps_its_labels_through_import_and_export(tmp_path):
 
 
 def test_g2_to_g4_run_on_a_soft_label_set_with_its_own_labels(tmp_path):
-    from seqmatch_engine.orchestration.diagnostics_runner import DiagnosticsOptions, RunDiagnostics
+    from seqmatch_engine.orchestration.run_diagnostics import DiagnosticsOptions, RunDiagnostics, compute
 
     run, _ = run_to_end(tmp_path, datm_config())
     diagnostics = RunDiagnostics(run, tmp_path / "experts", DiagnosticsOptions(experts=1, draws=1, nets=1,
                                                                               reducer="pca", real_per_class=2))
     images, labels, _ = diagnostics.scoring_set(1)
     assert labels.shape == (20, 10) and torch.allclose(labels.sum(1), torch.ones(20))  # probabilities of the logits
-    g2, g3, g4 = diagnostics.g2(), diagnostics.g3(), diagnostics.g4()
+    g2, g3, g4 = compute(diagnostics, "g2"), compute(diagnostics, "g3"), compute(diagnostics, "g4")
     assert g2["families"] and g4["sets"]["synthetic"]["all"]
     assert g3.label.dtype == torch.int64  # top classes colour the map

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import gradio as gr
 
 from seqmatch_engine.interfaces.manager import JobManager
-from seqmatch_engine.orchestration.diagnostics_runner import COMPUTED, DiagnosticsOptions, missing
-from seqmatch_engine.storage.diagnostics_store import read_g1, read_g2
+from seqmatch_engine.orchestration.run_diagnostics import DiagnosticsOptions, missing
+from seqmatch_engine.storage.diagnostics_store import read_g1
 from seqmatch_engine.storage.records import RunState
 from seqmatch_engine.storage.runs import RunError, RunFolder, list_runs
 from views.figures import g1_heatmap_slider
@@ -106,14 +106,10 @@ class DiagnosticsTab:
             runs = {run_id: self.manager.run(run_id) for run_id in run_ids}
             for run_id, run in runs.items():
                 partner = g2_partner(run, runs)
-                lacking = missing(run.path, reducer)
-                g2 = read_g2(run.path)
-                if partner and g2 and "g2" not in lacking and len(g2.get("families", [])) < 2:
-                    lacking.append("g2")  # computed alone before: now also on the partner's families
+                lacking = missing(run.path, reducer, partner=partner is not None)
                 if lacking:
                     jobs.append(self.manager.submit_diagnostics(run_id, DiagnosticsOptions(reducer=reducer),
-                                                                tuple(n for n in COMPUTED if n in lacking),
-                                                                partner.id if partner else None))
+                                                                tuple(lacking), partner.id if partner else None))
         except RunError as error:
             return None, status_html(None, error=str(error))
         if not jobs:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from seqmatch_engine.diagnostics.gradients import mean_off_diagonal
-from seqmatch_engine.orchestration.diagnostics_runner import format_late_errors, load_embedding, summary
+from seqmatch_engine.orchestration.run_diagnostics import format_late_errors, load_embedding, summary
 from seqmatch_engine.storage.diagnostics_store import read_g1, read_g2, read_g4
 from seqmatch_engine.storage.runs import RunFolder
 from views.figures import g1_lines, g2_figure, g3_figure, g4_entries, g4_figure, stage_offsets

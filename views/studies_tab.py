@@ -9,7 +9,7 @@ import gradio as gr
 
 from seqmatch_engine.core.config import BUDGET_NOTES, ConfigError
 from seqmatch_engine.core.study_spec import load_study_spec, study_preset_names
-from seqmatch_engine.interfaces.manager import JobManager
+from seqmatch_engine.interfaces.manager import JobKind, JobManager, job_id
 from seqmatch_engine.orchestration.study_summary import format_table, summarise
 from seqmatch_engine.storage.files import StorageError
 from seqmatch_engine.storage.runs import RunError
@@ -112,8 +112,8 @@ class StudiesTab:
             f"({BUDGET_NOTES[spec.budget]}). Finished runs are kept; starting it again resumes it.{note}")
 
     def on_stop(self, study_id: str | None) -> str:
-        job = f"study:{study_id}"
-        if not study_id or not self.manager.owns(job):
+        job = job_id(JobKind.STUDY, study_id) if study_id else None
+        if not job or not self.manager.owns(job):
             return "This app is not running that study."
         self.manager.stop(job)
         return f"Stopping `{study_id}` after the current outer iteration; Start resumes it."
@@ -126,7 +126,7 @@ class StudiesTab:
             summary = summarise(study)
         except (RunError, StorageError, ConfigError) as error:
             return study_status_html_error(str(error)), "", None, None, None
-        return (study_status_html(study, self.manager.live(f"study:{study.id}")), format_table(summary),
+        return (study_status_html(study, self.manager.live(job_id(JobKind.STUDY, study.id))), format_table(summary),
                 accuracy_figure(summary), paired_figure(summary), coupling_figure(summary))
 
     def on_poll(self, study_id: str | None):
@@ -136,7 +136,7 @@ class StudiesTab:
             study = self._study(study_id)
         except RunError as error:
             return study_status_html_error(str(error))
-        return study_status_html(study, self.manager.live(f"study:{study.id}"))
+        return study_status_html(study, self.manager.live(job_id(JobKind.STUDY, study.id)))
 
 
 def study_status_html_error(text: str) -> str:

@@ -50,7 +50,6 @@ FONT_PATH = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 
 @lru_cache(maxsize=8)
 def _font(size: int):
-
     try:
         return ImageFont.truetype(FONT_PATH, size)
     except OSError:

@@ -6,8 +6,9 @@
     hardness        G4: easy / hard test images
 
 Their records live in the run's diagnostics/ folder (storage/diagnostics_store.py); the driver's G1 hook is
-orchestration/gradient_recorder.py, and G2-G4 for a finished run (held-out experts, caching, the summary) is
-orchestration/diagnostics_runner.py. Nothing here imports a UI library; views/figures.py draws the results.
+orchestration/gradient_recorder.py, and each diagnostic of a finished run (held-out experts, caching, its
+summary) is a module of orchestration/run_diagnostics/ with one line in its registry. Nothing here imports a
+UI library; views/figures.py draws the results.
 """
 from seqmatch_engine.diagnostics.features import REDUCERS, Embedding
 from seqmatch_engine.diagnostics.gradients import coupling_index, gradient_similarity

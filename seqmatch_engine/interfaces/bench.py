@@ -156,7 +156,6 @@ class PeakSampler:
             time.sleep(self.interval)
 
     def __enter__(self) -> "PeakSampler":
-
         self.start = anonymous_rss()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -412,7 +411,6 @@ def section_experts(rounds: int, reps: int, threads: int | None, out: Out, progr
 
 
 def section_first_image(quick: bool, out: Out, progress: Out) -> dict[str, Any]:
-
     overrides = ["device=cpu"] + (["experts.num_experts=1"] if quick else [])
     config = RunConfig.from_dict(apply_overrides(load_preset("cpu-demo"), overrides))
     with tempfile.TemporaryDirectory() as home:

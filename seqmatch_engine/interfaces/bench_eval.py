@@ -157,7 +157,6 @@ def nets_child(impl: str, epochs: int, reps: int) -> dict[str, Any]:
 
 
 def section_evaluation(reps: int, out: Out) -> dict[str, Any]:
-
     tune_cpu_allocator()
     rows, result = [], {}
     for name in ("small", "paper"):

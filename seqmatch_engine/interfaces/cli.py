@@ -31,19 +31,20 @@ from seqmatch_engine.data.datasets import DatasetError
 from seqmatch_engine.interfaces.bench import SECTIONS, run_bench
 from seqmatch_engine.interfaces.cli_progress import ProgressBars, TaskBar
 from seqmatch_engine.orchestration.context import RunContext
-from seqmatch_engine.orchestration.diagnostics_runner import (
-    COMPUTED,
+from seqmatch_engine.orchestration.driver import Distiller, Event, EventKind, StopRequested, evaluate_run
+from seqmatch_engine.orchestration.executors import CLUSTER_ENV, ClusterError, Executor, make_executor
+from seqmatch_engine.orchestration.run_diagnostics import (
+    DIAGNOSTICS,
     DiagnosticsOptions,
     RunDiagnostics,
+    compute,
+    computed,
     format_summary,
     missing,
     summary,
 )
-from seqmatch_engine.orchestration.driver import Distiller, Event, EventKind, StopRequested, evaluate_run
-from seqmatch_engine.orchestration.executors import CLUSTER_ENV, ClusterError, Executor, make_executor
 from seqmatch_engine.orchestration.study import run_study
 from seqmatch_engine.orchestration.study_summary import format_table, summarise
-from seqmatch_engine.storage.diagnostics_store import read_g1
 from seqmatch_engine.storage.export import export_set
 from seqmatch_engine.storage.files import StorageError
 from seqmatch_engine.storage.ownership import Owned, Owner, OwnerLock, name_this_process
@@ -231,23 +232,22 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-
     run = RunFolder.from_argument(paths.runs_root(args.home), args.run)
-    only = args.only or ["g1", *COMPUTED]
-    wanted = [name for name in COMPUTED if name in only]
-    todo = wanted if args.force else [name for name in wanted if name in missing(run.path, args.reducer)]
-    if "g1" in only and not read_g1(run.path):
+    only = args.only or list(DIAGNOSTICS)
+    wanted = [name for name in computed() if name in only]
+    lacking = missing(run.path, args.reducer, partner=bool(args.partner))
+    todo = wanted if args.force else [name for name in wanted if name in lacking]
+    if "g1" in only and DIAGNOSTICS["g1"].lacks(run.path, None, False):
         print("G1: no records; it is recorded while distilling when distill.diagnose_every > 0", file=sys.stderr)
     if todo:
         options = DiagnosticsOptions(experts=args.experts, draws=args.draws, nets=args.nets, reducer=args.reducer)
         diagnostics = RunDiagnostics(run, paths.experts_root(args.home), options)
         with TaskBar("held-out experts") as bar:
             diagnostics.held_out_experts(bar)
-        descriptions = {"g2": "G2 matching error", "g3": f"G3 features ({args.reducer})", "g4": "G4 easy/hard"}
         partner = RunFolder.from_argument(paths.runs_root(args.home), args.partner) if args.partner else None
         for name in todo:
-            with TaskBar(descriptions[name]) as bar:
-                diagnostics.compute(name, bar, partner)
+            with TaskBar(DIAGNOSTICS[name].title) as bar:
+                compute(diagnostics, name, bar, partner)
     reused = [name for name in wanted if name not in todo]
     print(f"run {run.id}: computed {', '.join(todo) or 'nothing'}"
           + (f"; already there: {', '.join(reused)} (--force recomputes)" if reused else ""))
@@ -256,7 +256,6 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-
     if (args.spec is None) == (args.preset is None):
         raise ConfigError(f"study: give a spec file or --preset NAME (one of: {', '.join(study_preset_names())})")
     spec = load_study_spec(args.preset or args.spec)
@@ -303,7 +302,6 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-
     run_bench(quick=args.quick, threads=args.threads, sections=args.only)
     return 0
 
@@ -322,7 +320,6 @@ def whole_number(low: int, high: int):
 
 
 def build_parser() -> argparse.ArgumentParser:
-
     parser = argparse.ArgumentParser(prog="python -m seqmatch_engine", description=__doc__)
     parser.add_argument("--home", type=Path, default=None,
                         help="folder holding runs/ and experts/ (default: $SEQMATCH_HOME or the current folder)")
@@ -373,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("presets", help="list presets").set_defaults(func=cmd_presets)
     sub = commands.add_parser("diagnose", help="coupling diagnostics G1-G4 of a finished run (computes what lacks)")
     sub.add_argument("run")
-    sub.add_argument("--only", nargs="+", choices=["g1", "g2", "g3", "g4"], help="diagnostics to show/compute")
+    sub.add_argument("--only", nargs="+", choices=list(DIAGNOSTICS), help="diagnostics to show/compute")
     sub.add_argument("--reducer", choices=["umap", "pca"], default="umap", help="G3 embedding (pca: instant)")
     sub.add_argument("--experts", type=whole_number(1, 100), default=3, help="held-out experts for G2-G4")
     sub.add_argument("--draws", type=whole_number(1, 100), default=2,

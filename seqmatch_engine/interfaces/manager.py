@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
 from typing import Callable
 
@@ -22,9 +23,9 @@ from seqmatch_engine.core import paths
 from seqmatch_engine.core.config import RunConfig
 from seqmatch_engine.core.study_spec import StudySpec
 from seqmatch_engine.interfaces.live import LiveObserver, LiveState, live_from_folder
-from seqmatch_engine.orchestration.diagnostics_runner import COMPUTED, DiagnosticsOptions, RunDiagnostics
 from seqmatch_engine.orchestration.driver import Distiller, Event, RunControl, StopRequested
 from seqmatch_engine.orchestration.executors import Executor
+from seqmatch_engine.orchestration.run_diagnostics import DiagnosticsOptions, RunDiagnostics, compute, computed
 from seqmatch_engine.orchestration.study import run_study
 from seqmatch_engine.storage.files import StorageError
 from seqmatch_engine.storage.ownership import Owned, Owner, OwnerLock
@@ -33,8 +34,23 @@ from seqmatch_engine.storage.runs import RunError, RunFolder, list_runs
 from seqmatch_engine.storage.study_folder import StudyFolder
 
 
+class JobKind(Enum):
+    """The kinds of work the queue runs. Adding one: a member here and a submit_* method that builds its work
+    function and queues it with _queue_job."""
+
+    RUN = "run"                  # distil a run folder (to the end, or on from its checkpoint)
+    STUDY = "study"              # a study's runs in plan order, then its controls and summary
+    DIAGNOSTICS = "diagnostics"  # G2-G4 of a finished run
+
+
+def job_id(kind: JobKind, target: str) -> str:
+    """The id a job is polled by: a run's own id for its distillation, '<kind>:<target>' for other work."""
+    return target if kind is JobKind.RUN else f"{kind.value}:{target}"
+
+
 @dataclass
 class _Job:
+    kind: JobKind
     run: RunFolder | None  # None for a study (its runs are folders of the study)
     control: RunControl
     live: LiveState
@@ -77,22 +93,24 @@ class JobManager:
         return self._enqueue(self.run(run_id))
 
     def _enqueue(self, run: RunFolder) -> str:
-        return self._queue_job(_Job(run, RunControl(), LiveState(run.id), self._distil))
+        return self._queue_job(_Job(JobKind.RUN, run, RunControl(), LiveState(job_id(JobKind.RUN, run.id)),
+                                    self._distil))
 
-    def submit_diagnostics(self, run_id: str, options: DiagnosticsOptions, which: tuple[str, ...] = COMPUTED,
+    def submit_diagnostics(self, run_id: str, options: DiagnosticsOptions, which: tuple[str, ...] | None = None,
                            partner_id: str | None = None) -> str:
-        """Queue G2-G4 (those in `which`) for a finished run (G2 of static MTT also on the retrained-expert
-        families of SeqMatch run `partner_id`); returns the job id to poll with `live`."""
+        """Queue the diagnostics in `which` (default: every one computed after a run) for a finished run (G2 of
+        static MTT also on the retrained-expert families of SeqMatch run `partner_id`); returns the job id to poll
+        with `live`."""
         run = self.run(run_id)
         partner = self.run(partner_id) if partner_id else None
-        job_id = f"diagnostics:{run_id}"
-        existing = self._jobs.get(job_id)
+        key = job_id(JobKind.DIAGNOSTICS, run.id)
+        existing = self._jobs.get(key)
         if existing and existing.live.state in (RunState.QUEUED, RunState.RUNNING):
-            return job_id
+            return key
 
         def work(job: _Job) -> bool:
             diagnostics = RunDiagnostics(job.run, self.experts_root, options, executor=self.executor)
-            for name in which:
+            for name in which or computed():
                 def progress(done: int, total: int, name: str = name) -> None:
                     job.control.checkpoint()
                     with self._lock:
@@ -100,18 +118,18 @@ class JobManager:
 
                 with self._lock:
                     job.live.phase, job.live.progress = f"computing {name.upper()}", None
-                diagnostics.compute(name, progress, partner)
+                compute(diagnostics, name, progress, partner)
             return True
 
-        return self._queue_job(_Job(run, RunControl(), LiveState(job_id), work))
+        return self._queue_job(_Job(JobKind.DIAGNOSTICS, run, RunControl(), LiveState(key), work))
 
     def submit_study(self, spec: StudySpec) -> str:
         """Queue (or resume) a study: its runs train one after the other like any run; returns the job id."""
         study = StudyFolder.create_or_open(self.studies_root, spec)
-        job_id = f"study:{study.id}"
-        existing = self._jobs.get(job_id)
+        key = job_id(JobKind.STUDY, study.id)
+        existing = self._jobs.get(key)
         if existing and existing.live.state.active:
-            return job_id
+            return key
 
         def work(job: _Job) -> bool:
             def on_run(run_id: str, index: int, total: int) -> None:
@@ -127,7 +145,7 @@ class JobManager:
                 run_study(study, self.experts_root, observer, job.control, on_run, self.executor)
             return True
 
-        return self._queue_job(_Job(None, RunControl(), LiveState(job_id), work))
+        return self._queue_job(_Job(JobKind.STUDY, None, RunControl(), LiveState(key), work))
 
     def _queue_job(self, job: _Job) -> str:
         with self._lock:
@@ -204,7 +222,7 @@ class JobManager:
             try:
                 return live_from_folder(run)
             except (StorageError, ValueError) as error:  # a damaged file: say which and what to do
-                return LiveState(run.id, state="unreadable", phase="unreadable", error=str(error))
+                return LiveState(run.id, state=RunState.UNREADABLE, phase="unreadable", error=str(error))
         with self._lock:
             live = job.live
             return replace(live, losses=list(live.losses), lrs=list(live.lrs), start_epochs=list(live.start_epochs),
@@ -264,5 +282,5 @@ class JobManager:
             job.live.state = state
             job.live.phase = state
             job.live.waiting_for = None
-        if state == RunState.STOPPED and job.work == self._distil and job.run.lock().owner() is None:
+        if state == RunState.STOPPED and job.kind is JobKind.RUN and job.run.lock().owner() is None:
             job.run.update_status(state=RunState.STOPPED, phase="stopped")  # never over another owner's status

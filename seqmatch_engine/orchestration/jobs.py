@@ -40,7 +40,6 @@ class DataRef:
 
     @classmethod
     def of(cls, config: DataConfig, seed: int) -> "DataRef":
-
         return cls(json.dumps(asdict(config), sort_keys=True), seed)
 
     def config(self) -> DataConfig:

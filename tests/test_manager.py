@@ -1,0 +1,43 @@
+"""The app's job queue: one typed queue for every kind of work (a run, a study, a run's diagnostics)."""
+from __future__ import annotations
+
+from test_ownership import hold_in_another_process, slow_config, tiny_study, wait_until
+
+from seqmatch_engine.core import paths
+from seqmatch_engine.interfaces.manager import JobKind, JobManager, job_id
+from seqmatch_engine.orchestration.run_diagnostics import DiagnosticsOptions
+from seqmatch_engine.storage.records import RunState
+from seqmatch_engine.storage.runs import RunFolder
+from seqmatch_engine.storage.study_folder import StudyFolder
+
+
+def test_job_ids_name_their_kind():
+    assert job_id(JobKind.RUN, "r1") == "r1"
+    assert job_id(JobKind.STUDY, "s1") == "study:s1"
+    assert job_id(JobKind.DIAGNOSTICS, "r1") == "diagnostics:r1"
+
+
+def test_every_kind_of_work_waits_in_one_queue_and_stops_there(tmp_path):
+    """With another app's queue busy on this home, a run, a study and a run's diagnostics all wait, queued, in
+    submission order; stopped while queued they stop, and only the run's own job writes its run folder."""
+    queue = hold_in_another_process(paths.queue_lock(tmp_path))
+    manager = JobManager(tmp_path)
+    try:
+        run_id = manager.submit(slow_config("queued-run"))
+        other = RunFolder.create(paths.runs_root(tmp_path), slow_config("diagnosed"))
+        diagnostics = manager.submit_diagnostics(other.id, DiagnosticsOptions())
+        study = manager.submit_study(tiny_study("queued-study"))
+        assert (diagnostics, study) == (job_id(JobKind.DIAGNOSTICS, other.id), "study:queued-study")
+        wait_until(lambda: manager.live(run_id).waiting_for, 60, "the first job to wait")
+        assert [manager.queue_position(j) for j in (run_id, diagnostics, study)] == [0, 1, 2]
+        before = (other.path / paths.STATUS_FILE).read_bytes()
+        for job in (study, diagnostics, run_id):
+            manager.stop(job)
+        for job in (run_id, diagnostics, study):
+            wait_until(lambda job=job: manager.live(job).state == RunState.STOPPED, 30, f"{job} to stop")
+        assert (other.path / paths.STATUS_FILE).read_bytes() == before, "a diagnostics job wrote the run's status"
+        assert RunFolder.find(paths.runs_root(tmp_path), run_id).status()["state"] == RunState.STOPPED
+        assert StudyFolder.create_or_open(paths.studies_root(tmp_path), tiny_study("queued-study")).path.exists()
+    finally:
+        queue.kill()
+        queue.wait()
