@@ -409,6 +409,23 @@ def test_corrupt_cifar_and_svhn_files(tmp_path):
         load_dataset("svhn", root=tmp_path)
 
 
+def test_a_cifar_file_that_would_run_code_is_refused_unrun(tmp_path):
+    """A pickle can call anything while it loads; a CIFAR batch may only build data and numpy arrays."""
+    import pickle
+
+    write_cifar10(tmp_path)
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    (tmp_path / "cifar-10-batches-py" / "data_batch_2").write_bytes(pickle.dumps({"data": Payload(), "labels": []}))
+    with pytest.raises(DatasetError, match=r"data_batch_2.*refused to build pathlib.*\.touch"):
+        load_dataset("cifar10", root=tmp_path)
+    assert not marker.exists()
+
+
 def test_image_dataset_validates_channels():
     images = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
     labels = torch.tensor([0, 1])

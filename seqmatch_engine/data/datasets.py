@@ -419,13 +419,27 @@ _CIFAR100 = _CifarFormat(
 )  # fmt: skip
 
 
+# What CIFAR pickles hold: dicts, lists, bytes, str, numbers and numpy arrays (and, written by Python 3 at
+# protocol 2, bytes as _codecs.encode(text, "latin1")). Nothing else may be built while reading one, so a file
+# that is not what it claims (a pickle can run any code) is refused.
+_CIFAR_PICKLE_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                         ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refused to build {module}.{name}: a CIFAR batch holds only data")
+        return super().find_class(module, name)
+
+
 def _read_pickle(path: Path, keys: tuple[str, ...]) -> dict:
-    """Unpickle a dataset file (trusted data written by the dataset authors) holding ``keys``."""
+    """Read a CIFAR pickle holding ``keys``, building only plain data and numpy arrays (never running code)."""
     try:
         with path.open("rb") as f:
-            content = pickle.load(f, encoding="latin1")
+            content = _DataOnlyUnpickler(f, encoding="latin1").load()
     except Exception as exc:  # unpickling malformed bytes can raise nearly any exception type
-        raise DatasetError(f"cannot unpickle {path}: {exc!r}. {_REPLACE_HINT}") from exc
+        raise DatasetError(f"cannot read {path}: {exc!r}. {_REPLACE_HINT}") from exc
     if not isinstance(content, dict) or not all(key in content for key in keys):
         found = sorted(content) if isinstance(content, dict) else type(content).__name__
         raise DatasetError(f"{path} should be a dict with keys {list(keys)}, got {found}")
