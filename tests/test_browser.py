@@ -199,21 +199,28 @@ def test_a_fresh_compare_page_and_the_learn_figures_read_as_they_should(smoke_se
         page.locator("#sm-compare-start").wait_for()
         assert page.locator("#sm-compare-start").inner_text().strip() == "Start comparison"
         cards = page.locator(".sm-status:visible")
-        assert cards.count() == 2 and all("press Start comparison." in text for text in cards.all_inner_texts())
+        assert cards.count() == 2 and all("press Start comparison." in text for text in cards.all_inner_texts()), \
+            "one card per ticked method (MTT and SeqMatch by default)"
+        page.locator("#sm-compare-methods").get_by_label("DATM", exact=True).check()
+        page.wait_for_function("document.querySelectorAll('.sm-status').length > 0 && "
+                               "[...document.querySelectorAll('.sm-status')].filter(e => e.offsetParent).length == 3")
+        page.locator("#sm-compare-methods").get_by_label("DATM", exact=True).uncheck()
+        page.wait_for_function("[...document.querySelectorAll('.sm-status')].filter(e => e.offsetParent).length == 2")
         budget = page.locator("#sm-compare-budget input")
         assert budget.input_value() == "per image"
         assert budget.evaluate("e => e.scrollWidth <= e.clientWidth"), "the budget's value is clipped"
         for caption, grid in zip(page.locator(".sm-caption:visible").all(), page.locator(".sm-grid:visible").all()):
             assert caption.bounding_box()["y"] + caption.bounding_box()["height"] <= grid.bounding_box()["y"] + 1, \
                 "the grid's caption runs under the image box"
-        for text in ("once the run distils", "once both are evaluated", "G1 coupling of both runs",
+        for text in ("once the run distils", "once they are evaluated", "G1 coupling of the runs",
                      "Diagnostics tab computes it"):
             page.get_by_text(text).locator("visible=true").first.wait_for(timeout=15_000)
         page.screenshot(path=str(screenshot_dir / "compare-fresh.png"), full_page=True)
         page.get_by_role("tab", name="Learn").click()
-        from views.learn_tab import STUDY_TITLE
+        from views.learn_tab import STUDIES_DIR, study_findings
 
-        page.get_by_text(STUDY_TITLE).click()
+        title, _ = study_findings(STUDIES_DIR / "headroom")
+        page.get_by_text(title).click()
         figures = {name: page.locator(f"img[src*='headroom-{name}']").first for name in ("accuracy", "paired",
                                                                                           "coupling")}
         for name, figure in figures.items():

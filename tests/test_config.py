@@ -152,7 +152,7 @@ def test_interval_must_be_a_pair():
     raw["distill"]["subsets"][0]["interval"] = [0, 3, 5]
     assert error_of(raw) == "distill.subsets[0].interval: expected a pair [start, end], got [0, 3, 5]"
     raw["distill"]["subsets"][0]["interval"] = [0, "3"]
-    assert error_of(raw) == "distill.subsets[0].interval[1]: expected a whole number, got '3'"
+    assert error_of(raw) == "distill.subsets[0].interval[1]: expected a whole number, got \"3\""
 
 
 def test_missing_required_subset_setting_is_named():
@@ -400,7 +400,7 @@ def test_override_of_an_unknown_key_is_caught_by_validation():
 
 def test_override_with_a_text_value_for_a_number_is_caught_by_validation():
     raw = apply_overrides(load_preset("cpu-demo"), ["model.width=wide"])
-    assert error_of(raw) == "model.width: expected a whole number, got 'wide'"
+    assert error_of(raw) == "model.width: expected a whole number, got \"wide\""
 
 
 # ----------------------------------------------------------------------------- config files, round trip

@@ -107,10 +107,11 @@ class CompareTab:
                 self.show = gr.Button("Show")
         self.message = gr.Markdown(EMPTY_NOTE, elem_id="sm-compare-message")
         self.views = {m: LiveView(self.manager, METHOD_NAMES[m], start=START_LABEL) for m in METHODS}
+        self.columns: dict[str, gr.Column] = {}
         for row in (METHODS[:2], METHODS[2:]):
             with gr.Row(equal_height=False):
-                for method in row:
-                    with gr.Column():
+                for method in row:  # a method's column shows while it is ticked
+                    with gr.Column(visible=method in DEFAULT_METHODS) as self.columns[method]:
                         self.views[method].build()
         self.refresh = gr.Button(CHARTS_LABEL, size="sm")
         self.accuracy = gr.Plot(placeholder_figure(f"Test accuracy of the runs and of random real images, once they "
@@ -130,7 +131,10 @@ class CompareTab:
                            api_name="compare_preset")
         self.start.click(self.on_start, [self.preset, self.ipc, self.num_subsets, self.iterations, self.budget,
                                          self.methods], [*self.states, self.message], api_name="compare_start")
-        self.show.click(self.on_show, self.picks, [*self.states, self.message], api_name="compare_show")
+        self.show.click(self.on_show, self.picks, [*self.states, self.message], api_name="compare_show").then(
+            self.on_shown, self.picks, self.methods, queue=False, api_name=False)
+        self.methods.change(self.on_methods, self.methods, [self.columns[m] for m in METHODS], queue=False,
+                            api_name=False)
         for method, state in zip(METHODS, self.states):
             view = self.views[method]
             timer.tick(view.poll, [state, view.version], poll_outputs(view), concurrency_limit=None,
@@ -162,6 +166,16 @@ class CompareTab:
             f"Queued {queued}: budget convention **{budget}**, {BUDGET_NOTES[budget]}. One seed: a demonstration, "
             f"not evidence (the Studies tab runs several). They share the stage-1 experts and the random-real "
             f"baselines.")
+
+    @staticmethod
+    def on_methods(methods: list[str] | None) -> list:
+        """Show the columns of the ticked methods only."""
+        return [gr.update(visible=m in (methods or [])) for m in METHODS]
+
+    @staticmethod
+    def on_shown(*picked: str | None) -> list[str]:
+        """Finished runs picked for some methods: tick those methods, so their columns show."""
+        return [m for m, run_id in zip(METHODS, picked) if run_id] or gr.skip()
 
     def on_show(self, *picked: str | None):
         if not any(picked):
