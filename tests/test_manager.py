@@ -41,3 +41,25 @@ def test_every_kind_of_work_waits_in_one_queue_and_stops_there(tmp_path):
     finally:
         queue.kill()
         queue.wait()
+
+
+def test_the_views_query_api_reads_only_and_refuses_ids_outside_its_roots(tmp_path):
+    """What the views get (interfaces.queries) has no way to write a folder, and resolves ids inside its roots."""
+    import pytest
+
+    from seqmatch_engine.interfaces.queries import Library, RunError, RunView, StudyView
+
+    writers = ("save", "update", "delete", "log", "install", "truncate", "clear", "set_aside", "add_", "pack")
+    for view in (RunView, StudyView):
+        assert not [name for name in dir(view) if name.startswith(writers)], view
+    library = Library(tmp_path)
+    run = RunFolder.create(paths.runs_root(tmp_path), slow_config("listed"))
+    assert [r.id for r in library.runs()] == [run.id] and library.run(run.id).config() == run.config()
+    for hostile in ("../outside", "/etc", "..", "a/../../b", ""):
+        with pytest.raises(RunError):
+            library.run(hostile)
+        with pytest.raises(RunError):
+            library.study(hostile)
+    signature = library.signature()
+    RunFolder.create(paths.runs_root(tmp_path), slow_config("another"))
+    assert library.signature() != signature

@@ -10,8 +10,7 @@ import plotly.graph_objects as go
 
 from seqmatch_engine.core.config import BUDGET_NOTES, DEFAULT_PRESET, METHODS, ConfigError, preset_names
 from seqmatch_engine.interfaces.manager import JobManager
-from seqmatch_engine.storage.records import EvalResult, RunState
-from seqmatch_engine.storage.runs import RunError, RunFolder, list_runs
+from seqmatch_engine.interfaces.queries import EvalResult, RunError, RunState
 from views.forms import FormValues, compare_set, form_defaults
 from views.live_view import LiveView, poll_outputs
 from views.overlays import comparison_overlays
@@ -77,7 +76,7 @@ def gains_markdown(results: list[tuple[str, EvalResult | None]]) -> str:
 
 
 def run_choices(manager: JobManager, method: str) -> list[str]:
-    return [row.id for row in map(RunFolder.overview, list_runs(manager.runs_root))
+    return [row.id for row in (run.overview() for run in manager.library.runs())
             if row.method == method and row.state == RunState.DONE]
 
 
@@ -187,7 +186,7 @@ class CompareTab:
         runs = []
         for method, run_id in zip(METHODS, run_ids):
             try:
-                runs.append((METHOD_NAMES[method], self.manager.run(run_id)))
+                runs.append((METHOD_NAMES[method], self.manager.library.run(run_id)))
             except RunError:
                 continue
         results = [(f"{label} IPC {run.config().ipc}", run.eval()) for label, run in runs]

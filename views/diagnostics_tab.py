@@ -7,20 +7,17 @@ from dataclasses import dataclass
 import gradio as gr
 
 from seqmatch_engine.interfaces.manager import JobManager
-from seqmatch_engine.orchestration.run_diagnostics import DiagnosticsOptions, missing
-from seqmatch_engine.storage.diagnostics_store import read_g1
-from seqmatch_engine.storage.records import RunState
-from seqmatch_engine.storage.runs import RunError, RunFolder, list_runs
+from seqmatch_engine.interfaces.queries import DiagnosticsOptions, RunError, RunState, RunView
 from views.figures import g1_heatmap_slider
 from views.overlays import comparison_overlays, run_figures
 from views.render import status_html
 
 
 def finished_runs(manager: JobManager) -> list[str]:
-    return [row.id for row in map(RunFolder.overview, list_runs(manager.runs_root)) if row.state == RunState.DONE]
+    return [row.id for row in (run.overview() for run in manager.library.runs()) if row.state == RunState.DONE]
 
 
-def g2_partner(run: RunFolder, runs: dict[str, RunFolder]) -> RunFolder | None:
+def g2_partner(run: RunView, runs: dict[str, RunView]) -> RunView | None:
     """For a static MTT run: the selected SeqMatch run of the same seed (retrained experts) whose families G2
     also scores it on; None otherwise."""
     config = run.config()
@@ -78,10 +75,10 @@ class DiagnosticsTab:
         timer.tick(self.on_poll, [self.job, self.runs], [self.job, self.status, *figures], concurrency_limit=None,
                    show_progress="hidden", api_name="diagnostics_poll")
 
-    def _runs(self, run_ids: list[str] | None) -> list[tuple[str, RunFolder]]:
+    def _runs(self, run_ids: list[str] | None) -> list[tuple[str, RunView]]:
         runs = []
         for run_id in run_ids or []:
-            run = self.manager.run(run_id)
+            run = self.manager.library.run(run_id)
             runs.append((f"{run.config().method.upper()} {run_id[:15]}", run))
         return runs
 
@@ -95,7 +92,7 @@ class DiagnosticsTab:
         text, coupling, g2, g4 = comparison_overlays(runs)
         main = runs[0][1]
         g1_lines, g3 = run_figures(main)
-        records = read_g1(main.path)
+        records = main.g1()
         return [text, g1_heatmap_slider(records) if records else None, g1_lines, coupling, g2, g3, g4]
 
     def on_compute(self, run_ids: list[str] | None, reducer: str):
@@ -103,10 +100,10 @@ class DiagnosticsTab:
             return None, "<div class='sm-status'>Pick a finished run first.</div>"
         jobs = []
         try:
-            runs = {run_id: self.manager.run(run_id) for run_id in run_ids}
+            runs = {run_id: self.manager.library.run(run_id) for run_id in run_ids}
             for run_id, run in runs.items():
                 partner = g2_partner(run, runs)
-                lacking = missing(run.path, reducer, partner=partner is not None)
+                lacking = run.missing_diagnostics(reducer, partner=partner is not None)
                 if lacking:
                     jobs.append(self.manager.submit_diagnostics(run_id, DiagnosticsOptions(reducer=reducer),
                                                                 tuple(lacking), partner.id if partner else None))

@@ -7,7 +7,7 @@ import gradio as gr
 
 from seqmatch_engine.core.config import DEFAULT_PRESET, ConfigError, preset_names
 from seqmatch_engine.interfaces.manager import JobManager
-from seqmatch_engine.storage.records import RunState
+from seqmatch_engine.interfaces.queries import RunState
 from views.forms import METHODS, OBJECTIVES, FormValues, config_from_form, form_defaults
 from views.live_view import LiveView, poll_outputs
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from seqmatch_engine.diagnostics.features import Embedding
+from seqmatch_engine.interfaces.queries import Embedding
 from views.palette import FAMILY_DASHES, SERIES_COLOURS, method_colour
 
 CLASS_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",

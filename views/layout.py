@@ -7,7 +7,7 @@ import gradio as gr
 
 from seqmatch_engine.core.paths import ASSETS_DIR
 from seqmatch_engine.interfaces.manager import JobManager
-from seqmatch_engine.maths.parallel import single_core
+from seqmatch_engine.interfaces.queries import single_core
 from views.compare_tab import CompareTab
 from views.diagnostics_tab import DiagnosticsTab
 from views.distil_tab import DistilTab

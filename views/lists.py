@@ -7,7 +7,6 @@ import gradio as gr
 
 from seqmatch_engine.core.config import METHODS
 from seqmatch_engine.interfaces.manager import JobManager
-from seqmatch_engine.storage.runs import folder_signature
 from views.compare_tab import CompareTab, run_choices
 from views.diagnostics_tab import DiagnosticsTab, finished_runs
 from views.runs_tab import RunsTab, run_rows
@@ -36,7 +35,7 @@ class RunLists:
         """Every list of runs and studies, when the folders changed since `signature` (else skip all). Each picker
         keeps its value while it is still a choice, and is left empty otherwise (a new list of choices must not
         quietly show its first entry as picked: picking it then would change nothing and show nothing)."""
-        current = folder_signature(self.manager.runs_root) + folder_signature(self.manager.studies_root)
+        current = self.manager.library.signature()
         if current == signature:
             return [signature, *[gr.skip()] * (len(picked) + 1)]
         rows = run_rows(self.manager)

@@ -6,36 +6,32 @@ function the page's timer calls; it re-sends the image and the curves only when 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 
 import gradio as gr
 
-from seqmatch_engine.core.labels import is_soft
 from seqmatch_engine.interfaces.live import LiveState
 from seqmatch_engine.interfaces.manager import JobManager
-from seqmatch_engine.storage.files import StorageError
-from seqmatch_engine.storage.records import RunState
-from seqmatch_engine.storage.runs import RunError, RunFolder
+from seqmatch_engine.interfaces.queries import RunError, RunState, RunView, StorageError, is_soft
 from views.render import accuracy_markdown, curves_figure, placeholder_figure, status_html, subset_panels
 
-
-@lru_cache(maxsize=32)
-def _display_info(run_path: Path, version: float):
-    """(transform, class names) of a run, cached per version of its transform file."""
-    run = RunFolder(run_path)
-    return run.transform(), tuple(run.status().get("class_names", []))
+_DISPLAY_INFO: dict[tuple[str, float], tuple] = {}  # (run id, version of its transform file) -> (transform, names)
 
 
-def display_info(run: RunFolder):
-    """(transform, class names), or None while the run has not loaded its data yet."""
+def display_info(run: RunView):
+    """(transform, class names), or None while the run has not loaded its data yet; read once per version of the
+    run's transform file."""
     version = run.transform_version()
     if version is None:
         return None
-    try:
-        transform, names = _display_info(run.path, version)
-    except StorageError:
-        return None
+    key = (run.id, version)
+    if key not in _DISPLAY_INFO:
+        try:
+            _DISPLAY_INFO[key] = (run.transform(), tuple(run.status().get("class_names", [])))
+        except StorageError:
+            return None
+        while len(_DISPLAY_INFO) > 32:
+            _DISPLAY_INFO.pop(next(iter(_DISPLAY_INFO)))
+    transform, names = _DISPLAY_INFO[key]
     return (transform, names) if names else None
 
 
@@ -65,7 +61,7 @@ class LiveView:
         if live is None:
             return status_html(None, start=self.start), gr.skip(), gr.skip(), gr.skip(), version
         try:
-            run = self.manager.run(run_id)
+            run = self.manager.library.run(run_id)
         except RunError as error:
             return status_html(None, error=str(error)), gr.skip(), gr.skip(), gr.skip(), version
         key = f"{run_id}:{live.image_version}:{live.iteration}:{live.state}"
@@ -78,7 +74,7 @@ class LiveView:
         return status, image, curves, accuracy, key
 
     @staticmethod
-    def render_images(run: RunFolder, live: LiveState):
+    def render_images(run: RunView, live: LiveState):
         info = display_info(run)
         if info is None or not live.images:
             return None  # nothing of this run yet: an empty panel, never another run's picture

@@ -1,12 +1,9 @@
-"""Diagnostics of one or several runs as figures and a summary table (reads run folders only)."""
+"""Diagnostics of one or several runs as figures and a summary table (reads runs through the query API)."""
 from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from seqmatch_engine.diagnostics.gradients import mean_off_diagonal
-from seqmatch_engine.orchestration.run_diagnostics import format_late_errors, load_embedding, summary
-from seqmatch_engine.storage.diagnostics_store import read_g1, read_g2, read_g4
-from seqmatch_engine.storage.runs import RunFolder
+from seqmatch_engine.interfaces.queries import RunView, format_late_errors, mean_off_diagonal
 from views.figures import g1_lines, g2_figure, g3_figure, g4_entries, g4_figure, stage_offsets
 from views.palette import method_colour
 
@@ -17,12 +14,12 @@ def _number(value: float | None, percent: bool = False) -> str:
     return f"{100 * value:.1f} %" if percent else f"{value:.3f}"
 
 
-def summary_markdown(runs: list[tuple[str, RunFolder]]) -> str:
+def summary_markdown(runs: list[tuple[str, RunView]]) -> str:
     """One table row per run: accuracy, coupling index, late-epoch matching error, easy/hard accuracy."""
     rows = ["| run | test accuracy | coupling index (G1) | late matching error (G2) | easy / hard accuracy (G4) |",
             "|---|---|---|---|---|"]
     for label, run in runs:
-        values = summary(run.path)
+        values = run.diagnostics_summary()
         result = run.eval()
         acc = result.accuracy() if result else None
         accuracy = f"{100 * acc['mean']:.1f} ± {100 * acc['std']:.1f} %" if acc else "–"
@@ -33,11 +30,11 @@ def summary_markdown(runs: list[tuple[str, RunFolder]]) -> str:
     return "\n".join(rows)
 
 
-def coupling_over_time(runs: list[tuple[str, RunFolder]]) -> go.Figure:
+def coupling_over_time(runs: list[tuple[str, RunView]]) -> go.Figure:
     """Mean between-group gradient cosine of every G1 record, one line per run."""
     figure = go.Figure()
     for i, (label, run) in enumerate(runs):
-        records = read_g1(run.path)
+        records = run.g1()
         offsets = stage_offsets(records, [s.iterations for s in run.config().distill.subsets])
         points = [(offsets[record["stage"]] + record["iteration"], value) for record in records
                   if len(record["matrix"]) >= 2 and (value := mean_off_diagonal(record["matrix"])) is not None]
@@ -49,12 +46,12 @@ def coupling_over_time(runs: list[tuple[str, RunFolder]]) -> go.Figure:
     return figure
 
 
-def comparison_overlays(runs: list[tuple[str, RunFolder]]):
+def comparison_overlays(runs: list[tuple[str, RunView]]):
     """(summary markdown, G1 coupling lines, G2 overlay, G4 bars) for labelled runs."""
     if not runs:
         return "", None, None, None
-    g2 = [{**found, "label": label} for label, run in runs if (found := read_g2(run.path))]
-    g4 = [entry for i, (label, run) in enumerate(runs) if (found := read_g4(run.path))
+    g2 = [{**found, "label": label} for label, run in runs if (found := run.g2())]
+    g4 = [entry for i, (label, run) in enumerate(runs) if (found := run.g4())
           for entry in g4_entries(found, label, baseline=i == 0)]
     hint = ("" if g2 and g4 else "\n\nG2 and G4 appear once computed: Diagnostics tab → *Compute*, or "
             "`python -m seqmatch_engine diagnose RUN`.")
@@ -62,10 +59,10 @@ def comparison_overlays(runs: list[tuple[str, RunFolder]]):
             g4_figure(g4) if g4 else None)
 
 
-def run_figures(run: RunFolder):
+def run_figures(run: RunView):
     """(G1 lines, G3 embedding figure) of one run, None where not computed yet."""
-    records = read_g1(run.path)
+    records = run.g1()
     stage_iterations = [s.iterations for s in run.config().distill.subsets]
-    embedding = load_embedding(run.path)
+    embedding = run.embedding()
     return (g1_lines(records, stage_iterations) if records else None,
             g3_figure(embedding) if embedding is not None else None)

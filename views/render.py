@@ -7,10 +7,8 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from seqmatch_engine.data.imaging import Panel, labelled_panels
-from seqmatch_engine.data.prepare import PixelTransform
 from seqmatch_engine.interfaces.live import LiveState
-from seqmatch_engine.storage.records import EvalResult, RunState
+from seqmatch_engine.interfaces.queries import EvalResult, Panel, PixelTransform, RunState, labelled_panels
 from views.palette import METHOD_NAMES, SERIES_COLOURS
 
 

@@ -1,21 +1,13 @@
 """Runs tab: every run on disk, a timeline replay, resume, export, delete, import."""
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 
-from seqmatch_engine.core.labels import is_soft
-from seqmatch_engine.data.datasets import DATASET_NAMES
 from seqmatch_engine.interfaces.manager import JobManager
-from seqmatch_engine.orchestration.importer import ImportFailed, import_distilled_set, import_expert_buffer, imported_buffers
-from seqmatch_engine.storage.export import export_set
-from seqmatch_engine.storage.files import StorageError
-from seqmatch_engine.storage.records import RunState
-from seqmatch_engine.storage.runs import RunError, RunFolder, list_runs
+from seqmatch_engine.interfaces.queries import DATASETS, ImportFailed, RunError, RunState, RunView, StorageError, is_soft
 from views.live_view import display_info
 from views.render import accuracy_markdown, subset_panels
 
@@ -29,9 +21,9 @@ def _percent(value: dict | None) -> str:
 def run_rows(manager: JobManager) -> list[list]:
     """One table row per run folder, newest first."""
     rows = []
-    for run in list_runs(manager.runs_root):
+    for run in manager.library.runs():
         row = run.overview()
-        owner = None if manager.owns(run.id) else run.lock().owner()
+        owner = None if manager.owns(run.id) else run.owner()
         if manager.owns(run.id):
             state = manager.live(run.id).state
         elif owner:
@@ -47,7 +39,7 @@ def run_rows(manager: JobManager) -> list[list]:
 
 def buffers_markdown(manager: JobManager) -> str:
     """The imported expert buffers, where they are and what they hold."""
-    buffers = imported_buffers(manager.experts_root)
+    buffers = manager.library.expert_buffers()
     if not buffers:
         return "*No expert buffer imported yet.*"
     rows = ["Imported expert buffers (trajectories kept in the experts cache; held-out diagnostics and your own "
@@ -57,7 +49,7 @@ def buffers_markdown(manager: JobManager) -> str:
     return "\n".join(rows)
 
 
-def other_evaluations_markdown(run: RunFolder) -> str:
+def other_evaluations_markdown(run: RunView) -> str:
     """Evaluations with other settings than the run's own (evaluate --epochs ...), listed after the run's own."""
     others = run.evaluations()
     if not others:
@@ -99,7 +91,7 @@ class RunsTab:
             self.upload = gr.File(file_count="multiple", label="images_best.pt + labels_best.pt (+ best_lr.pt), "
                                                                "or replay_buffer_*.pt")
             with gr.Row():
-                self.import_dataset = gr.Dropdown(list(DATASET_NAMES), value="cifar10", label="Dataset of the set")
+                self.import_dataset = gr.Dropdown(list(DATASETS), value="cifar10", label="Dataset of the set")
                 self.import_zca = gr.Checkbox(True, label="Set was distilled with ZCA")
                 self.import_button = gr.Button("Import")
             self.buffers = gr.Markdown(buffers_markdown(self.manager), elem_id="sm-buffers")
@@ -116,8 +108,8 @@ class RunsTab:
                                  [self.message, self.table, self.selected, self.buffers], api_name="import_files")
 
     # -- handlers ------------------------------------------------------------------------------------
-    def _run(self, run_id: str) -> RunFolder:
-        return self.manager.run(run_id)
+    def _run(self, run_id: str) -> RunView:
+        return self.manager.library.run(run_id)
 
     def on_refresh(self):
         rows = run_rows(self.manager)
@@ -146,7 +138,7 @@ class RunsTab:
         last = max(len(snapshots) - 1, 1)
         return text, gr.update(maximum=last, value=last), self.final_image(run)
 
-    def final_image(self, run: RunFolder):
+    def final_image(self, run: RunView):
         info = display_info(run)
         subsets = run.subsets()
         if info is None or not subsets:
@@ -182,7 +174,7 @@ class RunsTab:
             return current, f"**Cannot resume `{run_id}`:** {overview.problem}"
         if overview.state == RunState.DONE:
             return current, f"`{run_id}` is finished; its images are shown below."
-        owner = None if self.manager.owns(run_id) else run.lock().owner()
+        owner = None if self.manager.owns(run_id) else run.owner()
         self.manager.resume(run_id)
         if owner:
             return run_id, (f"`{run_id}` is in use by {owner.describe()}: it resumes here when that one ends "
@@ -191,10 +183,9 @@ class RunsTab:
 
     def on_export(self, run_id: str):
         try:
-            exported = export_set(self._run(run_id), partial=True)
+            archive, exported = self._run(run_id).export_archive()
         except (RunError, StorageError) as error:
             return None, f"**Cannot export:** {error}"
-        archive = shutil.make_archive(str(Path(tempfile.mkdtemp()) / f"{run_id}-set"), "zip", exported.folder)
         if exported.partial:
             return archive, (f"Exported a **partial** set of `{run_id}`: S1–S{exported.held} of its {exported.total} "
                              f"subsets (the rest is not learned yet; the file's metadata says partial: true).")
@@ -202,13 +193,9 @@ class RunsTab:
 
     def on_delete(self, run_id: str):
         try:
-            run = self._run(run_id)
+            self.manager.delete(run_id)
         except RunError as error:
-            return f"**Cannot delete:** {error}", gr.update(), gr.update()
-        if self.manager.owns(run_id) and self.manager.live(run_id).state.active:
-            rows = run_rows(self.manager)
-            return "**Stop this run before deleting it.**", rows, gr.update()
-        run.delete()
+            return f"**Cannot delete:** {error}.", run_rows(self.manager), gr.update()
         rows = run_rows(self.manager)
         return f"Deleted `{run_id}`.", rows, gr.update(choices=[r[0] for r in rows], value=None)
 
@@ -221,11 +208,11 @@ class RunsTab:
             if buffers:
                 notes = []
                 for path in buffers:
-                    folder, n, epochs, params = import_expert_buffer(path, self.manager.experts_root)
+                    folder, n, epochs, params = self.manager.library.import_experts(path)
                     notes.append(f"`{path.name}`: {n} experts × {epochs - 1} epochs × {params} parameters → `{folder}`")
                 message = "Imported expert buffers:\n" + "\n".join(f"- {n}" for n in notes)
             else:
-                run = import_distilled_set(paths, dataset, zca, self.manager.runs_root)
+                run = self.manager.library.import_set(paths, dataset, zca)
                 message = f"Imported the set as run `{run.id}`."
         except (ImportFailed, StorageError, ValueError) as error:
             return f"**Import failed:** {error}", gr.update(), gr.update(), gr.update()

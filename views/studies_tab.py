@@ -10,10 +10,7 @@ import gradio as gr
 from seqmatch_engine.core.config import BUDGET_NOTES, ConfigError
 from seqmatch_engine.core.study_spec import load_study_spec, study_preset_names
 from seqmatch_engine.interfaces.manager import JobKind, JobManager, job_id
-from seqmatch_engine.orchestration.study_summary import format_table, summarise
-from seqmatch_engine.storage.files import StorageError
-from seqmatch_engine.storage.runs import RunError
-from seqmatch_engine.storage.study_folder import StudyFolder, list_studies
+from seqmatch_engine.interfaces.queries import RunError, StorageError, StudyView
 from views.render import format_seconds
 from views.study_figures import accuracy_figure, coupling_figure, paired_figure
 
@@ -25,14 +22,14 @@ HEADROOM_NOTE = (
 
 
 def study_choices(manager: JobManager) -> list[str]:
-    return [study.id for study in list_studies(manager.studies_root)]
+    return manager.library.studies()
 
 
-def study_status_html(study: StudyFolder, live) -> str:
+def study_status_html(study: StudyView, live) -> str:
     """Progress of a study: state, runs done of total, the run in progress (from the job when this app runs it)."""
     status = study.status()
     state = str(live.state if live else status.get("state", "?"))
-    owner = study.lock().owner() if live is None else None
+    owner = study.owner() if live is None else None
     if owner:
         state = f"running in {owner.describe()}"
     elif state in ("running", "queued", "created") and live is None:
@@ -89,10 +86,10 @@ class StudiesTab:
                    api_name="study_poll")
 
     # -- handlers -------------------------------------------------------------------------------------
-    def _study(self, study_id: str | None) -> StudyFolder:
+    def _study(self, study_id: str | None) -> StudyView:
         if not study_id:
             raise RunError("pick a study first (or start one)")
-        return StudyFolder.find(self.manager.studies_root, study_id)
+        return self.manager.library.study(study_id)
 
     def on_refresh(self):
         return gr.update(choices=study_choices(self.manager))
@@ -123,10 +120,10 @@ class StudiesTab:
             return "", "", None, None, None
         try:
             study = self._study(study_id)
-            summary = summarise(study)
+            summary, table = study.summary()
         except (RunError, StorageError, ConfigError) as error:
             return study_status_html_error(str(error)), "", None, None, None
-        return (study_status_html(study, self.manager.live(job_id(JobKind.STUDY, study.id))), format_table(summary),
+        return (study_status_html(study, self.manager.live(job_id(JobKind.STUDY, study.id))), table,
                 accuracy_figure(summary), paired_figure(summary), coupling_figure(summary))
 
     def on_poll(self, study_id: str | None):

@@ -23,6 +23,7 @@ from seqmatch_engine.core import paths
 from seqmatch_engine.core.config import RunConfig
 from seqmatch_engine.core.study_spec import StudySpec
 from seqmatch_engine.interfaces.live import LiveObserver, LiveState, live_from_folder
+from seqmatch_engine.interfaces.queries import Library
 from seqmatch_engine.orchestration.driver import Distiller, Event, RunControl, StopRequested
 from seqmatch_engine.orchestration.executors import Executor
 from seqmatch_engine.orchestration.run_diagnostics import DiagnosticsOptions, RunDiagnostics, compute, computed
@@ -72,6 +73,7 @@ class JobManager:
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._queue: queue.Queue[str] = queue.Queue()
+        self.library = Library(home)  # what the views read
         self._worker = threading.Thread(target=self._work, name="seqmatch-worker", daemon=True)
         self._worker.start()
 
@@ -180,6 +182,14 @@ class JobManager:
                 raise StopRequested() from None
 
         return held()
+
+    def delete(self, run_id: str) -> None:
+        """Delete a run folder; refused (RunError) while this app runs or queues it."""
+        run = self.run(run_id)
+        job = self._jobs.get(run.id)
+        if job and job.live.state.active:
+            raise RunError("stop this run before deleting it")
+        run.delete()
 
     def pause(self, run_id: str) -> None:
         job = self._jobs[run_id]

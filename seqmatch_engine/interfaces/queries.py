@@ -1,0 +1,192 @@
+"""What the app's views may ask of a home: runs, studies, their diagnostics, exports and imports.
+
+The views read through this module only (.importlinter forbids them the storage, data, orchestration, maths and
+diagnostics layers): a `Library` lists and finds folders, a `RunView` or `StudyView` reads one, read-only; what
+they hand out (typed records, errors, tensors, figures' inputs) is the vocabulary views and engine share, and is
+re-exported here. Work that writes (distil, study, diagnose, delete) goes through the JobManager.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seqmatch_engine.core import paths
+from seqmatch_engine.core.config import DATASET_NAMES, RunConfig
+from seqmatch_engine.core.labels import is_soft
+from seqmatch_engine.data.imaging import Panel, labelled_panels
+from seqmatch_engine.data.prepare import PixelTransform
+from seqmatch_engine.diagnostics.features import Embedding
+from seqmatch_engine.diagnostics.gradients import mean_off_diagonal
+from seqmatch_engine.maths.parallel import single_core
+from seqmatch_engine.orchestration.importer import ImportFailed, import_distilled_set, import_expert_buffer, imported_buffers
+from seqmatch_engine.orchestration.run_diagnostics import (
+    DiagnosticsOptions,
+    format_late_errors,
+    load_embedding,
+    missing,
+    summary,
+)
+from seqmatch_engine.orchestration.study_summary import format_table, summarise
+from seqmatch_engine.storage import diagnostics_store
+from seqmatch_engine.storage.export import Exported, export_set
+from seqmatch_engine.storage.files import StorageError
+from seqmatch_engine.storage.ownership import Owner
+from seqmatch_engine.storage.records import EvalResult, RunOverview, RunState
+from seqmatch_engine.storage.runs import RunError, RunFolder, Subset, folder_signature, list_runs
+from seqmatch_engine.storage.study_folder import StudyFolder, list_studies
+
+__all__ = ["DATASETS", "DiagnosticsOptions", "Embedding", "EvalResult", "Exported", "ImportFailed", "Library",
+           "Owner", "Panel", "PixelTransform", "RunError", "RunOverview", "RunState", "RunView", "StorageError",
+           "StudyView", "Subset", "format_late_errors", "is_soft", "labelled_panels", "mean_off_diagonal",
+           "single_core"]
+
+DATASETS = DATASET_NAMES  # the datasets a public set may be imported as
+
+
+class RunView:
+    """One run folder, read-only."""
+
+    def __init__(self, folder: RunFolder):
+        self._folder = folder
+        self.id = folder.id
+
+    def config(self) -> RunConfig:
+        return self._folder.config()
+
+    def status(self) -> dict[str, Any]:
+        return self._folder.status()
+
+    def overview(self) -> RunOverview:
+        return self._folder.overview()
+
+    def owner(self) -> Owner | None:
+        """The other process that holds this run now (the CLI, another app), if any."""
+        return self._folder.lock().owner()
+
+    def subsets(self) -> list[Subset]:
+        return self._folder.subsets()
+
+    def eval(self) -> EvalResult | None:
+        return self._folder.eval()
+
+    def evaluations(self) -> dict[str, EvalResult]:
+        """Evaluations with other settings than the run's own, by name."""
+        return self._folder.evaluations()
+
+    def snapshots(self) -> list[tuple[int, int]]:
+        return self._folder.snapshots()
+
+    def snapshot_images(self, stage: int, iteration: int) -> torch.Tensor:
+        return self._folder.snapshot_images(stage, iteration)
+
+    def snapshot_labels(self, stage: int, iteration: int) -> torch.Tensor | None:
+        return self._folder.snapshot_labels(stage, iteration)
+
+    def transform_version(self) -> float | None:
+        return self._folder.transform_version()
+
+    def transform(self) -> PixelTransform:
+        return self._folder.transform()
+
+    # -- diagnostics ---------------------------------------------------------------------------------------
+    def g1(self) -> list[dict[str, Any]]:
+        return diagnostics_store.read_g1(self._folder.path)
+
+    def g2(self) -> dict[str, Any] | None:
+        return diagnostics_store.read_g2(self._folder.path)
+
+    def g4(self) -> dict[str, Any] | None:
+        return diagnostics_store.read_g4(self._folder.path)
+
+    def embedding(self) -> Embedding | None:
+        """The cached G3 embedding, or None."""
+        return load_embedding(self._folder.path)
+
+    def diagnostics_summary(self) -> dict[str, Any]:
+        """Every diagnostic's summary numbers (None where absent)."""
+        return summary(self._folder.path)
+
+    def missing_diagnostics(self, reducer: str | None = None, partner: bool = False) -> list[str]:
+        return missing(self._folder.path, reducer, partner)
+
+    def export_archive(self) -> tuple[Path, Exported]:
+        """A zip of this run's set (safetensors + one PNG grid per subset) in a fresh temporary folder, and what
+        it holds: also of an unfinished run (then partial, saying which subsets it holds)."""
+        exported = export_set(self._folder, partial=True)
+        archive = shutil.make_archive(str(Path(tempfile.mkdtemp()) / f"{self.id}-set"), "zip", exported.folder)
+        return Path(archive), exported
+
+
+@dataclass(frozen=True)
+class StudyView:
+    """One study folder, read-only."""
+
+    _folder: StudyFolder
+
+    @property
+    def id(self) -> str:
+        return self._folder.id
+
+    def status(self) -> dict[str, Any]:
+        return self._folder.status()
+
+    def owner(self) -> Owner | None:
+        return self._folder.lock().owner()
+
+    def last_activity(self) -> float:
+        return self._folder.last_activity()
+
+    def summary(self) -> tuple[dict[str, Any], str]:
+        """(the study's summary, its table), computed from its run folders now."""
+        found = summarise(self._folder)
+        return found, format_table(found)
+
+
+class Library:
+    """The run and study folders of one home, as the views see them."""
+
+    def __init__(self, home: Path | None = None):
+        self.runs_root = paths.runs_root(home)
+        self.studies_root = paths.studies_root(home)
+        self.experts_root = paths.experts_root(home)
+
+    def signature(self) -> tuple:
+        """Changes when a run or study folder appears, goes or changes: cheap, for deciding to refresh lists."""
+        return folder_signature(self.runs_root) + folder_signature(self.studies_root)
+
+    def runs(self) -> list[RunView]:
+        """Every run folder, newest first."""
+        return [RunView(folder) for folder in list_runs(self.runs_root)]
+
+    def run(self, run_id: object) -> RunView:
+        """The run of an untrusted id from a request (refused if it leaves the runs root)."""
+        if not run_id:
+            raise RunError("pick a run first")
+        return RunView(RunFolder.find(self.runs_root, run_id))
+
+    def studies(self) -> list[str]:
+        return [study.id for study in list_studies(self.studies_root)]
+
+    def study(self, study_id: object) -> StudyView:
+        """The study of an untrusted id from a request (refused if it leaves the studies root)."""
+        if not study_id:
+            raise RunError("pick a study first")
+        return StudyView(StudyFolder.find(self.studies_root, study_id))
+
+    # -- bringing public files in --------------------------------------------------------------------------
+    def expert_buffers(self) -> list[dict[str, Any]]:
+        """The imported expert buffers: name, experts, epochs, params, folder."""
+        return imported_buffers(self.experts_root)
+
+    def import_experts(self, path: Path) -> tuple[Path, int, int, int]:
+        """A public MTT expert buffer into the experts cache: (folder, experts, epochs, parameters)."""
+        return import_expert_buffer(path, self.experts_root)
+
+    def import_set(self, files: list[Path], dataset: str, zca: bool) -> RunView:
+        """A public distilled set (images, labels, lr files) as a finished run folder."""
+        return RunView(import_distilled_set(files, dataset, zca, self.runs_root))
