@@ -196,7 +196,7 @@ def part_run(out: Path, dry: bool) -> dict:
     started = time.perf_counter()
     result = Distiller(run, home / "experts").run()
     wall = time.perf_counter() - started
-    seconds = run.status().get("phase_seconds", {})
+    seconds = run.status().phase_seconds
     iterations = [r["seconds"] for r in run.metrics() if r.get("kind") == "iteration"]
     e = config.experts
     return {"wall_seconds": wall, "phase_seconds": seconds,
@@ -204,7 +204,7 @@ def part_run(out: Path, dry: bool) -> dict:
             "seconds_per_expert_epoch": seconds.get("experts 1", 0) / (e.num_experts * e.epochs),
             "train_images": 10 * (per_class - config.data.val_per_class),
             "accuracy": result["synthetic"]["convnet"]["mean"] if result else None,
-            "warnings": [m["text"] for m in run.status().get("messages", []) if m["level"] == "warning"]}
+            "warnings": [m.text for m in run.status().messages if m.level == "warning"]}
 
 
 PARTS = {"tests": part_tests, "step": part_step, "memory": part_memory, "run": part_run}

@@ -272,8 +272,8 @@ def test_distill_leaves_a_complete_run_folder(finished):
     assert rc == 0
     run = only_run(home)
     assert re.fullmatch(r"\d{8}-\d{6}-seqmatch-tiny", run.id), run.id
-    assert run.status()["state"] == "done"
-    assert run.status()["phase"] == "done"
+    assert run.status().state == "done"
+    assert run.status().phase == "done"
     assert run.checkpoint() is None
     subsets = run.subsets()
     assert [tuple(s.images.shape) for s in subsets] == [(10, 1, 28, 28), (10, 1, 28, 28)]
@@ -433,7 +433,7 @@ def test_evaluate_keeps_the_run_done(finished, tmp_path, capsys):
     home = copy_home(finished[0], tmp_path / "copy")
     run = only_run(home)
     assert cli.main(["--home", str(home), "evaluate", str(run.path), "--nets", "1", "--epochs", "1"]) == 0
-    assert run.status()["state"] == "done"
+    assert run.status().state == "done"
 
 
 def test_evaluate_with_an_unknown_architecture_exits_2(finished, tmp_path, capsys):
@@ -486,7 +486,7 @@ def test_stopped_distill_exits_1_and_resumes(finished, tmp_path, monkeypatch, ca
     run = only_run(home)
     assert rc == 1, captured.err
     assert captured.out.strip() == f"stopped; resume with: python -m seqmatch_engine distill --resume {run.path}"
-    assert run.status()["state"] == "stopped"
+    assert run.status().state == "stopped"
     assert run.subsets() == []
 
     monkeypatch.setattr(seqmatch, "RunControl", run_control)
@@ -494,5 +494,5 @@ def test_stopped_distill_exits_1_and_resumes(finished, tmp_path, monkeypatch, ca
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert captured.out.splitlines()[0].startswith("method mtt  IPC 2")
-    assert run.status()["state"] == "done"
+    assert run.status().state == "done"
     assert len(list((home / "runs").iterdir())) == 1, "resuming must not create another run"

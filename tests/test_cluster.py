@@ -58,7 +58,7 @@ def test_dask_gives_the_local_bits(cluster, local_run, tmp_path):
         assert torch.equal(ours.images, theirs.images) and ours.lr == theirs.lr
     home = local.path.parent.parent
     assert trajectories(tmp_path) == trajectories(home)  # every expert file, byte for byte
-    assert "dask" in run.status()["executor"]
+    assert "dask" in run.status().executor
 
 
 def test_a_worker_killed_mid_job_changes_nothing(cluster, local_run, tmp_path):
@@ -73,7 +73,7 @@ def test_a_worker_killed_mid_job_changes_nothing(cluster, local_run, tmp_path):
 
     run, result = run_with(tmp_path, DaskExecutor.from_client(cluster), kill_a_worker)
     assert killed and result == local_run[1]
-    lost = [m["text"] for m in run.status()["messages"] if "was lost" in m["text"]]
+    lost = [m.text for m in run.status().messages if "was lost" in m.text]
     assert lost and lost[0].startswith("the Dask worker tcp://127.0.0.1:") and "(same results, more time)" in lost[0]
     assert all(torch.equal(a.images, b.images) for a, b in zip(run.subsets(), local_run[0].subsets(), strict=True))
     assert not list(paths.experts_root(tmp_path).rglob("*.tmp"))
@@ -88,7 +88,7 @@ def test_stop_cancels_the_cluster_jobs_and_resume_finishes_them(cluster, local_r
             control.stop()
 
     run, result = run_with(tmp_path, DaskExecutor.from_client(cluster), stop_at_first_epoch, control)
-    assert result is None and run.status()["state"] == RunState.STOPPED
+    assert result is None and run.status().state == RunState.STOPPED
     deadline = time.time() + 30
     while cluster.processing() and any(cluster.processing().values()) and time.time() < deadline:
         time.sleep(0.2)
@@ -297,8 +297,8 @@ def test_a_worker_killed_while_a_study_run_distils_changes_nothing(cluster, loca
         torch.set_num_threads(threads)
     assert killed
     assert study_files(tmp_path) == local_study
-    messages = [m["text"] for run in (paths.studies_root(tmp_path) / "spread" / "runs").iterdir()
-                for m in RunFolder(run).status().get("messages", [])]
+    messages = [m.text for run in (paths.studies_root(tmp_path) / "spread" / "runs").iterdir()
+                for m in RunFolder(run).status().messages]
     assert any(text.startswith("the Dask worker tcp://127.0.0.1:") and "was lost while this run was on the cluster"
                in text for text in messages), messages
     cluster.wait_for_workers(2, timeout=60)

@@ -159,7 +159,7 @@ def test_a_small_seqmatch_run_end_to_end_reads_back_on_the_cpu(tmp_path=None):
     raw["device"] = DEVICE
     run = RunFolder.create(tmp_path / "runs", RunConfig.from_dict(raw))
     result = Distiller(run, tmp_path / "experts").run()
-    assert result is not None and run.status()["state"] == RunState.DONE
+    assert result is not None and run.status().state == RunState.DONE
     # everything saved is readable on a CPU-only machine: tensors come back on the CPU
     reread = RunFolder(run.path)
     subsets = reread.subsets()

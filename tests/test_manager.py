@@ -36,7 +36,7 @@ def test_every_kind_of_work_waits_in_one_queue_and_stops_there(tmp_path):
         for job in (run_id, diagnostics, study):
             wait_until(lambda job=job: manager.live(job).state == RunState.STOPPED, 30, f"{job} to stop")
         assert (other.path / paths.STATUS_FILE).read_bytes() == before, "a diagnostics job wrote the run's status"
-        assert RunFolder.find(paths.runs_root(tmp_path), run_id).status()["state"] == RunState.STOPPED
+        assert RunFolder.find(paths.runs_root(tmp_path), run_id).status().state == RunState.STOPPED
         assert StudyFolder.create_or_open(paths.studies_root(tmp_path), tiny_study("queued-study")).path.exists()
     finally:
         queue.kill()

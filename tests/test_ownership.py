@@ -91,7 +91,7 @@ def test_two_processes_resume_one_run_one_trains_the_other_refuses_naming_the_ow
         first.wait(timeout=30)
         rc, out, err = finish(waiting)
         assert rc == 0, err
-        assert "synthetic" in out and run.status()["state"] == "done"
+        assert "synthetic" in out and run.status().state == "done"
         assert_each_iteration_once(run)
     finally:
         if first.poll() is None:
@@ -120,7 +120,7 @@ def test_two_processes_resume_one_study_one_runs_it_the_other_refuses_and_a_kill
         assert "run the same command with --wait" in err
         assert "jobs run on" not in err, "a refused study builds nothing"
         assert {p: p.read_bytes() for p in before} == before, "the refused process wrote"
-        assert RunFolder(first_run).status()["state"] == "running"  # killed while it trains
+        assert RunFolder(first_run).status().state == "running"  # killed while it trains
         os.kill(first.pid, signal.SIGKILL)
         first.wait(timeout=30)
         started = time.time()
@@ -129,7 +129,7 @@ def test_two_processes_resume_one_study_one_runs_it_the_other_refuses_and_a_kill
         assert "waiting" not in err and time.time() - started < 240
         for run_path in sorted(study.runs_root.iterdir()):
             assert_each_iteration_once(RunFolder(run_path))
-        assert study.status()["state"] == "done"
+        assert study.status().state == "done"
     finally:
         if first.poll() is None:
             first.kill()
@@ -147,8 +147,8 @@ def test_a_study_stopped_by_sigterm_records_stopped(tmp_path):
     rc, _, err = finish(proc, 60)
     assert rc == 130 and "interrupted; run the same command again to resume the study" in err, (rc, err[-3000:])
     study = StudyFolder(study_path)
-    assert study.status()["state"] == "stopped" and study.lock().owner() is None
-    assert RunFolder(study.runs_root / "ipc002-k2-mtt-seed0").status()["state"] == "stopped"
+    assert study.status().state == "stopped" and study.lock().owner() is None
+    assert RunFolder(study.runs_root / "ipc002-k2-mtt-seed0").status().state == "stopped"
 
 
 def hold_in_another_process(lock_path: Path) -> subprocess.Popen:

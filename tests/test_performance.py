@@ -254,7 +254,7 @@ def test_distiller_reports_and_uses_the_chosen_memory_mode(tmp_path, monkeypatch
     phases = [e.data for e in events if e.kind == "phase" and e.data.get("name") == "distilling S1"]
     assert phases and phases[0]["memory_mode"] == "recompute"
     assert modes == ["recompute", "recompute"]
-    assert run.status().get("memory_mode") == "recompute"
+    assert run.status().memory_mode == "recompute"
     # what the app shows: the live state rebuilt from the folder, and the status card while distilling
     from seqmatch_engine.interfaces.live import live_from_folder
     from seqmatch_engine.storage.records import RunState

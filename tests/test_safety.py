@@ -175,7 +175,7 @@ def test_a_damaged_status_or_subset_marks_one_run_unreadable_and_nothing_else(tm
     assert rows[good.id][3] == "done" and rows[damaged.id][3] == "unreadable"
     # resuming rewrites the damaged status: the owner of a run repairs it
     damaged.update_status(state="stopped")
-    assert damaged.status()["state"] == "stopped"
+    assert damaged.status().state == "stopped"
     # a truncated subset: the run is no longer shown as done with its old accuracy
     subset = paths.subset_file(good.path, 0)
     subset.write_bytes(subset.read_bytes()[:40])
@@ -248,7 +248,7 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_stage_learned_again(tmp_path,
     assert cli.main(["--home", str(home), "distill", "--resume", run.id]) == 0
     err = capsys.readouterr().err
     assert "checkpoint.safetensors is not a readable safetensors file" in err and "started S1 again" in err
-    assert run.status()["state"] == "done" and list(run.path.glob("checkpoint.damaged-*.safetensors"))
+    assert run.status().state == "done" and list(run.path.glob("checkpoint.damaged-*.safetensors"))
 
 
 def test_resuming_a_finished_run_changes_nothing(tmp_path, capsys):

@@ -131,14 +131,14 @@ def test_same_seed_same_images_and_resume_after_kill_matches(tmp_path):
     run = RunFolder.create(tmp_path / "killed", config)
     with pytest.raises(Killed):
         Distiller(run, tmp_path / "experts", kill_in_stage_two).run()
-    assert run.status()["state"] == "failed" and len(run.subsets()) == 1
+    assert run.status().state == "failed" and len(run.subsets()) == 1
     result = Distiller(RunFolder(run.path), tmp_path / "experts").run()
     assert result is not None
     for a, b in zip(reference.subsets(), run.subsets()):
         assert torch.equal(a.images, b.images) and a.lr == b.lr
     iterations = [(r["stage"], r["iteration"]) for r in run.metrics() if r["kind"] == "iteration"]
     assert iterations == [(0, i) for i in range(1, 5)] + [(1, i) for i in range(1, 5)]
-    assert any("resumed S2 at iteration 2" in m["text"] for m in run.status()["messages"])
+    assert any("resumed S2 at iteration 2" in m.text for m in run.status().messages)
 
 
 def test_stop_and_pause_between_iterations(tmp_path):
@@ -151,7 +151,7 @@ def test_stop_and_pause_between_iterations(tmp_path):
             control.stop()
 
     run, result = run_to_end(tmp_path, tiny_config(), observer=observer, control=control)
-    assert result is None and run.status()["state"] == "stopped"
+    assert result is None and run.status().state == "stopped"
     assert max(e.iteration for e in events if e.kind == "iteration") == 2
     with pytest.raises(StopRequested):
         control.checkpoint()
@@ -165,7 +165,7 @@ def test_stop_and_pause_between_iterations(tmp_path):
 def test_exploding_lr_stops_the_stage_with_a_message_and_keeps_the_initial_images(tmp_path):
     run, result = run_to_end(tmp_path, tiny_config(lr_lr=1e9))
     assert result is not None  # the run went on with what was kept
-    messages = [m["text"] for m in run.status()["messages"] if m["level"] == "warning"]
+    messages = [m.text for m in run.status().messages if m.level == "warning"]
     assert messages and "lower distill.lr_lr" in messages[0]
     assert "Kept the initial images (nothing was validated before)" in messages[0]
     data = prepare_data(run.config().data, run.config().seed, torch.device("cpu"))
@@ -175,7 +175,7 @@ def test_exploding_lr_stops_the_stage_with_a_message_and_keeps_the_initial_image
     for subset in run.subsets():
         assert torch.isfinite(subset.images).all() and 0 < subset.lr <= 1.0
     assert any(r["kind"] == "divergence" for r in run.metrics())
-    assert result["diverged"] == run.status()["diverged"] and 0 in result["diverged"]
+    assert result["diverged"] == run.status().diverged and 0 in result["diverged"]
 
 
 def test_exploding_pixels_are_caught_early_blame_lr_img_and_keep_the_best_validated_images(tmp_path):
@@ -183,7 +183,7 @@ def test_exploding_pixels_are_caught_early_blame_lr_img_and_keep_the_best_valida
     distill.lr_img, keeps the best validated images (sane, as every kept image), and stage 2 builds on them."""
     config = tiny_config(lr_img=2e4, select_every=1)
     run, result = run_to_end(tmp_path, config)
-    warnings = [m["text"] for m in run.status()["messages"] if m["level"] == "warning"]
+    warnings = [m.text for m in run.status().messages if m.level == "warning"]
     assert warnings and all("synthetic pixels exploded" in text and "lower distill.lr_img (now 20000)" in text
                             for text in warnings), warnings
     assert "Kept the best validated images (iteration 0)" in warnings[0]
@@ -193,7 +193,7 @@ def test_exploding_pixels_are_caught_early_blame_lr_img_and_keep_the_best_valida
     limit = 20 * float(data.train_images.pow(2).mean().sqrt())
     for subset in run.subsets():
         assert float(subset.images.flatten(1).pow(2).mean(1).sqrt().max()) < limit
-    assert result["diverged"][0] == 0 and result["diverged"] == run.status()["diverged"]
+    assert result["diverged"][0] == 0 and result["diverged"] == run.status().diverged
 
 
 def test_evaluation_jobs_met_again_are_read_not_trained(tmp_path, monkeypatch):

@@ -92,7 +92,7 @@ def test_a_fresh_home_distils_with_the_shipped_experts_as_with_its_own(preset, t
     shipped_run, shipped_result = run_to_end(tmp_path / "fresh", config)
     recipe = RunContext(config, tmp_path).stage1_recipe()
     assert expert_files(RunContext(config, tmp_path / "fresh" / "experts"), recipe) == []
-    assert shipped_run.status()["experts_cached"] == shipped_run.status()["experts_total"] == 1
+    assert shipped_run.status().experts_cached == shipped_run.status().experts_total == 1
     monkeypatch.setattr(paths, "SHIPPED_EXPERTS_DIR", tmp_path / "nothing-shipped")
     own_run, own_result = run_to_end(tmp_path / "own", config)
     assert expert_files(RunContext(config, tmp_path / "own" / "experts"), recipe) == ["expert_000.safetensors"]
@@ -126,8 +126,8 @@ def test_experts_of_other_code_are_trained_again_and_the_run_says_why(earlier, t
     assert expert_files(again, again.stage1_recipe()) == ["expert_000.safetensors", "expert_001.safetensors"]
     note = (f"the experts in {first.cache.folder(old_recipe)} were trained by other code (code "
             f"{old_recipe.get('code', 'not recorded')}, now {again.stage1_recipe()['code']}")
-    assert "trained again; delete that folder to free its space" in run.status()["messages"][0]["text"]
-    assert note in run.status()["messages"][0]["text"]
+    assert "trained again; delete that folder to free its space" in run.status().messages[0].text
+    assert note in run.status().messages[0].text
     (phase,) = [e for e in events if e.kind == EventKind.PHASE and e.data["name"] == "experts 1"]
     assert note in phase.data["message"]
     assert torch.equal(again.cached_stage1_experts(), before)  # the "edit" changed no bits: same trajectories

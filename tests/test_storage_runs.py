@@ -35,7 +35,7 @@ from seqmatch_engine.storage.files import (
     write_json,
     write_tensors,
 )
-from seqmatch_engine.storage.records import Checkpoint, EvalResult
+from seqmatch_engine.storage.records import Checkpoint, EvalResult, RunState, RunStatus
 from seqmatch_engine.storage.runs import RunError, RunFolder, Subset, list_runs
 
 
@@ -239,8 +239,8 @@ def test_create_writes_config_and_a_created_status(tmp_path):
     assert run.id.endswith("-seqmatch-cpu-demo") and len(run.id) == len("20260101-120000-seqmatch-cpu-demo")
     assert run.config() == config
     status = run.status()
-    assert (status["state"], status["phase"]) == ("created", "queued")
-    assert status["created"] <= status["updated"] <= time.time()
+    assert (status.state, status.phase) == ("created", "queued")
+    assert status.created <= status.updated <= time.time()
     assert sorted(p.name for p in run.path.iterdir()) == ["config.json", "status.json"]
 
 
@@ -277,12 +277,12 @@ def test_update_status_merges_fields(tmp_path):
     run = RunFolder.create(tmp_path, preset_config())
     first = run.update_status(state="running", phase="experts 1", stage=0)
     second = run.update_status(iteration=5, phase="distilling S1")
-    assert second["updated"] >= first["updated"]
+    assert second.updated >= first.updated
     status = run.status()
     assert status == second
-    assert (status["state"], status["phase"], status["stage"], status["iteration"]) == \
+    assert (status.state, status.phase, status.stage, status.iteration) == \
         ("running", "distilling S1", 0, 5)
-    assert "created" in status
+    assert status.created > 0
 
 
 def test_messages_accumulate(tmp_path):
@@ -290,16 +290,16 @@ def test_messages_accumulate(tmp_path):
     run.add_message("info", "first")
     run.update_status(phase="other")
     run.add_message("warning", "second")
-    messages = run.status()["messages"]
-    assert [(m["level"], m["text"]) for m in messages] == [("info", "first"), ("warning", "second")]
-    assert messages[0]["time"] <= messages[1]["time"]
-    assert run.status()["phase"] == "other"
+    messages = run.status().messages
+    assert [(m.level, m.text) for m in messages] == [("info", "first"), ("warning", "second")]
+    assert messages[0].time <= messages[1].time
+    assert run.status().phase == "other"
 
 
-def test_status_of_a_folder_without_status_file_is_empty(tmp_path):
+def test_status_of_a_folder_without_status_file_is_the_default(tmp_path):
     run = RunFolder.create(tmp_path, preset_config())
     (run.path / paths.STATUS_FILE).unlink()
-    assert run.status() == {}
+    assert run.status() == RunStatus()
 
 
 def test_metrics_and_truncation(tmp_path):
@@ -547,7 +547,7 @@ def test_stopped_run_resumes_and_exports(tmp_path, data, experts_root):
 
     assert Distiller(run, experts_root, observer, control, data).run() is None
     status = run.status()
-    assert (status["state"], status["phase"]) == ("stopped", "stopped")
+    assert (status.state, status.phase) == ("stopped", "stopped")
     assert run.subsets() == []
     assert run.snapshots() == [(0, 0), (0, 1)]
     assert run.checkpoint().iteration == 1
@@ -559,8 +559,8 @@ def test_stopped_run_resumes_and_exports(tmp_path, data, experts_root):
     assert result is not None and result == run.eval().to_dict()
     assert (result["method"], result["ipc"], result["num_nets"]) == ("mtt", 1, 1)
     status = run.status()
-    assert status["state"] == "done"
-    assert [m["text"] for m in status["messages"]] == ["resumed S1 at iteration 1 of 3"]
+    assert status.state == "done"
+    assert [m.text for m in status.messages] == ["resumed S1 at iteration 1 of 3"]
     assert [r["iteration"] for r in run.metrics() if r["kind"] == "iteration"] == [1, 2, 3]
     assert run.snapshots() == [(0, 0), (0, 1), (0, 2), (0, 3)]
     assert run.checkpoint() is None
@@ -608,10 +608,26 @@ def test_a_packed_run_travels_and_installs_exactly_refusing_paths_outside(tmp_pa
     copy.clear_checkpoint()
     (run.path / "checkpoint.safetensors").write_bytes(b"old")  # gone from the returned set: removed on install
     run.install(copy.pack())
-    assert run.pack() == copy.pack() and run.status()["state"] == "done"
+    assert run.pack() == copy.pack() and run.status().state == "done"
     for hostile in ("../outside.json", "/etc/evil", "snapshots/../../x"):
         with pytest.raises(RunError, match="not a path inside the run folder"):
             run.install({**packed, hostile: b"x"})
     assert not (tmp_path / "runs" / "outside.json").exists() and not (tmp_path / "x").exists()
     with pytest.raises(paths.UnsafeName):
         RunFolder.unpack(tmp_path / "scratch", "../b", packed)
+
+
+def test_status_is_typed_unknown_fields_are_refused_and_older_files_read(tmp_path):
+    run = RunFolder.create(tmp_path, preset_config())
+    with pytest.raises(ValueError, match="RunStatus has no field stagee; its fields: .*stage"):
+        run.update_status(stagee=1)
+    status = run.update_status(state="running", stage=1, iteration=3)
+    assert status.state is RunState.RUNNING and status.on_disk is RunState.INTERRUPTED
+    written = json.loads((run.path / paths.STATUS_FILE).read_text())
+    assert (written["state"], written["stage"], written["iteration"]) == ("running", 1, 3)
+    written["eta"] = 12.0  # a key an older version wrote
+    (run.path / paths.STATUS_FILE).write_text(json.dumps(written))
+    assert run.status().stage == 1 and not hasattr(run.status(), "eta")
+    (run.path / paths.STATUS_FILE).write_text(json.dumps({"state": "sleeping"}))
+    with pytest.raises(StorageError, match="status.json cannot be read .*'sleeping' is not a valid RunState.*Delete"):
+        run.status()

@@ -131,7 +131,7 @@ def test_summary_numbers_are_the_runs_eval_values(finished):
     experts = [v for values in study.expert_accuracy().values() for v in values]
     assert row["headroom"] == pytest.approx(sum(experts) / len(experts) - row["methods"]["mtt"]["accuracy"]["mean"])
     assert f"| {100 * row['headroom']:.1f} |" in table
-    assert study.status()["state"] == "done"
+    assert study.status().state == "done"
 
 
 def test_another_evaluation_of_a_study_run_leaves_the_summary_on_the_runs_own(finished, tmp_path):
@@ -183,9 +183,9 @@ def test_a_stopped_study_says_so_and_resumes(tmp_path):
     control.stop()
     with pytest.raises(StopRequested):
         run_study(study, paths.experts_root(tmp_path), control=control)
-    assert study.status()["state"] == "stopped"
+    assert study.status().state == "stopped"
     summary = run_study(study, paths.experts_root(tmp_path))
-    assert summary["runs_done"] == 2 and study.status()["state"] == "done"
+    assert summary["runs_done"] == 2 and study.status().state == "done"
 
 
 def test_a_changed_spec_is_refused(tmp_path):

@@ -26,7 +26,7 @@ def display_info(run: RunView):
     key = (run.id, version)
     if key not in _DISPLAY_INFO:
         try:
-            _DISPLAY_INFO[key] = (run.transform(), tuple(run.status().get("class_names", [])))
+            _DISPLAY_INFO[key] = (run.transform(), tuple(run.status().class_names))
         except StorageError:
             return None
         while len(_DISPLAY_INFO) > 32:

@@ -29,7 +29,7 @@ def run_rows(manager: JobManager) -> list[list]:
         elif owner:
             state = RunState.RUNNING  # another process (the CLI, another app) trains it
         else:
-            state = RunState.on_disk({"state": row.state})  # nothing runs it: interrupted, resumable
+            state = RunState.on_disk(row.state)  # nothing runs it: interrupted, resumable
         phase = "" if row.phase.lower() == str(state) else row.phase  # "done · done" says nothing twice
         phase += f" (in process {owner.pid} on {owner.host})" if owner else ""
         rows.append([row.id, row.method or "?", row.ipc or "", state, row.problem or phase,
@@ -128,12 +128,12 @@ class RunsTab:
         snapshots = run.snapshots()
         lines = [f"**{run.id}**", f"- method **{config.method}**, IPC {config.ipc} "
                  f"({' + '.join(str(s.ipc) for s in config.distill.subsets)}), dataset `{config.data.dataset}`",
-                 f"- state **{status.get('state', '?')}**, phase {status.get('phase', '')}",
+                 f"- state **{status.state}**, phase {status.phase}",
                  f"- learned lrs: {', '.join(f'{s.lr:.4g}' for s in run.subsets()) or '–'}",
                  f"- {len(snapshots)} timeline snapshots"]
-        lines += [f"- ⚠ {m['text']}" for m in status.get("messages", []) if m["level"] == "warning"]
-        if status.get("error"):
-            lines.append(f"- ❌ {status['error']}")
+        lines += [f"- ⚠ {m.text}" for m in status.messages if m.level == "warning"]
+        if status.error:
+            lines.append(f"- ❌ {status.error}")
         text = "\n".join(lines) + "\n\n" + accuracy_markdown(run.eval()) + other_evaluations_markdown(run)
         last = max(len(snapshots) - 1, 1)
         return text, gr.update(maximum=last, value=last), self.final_image(run)

@@ -28,7 +28,7 @@ def study_choices(manager: JobManager) -> list[str]:
 def study_status_html(study: StudyView, live) -> str:
     """Progress of a study: state, runs done of total, the run in progress (from the job when this app runs it)."""
     status = study.status()
-    state = str(live.state if live else status.get("state", "?"))
+    state = str(live.state if live else status.state)
     owner = study.owner() if live is None else None
     if owner:
         state = f"running in {owner.describe()}"
@@ -37,18 +37,18 @@ def study_status_html(study: StudyView, live) -> str:
         idle = time.time() - study.last_activity()
         state = (f"running in another process ({format_seconds(idle)} since its last write)" if idle < 600
                  else f"interrupted ({format_seconds(idle)} since its last write): Start resumes it")
-    done, total = status.get("done", 0), status.get("total", 0)
+    done, total = status.done, status.total
     parts = [f"<b>{html.escape(state[0].upper() + state[1:])}</b>", f"{done}/{total} runs done"]
     if live and live.state == "running":
         parts.append(html.escape(live.phase))
     if live and live.waiting_for:
         parts.append(f"waiting: {html.escape(live.waiting_for)}")
-    if status.get("started") and status.get("updated") and done:
-        per_run = (status["updated"] - status["started"]) / max(done, 1)
+    if status.started and status.updated and done:
+        per_run = (status.updated - status.started) / max(done, 1)
         if state == "running" and total > done:
             parts.append(f"about {format_seconds(per_run * (total - done))} left at this pace")
     bar = f"<div class='sm-bar'><div style='width:{100 * done / total:.1f}%'></div></div>" if total else ""
-    error = f"<div class='sm-error'>{html.escape(status['error'])}</div>" if status.get("error") else ""
+    error = f"<div class='sm-error'>{html.escape(status.error)}</div>" if status.error else ""
     return f"<div class='sm-status'>{' · '.join(parts)}{bar}{error}</div>"
 
 

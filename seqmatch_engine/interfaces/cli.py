@@ -133,7 +133,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
                           "drop --set, --config and --static (start a new run to change settings)")
     run = RunFolder.from_argument(paths.runs_root(args.home), args.resume)
     with owning(run.lock(), args.wait):  # a second process refuses here, before it builds anything
-        if run.status().get("state") == RunState.DONE:
+        if run.status().state == RunState.DONE:
             raise RunError(f"run {run.id} is finished; nothing to resume (its results are kept). To evaluate it "
                            f"again: python -m seqmatch_engine evaluate {run.path}")
         return _distil(args, run, executor_from_args(args, run.config()))
@@ -152,13 +152,13 @@ def _distil(args: argparse.Namespace, run: RunFolder, executor: Executor) -> int
         raise
     finally:
         executor.close()
-    for message in run.status().get("messages", []):
-        print(f"{message['level']}: {message['text']}", file=sys.stderr)
+    for message in run.status().messages:
+        print(f"{message.level}: {message.text}", file=sys.stderr)
     if result is None:
         print(f"stopped; resume with: python -m seqmatch_engine distill --resume {run.path}")
         return 1
     print(format_accuracy(result))
-    seconds = run.status().get("phase_seconds", {})
+    seconds = run.status().phase_seconds
     print("wall time: " + ", ".join(f"{name} {value:.0f} s" for name, value in seconds.items()), file=sys.stderr)
     return 0
 
@@ -221,7 +221,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for run in list_runs(paths.runs_root(args.home)):
         row = run.overview()
         owner = run.lock().owner()
-        state = "running" if owner else RunState.on_disk({"state": row.state})
+        state = "running" if owner else RunState.on_disk(row.state)
         acc = "" if row.accuracy is None else f"{100 * row.accuracy['mean']:.2f} %"
         notes = ([row.problem] if row.problem else []) + ([f"in {owner.describe()}"] if owner else [])
         others = [f"{name} {_accuracy_text(result)}" for name, result in run.evaluations().items()] if not row.problem \

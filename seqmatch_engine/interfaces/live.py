@@ -160,12 +160,12 @@ def live_from_folder(run: RunFolder) -> LiveState:
     live = LiveState(run.id)
     for event in events_from_folder(run):
         fold(live, event)
-    live.state, live.phase = RunState.on_disk(status), status.get("phase", RunState.on_disk(status))
-    live.memory_mode, live.memory_note = status.get("memory_mode"), status.get("memory_note")
-    live.executor = status.get("executor")
-    live.stage, live.eta_s = status.get("stage"), None
-    live.iteration, live.iterations = status.get("iteration", 0), status.get("iterations", 0)
-    live.error, live.messages = status.get("error"), [m["text"] for m in status.get("messages", [])]
+    live.state, live.phase = status.on_disk, status.phase or str(status.on_disk)
+    live.memory_mode, live.memory_note = status.memory_mode, status.memory_note
+    live.executor = status.executor
+    live.stage, live.eta_s = status.stage, None
+    live.iteration, live.iterations = status.iteration, status.iterations
+    live.error, live.messages = status.error, [m.text for m in status.messages]
     subsets = run.subsets()
     live.images = {k: subset.images for k, subset in enumerate(subsets)}
     live.soft_labels = {k: subset.labels for k, subset in enumerate(subsets) if is_soft(subset.labels)}

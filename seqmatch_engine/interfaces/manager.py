@@ -157,7 +157,7 @@ class JobManager:
 
     def _distil(self, job: _Job) -> bool:
         with self._owning(job, job.run.lock()):
-            if job.run.status().get("state") == RunState.DONE:  # finished by the process this job waited for
+            if job.run.status().state == RunState.DONE:  # finished by the process this job waited for
                 return True
             observer = LiveObserver(job.live, self._lock)
             return Distiller(job.run, self.experts_root, observer, job.control, executor=self.executor).run() is not None

@@ -36,14 +36,14 @@ from seqmatch_engine.storage import diagnostics_store
 from seqmatch_engine.storage.export import Exported, export_set
 from seqmatch_engine.storage.files import StorageError
 from seqmatch_engine.storage.ownership import Owner
-from seqmatch_engine.storage.records import EvalResult, RunOverview, RunState
+from seqmatch_engine.storage.records import EvalResult, Message, RunOverview, RunState, RunStatus, StudyStatus
 from seqmatch_engine.storage.runs import RunError, RunFolder, Subset, folder_signature, list_runs
 from seqmatch_engine.storage.study_folder import StudyFolder, list_studies
 
 __all__ = ["DATASETS", "DiagnosticsOptions", "Embedding", "EvalResult", "Exported", "ImportFailed", "Library",
-           "Owner", "Panel", "PixelTransform", "RunError", "RunOverview", "RunState", "RunView", "StorageError",
-           "StudyView", "Subset", "format_late_errors", "is_soft", "labelled_panels", "mean_off_diagonal",
-           "single_core"]
+           "Message", "Owner", "Panel", "PixelTransform", "RunError", "RunOverview", "RunState", "RunStatus",
+           "RunView", "StorageError", "StudyStatus", "StudyView", "Subset", "format_late_errors", "is_soft",
+           "labelled_panels", "mean_off_diagonal", "single_core"]
 
 DATASETS = DATASET_NAMES  # the datasets a public set may be imported as
 
@@ -58,7 +58,7 @@ class RunView:
     def config(self) -> RunConfig:
         return self._folder.config()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> RunStatus:
         return self._folder.status()
 
     def overview(self) -> RunOverview:
@@ -132,7 +132,7 @@ class StudyView:
     def id(self) -> str:
         return self._folder.id
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StudyStatus:
         return self._folder.status()
 
     def owner(self) -> Owner | None:

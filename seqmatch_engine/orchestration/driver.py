@@ -133,7 +133,7 @@ class Distiller:
         self.control = control or RunControl()
         self._phase: str | None = None
         self._phase_started = 0.0
-        self._phase_seconds: dict[str, float] = dict(run.status().get("phase_seconds", {}))
+        self._phase_seconds: dict[str, float] = dict(run.status().phase_seconds)
 
     # -- plumbing ----------------------------------------------------------------------------------
     def emit(self, kind: EventKind, stage: int | None = None, iteration: int | None = None, **data: Any) -> None:
@@ -332,7 +332,7 @@ class Distiller:
                 else "the initial images (nothing was validated before)")
         text = f"S{stage.k + 1} stopped at iteration {iteration + 1}: {error}. Kept {kept}, lr {best.lr:.4g}."
         self.run_folder.add_message("warning", text)
-        self.run_folder.update_status(diverged=[*self.run_folder.status().get("diverged", []), stage.k])
+        self.run_folder.update_status(diverged=[*self.run_folder.status().diverged, stage.k])
         self.run_folder.log({"kind": "divergence", "stage": stage.k, "iteration": iteration + 1, "message": str(error)})
         self.emit(EventKind.PHASE, stage.k, name=f"S{stage.k + 1} diverged", message=text)
         return self.finish_stage(stage, Subset(best.images.clone(), best.labels.clone(), float(best.lr)))
@@ -450,7 +450,7 @@ def evaluate_run(ctx: RunContext, run: RunFolder, subsets: list[Subset], emit: C
     sets = [*curricula] + (["random_real"] + (["random_real_soft"] if soft else []) if cfg.eval.baseline else [])
     total = len(sets) * len(cfg.eval.architectures) * cfg.eval.num_nets
     result = EvalResult(cfg.method, cfg.ipc, lrs, cfg.eval.epochs, cfg.eval.num_nets, cfg.budget,
-                        run.status().get("diverged", []))
+                        run.status().diverged)
     done = 0
     for which in sets:
         for arch in cfg.eval.architectures:

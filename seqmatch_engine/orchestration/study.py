@@ -64,7 +64,7 @@ def run_study(study: StudyFolder, experts_root: Path, observer=None, control=Non
             for index, planned in enumerate(spec.plan(chooser(study))):
                 run = open_run(planned)
                 starting(planned.id, index, total)
-                if run.status().get("state") != RunState.DONE:
+                if run.status().state != RunState.DONE:
                     if Distiller(run, experts_root, observer, control, executor=executor).run() is None:
                         raise StopRequested()
                 finish(planned, run)

@@ -107,7 +107,7 @@ def run_on_cluster(study, experts_root: Path, executor: DaskExecutor, open_run: 
                     continue
                 seen.add(planned.id)
                 run = open_run(planned)
-                if run.status().get("state") == RunState.DONE:
+                if run.status().state == RunState.DONE:
                     finish(planned, run)
                     continue
                 _stage1_experts(run.config(), experts_root, executor, control, experts_ready)

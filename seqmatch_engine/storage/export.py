@@ -19,7 +19,6 @@ from seqmatch_engine.core import paths
 from seqmatch_engine.core.labels import hard, is_soft
 from seqmatch_engine.data.imaging import Panel, labelled_panels, save_png
 from seqmatch_engine.storage.files import write_tensors
-from seqmatch_engine.storage.records import RunState
 from seqmatch_engine.storage.runs import RunError, RunFolder
 
 
@@ -48,7 +47,7 @@ def _state(run: RunFolder) -> str:
     owner = run.lock().owner()
     if owner:
         return f"is training (in {owner.describe()})"
-    return f"is {RunState.on_disk(run.status())}"
+    return f"is {run.status().on_disk}"
 
 
 def export_set(run: RunFolder, destination: Path | None = None, partial: bool = False) -> Exported:
@@ -73,7 +72,7 @@ def export_set(run: RunFolder, destination: Path | None = None, partial: bool = 
                        f"you can write to") from None
     transform = run.transform()
     num_classes = max(s.labels.shape[1] if is_soft(s.labels) else int(s.labels.max()) + 1 for s in subsets)
-    names = run.status().get("class_names") or [f"class {c}" for c in range(num_classes)]
+    names = run.status().class_names or [f"class {c}" for c in range(num_classes)]
     tensors: dict[str, torch.Tensor] = {}
     for k, subset in enumerate(subsets):
         tensors[f"S{k + 1}.images"] = subset.images

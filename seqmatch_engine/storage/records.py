@@ -1,8 +1,8 @@
-"""The typed contents of a run folder's files: run states, the evaluation result, the resume checkpoint, and
-the row a list of runs shows. runs.RunFolder reads and writes them; nothing here touches a file."""
+"""The typed contents of run and study folders' files: states, the status, the evaluation result, the resume
+checkpoint, and the row a list of runs shows. runs.RunFolder reads and writes them; nothing here touches a file."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
 from typing import Any
 
@@ -39,10 +39,109 @@ class RunState(TextEnum):
         return self in (RunState.QUEUED, RunState.RUNNING, RunState.PAUSED)
 
     @classmethod
-    def on_disk(cls, status: dict[str, Any]) -> "RunState":
-        """The state a run's status.json says, as seen by a process that is not running it."""
-        state = cls(status.get("state", "created"))
+    def on_disk(cls, state: "RunState | str") -> "RunState":
+        """A state a status.json says, as seen by a process that is not running it."""
+        state = cls(state)
         return cls.INTERRUPTED if state in (cls.RUNNING, cls.QUEUED, cls.CREATED, cls.PAUSED) else state
+
+
+def _known(cls, data: dict[str, Any]) -> dict[str, Any]:
+    """The keys of `data` that are fields of `cls` (a file written by another version may hold others)."""
+    names = {f.name for f in fields(cls)}
+    return {key: value for key, value in data.items() if key in names}
+
+
+def _replaced(record: Any, changes: dict[str, Any]) -> Any:
+    """`record` with `changes`; an unknown field is a ValueError naming it and the known ones."""
+    names = {f.name for f in fields(record)}
+    unknown = sorted(set(changes) - names)
+    if unknown:
+        raise ValueError(f"{type(record).__name__} has no field {', '.join(unknown)}; "
+                         f"its fields: {', '.join(sorted(names))}")
+    if "state" in changes:
+        changes = {**changes, "state": RunState(changes["state"])}
+    return replace(record, **changes)
+
+
+@dataclass(frozen=True)
+class Message:
+    """A run's message to its user ("info" or "warning"), shown by the CLI, the app and `runs`."""
+
+    level: str
+    text: str
+    time: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """A run folder's status.json: what its owner last said (RunFolder.status reads it, update_status writes it)."""
+
+    state: RunState = RunState.CREATED
+    phase: str = ""
+    created: float = 0.0
+    updated: float = 0.0
+    finished: float | None = None
+    stage: int | None = None                 # the stage being distilled (0-based), None outside stages
+    iteration: int = 0                       # outer iterations done in that stage
+    iterations: int = 0                      # of that stage's
+    experts_total: int | None = None         # an experts phase: experts the stage needs
+    experts_cached: int | None = None        # of which the cache (or the shipped set) already held
+    message: str | None = None               # a note on the current phase
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # wall seconds per phase, over resumes
+    executor: str | None = None              # where the jobs ran ("this process, 2 threads", "Dask ...")
+    memory_mode: str | None = None           # the unroll's memory mode and why
+    memory_note: str | None = None
+    class_names: list[str] = field(default_factory=list)
+    dataset: str | None = None
+    diverged: list[int] = field(default_factory=list)  # stages whose matching diverged
+    messages: list[Message] = field(default_factory=list)
+    error: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunStatus":
+        known = _known(cls, data)
+        known["state"] = RunState(known.get("state", RunState.CREATED))
+        known["messages"] = [Message(**_known(Message, m)) for m in known.get("messages", [])]
+        return cls(**known)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "state": str(self.state)}
+
+    def replaced(self, **changes: Any) -> "RunStatus":
+        return _replaced(self, changes)
+
+    @property
+    def on_disk(self) -> RunState:
+        """The state as seen by a process that is not running the run (RunState.on_disk)."""
+        return RunState.on_disk(self.state)
+
+
+@dataclass(frozen=True)
+class StudyStatus:
+    """A study folder's status.json."""
+
+    state: RunState = RunState.CREATED
+    created: float = 0.0
+    started: float | None = None
+    updated: float = 0.0
+    finished: float | None = None
+    total: int = 0           # runs in the plan
+    done: int = 0            # runs finished
+    index: int = 0           # the plan position of the run in progress
+    current: str | None = None  # its id
+    error: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StudyStatus":
+        known = _known(cls, data)
+        known["state"] = RunState(known.get("state", RunState.CREATED))
+        return cls(**known)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "state": str(self.state)}
+
+    def replaced(self, **changes: Any) -> "StudyStatus":
+        return _replaced(self, changes)
 
 
 @dataclass

@@ -42,7 +42,7 @@ from seqmatch_engine.storage.files import (
     write_text,
 )
 from seqmatch_engine.storage.ownership import OwnerLock
-from seqmatch_engine.storage.records import Checkpoint, EvalResult, RunOverview, RunState
+from seqmatch_engine.storage.records import Checkpoint, EvalResult, Message, RunOverview, RunState, RunStatus
 
 
 def find_folder(root: Path, name: object, what: str, marker: str) -> Path:
@@ -118,7 +118,7 @@ class RunFolder:
 
         def fill(folder: Path) -> None:
             write_json(folder / paths.CONFIG_FILE, config.to_dict())
-            cls(folder).update_status(state="created", phase="queued", created=time.time())
+            cls(folder).update_status(state=RunState.CREATED, phase="queued", created=time.time())
 
         return cls(place_folder(root, names, fill, "run"))
 
@@ -160,28 +160,27 @@ class RunFolder:
     def config(self) -> RunConfig:
         return RunConfig.from_dict(read_json(self.path / paths.CONFIG_FILE))
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> RunStatus:
         path = self.path / paths.STATUS_FILE
         try:
-            return read_json(path) if path.exists() else {}
-        except StorageError as error:
-            raise StorageError(f"{error}. Delete {path}: the run then lists as interrupted, and resuming it "
-                               f"rewrites the file") from None
+            return RunStatus.from_dict(read_json(path)) if path.exists() else RunStatus()
+        except (StorageError, ValueError, TypeError) as error:
+            raise StorageError(f"{path} cannot be read ({error}). Delete it: the run then lists as interrupted, and "
+                               f"resuming it rewrites the file") from None
 
-    def update_status(self, **fields: Any) -> dict[str, Any]:
-        """Merge `fields` into status.json (a damaged status.json is replaced: the run's owner rewrites it)."""
+    def update_status(self, **changes: Any) -> RunStatus:
+        """Set fields of status.json (RunStatus's; a damaged status.json is replaced: the run's owner rewrites it)."""
         self._require_folder()
         try:
             previous = self.status()
         except StorageError:
-            previous = {}
-        status = {**previous, **fields, "updated": time.time()}
-        write_json(self.path / paths.STATUS_FILE, status)
+            previous = RunStatus()
+        status = previous.replaced(**changes, updated=time.time())
+        write_json(self.path / paths.STATUS_FILE, status.to_dict())
         return status
 
     def add_message(self, level: str, text: str) -> None:
-        messages = self.status().get("messages", [])
-        self.update_status(messages=[*messages, {"level": level, "text": text, "time": time.time()}])
+        self.update_status(messages=[*self.status().messages, Message(level, text, time.time())])
 
     def log(self, record: dict[str, Any]) -> None:
         self._require_folder()
@@ -400,10 +399,9 @@ class RunFolder:
         try:
             config, status, result = self.config(), self.status(), self.eval()
             self._check_subsets(len(config.distill.subsets))
-            state = RunState(status.get("state", "created"))
         except (ValueError, OSError) as error:
             return RunOverview(self.id, None, None, RunState.UNREADABLE, "", None, None, str(error))
-        return RunOverview(self.id, config.method, config.ipc, state, status.get("phase", ""),
+        return RunOverview(self.id, config.method, config.ipc, status.state, status.phase,
                            result.accuracy() if result else None,
                            result.accuracy("random_real") if result else None, None, config.budget,
                            result.diverged if result else [])
@@ -432,7 +430,7 @@ def list_runs(root: Path | None = None) -> list[RunFolder]:
     def created(run: RunFolder) -> tuple:
         """Folder time stamp (to the second), then the exact creation time within that second."""
         try:
-            return (run.id[:15], run.status().get("created", 0.0))
+            return (run.id[:15], run.status().created)
         except (ValueError, OSError):  # a damaged status.json: the run still lists, by its name
             return (run.id[:15], 0.0)
 

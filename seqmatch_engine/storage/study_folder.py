@@ -15,9 +15,9 @@ from typing import Any
 from seqmatch_engine.core import paths
 from seqmatch_engine.core.config import ConfigError
 from seqmatch_engine.core.study_spec import StudySpec
-from seqmatch_engine.storage.files import read_json, write_json, write_text
+from seqmatch_engine.storage.files import StorageError, read_json, write_json, write_text
 from seqmatch_engine.storage.ownership import OwnerLock
-from seqmatch_engine.storage.records import RunState
+from seqmatch_engine.storage.records import RunState, StudyStatus
 from seqmatch_engine.storage.runs import RunError, RunFolder, find_folder, place_folder
 
 
@@ -82,17 +82,23 @@ class StudyFolder:
     def spec(self) -> StudySpec:
         return StudySpec.from_dict(read_json(self.path / paths.STUDY_FILE))
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StudyStatus:
         path = self.path / paths.STUDY_STATUS_FILE
-        return read_json(path) if path.exists() else {}
+        try:
+            return StudyStatus.from_dict(read_json(path)) if path.exists() else StudyStatus()
+        except (ValueError, TypeError) as error:
+            raise StorageError(f"{path} cannot be read ({error}). Delete it: starting the study again rewrites "
+                               f"it, and its finished runs are kept") from None
 
-    def update_status(self, **fields: Any) -> None:
-        write_json(self.path / paths.STUDY_STATUS_FILE, {**self.status(), **fields, "updated": time.time()})
+    def update_status(self, **changes: Any) -> None:
+        """Set fields of the study's status.json (StudyStatus's)."""
+        status = self.status().replaced(**changes, updated=time.time())
+        write_json(self.path / paths.STUDY_STATUS_FILE, status.to_dict())
 
     def last_activity(self) -> float:
         """When the study or its run in progress last wrote a file (a time stamp)."""
         files = [self.path / paths.STUDY_STATUS_FILE]
-        current = self.status().get("current")
+        current = self.status().current
         if current and self.run(current):
             files += [self.run(current).path / name for name in (paths.STATUS_FILE, paths.METRICS_FILE)]
         return max((f.stat().st_mtime for f in files if f.exists()), default=0.0)
