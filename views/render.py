@@ -7,6 +7,7 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
+from seqmatch_engine.core.phases import PhaseKind
 from seqmatch_engine.interfaces.live import LiveState
 from seqmatch_engine.interfaces.queries import EvalResult, Panel, PixelTransform, RunState, labelled_panels
 from views.palette import METHOD_NAMES, SERIES_COLOURS
@@ -103,7 +104,7 @@ def status_html(live: LiveState | None, queue_position: int = 0, error: str | No
             return (f"<div class='sm-status'><b>Queued</b> ({ahead}): waiting, {html.escape(live.waiting_for)}. "
                     f"Apps and commands on one home train one run at a time.</div>")
         return f"<div class='sm-status'><b>Queued</b> ({ahead}): one run trains at a time.</div>"
-    done, total = (live.iteration, live.iterations) if live.phase.startswith("distilling") else (live.progress or (0, 0))
+    done, total = (live.iteration, live.iterations) if live.phase_kind is PhaseKind.DISTILLING else (live.progress or (0, 0))
     fraction = done / total if total else 0.0
     run_eta = live.run_eta()
     state = live.state.title()
@@ -116,7 +117,7 @@ def status_html(live: LiveState | None, queue_position: int = 0, error: str | No
                      f"ETA {format_seconds(run_eta)}</span>")
     if live.executor and not live.executor.startswith("local"):
         parts.append(f"<span class='sm-executor'>jobs on {html.escape(live.executor)}</span>")
-    if live.phase.startswith("distilling") and live.memory_mode:
+    if live.phase_kind is PhaseKind.DISTILLING and live.memory_mode:
         note = html.escape(live.memory_note or "", quote=True)
         parts.append(f"<span class='sm-memory' title='{note}'>memory: {html.escape(live.memory_mode)}</span>")
     if live.losses:

@@ -40,7 +40,7 @@ def study_status_html(study: StudyView, live) -> str:
     done, total = status.done, status.total
     parts = [f"<b>{html.escape(state[0].upper() + state[1:])}</b>", f"{done}/{total} runs done"]
     if live and live.state == "running":
-        parts.append(html.escape(live.phase))
+        parts.append(html.escape(" · ".join(filter(None, [live.study_run, live.phase]))))
     if live and live.waiting_for:
         parts.append(f"waiting: {html.escape(live.waiting_for)}")
     if status.started and status.updated and done:

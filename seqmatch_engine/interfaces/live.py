@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from seqmatch_engine.core.labels import is_soft
+from seqmatch_engine.core.phases import PhaseKind
 from seqmatch_engine.orchestration.driver import Event, EventKind
 from seqmatch_engine.orchestration.eta import PhasePlan, remaining_seconds
 from seqmatch_engine.storage.records import RunState
@@ -25,6 +26,8 @@ class LiveState:
     run_id: str
     state: RunState = RunState.QUEUED
     phase: str = "queued"
+    phase_kind: PhaseKind | None = None     # what the phase does (None while queued and once ended)
+    study_run: str | None = None            # a study's job: the run in progress, "run 3/38: <id>"
     memory_mode: str | None = None  # the matching step's memory mode: "unrolled" or "recompute"
     memory_note: str | None = None  # why that mode, with the estimates (MemoryChoice.describe)
     executor: str | None = None     # where jobs run: "local (2 jobs at a time)", "dask tcp://... (4 workers)"
@@ -54,7 +57,7 @@ class LiveState:
 
     def phase_fraction(self) -> float:
         """How much of the current phase is done, 0..1."""
-        if self.phase.startswith("distilling") and self.iterations:
+        if self.phase_kind is PhaseKind.DISTILLING and self.iterations:
             return self.iteration / self.iterations
         return self.progress[0] / self.progress[1] if self.progress and self.progress[1] else 0.0
 
@@ -80,7 +83,7 @@ def fold(live: LiveState, event: Event) -> None:
     if event.kind == EventKind.PHASE:
         _close_phase(live)
         live.phase_started, live.phase_first_fraction = time.time(), None
-        live.phase = data["name"]
+        live.phase, live.phase_kind = data["name"], data.get("phase_kind")
         live.stage = event.stage if event.stage is not None else live.stage
         live.progress = None
         live.memory_mode = data.get("memory_mode", live.memory_mode)
@@ -161,6 +164,7 @@ def live_from_folder(run: RunFolder) -> LiveState:
     for event in events_from_folder(run):
         fold(live, event)
     live.state, live.phase = status.on_disk, status.phase or str(status.on_disk)
+    live.phase_kind = status.phase_kind
     live.memory_mode, live.memory_note = status.memory_mode, status.memory_note
     live.executor = status.executor
     live.stage, live.eta_s = status.stage, None

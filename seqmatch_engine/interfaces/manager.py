@@ -24,7 +24,7 @@ from seqmatch_engine.core.config import RunConfig
 from seqmatch_engine.core.study_spec import StudySpec
 from seqmatch_engine.interfaces.live import LiveObserver, LiveState, live_from_folder
 from seqmatch_engine.interfaces.queries import Library
-from seqmatch_engine.orchestration.driver import Distiller, Event, RunControl, StopRequested
+from seqmatch_engine.orchestration.driver import Distiller, Event, EventKind, RunControl, StopRequested
 from seqmatch_engine.orchestration.executors import Executor
 from seqmatch_engine.orchestration.run_diagnostics import DiagnosticsOptions, RunDiagnostics, compute, computed
 from seqmatch_engine.orchestration.study import run_study
@@ -136,12 +136,12 @@ class JobManager:
         def work(job: _Job) -> bool:
             def on_run(run_id: str, index: int, total: int) -> None:
                 with self._lock:
-                    job.live.phase, job.live.progress = f"run {index + 1}/{total}: {run_id}", (index, total)
+                    job.live.study_run, job.live.progress = f"run {index + 1}/{total}: {run_id}", (index, total)
 
             def observer(event: Event) -> None:
-                if event.kind == "phase":
+                if event.kind == EventKind.PHASE:
                     with self._lock:
-                        job.live.phase = f"{job.live.phase.split(' · ')[0]} · {event.data['name']}"
+                        job.live.phase, job.live.phase_kind = event.data["name"], event.data.get("phase_kind")
 
             with self._owning(job, study.lock()):
                 run_study(study, self.experts_root, observer, job.control, on_run, self.executor)
@@ -293,4 +293,5 @@ class JobManager:
             job.live.phase = state
             job.live.waiting_for = None
         if state == RunState.STOPPED and job.kind is JobKind.RUN and job.run.lock().owner() is None:
-            job.run.update_status(state=RunState.STOPPED, phase="stopped")  # never over another owner's status
+            # never over another owner's status
+            job.run.update_status(state=RunState.STOPPED, phase="stopped", phase_kind=None)

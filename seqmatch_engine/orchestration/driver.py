@@ -24,6 +24,7 @@ import torch
 from seqmatch_engine.core.config import selection_iterations, selects
 from seqmatch_engine.core.control import RunControl, StopRequested
 from seqmatch_engine.core.labels import hard, is_soft
+from seqmatch_engine.core.phases import PhaseKind, TextEnum
 from seqmatch_engine.core.seeding import make_generator
 from seqmatch_engine.data.prepare import PreparedData
 from seqmatch_engine.maths.evaluate import CurriculumStage, curriculum_from_subsets
@@ -35,7 +36,7 @@ from seqmatch_engine.orchestration.eta import run_plan
 from seqmatch_engine.orchestration.executors import Executor
 from seqmatch_engine.orchestration.gradient_recorder import GradientRecorder
 from seqmatch_engine.orchestration.jobs import NetState
-from seqmatch_engine.storage.records import Checkpoint, EvalResult, RunState, TextEnum
+from seqmatch_engine.storage.records import Checkpoint, EvalResult, RunState
 from seqmatch_engine.storage.runs import RunError, RunFolder, Subset
 
 __all__ = ["Distiller", "Event", "EventKind", "RunControl", "StopRequested", "class_labels", "evaluate_run",
@@ -43,7 +44,7 @@ __all__ = ["Distiller", "Event", "EventKind", "RunControl", "StopRequested", "cl
 
 
 class EventKind(TextEnum):
-    PHASE = "phase"                # data: name, and extras (memory mode, message, ...)
+    PHASE = "phase"                # data: name, phase_kind (None once ended), extras (memory mode, ...)
     PROGRESS = "progress"          # data: task ("experts" | "evaluation"), done, total
     PLAN = "plan"                  # data: phases (eta.PhasePlan list: the run's work still to do)
     PREVIEW = "preview"            # data: images {stage: initial (or resumed) images of every stage to learn}
@@ -139,11 +140,11 @@ class Distiller:
     def emit(self, kind: EventKind, stage: int | None = None, iteration: int | None = None, **data: Any) -> None:
         self.observer(Event(kind, stage, iteration, data))
 
-    def phase(self, name: str, stage: int | None = None, **extra: Any) -> None:
-        self.run_folder.update_status(state=RunState.RUNNING, phase=name, stage=stage,
+    def phase(self, name: str, kind: PhaseKind, stage: int | None = None, **extra: Any) -> None:
+        self.run_folder.update_status(state=RunState.RUNNING, phase=name, phase_kind=kind, stage=stage,
                                       phase_seconds=self._time_phase(name), executor=self.ctx.executor.describe(),
                                       **extra)
-        self.emit(EventKind.PHASE, stage, name=name, executor=self.ctx.executor.describe(), **extra)
+        self.emit(EventKind.PHASE, stage, name=name, phase_kind=kind, executor=self.ctx.executor.describe(), **extra)
 
     def _time_phase(self, name: str | None) -> dict[str, float]:
         """Close the current phase's clock, start `name`'s; wall seconds per phase, summed over resumes."""
@@ -171,7 +172,7 @@ class Distiller:
     def _run(self) -> dict[str, Any] | None:
         cfg, ctx = self.config, self.ctx
         try:
-            self.phase("loading data")
+            self.phase("loading data", PhaseKind.LOADING)
             self.run_folder.save_transform(ctx.data.transform)
             self.run_folder.update_status(class_names=list(ctx.data.class_names), dataset=ctx.data.name)
             subsets = self.run_folder.subsets()
@@ -189,22 +190,24 @@ class Distiller:
                     self.expert_phase(f"experts {k + 1}", k, ctx.retrained_recipe(k, subsets))
                     experts = ctx.retrained_experts(k, subsets, self.progress("experts", k), self.control)
                 subsets.append(self.distil_stage(k, experts, subsets))
-            self.phase("evaluating")
+            self.phase("evaluating", PhaseKind.EVALUATING)
             result = evaluate_run(ctx, self.run_folder, subsets, self.emit, self.control)
-            self.run_folder.update_status(state=RunState.DONE, phase="done", finished=time.time(),
+            self.run_folder.update_status(state=RunState.DONE, phase="done", phase_kind=None, finished=time.time(),
                                           phase_seconds=self._time_phase(None))
             self.emit(EventKind.DONE, data=result)
             return result
         except StopRequested:
-            self.run_folder.update_status(state=RunState.STOPPED, phase="stopped", phase_seconds=self._time_phase(None))
-            self.emit(EventKind.PHASE, name="stopped")
+            self.run_folder.update_status(state=RunState.STOPPED, phase="stopped", phase_kind=None,
+                                          phase_seconds=self._time_phase(None))
+            self.emit(EventKind.PHASE, name="stopped", phase_kind=None)
             return None
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through the CLI's handler
-            self.run_folder.update_status(state=RunState.STOPPED, phase="stopped", phase_seconds=self._time_phase(None))
+            self.run_folder.update_status(state=RunState.STOPPED, phase="stopped", phase_kind=None,
+                                          phase_seconds=self._time_phase(None))
             raise
         except Exception as error:
             try:
-                self.run_folder.update_status(state=RunState.FAILED, phase="failed",
+                self.run_folder.update_status(state=RunState.FAILED, phase="failed", phase_kind=None,
                                               error=f"{type(error).__name__}: {error}",
                                               phase_seconds=self._time_phase(None))
             except RunError:
@@ -232,8 +235,8 @@ class Distiller:
         note = self.ctx.cache.retrain_note(recipe, count)
         if note:
             self.run_folder.add_message("info", note)
-        self.phase(name, stage, experts_total=count, experts_cached=self.ctx.cache.cached_count(recipe, count),
-                   **({"message": note} if note else {}))
+        self.phase(name, PhaseKind.EXPERTS, stage, experts_total=count,
+                   experts_cached=self.ctx.cache.cached_count(recipe, count), **({"message": note} if note else {}))
 
     # -- one subset: the stage loop ----------------------------------------------------------------------
     def distil_stage(self, k: int, experts: torch.Tensor, prior: list[Subset]) -> Subset:
@@ -267,7 +270,7 @@ class Distiller:
         batch_syn = dist.batch_syn or data.num_classes * sub.ipc
         images = data.num_classes * sum(s.ipc for s in dist.subsets[:k + 1])  # U_{k-1} and S_k
         memory = choose_memory_mode(dist.memory_mode, spec, batch_syn, dist.syn_steps, images, self.ctx.device)
-        self.phase(f"distilling S{k + 1}", k, iterations=sub.iterations, memory_mode=memory.mode,
+        self.phase(f"distilling S{k + 1}", PhaseKind.DISTILLING, k, iterations=sub.iterations, memory_mode=memory.mode,
                    memory_note=memory.describe())
         setting = StageSetting(tuple(sub.interval), dist.expert_epochs, dist.syn_steps, batch_syn, dist.max_lr,
                                data.image_size, dist.lr_img, dist.lr_lr, dist.momentum, self.ctx.pixel_limit)
@@ -334,7 +337,7 @@ class Distiller:
         self.run_folder.add_message("warning", text)
         self.run_folder.update_status(diverged=[*self.run_folder.status().diverged, stage.k])
         self.run_folder.log({"kind": "divergence", "stage": stage.k, "iteration": iteration + 1, "message": str(error)})
-        self.emit(EventKind.PHASE, stage.k, name=f"S{stage.k + 1} diverged", message=text)
+        self.emit(EventKind.PHASE, stage.k, name=f"S{stage.k + 1} diverged", phase_kind=PhaseKind.DISTILLING, message=text)
         return self.finish_stage(stage, Subset(best.images.clone(), best.labels.clone(), float(best.lr)))
 
     def finish_stage(self, stage: Stage, subset: Subset) -> Subset:
@@ -416,8 +419,8 @@ class Checkpoints:
         best = stage.best
         run.save_checkpoint(Checkpoint(stage.k, done, stage.method.state_dict(), stage.generator.get_state(),
                                        best.accuracy, best.iteration, best.images, best.lr, best.labels))
-        run.update_status(state=RunState.RUNNING, phase=f"distilling S{stage.k + 1}", stage=stage.k, iteration=done,
-                          iterations=stage.iterations)
+        run.update_status(state=RunState.RUNNING, phase=f"distilling S{stage.k + 1}", phase_kind=PhaseKind.DISTILLING,
+                          stage=stage.k, iteration=done, iterations=stage.iterations)
 
 
 class G1:

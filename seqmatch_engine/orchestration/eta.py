@@ -1,6 +1,6 @@
 """How long a run has left: its phases as work units, priced by rates measured in the run itself.
 
-    plan = run_plan(config, data_sizes)        # [PhasePlan("experts 1", "experts", units), ...]
+    plan = run_plan(config, data_sizes)        # [PhasePlan("experts 1", PhaseKind.EXPERTS, units), ...]
     eta = remaining_seconds(plan, current, fraction_done, measured)
 
 A phase's units: experts, image-epochs of expert training; distilling, image-steps of the unrolled student
@@ -16,17 +16,18 @@ import math
 from dataclasses import dataclass
 
 from seqmatch_engine.core.config import RunConfig, selection_iterations
+from seqmatch_engine.core.phases import PhaseKind
 
 # Seconds per unit on this project's 2-core CPU (bench: experts 3700 images/s for two at once, a `small`
 # outer iteration 0.78 s for 100 images x 10 steps, evaluation 36 epochs/s of 100 images): only the ratios
 # matter once one kind is measured.
-DEFAULT_RATES = {"experts": 2.7e-4, "distill": 7.8e-4, "evaluate": 2.8e-4}
+DEFAULT_RATES = {PhaseKind.EXPERTS: 2.7e-4, PhaseKind.DISTILLING: 7.8e-4, PhaseKind.EVALUATING: 2.8e-4}
 
 
 @dataclass(frozen=True)
 class PhasePlan:
     name: str     # as the driver names the phase ("experts 2", "distilling S1", "evaluating")
-    kind: str     # "experts" | "distill" | "evaluate"
+    kind: PhaseKind  # experts, distilling or evaluating
     units: float
 
 
@@ -43,20 +44,22 @@ def run_plan(config: RunConfig, train_images: int, classes: int, start_stage: in
         if k == 0 or (d.expert_source == "retrained" and k >= 1):
             epochs = e.epochs if k == 0 else e.stage_epochs
             pretrain = 0 if k == 0 else v.epochs * (union - sub.ipc * classes)
-            plan.append(PhasePlan(f"experts {k + 1}", "experts", e.num_experts * (epochs * train_images + pretrain)))
+            plan.append(PhasePlan(f"experts {k + 1}", PhaseKind.EXPERTS, e.num_experts * (epochs * train_images + pretrain)))
         batch = d.batch_syn or classes * sub.ipc
         points = selection_iterations(sub.iterations, d.select_every, d.select_points)
         selections = len(points) + 1 if points else 0  # the initial images are scored too
         earlier = curriculum - union if selections else 0  # U_1..U_{k-1}: trained once per stage (Selection)
-        select_units = v.select_nets * v.epochs * (selections * union + earlier) * (DEFAULT_RATES["evaluate"]
-                                                                                    / DEFAULT_RATES["distill"])
-        plan.append(PhasePlan(f"distilling S{k + 1}", "distill", sub.iterations * batch * d.syn_steps + select_units))
+        eval_per_distill = DEFAULT_RATES[PhaseKind.EVALUATING] / DEFAULT_RATES[PhaseKind.DISTILLING]
+        select_units = v.select_nets * v.epochs * (selections * union + earlier) * eval_per_distill
+        plan.append(PhasePlan(f"distilling S{k + 1}", PhaseKind.DISTILLING,
+                              sub.iterations * batch * d.syn_steps + select_units))
     evaluated = curriculum + config.ipc * classes * v.baseline  # every curriculum stage, then the baseline
-    plan.append(PhasePlan("evaluating", "evaluate", v.num_nets * len(v.architectures) * v.epochs * evaluated))
+    plan.append(PhasePlan("evaluating", PhaseKind.EVALUATING,
+                          v.num_nets * len(v.architectures) * v.epochs * evaluated))
     return plan
 
 
-def rate(kind: str, measured: dict[str, float]) -> float:
+def rate(kind: PhaseKind, measured: dict[PhaseKind, float]) -> float:
     """Seconds per unit of `kind`: measured, else the mean of the measured kinds' rates scaled by DEFAULT_RATES'
     ratios (how much slower this machine is than the bench's), else DEFAULT_RATES."""
     if kind in measured:
@@ -68,7 +71,7 @@ def rate(kind: str, measured: dict[str, float]) -> float:
 
 
 def remaining_seconds(plan: list[PhasePlan], current: str | None, fraction_done: float,
-                      measured: dict[str, float]) -> float | None:
+                      measured: dict[PhaseKind, float]) -> float | None:
     """Seconds left: the rest of phase `current` (of which `fraction_done` is done) and every later phase.
     None when `current` is not in the plan (before the plan is known, or after the run)."""
     names = [p.name for p in plan]

@@ -3,22 +3,12 @@ checkpoint, and the row a list of runs shows. runs.RunFolder reads and writes th
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
-from enum import Enum
 from typing import Any
 
 import torch
 
+from seqmatch_engine.core.phases import PhaseKind, TextEnum
 from seqmatch_engine.storage.files import StorageError
-
-
-class TextEnum(str, Enum):
-    """An enum whose members are their text everywhere: in JSON, f-strings and comparisons with strings."""
-
-    def __str__(self) -> str:
-        return self.value
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
 
 
 class RunState(TextEnum):
@@ -78,6 +68,7 @@ class RunStatus:
 
     state: RunState = RunState.CREATED
     phase: str = ""
+    phase_kind: PhaseKind | None = None
     created: float = 0.0
     updated: float = 0.0
     finished: float | None = None
@@ -102,10 +93,12 @@ class RunStatus:
         known = _known(cls, data)
         known["state"] = RunState(known.get("state", RunState.CREATED))
         known["messages"] = [Message(**_known(Message, m)) for m in known.get("messages", [])]
+        known["phase_kind"] = PhaseKind(known["phase_kind"]) if known.get("phase_kind") else None
         return cls(**known)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "state": str(self.state)}
+        return {**asdict(self), "state": str(self.state),
+                "phase_kind": str(self.phase_kind) if self.phase_kind else None}
 
     def replaced(self, **changes: Any) -> "RunStatus":
         return _replaced(self, changes)
