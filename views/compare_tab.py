@@ -156,15 +156,15 @@ class CompareTab:
             values = FormValues(**{**values.__dict__, "ipc": ipc, "num_subsets": num_subsets, "iterations": iterations})
             configs = compare_set(values, budget, tuple(methods))
         except ConfigError as error:
-            return *[gr.skip()] * len(METHODS), f"**Cannot start:** {error}"
+            return {self.message: f"**Cannot start:** {error}"}
         ids = {method: self.manager.submit(config) for method, config in configs.items()}
         queued = ", then ".join(f"{METHOD_NAMES[m]} `{ids[m]}` "
                                 f"({' + '.join(str(s.iterations) for s in configs[m].distill.subsets)} iterations)"
                                 for m in methods)
-        return *[ids.get(m) for m in METHODS], (
+        return {**{state: ids.get(m) for m, state in zip(METHODS, self.states)}, self.message: (
             f"Queued {queued}: budget convention **{budget}**, {BUDGET_NOTES[budget]}. One seed: a demonstration, "
             f"not evidence (the Studies tab runs several). They share the stage-1 experts and the random-real "
-            f"baselines.")
+            f"baselines.")}
 
     @staticmethod
     def on_methods(methods: list[str] | None) -> list:
@@ -178,9 +178,9 @@ class CompareTab:
 
     def on_show(self, *picked: str | None):
         if not any(picked):
-            return *[gr.skip()] * len(METHODS), "**Pick at least one finished run.**"
+            return {self.message: "**Pick at least one finished run.**"}
         shown = ", ".join(f"`{run_id}`" for run_id in picked if run_id)
-        return *picked, f"Showing {shown}."
+        return {**dict(zip(self.states, picked)), self.message: f"Showing {shown}."}
 
     def on_refresh(self, *run_ids: str | None):
         runs = []

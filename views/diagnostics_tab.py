@@ -82,18 +82,24 @@ class DiagnosticsTab:
             runs.append((f"{run.config().method.upper()} {run_id[:15]}", run))
         return runs
 
-    def on_show(self, run_ids: list[str] | None):
+    def figures(self, text: str, g1_heatmap=None, g1_lines=None, g1_coupling=None, g2=None, g3=None, g4=None) -> dict:
+        """The summary and every figure of the tab, by name (an absent figure is cleared)."""
+        return {self.summary: text, self.g1_heatmap: g1_heatmap, self.g1_lines: g1_lines,
+                self.g1_coupling: g1_coupling, self.g2: g2, self.g3: g3, self.g4: g4}
+
+    def on_show(self, run_ids: list[str] | None) -> dict:
         try:
             runs = self._runs(run_ids)
         except RunError as error:
-            return [f"**{error}**", *[None] * 6]
+            return self.figures(f"**{error}**")
         if not runs:
-            return ["Pick one or more finished runs.", *[None] * 6]
+            return self.figures("Pick one or more finished runs.")
         text, coupling, g2, g4 = comparison_overlays(runs)
         main = runs[0][1]
         g1_lines, g3 = run_figures(main)
         records = main.g1()
-        return [text, g1_heatmap_slider(records) if records else None, g1_lines, coupling, g2, g3, g4]
+        return self.figures(text, g1_heatmap=g1_heatmap_slider(records) if records else None, g1_lines=g1_lines,
+                            g1_coupling=coupling, g2=g2, g3=g3, g4=g4)
 
     def on_compute(self, run_ids: list[str] | None, reducer: str):
         if not run_ids:
@@ -113,15 +119,16 @@ class DiagnosticsTab:
             return None, "<div class='sm-status'>Everything is computed already: press <b>Show</b>.</div>"
         return jobs, status_html(self.manager.live(jobs[0]), self.manager.queue_position(jobs[0]))
 
-    def on_poll(self, jobs: list[str] | None, run_ids: list[str] | None):
+    def on_poll(self, jobs: list[str] | None, run_ids: list[str] | None) -> dict:
+        """While jobs run: their status (the figures stay); once done: what they computed."""
         if not jobs:
-            return [jobs, gr.skip(), *[gr.skip()] * 7]
+            return {self.job: jobs}
         lives = [self.manager.live(j) for j in jobs]
         pending = [live for live in lives if live and live.state.active]
         if pending:
             live = pending[0]
-            return [jobs, status_html(live, self.manager.queue_position(live.run_id)), *[gr.skip()] * 7]
+            return {self.job: jobs, self.status: status_html(live, self.manager.queue_position(live.run_id))}
         errors = [f"<div class='sm-error'>{html.escape(live.error)}</div>" for live in lives if live and live.error]
         text = "<div class='sm-status'>Diagnostics computed.</div>" if not errors else \
             f"<div class='sm-status'>{''.join(errors)}</div>"
-        return [None, text, *self.on_show(run_ids)]
+        return {self.job: None, self.status: text, **self.on_show(run_ids)}
