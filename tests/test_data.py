@@ -15,6 +15,7 @@ import scipy.io
 import torch
 from PIL import Image
 
+from seqmatch_engine.core import paths
 from seqmatch_engine.data import datasets as data
 from seqmatch_engine.data.datasets import DATASET_NAMES, DatasetError, ImageDataset, load_dataset
 
@@ -330,7 +331,7 @@ def test_bad_bundled_file(tmp_path, monkeypatch, write):
         load_dataset("fashion-mnist-small")
     assert str(path) in str(error.value)
     assert "make_bundled_dataset.py" in str(error.value)
-    assert f"restore it with `git -C {Path(data.__file__).resolve().parents[1]} checkout -- " \
+    assert f"restore it with `git -C {paths.REPO_DIR} checkout -- " \
            f"assets/data/fashion_mnist_small.npz`" in str(error.value)
 
 

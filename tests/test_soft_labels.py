@@ -17,6 +17,7 @@ from seqmatch_engine.maths.models import ConvNetSpec
 from seqmatch_engine.methods import OBJECTIVES
 from seqmatch_engine.methods.datm import correct_real_images, window_at
 from seqmatch_engine.orchestration.driver import Distiller
+from seqmatch_engine.storage.export import export_set
 from seqmatch_engine.storage.runs import RunFolder
 
 
@@ -207,7 +208,7 @@ def test_a_soft_label_set_keeps_its_labels_through_import_and_export(tmp_path):
     (subset,) = run.subsets()
     order = torch.argsort(classes, stable=True)
     assert torch.equal(subset.labels, logits[order]) and torch.equal(subset.images, images[order])
-    exported = run.export(tmp_path / "out")
+    exported = export_set(run, tmp_path / "out").folder
     with safe_open(str(exported / "distilled_set.safetensors"), "pt") as handle:
         assert torch.equal(handle.get_tensor("S1.labels"), logits[order])
     assert (exported / "S1.png").is_file()

@@ -187,9 +187,9 @@ class RunsTab:
         except (RunError, StorageError) as error:
             return None, f"**Cannot export:** {error}"
         if exported.partial:
-            return archive, (f"Exported a **partial** set of `{run_id}`: S1–S{exported.held} of its {exported.total} "
+            return str(archive), (f"Exported a **partial** set of `{run_id}`: S1–S{exported.held} of its {exported.total} "
                              f"subsets (the rest is not learned yet; the file's metadata says partial: true).")
-        return archive, f"Exported `{run_id}`: safetensors + one PNG grid per subset."
+        return str(archive), f"Exported `{run_id}`: safetensors + one PNG grid per subset."
 
     def on_delete(self, run_id: str):
         try:

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from seqmatch_engine.core.config import DATASET_NAMES
-from seqmatch_engine.core.paths import ASSETS_DIR
+from seqmatch_engine.core.paths import ASSETS_DIR, REPO_DIR
 
 __all__ = [
     "BUNDLED_DATASET_PATH",
@@ -80,7 +80,7 @@ def display_facts(name: str) -> tuple[tuple[float, ...], tuple[float, ...], tupl
 
 
 _BUNDLED_REBUILD_HINT = (
-    f"It ships with the repository: restore it with `git -C {BUNDLED_DATASET_PATH.parent.parent.parent} checkout -- "
+    f"It ships with the repository: restore it with `git -C {REPO_DIR} checkout -- "
     f"assets/data/{BUNDLED_DATASET_PATH.name}`, or rebuild it with `python assets/data/make_bundled_dataset.py` "
     "(needs `apt-get install dataset-fashion-mnist`)."
 )
