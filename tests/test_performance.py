@@ -256,6 +256,7 @@ def test_distiller_reports_and_uses_the_chosen_memory_mode(tmp_path, monkeypatch
     assert modes == ["recompute", "recompute"]
     assert run.status().memory_mode == "recompute"
     # what the app shows: the live state rebuilt from the folder, and the status card while distilling
+    from seqmatch_engine.core.phases import PhaseKind
     from seqmatch_engine.interfaces.live import live_from_folder
     from seqmatch_engine.storage.records import RunState
     from views.render import status_html
@@ -263,7 +264,7 @@ def test_distiller_reports_and_uses_the_chosen_memory_mode(tmp_path, monkeypatch
     live = live_from_folder(run)
     note = "memory mode recompute (set in the config, replaying convolutions): unrolled ~"
     assert live.memory_mode == "recompute" and live.memory_note.startswith(note)
-    live.phase, live.state = "distilling S1", RunState.RUNNING
+    live.phase, live.phase_kind, live.state = "distilling S1", PhaseKind.DISTILLING, RunState.RUNNING
     card = status_html(live)
     assert "memory: recompute" in card and f"title='{note}" in card
 
