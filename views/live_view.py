@@ -11,28 +11,8 @@ import gradio as gr
 
 from seqmatch_engine.interfaces.live import LiveState
 from seqmatch_engine.interfaces.manager import JobManager
-from seqmatch_engine.interfaces.queries import RunError, RunState, RunView, StorageError, is_soft
+from seqmatch_engine.interfaces.queries import RunError, RunState, RunView, is_soft
 from views.render import accuracy_markdown, curves_figure, placeholder_figure, status_html, subset_panels
-
-_DISPLAY_INFO: dict[tuple[str, float], tuple] = {}  # (run id, version of its transform file) -> (transform, names)
-
-
-def display_info(run: RunView):
-    """(transform, class names), or None while the run has not loaded its data yet; read once per version of the
-    run's transform file."""
-    version = run.transform_version()
-    if version is None:
-        return None
-    key = (run.id, version)
-    if key not in _DISPLAY_INFO:
-        try:
-            _DISPLAY_INFO[key] = (run.transform(), tuple(run.status().class_names))
-        except StorageError:
-            return None
-        while len(_DISPLAY_INFO) > 32:
-            _DISPLAY_INFO.pop(next(iter(_DISPLAY_INFO)))
-    transform, names = _DISPLAY_INFO[key]
-    return (transform, names) if names else None
 
 
 @dataclass
@@ -75,7 +55,7 @@ class LiveView:
 
     @staticmethod
     def render_images(run: RunView, live: LiveState):
-        info = display_info(run)
+        info = run.display_info()
         if info is None or not live.images:
             return None  # nothing of this run yet: an empty panel, never another run's picture
         transform, names = info

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import gradio as gr
 
+from seqmatch_engine.core.config import DATASET_NAMES
 from seqmatch_engine.interfaces.manager import JobManager
-from seqmatch_engine.interfaces.queries import DATASETS, ImportFailed, RunError, RunState, RunView, StorageError, is_soft
-from views.live_view import display_info
+from seqmatch_engine.interfaces.queries import ImportFailed, RunError, RunState, RunView, StorageError, is_soft
 from views.render import accuracy_markdown, subset_panels
 
 COLUMNS = ["run", "method", "IPC", "state", "phase", "accuracy", "random real"]
@@ -91,7 +91,7 @@ class RunsTab:
             self.upload = gr.File(file_count="multiple", label="images_best.pt + labels_best.pt (+ best_lr.pt), "
                                                                "or replay_buffer_*.pt")
             with gr.Row():
-                self.import_dataset = gr.Dropdown(list(DATASETS), value="cifar10", label="Dataset of the set")
+                self.import_dataset = gr.Dropdown(list(DATASET_NAMES), value="cifar10", label="Dataset of the set")
                 self.import_zca = gr.Checkbox(True, label="Set was distilled with ZCA")
                 self.import_button = gr.Button("Import")
             self.buffers = gr.Markdown(buffers_markdown(self.manager), elem_id="sm-buffers")
@@ -139,7 +139,7 @@ class RunsTab:
         return text, gr.update(maximum=last, value=last), self.final_image(run)
 
     def final_image(self, run: RunView):
-        info = display_info(run)
+        info = run.display_info()
         subsets = run.subsets()
         if info is None or not subsets:
             return None
@@ -150,7 +150,7 @@ class RunsTab:
             run = self._run(run_id)
         except RunError:
             return None
-        snapshots, info = run.snapshots(), display_info(run)
+        snapshots, info = run.snapshots(), run.display_info()
         if not snapshots or info is None:
             return None
         stage, iteration = snapshots[min(int(index), len(snapshots) - 1)]

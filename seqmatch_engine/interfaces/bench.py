@@ -473,11 +473,10 @@ def run_bench(quick: bool = False, threads: int | None = None, sections: list[st
     if "fashion" in sections:
         out("\n## The outer iteration at the CPU presets' shapes (fashion-ipc*, ConvNet w32 on 28x28x1, syn_steps 10)")
         report["fashion"] = section_fashion(quick, rounds + 1, reps, threads, out, progress, interleaved_children,
-                                            table, matmul_peak)
+                                            matmul_peak)
     if "precision" in sections:
         out("\n## bf16: what it costs in exactness and buys in time")
-        report["precision"] = section_precision(quick, rounds + 1, reps, threads, out, progress, interleaved_children,
-                                                table)
+        report["precision"] = section_precision(quick, rounds + 1, reps, threads, out, progress, interleaved_children)
     if "memory" in sections:
         out("\n## Peak memory vs syn_steps: unrolled (default) and recompute (memory-bounded) modes")
         report["memory"] = section_memory([10, 30, 50], rounds + 1, reps + 1, threads, out, progress)

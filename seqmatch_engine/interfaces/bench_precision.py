@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from seqmatch_engine.core.seeding import make_generator
-from seqmatch_engine.interfaces.bench_reference import plain_convnet
+from seqmatch_engine.interfaces.bench_reference import plain_convnet, table
 from seqmatch_engine.maths.augment import DSA_OPERATIONS, augment
 from seqmatch_engine.maths.matching import ConvNetStudent, draw_minibatches, draw_unroll_plan, matching_loss
 from seqmatch_engine.maths.memory import tune_cpu_allocator
@@ -156,7 +156,7 @@ def _medians(runs: dict[str, list[dict]], out: Out) -> dict[str, float]:
 
 
 def section_fashion(quick: bool, rounds: int, reps: int, threads: int | None, out: Out, progress: Out,
-                    interleaved: Callable, table: Callable, matmul_peak: Callable) -> dict[str, Any]:
+                    interleaved: Callable, matmul_peak: Callable) -> dict[str, Any]:
     shapes = ["ipc20-stage2", "ipc20-static"] if quick else list(SHAPES)
     peak = matmul_peak(threads)
     rows, result = [], {"matmul_gflops": peak}
@@ -193,7 +193,7 @@ def gradient_agreement(shape: str = "ipc20-stage2") -> dict[str, float]:
 
 
 def section_precision(quick: bool, rounds: int, reps: int, threads: int | None, out: Out, progress: Out,
-                      interleaved: Callable, table: Callable) -> dict[str, Any]:
+                      interleaved: Callable) -> dict[str, Any]:
     progress("[bf16: gradient agreement with fp64]")
     agreement = gradient_agreement()
     rows = [[path, f"{a['cosine']:.6f}", f"{a['lr_error']:.1e}"] for path, a in agreement.items()]

@@ -65,15 +65,14 @@ class JobManager:
         """`executor`: where the jobs of every run go (default: local threads)."""
         self.home = home
         self.executor = executor
-        self.runs_root = paths.runs_root(home)
-        self.experts_root = paths.experts_root(home)
-        self.studies_root = paths.studies_root(home)
+        self.library = Library(home)  # what the views read; the roots of this home
+        self.runs_root, self.experts_root = self.library.runs_root, self.library.experts_root
+        self.studies_root = self.library.studies_root
         self.queue_lock = OwnerLock(paths.queue_lock(home), f"the job queue of {paths.runs_root(home).parent.resolve()}",
                                     "Apps on one home run one job at a time between them.")
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._queue: queue.Queue[str] = queue.Queue()
-        self.library = Library(home)  # what the views read
         self._worker = threading.Thread(target=self._work, name="seqmatch-worker", daemon=True)
         self._worker.start()
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from seqmatch_engine.core import paths
-from seqmatch_engine.core.config import DATASET_NAMES, RunConfig
+from seqmatch_engine.core.config import RunConfig
 from seqmatch_engine.core.labels import is_soft
 from seqmatch_engine.data.imaging import Panel, labelled_panels
 from seqmatch_engine.data.prepare import PixelTransform
@@ -40,12 +41,15 @@ from seqmatch_engine.storage.records import EvalResult, Message, RunOverview, Ru
 from seqmatch_engine.storage.runs import RunError, RunFolder, Subset, folder_signature, list_runs
 from seqmatch_engine.storage.study_folder import StudyFolder, list_studies
 
-__all__ = ["DATASETS", "DiagnosticsOptions", "Embedding", "EvalResult", "Exported", "ImportFailed", "Library",
+__all__ = ["DiagnosticsOptions", "Embedding", "EvalResult", "Exported", "ImportFailed", "Library",
            "Message", "Owner", "Panel", "PixelTransform", "RunError", "RunOverview", "RunState", "RunStatus",
            "RunView", "StorageError", "StudyStatus", "StudyView", "Subset", "format_late_errors", "is_soft",
            "labelled_panels", "mean_off_diagonal", "single_core"]
 
-DATASETS = DATASET_NAMES  # the datasets a public set may be imported as
+@lru_cache(maxsize=32)
+def _display_info(run_path: Path, version: float) -> tuple[PixelTransform, tuple[str, ...]]:
+    folder = RunFolder(run_path)
+    return folder.transform(), tuple(folder.status().class_names)
 
 
 class RunView:
@@ -87,11 +91,17 @@ class RunView:
     def snapshot_labels(self, stage: int, iteration: int) -> torch.Tensor | None:
         return self._folder.snapshot_labels(stage, iteration)
 
-    def transform_version(self) -> float | None:
-        return self._folder.transform_version()
-
-    def transform(self) -> PixelTransform:
-        return self._folder.transform()
+    def display_info(self) -> tuple[PixelTransform, tuple[str, ...]] | None:
+        """(the pixel transform to show images with, class names), or None while the run has not loaded its data
+        yet; read once per version of its transform file."""
+        version = self._folder.transform_version()
+        if version is None:
+            return None
+        try:
+            transform, names = _display_info(self._folder.path, version)
+        except StorageError:
+            return None
+        return (transform, names) if names else None
 
     # -- diagnostics ---------------------------------------------------------------------------------------
     def g1(self) -> list[dict[str, Any]]:
