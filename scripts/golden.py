@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 from seqmatch_engine.core.config import RunConfig, apply_overrides, as_static, load_preset  # noqa: E402
 from seqmatch_engine.core.seeding import machine_signature  # noqa: E402
 from seqmatch_engine.orchestration.driver import Distiller  # noqa: E402
+from seqmatch_engine.storage.records import IterationRecord, SelectionRecord  # noqa: E402
 from seqmatch_engine.storage.runs import RunFolder  # noqa: E402
 
 GOLDEN = REPO / "tests" / "golden" / "runs.json"
@@ -49,8 +50,8 @@ def fingerprint(run: RunFolder) -> dict:
     records = run.metrics()
     return {
         "subsets": [_digest([s.images, s.labels, torch.tensor(s.lr)]) for s in run.subsets()],
-        "losses": _digest([[r["stage"], r["iteration"], r["loss"], r["lr"]] for r in records if r["kind"] == "iteration"]),
-        "selection": [[r["stage"], r["iteration"], r["val_accuracy"]] for r in records if r["kind"] == "selection"],
+        "losses": _digest([[r.stage, r.iteration, r.loss, r.lr] for r in records if isinstance(r, IterationRecord)]),
+        "selection": [[r.stage, r.iteration, r.val_accuracy] for r in records if isinstance(r, SelectionRecord)],
         "eval": run.eval().sets,
     }
 

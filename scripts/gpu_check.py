@@ -175,6 +175,7 @@ def part_run(out: Path, dry: bool) -> dict:
     """A short paper-shaped SeqMatch run (ConvNet-128 on 32x32x3, K = 2) on CIFAR-10-format data written here."""
     from seqmatch_engine.core.config import RunConfig
     from seqmatch_engine.orchestration.driver import Distiller
+    from seqmatch_engine.storage.records import IterationRecord
     from seqmatch_engine.storage.runs import RunFolder
 
     device, _ = device_and_shapes(dry)
@@ -197,7 +198,7 @@ def part_run(out: Path, dry: bool) -> dict:
     result = Distiller(run, home / "experts").run()
     wall = time.perf_counter() - started
     seconds = run.status().phase_seconds
-    iterations = [r["seconds"] for r in run.metrics() if r.get("kind") == "iteration"]
+    iterations = [r.seconds for r in run.metrics() if isinstance(r, IterationRecord)]
     e = config.experts
     return {"wall_seconds": wall, "phase_seconds": seconds,
             "seconds_per_iteration": statistics.median(iterations) if iterations else None,

@@ -175,10 +175,10 @@ def test_a_newcomers_pages_stay_current(smoke_server, screenshot_dir):
         status_has(fresh, "Done", 60_000)
         fresh.wait_for_function(f"() => ({grid_src})().length > 0", timeout=30_000)
         fresh.get_by_role("tab", name="Learn").click()  # the study's findings, in words and numbers
-        from views.learn_tab import study_findings, study_folders
+        from seqmatch_engine.interfaces.queries import learn_studies
 
-        headroom = next(folder for folder in study_folders() if folder.name == "headroom")
-        fresh.get_by_text(study_findings(headroom)[0]).click()
+        headroom = next(study for study in learn_studies() if study.name == "headroom")
+        fresh.get_by_text(headroom.title).click()
         fresh.get_by_text("SeqMatch − MTT (paired)").first.wait_for(timeout=15_000)
         browser.close()
 
@@ -217,10 +217,9 @@ def test_a_fresh_compare_page_and_the_learn_figures_read_as_they_should(smoke_se
             page.get_by_text(text).locator("visible=true").first.wait_for(timeout=15_000)
         page.screenshot(path=str(screenshot_dir / "compare-fresh.png"), full_page=True)
         page.get_by_role("tab", name="Learn").click()
-        from views.learn_tab import STUDIES_DIR, study_findings
+        from seqmatch_engine.interfaces.queries import learn_studies
 
-        title, _ = study_findings(STUDIES_DIR / "headroom")
-        page.get_by_text(title).click()
+        page.get_by_text(next(study.title for study in learn_studies() if study.name == "headroom")).click()
         figures = {name: page.locator(f"img[src*='headroom-{name}']").first for name in ("accuracy", "paired",
                                                                                           "coupling")}
         for name, figure in figures.items():

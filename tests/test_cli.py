@@ -28,6 +28,7 @@ from seqmatch_engine.core.config import RunConfig, load_preset
 from seqmatch_engine.interfaces import cli
 from seqmatch_engine.orchestration import driver as seqmatch
 from seqmatch_engine.storage.files import read_tensors
+from seqmatch_engine.storage.records import IterationRecord, SelectionRecord
 from seqmatch_engine.storage.runs import RunFolder, list_runs
 
 TWO_SUBSETS = [
@@ -279,7 +280,7 @@ def test_distill_leaves_a_complete_run_folder(finished):
     assert [tuple(s.images.shape) for s in subsets] == [(10, 1, 28, 28), (10, 1, 28, 28)]
     assert torch.equal(subsets[1].labels, torch.arange(10))
     assert run.snapshots() == [(0, 0), (0, 2), (1, 0), (1, 2)]  # each stage from its images before any step
-    iterations = [(r["stage"], r["iteration"]) for r in run.metrics() if r["kind"] == "iteration"]
+    iterations = [(r.stage, r.iteration) for r in run.metrics() if isinstance(r, IterationRecord)]
     assert iterations == [(0, 1), (0, 2), (1, 1), (1, 2)]
     experts = {p.name for p in (home / "experts").iterdir()}
     assert len(experts) == 3 and "evaluations" in experts  # stage-1 and retrained stage-2 experts, accuracies
@@ -461,7 +462,7 @@ def test_static_distill_makes_a_one_subset_run(finished, tmp_path, capsys):
     assert len(run.subsets()) == 1 and tuple(run.subsets()[0].images.shape) == (20, 1, 28, 28)
     assert "[experts 2]" not in captured.err
     assert "  S1 it 2: val acc " in captured.err  # select_every=2 reports validation accuracy
-    selections = [r["iteration"] for r in run.metrics() if r["kind"] == "selection"]
+    selections = [r.iteration for r in run.metrics() if isinstance(r, SelectionRecord)]
     assert selections == [0, 2]
     rc = cli.main(["--home", str(home), "distill", "--static", "--budget", "total", *tiny_args("name=total")])
     assert rc == 0

@@ -6,6 +6,7 @@ which on a shared 2-core machine is many times faster for nets this small.
 """
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
@@ -26,7 +27,7 @@ from seqmatch_engine.diagnostics.features import (
 )
 from seqmatch_engine.diagnostics.gradients import (
     coupling_index,
-    g1_record,
+    g1_values,
     gradient_similarity,
     mean_off_diagonal,
     nominal_split,
@@ -54,6 +55,8 @@ from seqmatch_engine.orchestration.run_diagnostics import (
 )
 from seqmatch_engine.orchestration.run_diagnostics.g2 import held_out_retrained
 from seqmatch_engine.storage import diagnostics_store as store
+from seqmatch_engine.storage.diagnostic_records import G1Record
+from seqmatch_engine.storage.files import StorageError
 from seqmatch_engine.storage.runs import RunError, RunFolder
 
 E1, E2, E3, E4 = torch.eye(4)
@@ -92,11 +95,24 @@ def test_g1_normalises_each_gradient_before_averaging():
     assert torch.isnan(within).all()
 
 
-def test_g1_record_is_json_ready_with_nulls_for_missing_values():
-    record = g1_record(1, 10, grads_of(E1, E2), torch.tensor([0, 0]), torch.tensor([0, 1]), ["S1", "S2"],
-                       start_epoch=4)
-    assert record == {"stage": 1, "iteration": 10, "groups": ["S1", "S2"], "sizes": [1, 1],
-                      "matrix": [[1.0, 0.0], [0.0, 1.0]], "within": [None, None], "start_epoch": 4}
+def test_g1_values_are_json_ready_with_nulls_for_missing_values():
+    matrix, within = g1_values(grads_of(E1, E2), torch.tensor([0, 0]), torch.tensor([0, 1]), 2)
+    assert (matrix, within) == ([[1.0, 0.0], [0.0, 1.0]], [None, None])
+    assert json.loads(json.dumps(matrix)) == matrix
+
+
+def test_a_g1_record_file_holds_what_it_always_did_and_a_damaged_one_names_the_fix(tmp_path):
+    """g1.jsonl's lines keep their keys and order (runs recorded before the records were typed still read)."""
+    record = G1Record(1, 10, ["S1", "S2"], [1, 1], [[1.0, 0.0], [0.0, 1.0]], [None, None], 4, 0.5)
+    store.append_g1(tmp_path, record)
+    line = (tmp_path / "diagnostics" / "g1.jsonl").read_text()
+    assert line == ('{"stage": 1, "iteration": 10, "groups": ["S1", "S2"], "sizes": [1, 1], "matrix": [[1.0, 0.0], '
+                    '[0.0, 1.0]], "within": [null, null], "start_epoch": 4, "loss": 0.5}\n')
+    assert store.read_g1(tmp_path) == [record]
+    (tmp_path / "diagnostics" / "g4.json").write_text('{"method": "mtt"}')
+    with pytest.raises(StorageError, match="g4.json is not a diagnostics record this version reads.*compute it again"):
+        store.read_g4(tmp_path)
+    assert summary(tmp_path)["hard_accuracy_synthetic"] is None
 
 
 def test_nominal_split_and_stage_groups():
@@ -110,7 +126,7 @@ def test_nominal_split_and_stage_groups():
 
 def test_coupling_index_averages_the_last_fifth_of_multi_group_records():
     def record(value, k=2):
-        return {"matrix": [[1.0 if a == b else value for b in range(k)] for a in range(k)]}
+        return [[1.0 if a == b else value for b in range(k)] for a in range(k)]
 
     records = [record(0.9, 1), record(0.9, 1)] + [record(v) for v in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)]
     assert coupling_index(records) == pytest.approx(0.75)  # ceil(0.2 * 8) = 2 records: 0.7, 0.8
@@ -146,18 +162,18 @@ def test_recording_g1_does_not_change_the_learned_images(home):
     for a, b in zip(recorded, plain, strict=True):
         assert torch.equal(a.images, b.images) and a.lr == b.lr
     records = store.read_g1(runs["recorded"].path)
-    assert [(r["stage"], r["iteration"]) for r in records] == [(s, i) for s in (0, 1) for i in range(1, 5)]
-    assert records[0]["groups"] == ["S1"] and records[-1]["groups"] == ["S1", "S2"]
-    assert records[-1]["sizes"] == [20, 10]
+    assert [(r.stage, r.iteration) for r in records] == [(s, i) for s in (0, 1) for i in range(1, 5)]
+    assert records[0].groups == ["S1"] and records[-1].groups == ["S1", "S2"]
+    assert records[-1].sizes == [20, 10]
     assert store.read_g1(runs["plain"].path) == []
 
 
 def test_static_mtt_records_nominal_groups(home):
     _, runs = home
     records = store.read_g1(runs["mtt"].path)
-    assert [r["iteration"] for r in records] == [2, 4, 6, 8]
-    assert all(r["groups"] == ["N1", "N2"] and r["sizes"] == [20, 10] for r in records)
-    assert coupling_index(records) == pytest.approx(records[-1]["matrix"][0][1])  # ceil(0.2 * 4) = 1 record
+    assert [r.iteration for r in records] == [2, 4, 6, 8]
+    assert all(r.groups == ["N1", "N2"] and r.sizes == [20, 10] for r in records)
+    assert coupling_index([r.matrix for r in records]) == pytest.approx(records[-1].matrix[0][1])  # ceil(0.2 * 4) = 1 record
 
 
 def test_resumed_stage_does_not_duplicate_g1_records(home, tmp_path):
@@ -174,7 +190,7 @@ def test_resumed_stage_does_not_duplicate_g1_records(home, tmp_path):
     run = RunFolder.create(tmp_path, config)
     with pytest.raises(Killed):
         Distiller(run, home_dir / "experts", kill).run()
-    assert store.read_g1(run.path)[-1]["iteration"] == 3  # recorded past the checkpoint at iteration 2
+    assert store.read_g1(run.path)[-1].iteration == 3  # recorded past the checkpoint at iteration 2
     Distiller(RunFolder(run.path), home_dir / "experts").run()
     assert store.read_g1(run.path) == store.read_g1(runs["recorded"].path)
 
@@ -219,16 +235,16 @@ def test_g2_scores_each_subset_on_the_trajectories_it_was_learned_against(diagno
     on batches of 10, as while S2 was learned."""
     diagnostics, g2, _, _ = diagnosed
     s1, s2 = diagnostics.subsets
-    assert [f["family"] for f in g2["families"]] == [1, 2] and g2["version"] == 2
-    one, two = g2["families"]
-    assert one["subset"] == [0, 0, 0] and two["subset"] == [1, 1, 1] and two["source_run"] == diagnostics.run.id
-    torch.testing.assert_close(torch.tensor(one["per_expert"]), torch.tensor(expected_curve(
+    assert [f.family for f in g2.families] == [1, 2] and g2.version == 2
+    one, two = g2.families
+    assert one.subset == [0, 0, 0] and two.subset == [1, 1, 1] and two.source_run == diagnostics.run.id
+    torch.testing.assert_close(torch.tensor(one.per_expert), torch.tensor(expected_curve(
         diagnostics, 0, diagnostics.held_out_experts(), s1.images, s1.labels, s1.lr, 20)), rtol=1e-6, atol=0)
     retrained = held_out_retrained(diagnostics, 1, diagnostics.subsets)
     union = torch.cat([s1.images, s2.images]), torch.cat([s1.labels, s2.labels])
-    torch.testing.assert_close(torch.tensor(two["per_expert"]),
+    torch.testing.assert_close(torch.tensor(two.per_expert),
                                torch.tensor(expected_curve(diagnostics, 1, retrained, *union, s2.lr, 10)), rtol=1e-6, atol=0)
-    assert two["mean"][0] == pytest.approx(sum(row[0] for row in two["per_expert"]) / 2, rel=1e-9)
+    assert two.mean[0] == pytest.approx(sum(row[0] for row in two.per_expert) / 2, rel=1e-9)
     assert store.read_g2(diagnostics.run.path) == g2
 
 
@@ -238,13 +254,13 @@ def test_g2_of_static_mtt_uses_its_whole_set_on_the_partners_families(home, diag
     copy = RunFolder(shutil.copytree(runs["mtt"].path, tmp_path / runs["mtt"].id))  # the module's run stays as it was
     static = RunDiagnostics(copy, home_dir / "experts", DiagnosticsOptions(experts=2, draws=1))
     alone = compute(static, "g2")
-    assert [f["family"] for f in alone["families"]] == [1]  # no partner: stage-1 experts only
+    assert [f.family for f in alone.families] == [1]  # no partner: stage-1 experts only
     paired = compute(static, "g2", partner=runs["recorded"])
-    assert [f["family"] for f in paired["families"]] == [1, 2] and paired["families"][1]["subset"] == [0, 0, 0]
+    assert [f.family for f in paired.families] == [1, 2] and paired.families[1].subset == [0, 0, 0]
     (learned,) = static.subsets
     retrained = held_out_retrained(seqmatch, 1, seqmatch.subsets)  # the partner's family 2, from the same cache
     torch.testing.assert_close(held_out_retrained(static, 1, seqmatch.subsets), retrained)
-    torch.testing.assert_close(torch.tensor(paired["families"][1]["per_expert"]), torch.tensor(
+    torch.testing.assert_close(torch.tensor(paired.families[1].per_expert), torch.tensor(
         expected_curve(static, 1, retrained, learned.images, learned.labels, learned.lr, 30)), rtol=1e-6, atol=0)
     with pytest.raises(RunError, match="not a SeqMatch run"):
         compute(static, "g2", partner=copy)
@@ -340,29 +356,30 @@ def test_g4_hardness_by_hand():
     assert threshold == 3.0 and easy.tolist() == [True, False, False, False]
     easy, hard, _ = split_easy_hard(torch.tensor([2.0, 2.0]))
     assert not easy.any() and hard.all()
-    assert summarise([0.5, 0.7]) == {"mean": pytest.approx(0.6), "std": pytest.approx(0.02 ** 0.5), "values": [0.5, 0.7]}
-    assert summarise([0.5, None])["mean"] is None
+    assert summarise([0.5, 0.7]) == (pytest.approx(0.6), pytest.approx(0.02 ** 0.5), [0.5, 0.7])
+    assert summarise([0.5, None])[:2] == (None, None)
 
 
 def test_g4_uses_the_runs_own_evaluation_nets(diagnosed):
     diagnostics, _, _, g4 = diagnosed
     evaluation = diagnostics.run.eval().to_dict()
-    assert g4["sets"]["synthetic"]["all"]["values"] == [evaluation["synthetic"]["convnet"]["values"][0]]
-    assert g4["sets"]["random_real"]["all"]["values"] == [evaluation["random_real"]["convnet"]["values"][0]]
-    assert g4["easy_count"] + g4["hard_count"] == len(g4["hardness"]) == 10000
-    assert g4["threshold"] == float(torch.tensor(g4["hardness"]).median())
+    assert g4.sets["synthetic"].all.values == [evaluation["synthetic"]["convnet"]["values"][0]]
+    assert g4.sets["random_real"].all.values == [evaluation["random_real"]["convnet"]["values"][0]]
+    assert g4.easy_count + g4.hard_count == len(g4.hardness) == 10000
+    assert g4.threshold == float(torch.tensor(g4.hardness).median())
     for name in ("synthetic", "random_real"):
-        part = g4["sets"][name]
-        total = (part["easy"]["mean"] * g4["easy_count"] + part["hard"]["mean"] * g4["hard_count"]) / 10000
-        assert total == pytest.approx(part["all"]["mean"])
+        part = g4.sets[name]
+        total = (part.easy.mean * g4.easy_count + part.hard.mean * g4.hard_count) / 10000
+        assert total == pytest.approx(part.all.mean)
+    assert store.read_g4(diagnostics.run.path) == g4
 
 
 def test_summary_collects_g1_g2_g4(diagnosed):
     diagnostics, g2, _, g4 = diagnosed
     values = summary(diagnostics.run.path)
-    assert values["coupling_index"] == coupling_index(store.read_g1(diagnostics.run.path))
-    assert values["late_matching_error"] == [f["mean"][-1] for f in g2["families"]]  # ceil(0.25 * 3) = 1 epoch
-    assert values["hard_accuracy_synthetic"] == g4["sets"]["synthetic"]["hard"]["mean"]
+    assert values["coupling_index"] == coupling_index([r.matrix for r in store.read_g1(diagnostics.run.path)])
+    assert values["late_matching_error"] == [f.mean[-1] for f in g2.families]  # ceil(0.25 * 3) = 1 epoch
+    assert values["hard_accuracy_synthetic"] == g4.sets["synthetic"].hard.mean
 
 
 # -- CLI ---------------------------------------------------------------------------------------------------

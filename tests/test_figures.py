@@ -1,11 +1,15 @@
 """views/figures.py: each builder turns hand-made diagnostics data into the expected plotly figure."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import plotly.graph_objects as go
 import pytest
 import torch
 
 from seqmatch_engine.diagnostics.features import Embedding
+from seqmatch_engine.interfaces.queries import G1Record, G2Family, G2Result, G4Result, NetAccuracies
+from seqmatch_engine.storage.diagnostic_records import SetAccuracies
 from views.figures import (
     MAX_FRAMES,
     downsample,
@@ -22,12 +26,11 @@ from views.palette import METHOD_COLOURS
 from views.study_figures import accuracy_figure, coupling_figure, paired_figure, study_axis
 
 
-def g1_records(per_stage: int = 4) -> list[dict]:
+def g1_records(per_stage: int = 4) -> list[G1Record]:
     """SeqMatch-like records: stage 0 with S1 only, stage 1 with S1 and S2."""
-    first = [{"stage": 0, "iteration": i, "groups": ["S1"], "matrix": [[1.0]], "within": [0.1]}
-             for i in range(1, per_stage + 1)]
-    second = [{"stage": 1, "iteration": i, "groups": ["S1", "S2"], "matrix": [[1.0, 0.3], [0.3, 1.0]],
-               "within": [0.2, None]} for i in range(1, per_stage + 1)]
+    first = [G1Record(0, i, ["S1"], [2], [[1.0]], [0.1]) for i in range(1, per_stage + 1)]
+    second = [G1Record(1, i, ["S1", "S2"], [2, 2], [[1.0, 0.3], [0.3, 1.0]], [0.2, None])
+              for i in range(1, per_stage + 1)]
     return first + second
 
 
@@ -75,14 +78,18 @@ def test_g1_lines_pairs_within_and_stage_offsets():
     assert len(long.data[0].x) == 50 and long.data[0].x[-1] == 2000
 
 
-def family(k: int, mean: list[float], std: list[float]) -> dict:
-    return {"family": k, "start_epochs": list(range(len(mean))), "mean": mean, "std": std}
+def family(k: int, mean: list[float], std: list[float]) -> G2Family:
+    return G2Family(list(range(len(mean))), mean, std, [mean], k, [k - 1] * len(mean), None, mean[-1])
+
+
+def g2_result(method: str, families: list[G2Family]) -> G2Result:
+    return G2Result(method, "run", 2, families, [0.01], 2, 1, 2, 10, "key", 2)
 
 
 def test_g2_figure_one_line_per_run_and_family_coloured_by_method():
-    mtt = {"method": "mtt", "families": [family(1, [0.5, 0.6, 0.9], [0.1, 0.1, 0.2]), family(2, [0.7, 0.8], [0, 0])]}
-    seq = {"method": "seqmatch", "label": "SeqMatch", "families": [family(1, [0.5, 0.5, 0.6], [0.1, 0.0, 0.1])]}
-    figure = g2_figure([mtt, seq])
+    mtt = g2_result("mtt", [family(1, [0.5, 0.6, 0.9], [0.1, 0.1, 0.2]), family(2, [0.7, 0.8], [0, 0])])
+    seq = g2_result("seqmatch", [family(1, [0.5, 0.5, 0.6], [0.1, 0.0, 0.1])])
+    figure = g2_figure([("", mtt), ("SeqMatch", seq)])
     assert [trace.name for trace in figure.data] == ["mtt · stage-1 experts", "mtt · experts pre-trained on U1",
                                                      "SeqMatch · stage-1 experts"]
     assert list(figure.data[0].error_y.array) == [0.1, 0.1, 0.2]
@@ -90,8 +97,8 @@ def test_g2_figure_one_line_per_run_and_family_coloured_by_method():
     assert [t.line.dash for t in figure.data] == ["solid", "dash", "solid"]
     assert figure.layout.xaxis.title.text == "start epoch t (of each family's trajectories)"
     assert figure.layout.yaxis.title.text == "normalised matching loss L(t)"
-    long = {"families": [family(1, [1.0] * 1000, [0.0] * 1000)]}
-    assert len(g2_figure([long], max_points=100).data[0].x) == 100
+    long = g2_result("mtt", [family(1, [1.0] * 1000, [0.0] * 1000)])
+    assert len(g2_figure([("", long)], max_points=100).data[0].x) == 100
 
 
 def study_summary() -> dict:
@@ -183,10 +190,14 @@ def test_g3_figure_marks_the_method_when_runs_are_overlaid():
 
 
 def test_g4_figure_grouped_bars_with_error_bars():
-    result = {"method": "seqmatch", "sets": {
-        "synthetic": {"easy": {"mean": 0.8, "std": 0.01}, "hard": {"mean": 0.4, "std": 0.02}},
-        "random_real": {"easy": {"mean": 0.6, "std": 0.03}, "hard": {"mean": None, "std": None}}}}
-    entries = g4_entries(result, "SeqMatch") + g4_entries({**result, "method": "mtt"}, baseline=False)
+    def accuracies(mean, std):
+        return NetAccuracies(mean, std, [])
+
+    synthetic = SetAccuracies(accuracies(0.6, 0.01), accuracies(0.8, 0.01), accuracies(0.4, 0.02))
+    real = SetAccuracies(accuracies(0.5, 0.01), accuracies(0.6, 0.03), accuracies(None, None))
+    result = G4Result("seqmatch", "run", 2, 1.0, 5, 5, 2, 1, 300, {"synthetic": synthetic, "random_real": real},
+                      [1.0] * 10)
+    entries = g4_entries(result, "SeqMatch") + g4_entries(replace(result, method="mtt"), baseline=False)
     figure = g4_figure(entries)
     assert [trace.name for trace in figure.data] == ["SeqMatch", "random real", "mtt"]
     assert figure.layout.barmode == "group"

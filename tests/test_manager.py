@@ -63,3 +63,23 @@ def test_the_views_query_api_reads_only_and_refuses_ids_outside_its_roots(tmp_pa
     signature = library.signature()
     RunFolder.create(paths.runs_root(tmp_path), slow_config("another"))
     assert library.signature() != signature
+
+
+def test_the_learn_query_reads_each_shipped_study_as_its_title_findings_table_and_figures(tmp_path, monkeypatch):
+    from seqmatch_engine.interfaces import queries
+
+    shipped = {study.name: study for study in queries.learn_studies()}
+    assert {"headroom", "convergence"} <= set(shipped)
+    headroom = shipped["headroom"]
+    assert headroom.title and not headroom.findings.startswith("#") and "| IPC" in headroom.table
+    assert [p.name for p in headroom.figures] == sorted(p.name for p in headroom.figures)
+    assert {p.stem for p in headroom.figures} >= {"headroom-accuracy", "headroom-paired", "headroom-coupling"}
+
+    made = tmp_path / "learn"
+    (made / "studies" / "b-study").mkdir(parents=True)
+    (made / "studies" / "b-study" / "findings.md").write_text("# \nwhat it shows")  # no title: its folder's name
+    (made / "studies" / "a-no-findings").mkdir()  # a folder without findings is not a study to report
+    (made / "z.png").write_bytes(b"")
+    monkeypatch.setattr(queries.paths, "LEARN_DIR", made)
+    assert queries.learn_studies() == [queries.LearnStudy("b-study", "b-study", "what it shows", None, ())]
+    assert queries.learn_pictures() == [made / "z.png"]

@@ -22,6 +22,7 @@ from seqmatch_engine.orchestration.driver import Distiller, RunControl, Selectio
 from seqmatch_engine.orchestration.executors import LocalExecutor
 from seqmatch_engine.orchestration.jobs import EvalJob, NetState, train_partway
 from seqmatch_engine.storage.files import read_json
+from seqmatch_engine.storage.records import DivergenceRecord, IterationRecord, SelectionRecord
 from seqmatch_engine.storage.runs import RunFolder, Subset
 
 
@@ -136,7 +137,7 @@ def test_same_seed_same_images_and_resume_after_kill_matches(tmp_path):
     assert result is not None
     for a, b in zip(reference.subsets(), run.subsets()):
         assert torch.equal(a.images, b.images) and a.lr == b.lr
-    iterations = [(r["stage"], r["iteration"]) for r in run.metrics() if r["kind"] == "iteration"]
+    iterations = [(r.stage, r.iteration) for r in run.metrics() if isinstance(r, IterationRecord)]
     assert iterations == [(0, i) for i in range(1, 5)] + [(1, i) for i in range(1, 5)]
     assert any("resumed S2 at iteration 2" in m.text for m in run.status().messages)
 
@@ -174,7 +175,7 @@ def test_exploding_lr_stops_the_stage_with_a_message_and_keeps_the_initial_image
     assert run.subsets()[0].lr == pytest.approx(run.config().distill.subsets[0].lr_init)  # stored as float32
     for subset in run.subsets():
         assert torch.isfinite(subset.images).all() and 0 < subset.lr <= 1.0
-    assert any(r["kind"] == "divergence" for r in run.metrics())
+    assert any(isinstance(r, DivergenceRecord) for r in run.metrics())
     assert result["diverged"] == run.status().diverged and 0 in result["diverged"]
 
 
@@ -187,8 +188,8 @@ def test_exploding_pixels_are_caught_early_blame_lr_img_and_keep_the_best_valida
     assert warnings and all("synthetic pixels exploded" in text and "lower distill.lr_img (now 20000)" in text
                             for text in warnings), warnings
     assert "Kept the best validated images (iteration 0)" in warnings[0]
-    divergences = [r for r in run.metrics() if r["kind"] == "divergence"]
-    assert divergences[0]["iteration"] == 2  # caught at 20x the normal scale, long before the pixels reach 1e6
+    divergences = [r for r in run.metrics() if isinstance(r, DivergenceRecord)]
+    assert divergences[0].iteration == 2  # caught at 20x the normal scale, long before the pixels reach 1e6
     data = prepare_data(config.data, config.seed, torch.device("cpu"))
     limit = 20 * float(data.train_images.pow(2).mean().sqrt())
     for subset in run.subsets():
@@ -285,19 +286,19 @@ def test_the_initial_images_are_measured_at_the_first_selection_not_before_the_f
     run, _ = run_to_end(tmp_path, tiny_config(select_every=2), observer=events.append)
     stage0 = [(e.kind, e.iteration) for e in events if e.stage == 0 and e.kind in ("iteration", "selection")]
     assert stage0[:5] == [("iteration", 1), ("iteration", 2), ("selection", 0), ("selection", 2), ("iteration", 3)]
-    selections = [r for r in run.metrics() if r.get("kind") == "selection" and r["stage"] == 0]
-    assert [r["iteration"] for r in selections] == [0, 2, 4]
-    best = max(selections, key=lambda r: r["val_accuracy"])  # the first best wins ties
+    selections = [r for r in run.metrics() if isinstance(r, SelectionRecord) and r.stage == 0]
+    assert [r.iteration for r in selections] == [0, 2, 4]
+    best = max(selections, key=lambda r: r.val_accuracy)  # the first best wins ties
     (done,) = [e for e in events if e.kind == "stage_done" and e.stage == 0]
-    assert done.data["data"]["best_iteration"] == best["iteration"]
+    assert done.data["data"]["best_iteration"] == best.iteration
 
 
 def test_selection_ties_keep_the_earlier_candidate(tmp_path, monkeypatch):
     """Equal validation accuracies: the first candidate (the initial images) stays the best."""
     monkeypatch.setattr(RunContext, "evaluate", lambda self, *args, **kwargs: Accuracy([0.5]))
     run, _ = run_to_end(tmp_path, tiny_config(select_every=2))
-    selections = [r for r in run.metrics() if r.get("kind") == "selection" and r["stage"] == 0]
-    assert [(r["iteration"], r["best"]) for r in selections] == [(0, True), (2, False), (4, False)]
+    selections = [r for r in run.metrics() if isinstance(r, SelectionRecord) and r.stage == 0]
+    assert [(r.iteration, r.best) for r in selections] == [(0, True), (2, False), (4, False)]
     data = prepare_data(run.config().data, run.config().seed, torch.device("cpu"))
     init = initial_images(data, 1, "real", make_generator(run.config().seed, "init", 0))
     assert torch.equal(run.subsets()[0].images, init)  # the kept S1 is the first candidate
@@ -364,7 +365,7 @@ def test_selection_trains_the_earlier_stages_once_per_stage_and_scores_as_before
     assert partway_calls == [1, 2]  # stage 2 after U_1, stage 3 after U_2; 3 candidates each
     monkeypatch.setattr(Selection, "after_earlier_stages", lambda *args: None)
     whole, _ = run_to_end(tmp_path, config, "whole")
-    scores = [[(r["stage"], r["iteration"], r["val_accuracy"]) for r in run.metrics() if r.get("kind") == "selection"]
+    scores = [[(r.stage, r.iteration, r.val_accuracy) for r in run.metrics() if isinstance(r, SelectionRecord)]
               for run in (shared, whole)]
     assert len(scores[0]) == 9 and scores[0] == scores[1]
     for a, b in zip(shared.subsets(), whole.subsets()):
@@ -396,7 +397,7 @@ def test_select_points_scores_at_its_points_and_equals_select_every_where_they_c
                                   ("four", {"select_points": 4, "select_every": 0}))}
 
     def scored(run):
-        return [(r["stage"], r["iteration"], r["val_accuracy"]) for r in run.metrics() if r["kind"] == "selection"]
+        return [(r.stage, r.iteration, r.val_accuracy) for r in run.metrics() if isinstance(r, SelectionRecord)]
 
     assert [(s, i) for s, i, _ in scored(runs["every"])] == [(0, 0), (0, 2), (0, 4), (1, 0), (1, 2), (1, 4)]
     assert scored(runs["points"]) == scored(runs["every"])

@@ -223,5 +223,5 @@ def test_g2_to_g4_run_on_a_soft_label_set_with_its_own_labels(tmp_path):
     images, labels, _ = diagnostics.scoring_set(1)
     assert labels.shape == (20, 10) and torch.allclose(labels.sum(1), torch.ones(20))  # probabilities of the logits
     g2, g3, g4 = compute(diagnostics, "g2"), compute(diagnostics, "g3"), compute(diagnostics, "g4")
-    assert g2["families"] and g4["sets"]["synthetic"]["all"]
+    assert g2.families and g4.sets["synthetic"].all.mean is not None
     assert g3.label.dtype == torch.int64  # top classes colour the map

@@ -35,7 +35,15 @@ from seqmatch_engine.storage.files import (
     write_json,
     write_tensors,
 )
-from seqmatch_engine.storage.records import Checkpoint, EvalResult, RunState, RunStatus
+from seqmatch_engine.storage.records import (
+    Checkpoint,
+    EvalResult,
+    IterationRecord,
+    RunState,
+    RunStatus,
+    SelectionRecord,
+    metric_from_dict,
+)
 from seqmatch_engine.storage.runs import RunError, RunFolder, Subset, list_runs
 
 
@@ -304,18 +312,37 @@ def test_status_of_a_folder_without_status_file_is_the_default(tmp_path):
 
 def test_metrics_and_truncation(tmp_path):
     run = RunFolder.create(tmp_path, preset_config())
-    records = [{"kind": "iteration", "stage": s, "iteration": i} for s in (0, 1, 2) for i in (1, 2, 3)]
-    records.insert(4, {"kind": "selection", "stage": 1, "iteration": 0})
+    records = [IterationRecord(s, i, 0.5, 0.01, 3, 1, 0.2) for s in (0, 1, 2) for i in (1, 2, 3)]
+    records.insert(4, SelectionRecord(1, 0, 0.7, True))
     for record in records:
         run.log(record)
     assert run.metrics() == records
     run.truncate_metrics(1, 2)
-    kept = [(r["stage"], r["iteration"]) for r in run.metrics()]
+    kept = [(r.stage, r.iteration) for r in run.metrics()]
     assert kept == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 0), (1, 2)]
-    run.log({"kind": "iteration", "stage": 1, "iteration": 3})
-    assert [(r["stage"], r["iteration"]) for r in run.metrics()][-1] == (1, 3)
+    run.log(IterationRecord(1, 3, 0.4, 0.01, 2))
+    assert [(r.stage, r.iteration) for r in run.metrics()][-1] == (1, 3)
     run.truncate_metrics(0, 0)
     assert run.metrics() == []
+
+
+def test_metrics_records_keep_their_file_format_and_refuse_what_is_not_a_record(tmp_path):
+    """metrics.jsonl's lines are what they always were (kind first, then the fields in order), so runs written
+    before the records were typed still read; a line of an unknown kind is an error naming the file and the fix."""
+    run = RunFolder.create(tmp_path, preset_config())
+    run.log(IterationRecord(0, 1, 0.5, 0.01, 3, 2, 0.25))
+    run.log(SelectionRecord(0, 1, 0.75, False))
+    lines = (run.path / paths.METRICS_FILE).read_text().splitlines()
+    assert lines == ['{"kind": "iteration", "stage": 0, "iteration": 1, "loss": 0.5, "lr": 0.01, "start_epoch": 3, '
+                     '"expert": 2, "seconds": 0.25}',
+                     '{"kind": "selection", "stage": 0, "iteration": 1, "val_accuracy": 0.75, "best": false}']
+    older = {"kind": "iteration", "stage": 0, "iteration": 2, "loss": 0.4, "lr": 0.01, "start_epoch": 1}
+    assert metric_from_dict(older) == IterationRecord(0, 2, 0.4, 0.01, 1, None, None)
+    with (run.path / paths.METRICS_FILE).open("a") as handle:
+        handle.write('{"kind": "evaluation", "stage": 0}\n')
+    with pytest.raises(storage.StorageError, match="metrics.jsonl holds a line that is not a metrics record.*"
+                                                   "unknown record kind 'evaluation'.*Delete that line"):
+        run.metrics()
 
 
 def test_save_subset_and_subsets_round_trip(tmp_path):
@@ -561,7 +588,7 @@ def test_stopped_run_resumes_and_exports(tmp_path, data, experts_root):
     status = run.status()
     assert status.state == "done"
     assert [m.text for m in status.messages] == ["resumed S1 at iteration 1 of 3"]
-    assert [r["iteration"] for r in run.metrics() if r["kind"] == "iteration"] == [1, 2, 3]
+    assert [r.iteration for r in run.metrics() if isinstance(r, IterationRecord)] == [1, 2, 3]
     assert run.snapshots() == [(0, 0), (0, 1), (0, 2), (0, 3)]
     assert run.checkpoint() is None
     (subset,) = run.subsets()
@@ -593,7 +620,7 @@ def test_resume_before_the_first_checkpoint_does_not_duplicate_metrics(tmp_path,
     assert Distiller(run, experts_root, observer, control, data).run() is None
     assert run.checkpoint() is None  # stopped before the first snapshot
     Distiller(run, experts_root, data=data).run()
-    assert [r["iteration"] for r in run.metrics() if r["kind"] == "iteration"] == [1, 2, 3]
+    assert [r.iteration for r in run.metrics() if isinstance(r, IterationRecord)] == [1, 2, 3]
 
 
 def test_a_packed_run_travels_and_installs_exactly_refusing_paths_outside(tmp_path):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from seqmatch_engine.interfaces.manager import JobManager
-from seqmatch_engine.interfaces.queries import DiagnosticsOptions, RunError, RunState, RunView
+from seqmatch_engine.interfaces.queries import DiagnosticsOptions, RunError, RunState, RunView, StorageError
 from views.figures import g1_heatmap_slider
 from views.overlays import comparison_overlays, run_figures
 from views.render import status_html
@@ -94,10 +94,13 @@ class DiagnosticsTab:
             return self.figures(f"**{error}**")
         if not runs:
             return self.figures("Pick one or more finished runs.")
-        text, coupling, g2, g4 = comparison_overlays(runs)
-        main = runs[0][1]
-        g1_lines, g3 = run_figures(main)
-        records = main.g1()
+        try:
+            text, coupling, g2, g4 = comparison_overlays(runs)
+            main = runs[0][1]
+            g1_lines, g3 = run_figures(main)
+            records = main.g1()
+        except StorageError as error:  # a damaged G1 record file (G2 and G4 are reported in the text)
+            return self.figures(f"**{error}**")
         return self.figures(text, g1_heatmap=g1_heatmap_slider(records) if records else None, g1_lines=g1_lines,
                             g1_coupling=coupling, g2=g2, g3=g3, g4=g4)
 

@@ -1,15 +1,16 @@
-"""Plotly figures of the coupling diagnostics: data in (records, dicts, an Embedding), Figure out.
+"""Plotly figures of the coupling diagnostics: typed records in (G1Record, G2Result, G4Result, an Embedding),
+Figure out.
 
 Nothing here computes a diagnostic or touches files; see seqmatch_engine.diagnostics for the
 definitions of G1-G4. Long series are downsampled evenly (first and last point kept).
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from seqmatch_engine.interfaces.queries import Embedding
+from seqmatch_engine.interfaces.queries import Embedding, G1Record, G2Result, G4Result, NetAccuracies
 from views.palette import FAMILY_DASHES, SERIES_COLOURS, method_colour
 
 CLASS_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -34,19 +35,19 @@ def _colour(palette: list[str], index: int) -> str:
 
 
 # -- G1 -------------------------------------------------------------------------------------------------
-def _heatmap_trace(record: dict[str, Any]) -> go.Heatmap:
-    names = record["groups"]
-    text = [["" if v is None else f"{v:.2f}" for v in row] for row in record["matrix"]]
-    return go.Heatmap(z=record["matrix"], x=names, y=names, zmin=-1, zmax=1, colorscale="RdBu", reversescale=True,
+def _heatmap_trace(record: G1Record) -> go.Heatmap:
+    names = record.groups
+    text = [["" if v is None else f"{v:.2f}" for v in row] for row in record.matrix]
+    return go.Heatmap(z=record.matrix, x=names, y=names, zmin=-1, zmax=1, colorscale="RdBu", reversescale=True,
                       text=text, texttemplate="%{text}", colorbar={"title": "cosine"},
                       hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>")
 
 
-def _record_title(record: dict[str, Any]) -> str:
-    return f"S{record['stage'] + 1}, iteration {record['iteration']}"
+def _record_title(record: G1Record) -> str:
+    return f"S{record.stage + 1}, iteration {record.iteration}"
 
 
-def g1_heatmap(record: dict[str, Any]) -> go.Figure:
+def g1_heatmap(record: G1Record) -> go.Figure:
     """One G1 record -> K x K heatmap of between-group gradient cosines (1 trace)."""
     figure = go.Figure(_heatmap_trace(record))
     figure.update_layout(title=f"Gradient similarity between groups ({_record_title(record)})",
@@ -54,10 +55,10 @@ def g1_heatmap(record: dict[str, Any]) -> go.Figure:
     return figure
 
 
-def g1_heatmap_slider(records: list[dict[str, Any]], max_frames: int = MAX_FRAMES) -> go.Figure:
+def g1_heatmap_slider(records: list[G1Record], max_frames: int = MAX_FRAMES) -> go.Figure:
     """G1 records with at least two groups -> the heatmap with a time slider (one frame per record, at most
     `max_frames`), opening on the last record (a 1 x 1 "S1 vs S1" matrix says nothing, so those are left out)."""
-    records = [r for r in records if len(r["groups"]) >= 2]
+    records = [r for r in records if len(r.groups) >= 2]
     if not records:
         return _empty("No G1 record with two groups yet (they appear once a second subset, or nominal group, exists)")
     chosen = [records[i] for i in downsample(len(records), max_frames)]
@@ -73,20 +74,20 @@ def g1_heatmap_slider(records: list[dict[str, Any]], max_frames: int = MAX_FRAME
     return figure
 
 
-def stage_offsets(records: list[dict[str, Any]], stage_iterations: list[int] | None = None) -> dict[int, int]:
+def stage_offsets(records: list[G1Record], stage_iterations: list[int] | None = None) -> dict[int, int]:
     """Iterations before each stage: given lengths, or each earlier stage's last recorded iteration."""
-    stages = sorted({r["stage"] for r in records})
+    stages = sorted({r.stage for r in records})
     offsets, total = {}, 0
     for stage in range(max(stages, default=-1) + 1):
         offsets[stage] = total
         if stage_iterations is not None and stage < len(stage_iterations):
             total += stage_iterations[stage]
         else:
-            total += max((r["iteration"] for r in records if r["stage"] == stage), default=0)
+            total += max((r.iteration for r in records if r.stage == stage), default=0)
     return offsets
 
 
-def g1_lines(records: list[dict[str, Any]], stage_iterations: list[int] | None = None,
+def g1_lines(records: list[G1Record], stage_iterations: list[int] | None = None,
              max_points: int = MAX_POINTS) -> go.Figure:
     """G1 records -> lines over all outer iterations: one per pair of groups (between-group cosine,
     solid) and one per group (mean within-class cosine, dotted); stage boundaries as vertical lines."""
@@ -94,16 +95,16 @@ def g1_lines(records: list[dict[str, Any]], stage_iterations: list[int] | None =
         return _empty("No G1 records (set distill.diagnose_every > 0 before distilling)")
     chosen = [records[i] for i in downsample(len(records), max_points)]
     offsets = stage_offsets(records, stage_iterations)
-    x = [offsets[r["stage"]] + r["iteration"] for r in chosen]
-    names = max((r["groups"] for r in records), key=len)
+    x = [offsets[r.stage] + r.iteration for r in chosen]
+    names = max((r.groups for r in records), key=len)
     figure = go.Figure()
     for a in range(len(names)):
         for b in range(a + 1, len(names)):
-            y = [r["matrix"][a][b] if len(r["groups"]) > b else None for r in chosen]
+            y = [r.matrix[a][b] if len(r.groups) > b else None for r in chosen]
             figure.add_trace(go.Scatter(x=x, y=y, mode="lines", name=f"cos({names[a]}, {names[b]})",
                                         line={"color": _colour(SERIES_COLOURS, a * len(names) + b)}))
     for a, name in enumerate(names):
-        y = [r["within"][a] if len(r["groups"]) > a else None for r in chosen]
+        y = [r.within[a] if len(r.groups) > a else None for r in chosen]
         figure.add_trace(go.Scatter(x=x, y=y, mode="lines", name=f"within {name}",
                                     line={"dash": "dot", "color": _colour(SERIES_COLOURS, a)}))
     for stage, offset in offsets.items():
@@ -119,20 +120,19 @@ def g1_lines(records: list[dict[str, Any]], stage_iterations: list[int] | None =
 FAMILY_NAMES = {1: "stage-1 experts", 2: "experts pre-trained on U1", 3: "experts pre-trained on U2"}
 
 
-def g2_figure(runs_data: list[dict[str, Any]], max_points: int = MAX_POINTS) -> go.Figure:
-    """G2 results (g2.json dicts, each with an optional "label") -> L(t) by start epoch: one colour per method,
-    one dash per family of held-out trajectories, the spread over experts and draws as error bars."""
+def g2_figure(results: list[tuple[str, G2Result]], max_points: int = MAX_POINTS) -> go.Figure:
+    """(label, G2 result) pairs -> L(t) by start epoch: one colour per method, one dash per family of held-out
+    trajectories, the spread over experts and draws as error bars."""
     figure = go.Figure()
-    for i, data in enumerate(runs_data):
-        label = data.get("label") or data.get("method") or f"run {i + 1}"
-        for family in data.get("families", []):
-            keep = downsample(len(family["start_epochs"]), max_points)
-            k = family["family"]
+    for i, (label, result) in enumerate(results):
+        for family in result.families:
+            keep = downsample(len(family.start_epochs), max_points)
+            k = family.family
             figure.add_trace(go.Scatter(
-                x=[family["start_epochs"][j] for j in keep], y=[family["mean"][j] for j in keep],
-                error_y={"type": "data", "array": [family["std"][j] for j in keep], "visible": True},
-                mode="lines+markers", name=f"{label} · {FAMILY_NAMES.get(k, f'family {k}')}",
-                line={"color": method_colour(data.get("method"), i), "dash": FAMILY_DASHES[(k - 1) % 4]}))
+                x=[family.start_epochs[j] for j in keep], y=[family.mean[j] for j in keep],
+                error_y={"type": "data", "array": [family.std[j] for j in keep], "visible": True},
+                mode="lines+markers", name=f"{label or result.method} · {FAMILY_NAMES.get(k, f'family {k}')}",
+                line={"color": method_colour(result.method, i), "dash": FAMILY_DASHES[(k - 1) % 4]}))
     figure.update_layout(title="G2: matching error by start epoch of held-out trajectories",
                          xaxis_title="start epoch t (of each family's trajectories)",
                          yaxis_title="normalised matching loss L(t)", legend={"orientation": "h", "y": -0.25})
@@ -201,27 +201,36 @@ def g3_figure(embedding: Embedding) -> go.Figure:
 
 
 # -- G4 -------------------------------------------------------------------------------------------------
-def g4_entries(result: dict[str, Any], label: str | None = None, baseline: bool = True) -> list[dict[str, Any]]:
-    """A g4.json dict -> bar entries {label, method, easy, hard} for its set and (optionally) random real."""
-    label = label or result.get("method", "synthetic")
-    entries = [{"label": label, "method": result.get("method"),
-                **{p: result["sets"]["synthetic"][p] for p in ("easy", "hard")}}]
-    if baseline and "random_real" in result["sets"]:
-        entries.append({"label": "random real", "method": "random_real",
-                        **{p: result["sets"]["random_real"][p] for p in ("easy", "hard")}})
+@dataclass(frozen=True)
+class G4Bars:
+    """One group of G4 bars: a label, the method it is coloured by, its nets' accuracies on easy and hard images."""
+
+    label: str
+    method: str | None
+    easy: NetAccuracies
+    hard: NetAccuracies
+
+
+def g4_entries(result: G4Result, label: str | None = None, baseline: bool = True) -> list[G4Bars]:
+    """A run's G4 -> the bars of its set and (optionally) of random real images."""
+    synthetic = result.sets["synthetic"]
+    entries = [G4Bars(label or result.method, result.method, synthetic.easy, synthetic.hard)]
+    if baseline and "random_real" in result.sets:
+        real = result.sets["random_real"]
+        entries.append(G4Bars("random real", "random_real", real.easy, real.hard))
     return entries
 
 
-def g4_figure(entries: list[dict[str, Any]]) -> go.Figure:
-    """Entries {label, easy: {mean, std}, hard: {mean, std}} -> grouped bars (one trace per entry) in %."""
+def g4_figure(entries: list[G4Bars]) -> go.Figure:
+    """Bar groups -> grouped bars (one trace per entry) in %, sample std over nets as error bars."""
     figure = go.Figure()
     for i, entry in enumerate(entries):
-        parts = ("easy", "hard")
-        means = [None if entry[p]["mean"] is None else 100 * entry[p]["mean"] for p in parts]
-        stds = [0 if entry[p]["std"] is None else 100 * entry[p]["std"] for p in parts]
-        figure.add_trace(go.Bar(x=["easy test images", "hard test images"], y=means, name=entry["label"],
+        parts = (entry.easy, entry.hard)
+        means = [None if p.mean is None else 100 * p.mean for p in parts]
+        stds = [0 if p.std is None else 100 * p.std for p in parts]
+        figure.add_trace(go.Bar(x=["easy test images", "hard test images"], y=means, name=entry.label,
                                 error_y={"type": "data", "array": stds, "visible": True},
-                                marker_color=method_colour(entry.get("method"), i)))
+                                marker_color=method_colour(entry.method, i)))
     figure.update_layout(title="Accuracy on easy and hard test images", barmode="group",
                          xaxis_title="test images (split by expert hardness)", yaxis_title="test accuracy (%)")
     return figure

@@ -5,12 +5,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from seqmatch_engine.core.paths import ASSETS_DIR
-
-LEARN_DIR = ASSETS_DIR / "learn"
-# One folder per study: findings.md (its first line, a "# " title; then what the study shows, in words), summary.md
-# (its table) and its figures (PNG).
-STUDIES_DIR = LEARN_DIR / "studies"
+from seqmatch_engine.interfaces.queries import learn_pictures, learn_studies
 
 SECTIONS = [
     ("What is dataset distillation?",
@@ -70,30 +65,18 @@ SECTIONS = [
 ]
 
 
-def study_folders() -> list:
-    """The studies the Learn tab reports, in name order."""
-    return sorted(p for p in STUDIES_DIR.iterdir() if (p / "findings.md").is_file()) if STUDIES_DIR.is_dir() else []
-
-
-def study_findings(folder) -> tuple[str, str]:
-    """(title, text) of a study's findings.md: its first line is "# <title>"."""
-    first, _, rest = (folder / "findings.md").read_text().partition("\n")
-    return first.removeprefix("# ").strip() or folder.name, rest.strip()
-
-
 @dataclass
 class LearnTab:
     def build(self) -> None:
         for title, text in SECTIONS:
             with gr.Accordion(title, open=title == SECTIONS[0][0]):
                 gr.Markdown(text)
-        for folder in study_folders():
-            title, findings = study_findings(folder)
-            with gr.Accordion(title, open=False):
-                gr.Markdown(findings)
-                if (folder / "summary.md").is_file():
-                    gr.Markdown((folder / "summary.md").read_text())
-                figures = sorted(folder.glob("*.png"))
+        for study in learn_studies():
+            with gr.Accordion(study.title, open=False):
+                gr.Markdown(study.findings)
+                if study.table:
+                    gr.Markdown(study.table)
+                figures = study.figures
                 with gr.Row():  # the narrow figures side by side, the wide coupling figure at full width below
                     for path in [p for p in figures if "coupling" not in p.stem]:
                         gr.Image(str(path), label=path.stem.replace("-", " "), show_label=False, interactive=False,
@@ -101,7 +84,7 @@ class LearnTab:
                 for path in [p for p in figures if "coupling" in p.stem]:
                     gr.Image(str(path), label=path.stem.replace("-", " "), show_label=False, interactive=False,
                              buttons=["fullscreen"])
-        pictures = sorted(LEARN_DIR.glob("*.png"))
+        pictures = learn_pictures()
         if pictures:
             gr.Gallery([(str(p), p.stem.replace("_", " ")) for p in pictures],
                        label="What learned images look like (single cpu-demo runs: pictures, not evidence)",

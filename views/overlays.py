@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from seqmatch_engine.interfaces.queries import RunView, format_late_errors, mean_off_diagonal
+from seqmatch_engine.interfaces.queries import RunView, StorageError, format_late_errors, mean_off_diagonal
 from views.figures import g1_lines, g2_figure, g3_figure, g4_entries, g4_figure, stage_offsets
 from views.palette import method_colour
 
@@ -30,14 +30,15 @@ def summary_markdown(runs: list[tuple[str, RunView]]) -> str:
     return "\n".join(rows)
 
 
-def coupling_over_time(runs: list[tuple[str, RunView]]) -> go.Figure:
-    """Mean between-group gradient cosine of every G1 record, one line per run."""
+def coupling_over_time(runs: list[tuple[str, RunView]], problems: list[str]) -> go.Figure:
+    """Mean between-group gradient cosine of every G1 record, one line per run (a damaged record file: its
+    message in `problems`, no line)."""
     figure = go.Figure()
     for i, (label, run) in enumerate(runs):
-        records = run.g1()
+        records = _readable(run.g1, problems) or []
         offsets = stage_offsets(records, [s.iterations for s in run.config().distill.subsets])
-        points = [(offsets[record["stage"]] + record["iteration"], value) for record in records
-                  if len(record["matrix"]) >= 2 and (value := mean_off_diagonal(record["matrix"])) is not None]
+        points = [(offsets[record.stage] + record.iteration, value) for record in records
+                  if len(record.matrix) >= 2 and (value := mean_off_diagonal(record.matrix)) is not None]
         figure.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines", name=label,
                                     line={"color": method_colour(run.config().method, i)}))
     figure.update_layout(title="G1 coupling: mean cosine between subsets' gradients", template="plotly_white",
@@ -46,16 +47,28 @@ def coupling_over_time(runs: list[tuple[str, RunView]]) -> go.Figure:
     return figure
 
 
+def _readable(read, problems: list[str]):
+    """read(), or None with its error's message (which names the file and the way out) added to `problems`."""
+    try:
+        return read()
+    except StorageError as error:
+        problems.append(str(error))
+        return None
+
+
 def comparison_overlays(runs: list[tuple[str, RunView]]):
     """(summary markdown, G1 coupling lines, G2 overlay, G4 bars) for labelled runs."""
     if not runs:
         return "", None, None, None
-    g2 = [{**found, "label": label} for label, run in runs if (found := run.g2())]
-    g4 = [entry for i, (label, run) in enumerate(runs) if (found := run.g4())
+    problems: list[str] = []
+    g2 = [(label, found) for label, run in runs if (found := _readable(run.g2, problems))]
+    g4 = [entry for i, (label, run) in enumerate(runs) if (found := _readable(run.g4, problems))
           for entry in g4_entries(found, label, baseline=i == 0)]
     hint = ("" if g2 and g4 else "\n\nG2 and G4 appear once computed: Diagnostics tab → *Compute*, or "
             "`python -m seqmatch_engine diagnose RUN`.")
-    return (summary_markdown(runs) + hint, coupling_over_time(runs), g2_figure(g2) if g2 else None,
+    coupling = coupling_over_time(runs, problems)
+    hint += "".join(f"\n\n**{problem}**" for problem in problems)
+    return (summary_markdown(runs) + hint, coupling, g2_figure(g2) if g2 else None,
             g4_figure(g4) if g4 else None)
 
 

@@ -15,6 +15,7 @@ REPO_DIR = PACKAGE_DIR.parent
 ASSETS_DIR = REPO_DIR / "assets"
 PRESETS_DIR = ASSETS_DIR / "presets"
 SHIPPED_EXPERTS_DIR = ASSETS_DIR / "experts"  # never written at run time (scripts/make_demo_experts.py)
+LEARN_DIR = ASSETS_DIR / "learn"  # the Learn tab's pictures and studies/<name>/ (findings, table, figures)
 
 
 def home() -> Path:

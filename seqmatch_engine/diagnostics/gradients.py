@@ -103,14 +103,11 @@ def _json_number(value: float) -> float | None:
     return None if math.isnan(value) else round(float(value), 6)
 
 
-def g1_record(stage: int, iteration: int, grads: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor,
-              names: list[str], **extra: object) -> dict:
-    """One JSON-able G1 record: stage, iteration, group names, sizes, matrix (K x K) and within (K)."""
-    matrix, within = gradient_similarity(grads, labels, groups, len(names))
-    return {"stage": stage, "iteration": iteration, "groups": names,
-            "sizes": [int((groups == k).sum()) for k in range(len(names))],
-            "matrix": [[_json_number(v) for v in row] for row in matrix.tolist()],
-            "within": [_json_number(v) for v in within.tolist()], **extra}
+def g1_values(grads: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor,
+              num_groups: int) -> tuple[list[list[float | None]], list[float | None]]:
+    """gradient_similarity as JSON-ready lists: matrix (K x K) and within (K), rounded to 6 decimals, NaN -> None."""
+    matrix, within = gradient_similarity(grads, labels, groups, num_groups)
+    return [[_json_number(v) for v in row] for row in matrix.tolist()], [_json_number(v) for v in within.tolist()]
 
 
 def mean_off_diagonal(matrix: list[list[float | None]]) -> float | None:
@@ -119,17 +116,17 @@ def mean_off_diagonal(matrix: list[list[float | None]]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def coupling_index(records: list[dict], fraction: float = COUPLING_FRACTION) -> float | None:
+def coupling_index(matrices: list[list[list[float | None]]], fraction: float = COUPLING_FRACTION) -> float | None:
     """One number per run: how strongly the subsets are pushed in the same direction late in distillation.
 
-    Take the G1 records in recording order that have at least two groups (SeqMatch stages >= 2,
-    every record of static MTT with its nominal groups); keep the last ceil(fraction * count)
-    of them; average, over those records, the mean off-diagonal entry of the between-group
-    cosine matrix. Range [-1, 1]: 1 = all groups move their images the same way (fully
-    coupled), 0 = unrelated directions. None when no record has two groups.
+    Take the G1 records' between-group cosine matrices in recording order that have at least two
+    groups (SeqMatch stages >= 2, every record of static MTT with its nominal groups); keep the last
+    ceil(fraction * count) of them; average their mean off-diagonal entries. Range [-1, 1]: 1 = all
+    groups move their images the same way (fully coupled), 0 = unrelated directions. None when no
+    matrix has two groups.
     """
-    usable = [r for r in records if len(r["matrix"]) >= 2 and mean_off_diagonal(r["matrix"]) is not None]
+    usable = [m for m in matrices if len(m) >= 2 and mean_off_diagonal(m) is not None]
     if not usable:
         return None
     tail = usable[-max(1, math.ceil(fraction * len(usable))):]
-    return sum(mean_off_diagonal(r["matrix"]) for r in tail) / len(tail)
+    return sum(mean_off_diagonal(m) for m in tail) / len(tail)

@@ -65,9 +65,8 @@ def masked_accuracy(predictions: torch.Tensor, labels: torch.Tensor, mask: torch
     return float((predictions[mask] == labels[mask]).double().mean())
 
 
-def summarise(values: list[float | None]) -> dict:
-    """mean, std (population) and values of per-net accuracies; mean None if any is None."""
+def summarise(values: list[float | None]) -> tuple[float | None, float | None, list[float | None]]:
+    """(mean, sample std, values) of per-net accuracies; mean and std None if any is None."""
     if not values or any(v is None for v in values):
-        return {"mean": None, "std": None, "values": values}
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "values": values}
+        return None, None, values
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, values

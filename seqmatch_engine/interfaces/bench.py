@@ -19,26 +19,23 @@ trained with torch.optim.SGD.
 """
 from __future__ import annotations
 
-import json
 import os
-import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqmatch_engine.core import paths
 from seqmatch_engine.core.config import RunConfig, apply_overrides, load_preset
 from seqmatch_engine.core.seeding import make_generator
+from seqmatch_engine.interfaces.bench_children import Out, gib, interleaved_children, machine_lines, matmul_peak
 from seqmatch_engine.interfaces.bench_eval import child_task, section_evaluation, section_selection
 from seqmatch_engine.interfaces.bench_precision import section_fashion, section_precision
 from seqmatch_engine.interfaces.bench_reference import (
@@ -51,7 +48,6 @@ from seqmatch_engine.interfaces.bench_reference import (
     table,
 )
 from seqmatch_engine.interfaces.manager import JobManager
-from seqmatch_engine.maths import native
 from seqmatch_engine.maths.augment import DSA_OPERATIONS, augment
 from seqmatch_engine.maths.experts import train_trajectory
 from seqmatch_engine.maths.matching import (
@@ -66,7 +62,6 @@ from seqmatch_engine.maths.parallel import parallel_workers, run_in_parallel
 from seqmatch_engine.orchestration.context import RunContext
 from seqmatch_engine.storage.records import RunState
 
-Out = Callable[[str], None]
 SECTIONS = ["matching", "flops", "fashion", "precision", "memory", "experts", "evaluation", "selection", "first-image"]
 
 
@@ -226,72 +221,6 @@ def child_main(task: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def run_child(task: dict[str, Any], timeout: float = 3600) -> dict[str, Any]:
-    """`task` measured in a fresh child by the function its "entry" names (module:function, default child_main)."""
-    module, function = task.get("entry", "seqmatch_engine.interfaces.bench:child_main").split(":")
-    code = (f"import json, sys, torch; from {module} import {function} as entry; "
-            f"threads = json.loads(sys.argv[1]).get('threads'); threads and torch.set_num_threads(int(threads)); "
-            f"print(json.dumps(entry(json.loads(sys.argv[1]))))")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(paths.REPO_DIR),
-                                                                      os.environ.get("PYTHONPATH")]))}
-    env.pop("SEQMATCH_MALLOC_TUNING", None)
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(task)], capture_output=True, text=True, env=env,
-                         timeout=timeout)
-    if out.returncode != 0:
-        tail = out.stderr.strip().splitlines()
-        return {"error": tail[-1] if tail else f"exit {out.returncode}", "times": []}
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def interleaved_children(tasks: dict[str, dict[str, Any]], rounds: int, progress: Out) -> dict[str, list[dict]]:
-    results: dict[str, list[dict]] = {name: [] for name in tasks}
-    for r in range(rounds):
-        for name, task in tasks.items():
-            progress(f"  round {r + 1}/{rounds}: {name} ...")
-            results[name].append(run_child(task))
-    return results
-
-
-# -- helpers ---------------------------------------------------------------------------------------------
-def _gib(n: float) -> str:
-    return f"{n / (1 << 30):.2f} GiB"
-
-
-def machine_lines() -> list[str]:
-    cpu = platform.processor() or platform.machine()
-    mem = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem = _gib(int(line.split()[1]) * 1024)
-    except OSError:
-        pass
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    build = f"torch {torch.__version__} ({'CUDA ' + torch.version.cuda + ' build' if torch.version.cuda else 'CPU build'})"
-    build += f", oneDNN {'on' if torch.backends.mkldnn.is_available() else 'off'}"
-    build += f", MKL {'yes' if torch.backends.mkl.is_available() else 'no'}"
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU: everything on the CPU"
-    return [f"machine: {cpu}, {os.cpu_count()} cores, {mem} RAM, load average {load} (1/5/15 min)",
-            f"build:   {build}, Python {platform.python_version()}, {torch.get_num_threads()} torch threads; {device}",
-            f"norm block: {native.status()}"]
-
-
-def matmul_peak(threads: int | None, reps: int = 5) -> float:
-    """Best fp32 GFLOP/s of a 2048^2 matmul in this process."""
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    a @ b
-    best = 0.0
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        best = max(best, 2 * 2048 ** 3 / (time.perf_counter() - t0) / 1e9)
-    return best
-
-
 def count_flops(problem: Problem, impl: str, steps: int = 1) -> int:
     """FLOPs of one outer iteration of `impl` with `steps` student steps (torch.utils.flop_counter)."""
     from torch.utils.flop_counter import FlopCounterMode  # deferred: only the flops section counts
@@ -332,7 +261,7 @@ def section_matching(problems: list[str], rounds: int, reps: int, threads: int |
                 diff = (f"loss {abs(g['loss'] - ref['loss']) / abs(ref['loss']):.0e}, "
                         f"dx {relative_error(g['gx'], ref['gx']):.0e}, dlr {relative_error(g['glr'], ref['glr']):.0e}")
             rows.append([name, impl, f"{med[impl]:.3f} s", f"{med['reference'] / med[impl]:.2f}x",
-                         f"{med['reference+allocator'] / med[impl]:.2f}x", _gib(peak[impl]),
+                         f"{med['reference+allocator'] / med[impl]:.2f}x", gib(peak[impl]),
                          f"{peak['reference'] / max(peak[impl], 1):.1f}x", diff])
         results[name] = {"seconds": med, "peak_bytes": peak, "runs": runs}
     out(table(rows, ["config", "implementation", "time / outer it.", "speed-up", "vs ref+allocator", "peak memory",
@@ -376,8 +305,8 @@ def section_memory(steps_list: list[int], rounds: int, reps: int, threads: int |
                "recompute": estimate_bytes(problem.spec, batch, steps, "recompute", batch),
                "bare": estimate_bytes(problem.spec, batch, steps, "recompute", batch, replay=False)}
         for name in ("recompute", "bare"):
-            rows.append([str(steps), name, _gib(peaks[name]), _gib(est[name]), _gib(peaks["unrolled"]),
-                         _gib(est["unrolled"]), f"{peaks[name] / max(peaks['unrolled'], 1):.2f}",
+            rows.append([str(steps), name, gib(peaks[name]), gib(est[name]), gib(peaks["unrolled"]),
+                         gib(est["unrolled"]), f"{peaks[name] / max(peaks['unrolled'], 1):.2f}",
                          f"{times[name] / times['unrolled']:.2f}x"])
         result[steps] = {"peak": peaks, "estimate": est, "seconds": times}
     out(table(rows, ["syn_steps", "memory-bounded", "peak", "(estimate)", "unrolled peak", "(estimate)",
@@ -472,11 +401,10 @@ def run_bench(quick: bool = False, threads: int | None = None, sections: list[st
         report["flops"] = section_flops(problems, seconds, threads, out)
     if "fashion" in sections:
         out("\n## The outer iteration at the CPU presets' shapes (fashion-ipc*, ConvNet w32 on 28x28x1, syn_steps 10)")
-        report["fashion"] = section_fashion(quick, rounds + 1, reps, threads, out, progress, interleaved_children,
-                                            matmul_peak)
+        report["fashion"] = section_fashion(quick, rounds + 1, reps, threads, out, progress)
     if "precision" in sections:
         out("\n## bf16: what it costs in exactness and buys in time")
-        report["precision"] = section_precision(quick, rounds + 1, reps, threads, out, progress, interleaved_children)
+        report["precision"] = section_precision(quick, rounds + 1, reps, threads, out, progress)
     if "memory" in sections:
         out("\n## Peak memory vs syn_steps: unrolled (default) and recompute (memory-bounded) modes")
         report["memory"] = section_memory([10, 30, 50], rounds + 1, reps + 1, threads, out, progress)
@@ -488,7 +416,7 @@ def run_bench(quick: bool = False, threads: int | None = None, sections: list[st
         report["evaluation"] = section_evaluation(2 if quick else 3, out)
     if "selection" in sections:
         out("\n## Selection and evaluation nets: where a study cell's time goes")
-        report["selection"] = section_selection(quick, rounds + 1, reps, threads, out, progress, interleaved_children)
+        report["selection"] = section_selection(quick, rounds + 1, reps, threads, out, progress)
     if "first-image" in sections:
         out("\n## Time to the first live image")
         report["first_image"] = section_first_image(quick, out, progress)

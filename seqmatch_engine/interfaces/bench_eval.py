@@ -18,13 +18,14 @@ import itertools
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from seqmatch_engine.core.config import EvalConfig, RunConfig, apply_overrides, load_preset
 from seqmatch_engine.core.seeding import make_generator
+from seqmatch_engine.interfaces.bench_children import Out, interleaved_children
 from seqmatch_engine.interfaces.bench_reference import PROBLEMS, median, table
 from seqmatch_engine.maths.augment import augment
 from seqmatch_engine.maths.evaluate import CurriculumStage, decay_at_midpoint, random_real_subset, train_curriculum
@@ -33,8 +34,6 @@ from seqmatch_engine.maths.memory import tune_cpu_allocator
 from seqmatch_engine.maths.models import ConvNet, ConvNetSpec, NormReLUPool, init_convnet_params, unflatten
 from seqmatch_engine.maths.parallel import parallel_workers, run_in_parallel
 from seqmatch_engine.orchestration.context import RunContext
-
-Out = Callable[[str], None]
 
 CANDIDATES = 5    # candidates scored per stage in the fashion-ipc20 preset: the initial images + every 25 of 100
 SELECT_NETS = 4   # eval.select_nets of the study presets
@@ -187,9 +186,9 @@ def child_task(task: dict[str, Any]) -> dict[str, Any]:
     return kinds[task["kind"]](task["impl"], task["epochs"], task.get("reps", 1))
 
 
-def section_selection(quick: bool, rounds: int, reps: int, threads: int | None, out: Out, progress: Out,
-                      run_children: Callable) -> dict[str, Any]:
-    """Both comparisons, each in interleaved fresh children (run_children = bench.interleaved_children)."""
+def section_selection(quick: bool, rounds: int, reps: int, threads: int | None, out: Out,
+                      progress: Out) -> dict[str, Any]:
+    """Both comparisons, each in interleaved fresh children."""
 
     epochs = 4 if quick else 10
     progress("[selection and evaluation nets]")
@@ -197,7 +196,7 @@ def section_selection(quick: bool, rounds: int, reps: int, threads: int | None, 
              for impl in ("whole", "shared")}
     tasks.update({impl: {"kind": "nets", "impl": impl, "epochs": epochs, "reps": reps, "threads": threads}
                   for impl in ("separate", "batched")})
-    runs = run_children(tasks, rounds, progress)
+    runs = interleaved_children(tasks, rounds, progress)
     errors = [f"{name}: {r['error']}" for name, rs in runs.items() for r in rs if "error" in r]
     for error in errors:
         out(f"  failed: {error}")

@@ -15,7 +15,6 @@ fp32's) and what it buys in time for the unroll, expert training and evaluation 
 """
 from __future__ import annotations
 
-import statistics
 import time
 from typing import Any, Callable
 
@@ -23,13 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from seqmatch_engine.core.seeding import make_generator
-from seqmatch_engine.interfaces.bench_reference import plain_convnet, table
+from seqmatch_engine.interfaces.bench_children import Out, interleaved_children, matmul_peak
+from seqmatch_engine.interfaces.bench_reference import median, plain_convnet, table
 from seqmatch_engine.maths.augment import DSA_OPERATIONS, augment
 from seqmatch_engine.maths.matching import ConvNetStudent, draw_minibatches, draw_unroll_plan, matching_loss
 from seqmatch_engine.maths.memory import tune_cpu_allocator
 from seqmatch_engine.maths.models import ConvNetSpec, init_convnet_params, unflatten
 
-Out = Callable[[str], None]
 FASHION = ConvNetSpec(1, (28, 28), 10, width=32, depth=3)
 # (name, images per class in the student's data, images per class in a minibatch)
 SHAPES = {"ipc20-stage2": (20, 10), "ipc20-static": (20, 20), "ipc50-stage2": (50, 25), "ipc50-static": (50, 50)}
@@ -144,10 +143,6 @@ def child_task(task: dict[str, Any]) -> dict[str, Any]:
     return {"times": _timed(make(task["bf16"]), task["reps"])}
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
 def _medians(runs: dict[str, list[dict]], out: Out) -> dict[str, float]:
     for name, results in runs.items():
         for failed in (r["error"] for r in results if "error" in r):
@@ -155,8 +150,8 @@ def _medians(runs: dict[str, list[dict]], out: Out) -> dict[str, float]:
     return {name: median([t for r in results for t in r.get("times", [])]) for name, results in runs.items()}
 
 
-def section_fashion(quick: bool, rounds: int, reps: int, threads: int | None, out: Out, progress: Out,
-                    interleaved: Callable, matmul_peak: Callable) -> dict[str, Any]:
+def section_fashion(quick: bool, rounds: int, reps: int, threads: int | None, out: Out,
+                    progress: Out) -> dict[str, Any]:
     shapes = ["ipc20-stage2", "ipc20-static"] if quick else list(SHAPES)
     peak = matmul_peak(threads)
     rows, result = [], {"matmul_gflops": peak}
@@ -164,7 +159,7 @@ def section_fashion(quick: bool, rounds: int, reps: int, threads: int | None, ou
         progress(f"[fashion shapes, {shape}]")
         tasks = {path: {"kind": "fashion", "shape": shape, "path": path, "reps": reps, "threads": threads,
                         "entry": "seqmatch_engine.interfaces.bench_precision:child_task"} for path in PATHS}
-        seconds = _medians(interleaved(tasks, rounds, progress), out)
+        seconds = _medians(interleaved_children(tasks, rounds, progress), out)
         flops = step_flops(shape)
         for path in PATHS:
             achieved = flops / seconds[path] / 1e9
@@ -192,8 +187,8 @@ def gradient_agreement(shape: str = "ipc20-stage2") -> dict[str, float]:
     return found
 
 
-def section_precision(quick: bool, rounds: int, reps: int, threads: int | None, out: Out, progress: Out,
-                      interleaved: Callable) -> dict[str, Any]:
+def section_precision(quick: bool, rounds: int, reps: int, threads: int | None, out: Out,
+                      progress: Out) -> dict[str, Any]:
     progress("[bf16: gradient agreement with fp64]")
     agreement = gradient_agreement()
     rows = [[path, f"{a['cosine']:.6f}", f"{a['lr_error']:.1e}"] for path, a in agreement.items()]
@@ -205,7 +200,7 @@ def section_precision(quick: bool, rounds: int, reps: int, threads: int | None, 
         tasks = {name: {"kind": "training", "what": what, "bf16": name == "bf16 autocast", "reps": reps,
                         "threads": threads, "entry": "seqmatch_engine.interfaces.bench_precision:child_task"}
                  for name in ("fp32", "bf16 autocast")}
-        seconds = _medians(interleaved(tasks, rounds, progress), out)
+        seconds = _medians(interleaved_children(tasks, rounds, progress), out)
         result[what] = seconds
         out(f"{label}: fp32 {seconds['fp32']:.3f} s, bf16 autocast {seconds['bf16 autocast']:.3f} s "
             f"({seconds['fp32'] / seconds['bf16 autocast']:.2f}x)")

@@ -13,7 +13,7 @@ from seqmatch_engine.core.labels import is_soft
 from seqmatch_engine.core.phases import PhaseKind
 from seqmatch_engine.orchestration.driver import Event, EventKind
 from seqmatch_engine.orchestration.eta import PhasePlan, remaining_seconds
-from seqmatch_engine.storage.records import RunState
+from seqmatch_engine.storage.records import IterationRecord, RunState, SelectionRecord
 from seqmatch_engine.storage.runs import RunFolder
 
 MAX_POINTS = 400  # curve points kept per series (older points are thinned)
@@ -147,13 +147,13 @@ def events_from_folder(run: RunFolder) -> list[Event]:
     """A finished or interrupted run's metrics.jsonl as the events the driver emitted (without images)."""
     events = []
     for record in run.metrics():
-        stage, iteration = record.get("stage", 0), record.get("iteration", 0)
-        if record.get("kind") == "iteration":
-            events.append(Event(EventKind.ITERATION, stage, iteration, {
-                "loss": record["loss"], "lr": record["lr"], "start_epoch": record["start_epoch"], "images": None,
+        if isinstance(record, IterationRecord):
+            events.append(Event(EventKind.ITERATION, record.stage, record.iteration, {
+                "loss": record.loss, "lr": record.lr, "start_epoch": record.start_epoch, "images": None,
                 "total": 0, "eta_s": None}))
-        elif record.get("kind") == "selection":
-            events.append(Event(EventKind.SELECTION, stage, iteration, {"val_accuracy": record["val_accuracy"]}))
+        elif isinstance(record, SelectionRecord):
+            events.append(Event(EventKind.SELECTION, record.stage, record.iteration,
+                                {"val_accuracy": record.val_accuracy}))
     return events
 
 

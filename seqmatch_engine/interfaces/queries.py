@@ -34,6 +34,7 @@ from seqmatch_engine.orchestration.run_diagnostics import (
 )
 from seqmatch_engine.orchestration.study_summary import format_table, summarise
 from seqmatch_engine.storage import diagnostics_store
+from seqmatch_engine.storage.diagnostic_records import G1Record, G2Family, G2Result, G4Result, NetAccuracies
 from seqmatch_engine.storage.export import Exported, export_set
 from seqmatch_engine.storage.files import StorageError
 from seqmatch_engine.storage.ownership import Owner
@@ -41,10 +42,11 @@ from seqmatch_engine.storage.records import EvalResult, Message, RunOverview, Ru
 from seqmatch_engine.storage.runs import RunError, RunFolder, Subset, folder_signature, list_runs
 from seqmatch_engine.storage.study_folder import StudyFolder, list_studies
 
-__all__ = ["DiagnosticsOptions", "Embedding", "EvalResult", "Exported", "ImportFailed", "Library",
-           "Message", "Owner", "Panel", "PixelTransform", "RunError", "RunOverview", "RunState", "RunStatus",
-           "RunView", "StorageError", "StudyStatus", "StudyView", "Subset", "format_late_errors", "is_soft",
-           "labelled_panels", "mean_off_diagonal", "single_core"]
+__all__ = ["DiagnosticsOptions", "Embedding", "EvalResult", "Exported", "G1Record", "G2Family", "G2Result",
+           "G4Result", "ImportFailed", "LearnStudy", "Library", "Message", "NetAccuracies", "Owner", "Panel",
+           "PixelTransform", "RunError", "RunOverview", "RunState", "RunStatus", "RunView", "StorageError",
+           "StudyStatus", "StudyView", "Subset", "format_late_errors", "is_soft", "labelled_panels",
+           "mean_off_diagonal", "single_core"]
 
 @lru_cache(maxsize=32)
 def _display_info(run_path: Path, version: float) -> tuple[PixelTransform, tuple[str, ...]]:
@@ -104,13 +106,16 @@ class RunView:
         return (transform, names) if names else None
 
     # -- diagnostics ---------------------------------------------------------------------------------------
-    def g1(self) -> list[dict[str, Any]]:
+    def g1(self) -> list[G1Record]:
+        """The G1 records in recording order ([] when none was recorded)."""
         return diagnostics_store.read_g1(self._folder.path)
 
-    def g2(self) -> dict[str, Any] | None:
+    def g2(self) -> G2Result | None:
+        """The G2 result, None when not computed; StorageError when its file is damaged."""
         return diagnostics_store.read_g2(self._folder.path)
 
-    def g4(self) -> dict[str, Any] | None:
+    def g4(self) -> G4Result | None:
+        """The G4 result, None when not computed; StorageError when its file is damaged."""
         return diagnostics_store.read_g4(self._folder.path)
 
     def embedding(self) -> Embedding | None:
@@ -155,6 +160,37 @@ class StudyView:
         """(the study's summary, its table), computed from its run folders now."""
         found = summarise(self._folder)
         return found, format_table(found)
+
+
+@dataclass(frozen=True)
+class LearnStudy:
+    """A study the Learn tab reports, as shipped under assets/learn/studies/<name>/: findings.md (its first line,
+    "# <title>", then what the study shows, in words), summary.md (its table) and its figures (PNG, name order)."""
+
+    name: str
+    title: str
+    findings: str
+    table: str | None
+    figures: tuple[Path, ...]
+
+
+def learn_studies() -> list[LearnStudy]:
+    """The shipped studies with findings, in name order."""
+    root = paths.LEARN_DIR / "studies"
+    found = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if not (folder / "findings.md").is_file():
+            continue
+        first, _, rest = (folder / "findings.md").read_text().partition("\n")
+        table = folder / "summary.md"
+        found.append(LearnStudy(folder.name, first.removeprefix("# ").strip() or folder.name, rest.strip(),
+                                table.read_text() if table.is_file() else None, tuple(sorted(folder.glob("*.png")))))
+    return found
+
+
+def learn_pictures() -> list[Path]:
+    """The Learn tab's pictures of learned images (assets/learn/*.png), in name order."""
+    return sorted(paths.LEARN_DIR.glob("*.png"))
 
 
 class Library:

@@ -36,7 +36,14 @@ from seqmatch_engine.orchestration.eta import run_plan
 from seqmatch_engine.orchestration.executors import Executor
 from seqmatch_engine.orchestration.gradient_recorder import GradientRecorder
 from seqmatch_engine.orchestration.jobs import NetState
-from seqmatch_engine.storage.records import Checkpoint, EvalResult, RunState
+from seqmatch_engine.storage.records import (
+    Checkpoint,
+    DivergenceRecord,
+    EvalResult,
+    IterationRecord,
+    RunState,
+    SelectionRecord,
+)
 from seqmatch_engine.storage.runs import RunError, RunFolder, Subset
 
 __all__ = ["Distiller", "Event", "EventKind", "RunControl", "StopRequested", "class_labels", "evaluate_run",
@@ -317,9 +324,8 @@ class Distiller:
         """Log the iteration to metrics.jsonl and publish it (with the images every publish_every iterations)."""
         done, dist = stage.iteration, self.config.distill
         rate = (time.perf_counter() - stage.started) / (done - stage.started_at)
-        self.run_folder.log({"kind": "iteration", "stage": stage.k, "iteration": done, "loss": record.loss,
-                             "lr": record.lr, "start_epoch": record.start_epoch, "expert": record.expert,
-                             "seconds": rate})
+        self.run_folder.log(IterationRecord(stage.k, done, record.loss, record.lr, record.start_epoch, record.expert,
+                                            rate))
         publish = done % dist.publish_every == 0 or done == stage.iterations
         self.emit(EventKind.ITERATION, stage.k, done, loss=record.loss, lr=record.lr, start_epoch=record.start_epoch,
                   images=stage.images().clone() if publish else None,
@@ -336,7 +342,7 @@ class Distiller:
         text = f"S{stage.k + 1} stopped at iteration {iteration + 1}: {error}. Kept {kept}, lr {best.lr:.4g}."
         self.run_folder.add_message("warning", text)
         self.run_folder.update_status(diverged=[*self.run_folder.status().diverged, stage.k])
-        self.run_folder.log({"kind": "divergence", "stage": stage.k, "iteration": iteration + 1, "message": str(error)})
+        self.run_folder.log(DivergenceRecord(stage.k, iteration + 1, str(error)))
         self.emit(EventKind.PHASE, stage.k, name=f"S{stage.k + 1} diverged", phase_kind=PhaseKind.DISTILLING, message=text)
         return self.finish_stage(stage, Subset(best.images.clone(), best.labels.clone(), float(best.lr)))
 
@@ -386,8 +392,7 @@ class Selection:
         improved = accuracy > stage.best.accuracy
         if improved:
             stage.best = Best(accuracy, iteration, candidate.images.clone(), candidate.labels.clone(), candidate.lr)
-        driver.run_folder.log({"kind": "selection", "stage": stage.k, "iteration": iteration,
-                               "val_accuracy": accuracy, "best": improved})
+        driver.run_folder.log(SelectionRecord(stage.k, iteration, accuracy, improved))
         driver.emit(EventKind.SELECTION, stage.k, iteration, val_accuracy=accuracy,
                     best_accuracy=stage.best.accuracy, best_iteration=stage.best.iteration)
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import torch
 
-from seqmatch_engine.diagnostics.gradients import g1_record, stage_groups
+from seqmatch_engine.diagnostics.gradients import g1_values, stage_groups
+from seqmatch_engine.storage.diagnostic_records import G1Record
 from seqmatch_engine.storage.diagnostics_store import append_g1, truncate_g1
 
 
@@ -29,9 +30,10 @@ class GradientRecorder:
         """Whether outer iteration `iteration` (1-based, as in metrics.jsonl) is recorded."""
         return self.every > 0 and iteration % self.every == 0
 
-    def record(self, iteration: int, grads: torch.Tensor | None, **extra: object) -> None:
+    def record(self, iteration: int, grads: torch.Tensor | None, start_epoch: int, loss: float) -> None:
         """Append the record of gradients (n, C, H, W); does nothing when grads is None (not recorded)."""
         if grads is None:
             return
-        append_g1(self.run_dir, g1_record(self.stage, iteration, grads, self.labels, self.groups, self.names,
-                                          **extra))
+        matrix, within = g1_values(grads, self.labels, self.groups, len(self.names))
+        sizes = [int((self.groups == k).sum()) for k in range(len(self.names))]
+        append_g1(self.run_dir, G1Record(self.stage, iteration, self.names, sizes, matrix, within, start_epoch, loss))

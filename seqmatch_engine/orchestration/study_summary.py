@@ -7,8 +7,7 @@ from typing import Any
 
 from seqmatch_engine.core.config import RunConfig
 from seqmatch_engine.core.study_spec import Cell, LrChooser, run_id
-from seqmatch_engine.diagnostics import coupling_index
-from seqmatch_engine.storage.diagnostics_store import read_g1
+from seqmatch_engine.orchestration.run_diagnostics.g1 import run_coupling_index
 from seqmatch_engine.storage.study_folder import StudyFolder
 
 
@@ -94,7 +93,7 @@ def summarise(study: StudyFolder) -> dict[str, Any]:
                 for kind, values in baselines.items():
                     if result.accuracy(kind):
                         values[seed] = result.accuracy(kind)["mean"]
-                index = coupling_index(read_g1(run.path))
+                index = run_coupling_index(run.path)
                 if index is not None:
                     coupling[method].append(index)
                 for name, acc in (run.controls() or {}).get("accuracy", {}).items():

@@ -1,4 +1,4 @@
-"""The run's diagnostics/ folder: the only code that reads or writes it.
+"""The run's diagnostics/ folder: the only code that reads or writes it (typed records: diagnostic_records.py).
 
     runs/<id>/diagnostics/g1.jsonl        one G1 record per logged outer iteration
                           g2.json         matching error by start epoch of held-out experts
@@ -8,19 +8,20 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from seqmatch_engine.storage.diagnostic_records import G1Record, G2Result, G4Result
 from seqmatch_engine.storage.files import (
-    _atomic_write_bytes,
+    StorageError,
     append_jsonl,
     read_json,
     read_jsonl,
     read_tensors,
     write_json,
+    write_jsonl,
     write_tensors,
 )
 
@@ -36,14 +37,23 @@ def folder(run_dir: Path) -> Path:
     return Path(run_dir) / DIAGNOSTICS_DIR
 
 
+def _damaged(path: Path, error: Exception) -> StorageError:
+    return StorageError(f"{path} is not a diagnostics record this version reads ({error!r}). Delete it and compute "
+                        f"it again (Diagnostics tab → Compute, or python -m seqmatch_engine diagnose RUN)")
+
+
 # -- G1 -------------------------------------------------------------------------------------------
-def append_g1(run_dir: Path, record: dict[str, Any]) -> None:
-    append_jsonl(folder(run_dir) / G1_FILE, record)
+def append_g1(run_dir: Path, record: G1Record) -> None:
+    append_jsonl(folder(run_dir) / G1_FILE, record.to_dict())
 
 
-def read_g1(run_dir: Path) -> list[dict[str, Any]]:
+def read_g1(run_dir: Path) -> list[G1Record]:
     """G1 records in recording order (a torn last line from a kill is skipped)."""
-    return read_jsonl(folder(run_dir) / G1_FILE)
+    path = folder(run_dir) / G1_FILE
+    try:
+        return [G1Record.from_dict(line) for line in read_jsonl(path)]
+    except (TypeError, KeyError, AttributeError) as error:
+        raise _damaged(path, error) from None
 
 
 def truncate_g1(run_dir: Path, stage: int, iteration: int) -> None:
@@ -51,29 +61,37 @@ def truncate_g1(run_dir: Path, stage: int, iteration: int) -> None:
     path = folder(run_dir) / G1_FILE
     if not path.exists():
         return
-    records = read_jsonl(path)
-    kept = [r for r in records if r["stage"] < stage or (r["stage"] == stage and r["iteration"] <= iteration)]
+    records = read_g1(run_dir)
+    kept = [r for r in records if r.stage < stage or (r.stage == stage and r.iteration <= iteration)]
     if len(kept) != len(records):
-        _atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        write_jsonl(path, [r.to_dict() for r in kept])
 
 
 # -- G2 and G4: one JSON file each ----------------------------------------------------------------
-def write_g2(run_dir: Path, result: dict[str, Any]) -> None:
-    write_json(folder(run_dir) / G2_FILE, result)
+def write_g2(run_dir: Path, result: G2Result) -> None:
+    write_json(folder(run_dir) / G2_FILE, result.to_dict())
 
 
-def read_g2(run_dir: Path) -> dict[str, Any] | None:
+def read_g2(run_dir: Path) -> G2Result | None:
+    """The run's G2, None when not computed; StorageError (with the way out) when damaged or unreadable."""
     path = folder(run_dir) / G2_FILE
-    return read_json(path) if path.exists() else None
+    try:
+        return G2Result.from_dict(read_json(path)) if path.exists() else None
+    except (TypeError, KeyError, AttributeError) as error:
+        raise _damaged(path, error) from None
 
 
-def write_g4(run_dir: Path, result: dict[str, Any]) -> None:
-    write_json(folder(run_dir) / G4_FILE, result)
+def write_g4(run_dir: Path, result: G4Result) -> None:
+    write_json(folder(run_dir) / G4_FILE, result.to_dict())
 
 
-def read_g4(run_dir: Path) -> dict[str, Any] | None:
+def read_g4(run_dir: Path) -> G4Result | None:
+    """The run's G4, None when not computed; StorageError (with the way out) when damaged or unreadable."""
     path = folder(run_dir) / G4_FILE
-    return read_json(path) if path.exists() else None
+    try:
+        return G4Result.from_dict(read_json(path)) if path.exists() else None
+    except (TypeError, KeyError, AttributeError) as error:
+        raise _damaged(path, error) from None
 
 
 # -- G3: tensors + description ---------------------------------------------------------------------

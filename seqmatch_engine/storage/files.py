@@ -69,7 +69,14 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
         raise StorageError(f"could not append to {path}: {error.strerror or error}") from error
 
 
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    """Atomically replace a JSONL file with `records`, one per line (to cut it back; appending is append_jsonl)."""
+    _atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode())
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSONL file in order ([] when absent); a line that is not JSON (a torn last line from a
+    kill) is skipped."""
     if not Path(path).exists():
         return []
     records = []

@@ -1,9 +1,10 @@
-"""The typed contents of run and study folders' files: states, the status, the evaluation result, the resume
-checkpoint, and the row a list of runs shows. runs.RunFolder reads and writes them; nothing here touches a file."""
+"""The typed contents of run and study folders' files: states, the status, metrics.jsonl's records, the evaluation
+result, the resume checkpoint, and the row a list of runs shows. runs.RunFolder reads and writes them; nothing here
+touches a file."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, ClassVar, Union
 
 import torch
 
@@ -135,6 +136,61 @@ class StudyStatus:
 
     def replaced(self, **changes: Any) -> "StudyStatus":
         return _replaced(self, changes)
+
+
+# -- metrics.jsonl: one record per line, its kind first --------------------------------------------------------
+@dataclass(frozen=True)
+class IterationRecord:
+    """One outer iteration of a stage (0-based stage, 1-based iteration): its matching loss, the learned lr after
+    it, the start epoch and expert it matched, and the mean seconds per iteration of the stage so far."""
+
+    KIND: ClassVar[str] = "iteration"
+    stage: int
+    iteration: int
+    loss: float
+    lr: float
+    start_epoch: int
+    expert: int | None = None
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class SelectionRecord:
+    """A candidate of a stage scored on validation data (iteration 0: the initial images); `best` when it became
+    the stage's best so far."""
+
+    KIND: ClassVar[str] = "selection"
+    stage: int
+    iteration: int
+    val_accuracy: float
+    best: bool
+
+
+@dataclass(frozen=True)
+class DivergenceRecord:
+    """A stage stopped at `iteration` by a divergence check, with its message."""
+
+    KIND: ClassVar[str] = "divergence"
+    stage: int
+    iteration: int
+    message: str
+
+
+MetricRecord = Union[IterationRecord, SelectionRecord, DivergenceRecord]
+METRIC_KINDS: dict[str, type] = {kind.KIND: kind for kind in (IterationRecord, SelectionRecord, DivergenceRecord)}
+
+
+def metric_to_dict(record: MetricRecord) -> dict[str, Any]:
+    """A metrics.jsonl line's contents: {"kind": ..., then the record's fields in order}."""
+    return {"kind": record.KIND, **asdict(record)}
+
+
+def metric_from_dict(data: dict[str, Any]) -> MetricRecord:
+    """The record a metrics.jsonl line holds; ValueError for an unknown kind or a missing field."""
+    kind = METRIC_KINDS.get(data.get("kind"))
+    if kind is None:
+        raise ValueError(f"unknown record kind {data.get('kind')!r} (known: {', '.join(METRIC_KINDS)})")
+    return kind(**_known(kind, data))
 
 
 @dataclass

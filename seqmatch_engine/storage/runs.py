@@ -38,11 +38,22 @@ from seqmatch_engine.storage.files import (
     read_tensors,
     write_bytes,
     write_json,
+    write_jsonl,
     write_tensors,
-    write_text,
 )
 from seqmatch_engine.storage.ownership import OwnerLock
-from seqmatch_engine.storage.records import Checkpoint, EvalResult, Message, RunOverview, RunState, RunStatus
+from seqmatch_engine.storage.records import (
+    Checkpoint,
+    EvalResult,
+    Message,
+    MetricRecord,
+    RunOverview,
+    RunState,
+    RunStatus,
+    SelectionRecord,
+    metric_from_dict,
+    metric_to_dict,
+)
 
 
 def find_folder(root: Path, name: object, what: str, marker: str) -> Path:
@@ -182,25 +193,31 @@ class RunFolder:
     def add_message(self, level: str, text: str) -> None:
         self.update_status(messages=[*self.status().messages, Message(level, text, time.time())])
 
-    def log(self, record: dict[str, Any]) -> None:
+    def log(self, record: MetricRecord) -> None:
+        """Append one record to metrics.jsonl."""
         self._require_folder()
-        append_jsonl(self.path / paths.METRICS_FILE, record)
+        append_jsonl(self.path / paths.METRICS_FILE, metric_to_dict(record))
 
-    def metrics(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.path / paths.METRICS_FILE)
+    def metrics(self) -> list[MetricRecord]:
+        """metrics.jsonl's records in order; StorageError (with the way out) when a line is not a record."""
+        path = self.path / paths.METRICS_FILE
+        try:
+            return [metric_from_dict(line) for line in read_jsonl(path)]
+        except (ValueError, TypeError, AttributeError) as error:
+            raise StorageError(f"{path} holds a line that is not a metrics record ({error}). Delete that line (or the "
+                               f"file: the run's loss and selection curves go, its sets and evaluation stay)") from None
 
     def validation_accuracy(self) -> float | None:
         """The best validation accuracy of the final stage's candidates (the whole curriculum), as its selection
         measured it; None without selection records there. What a study chooses an lr by; never test data."""
         last = len(self.config().distill.subsets) - 1
-        scores = [r["val_accuracy"] for r in self.metrics() if r.get("kind") == "selection" and r.get("stage") == last]
+        scores = [r.val_accuracy for r in self.metrics() if isinstance(r, SelectionRecord) and r.stage == last]
         return max(scores) if scores else None
 
     def truncate_metrics(self, stage: int, iteration: int) -> None:
         """Drop records of `stage` past `iteration` and of later stages (used when resuming)."""
-        kept = [r for r in self.metrics() if r.get("stage", 0) < stage
-                or (r.get("stage") == stage and r.get("iteration", 0) <= iteration)]
-        write_text(self.path / paths.METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
+        kept = [r for r in self.metrics() if r.stage < stage or (r.stage == stage and r.iteration <= iteration)]
+        write_jsonl(self.path / paths.METRICS_FILE, [metric_to_dict(r) for r in kept])
 
     # -- tensors ---------------------------------------------------------------------------------
     def save_transform(self, transform: PixelTransform) -> None:

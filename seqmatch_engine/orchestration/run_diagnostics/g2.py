@@ -16,7 +16,9 @@ from seqmatch_engine.orchestration.run_diagnostics.base import (
     RunDiagnostics,
     partner_subsets,
 )
+from seqmatch_engine.storage.diagnostic_records import G2Family, G2Result
 from seqmatch_engine.storage.diagnostics_store import read_g2, write_g2
+from seqmatch_engine.storage.files import StorageError
 from seqmatch_engine.storage.runs import RunFolder, Subset
 
 VERSION = 2  # version 1 scored every set on stage-1 experts only
@@ -36,7 +38,7 @@ def held_out_retrained(diagnostics: RunDiagnostics, stage: int, source: list[Sub
 
 
 def compute(diagnostics: RunDiagnostics, progress: ProgressFn | None = None,
-            partner: RunFolder | None = None) -> dict[str, Any]:
+            partner: RunFolder | None = None) -> G2Result:
     """Matching error L(t) by start epoch on every family of held-out trajectories; saved to g2.json.
 
     Family 1: stage-1 experts (random init). Families k >= 2 (expert_source "retrained"): experts pre-trained
@@ -73,27 +75,32 @@ def compute(diagnostics: RunDiagnostics, progress: ProgressFn | None = None,
         curve = matching_error_curve(d.forward, experts, dist.expert_epochs,
                                      lambda t, scored=scored: d.scoring_set(scored(t)), plan_for,
                                      d.options.draws, progress_family)
-        families.append({**curve, "family": family + 1, "subset": [scored(t) for t in curve["start_epochs"]],
-                         "source_run": None if family == 0 else (d.run.id if d.sequential else partner.id),
-                         "late_error": late_matching_error(curve)})
-    result = {"method": cfg.method, "run": d.run.id, "ipc": cfg.ipc, "families": families,
-              "lrs": [s.lr for s in d.subsets], "experts": d.options.experts, "draws": d.options.draws,
-              "expert_epochs": dist.expert_epochs, "syn_steps": dist.syn_steps,
-              "held_out_key": recipe_key(d.held_out_recipe()), "version": VERSION}
+        families.append(G2Family(curve["start_epochs"], curve["mean"], curve["std"], curve["per_expert"], family + 1,
+                                 [scored(t) for t in curve["start_epochs"]],
+                                 None if family == 0 else (d.run.id if d.sequential else partner.id),
+                                 late_matching_error(curve)))
+    result = G2Result(cfg.method, d.run.id, cfg.ipc, families, [s.lr for s in d.subsets], d.options.experts,
+                      d.options.draws, dist.expert_epochs, dist.syn_steps, recipe_key(d.held_out_recipe()), VERSION)
     write_g2(d.run.path, result)
     return result
 
 
 def lacks(run_dir: Path, reducer: str | None, partner: bool) -> bool:
-    """Absent, of an older version, or computed without a partner's families where a partner is now given."""
-    found = read_g2(run_dir)
-    return found is None or found.get("version") != VERSION or (partner and len(found.get("families", [])) < 2)
+    """Absent, unreadable (an older version's file), of an older version, or computed without a partner's
+    families where a partner is now given."""
+    try:
+        found = read_g2(run_dir)
+    except StorageError:
+        return True
+    return found is None or found.version != VERSION or (partner and len(found.families) < 2)
 
 
 def summary(run_dir: Path) -> dict[str, Any]:
-    found = read_g2(run_dir)
-    families = found.get("families") if found else None
-    return {"late_matching_error": [f["late_error"] for f in families] if families else None}
+    try:
+        found = read_g2(run_dir)
+    except StorageError:
+        found = None
+    return {"late_matching_error": [f.late_error for f in found.families] if found and found.families else None}
 
 
 def format_late_errors(values: list[float] | None) -> str:

@@ -23,14 +23,16 @@ from seqmatch_engine.orchestration.run_diagnostics.base import (
     RunDiagnostics,
     number,
 )
+from seqmatch_engine.storage.diagnostic_records import G4Result, NetAccuracies, SetAccuracies
 from seqmatch_engine.storage.diagnostics_store import read_g4, write_g4
+from seqmatch_engine.storage.files import StorageError
 from seqmatch_engine.storage.runs import RunFolder
 
 SETS = ("synthetic", "random_real")
 
 
 def compute(diagnostics: RunDiagnostics, progress: ProgressFn | None = None,
-            partner: RunFolder | None = None) -> dict[str, Any]:
+            partner: RunFolder | None = None) -> G4Result:
     """Hardness split of the test set and easy/hard accuracy of the run's set and the random-real baseline.
 
     The nets are the first `options.nets` nets of the run's final evaluation (same seed tags, same protocol
@@ -46,7 +48,7 @@ def compute(diagnostics: RunDiagnostics, progress: ProgressFn | None = None,
     jobs = [("synthetic", curriculum), ("random_real", random_real_curriculum(data, cfg))]
     nets, total, done = d.options.nets, 2 * d.options.nets, 0
     labels = data.test_labels.cpu()
-    sets: dict[str, Any] = {}
+    sets: dict[str, SetAccuracies] = {}
     for name, stages in jobs:
         scores: dict[str, list[float | None]] = {"all": [], "easy": [], "hard": []}
         for i in range(nets):
@@ -59,22 +61,27 @@ def compute(diagnostics: RunDiagnostics, progress: ProgressFn | None = None,
             done += 1
             if progress:
                 progress(done, total)
-        sets[name] = {part: summarise(values) for part, values in scores.items()}
-    result = {"method": cfg.method, "run": d.run.id, "ipc": cfg.ipc, "threshold": threshold,
-              "easy_count": int(easy.sum()), "hard_count": int(hard.sum()), "experts": len(correct),
-              "nets": nets, "eval_epochs": cfg.eval.epochs, "sets": sets,
-              "hardness": [round(float(v), 4) for v in h]}
+        sets[name] = SetAccuracies(**{part: NetAccuracies(*summarise(values)) for part, values in scores.items()})
+    result = G4Result(cfg.method, d.run.id, cfg.ipc, threshold, int(easy.sum()), int(hard.sum()), len(correct), nets,
+                      cfg.eval.epochs, sets, [round(float(v), 4) for v in h])
     write_g4(d.run.path, result)
     return result
 
 
 def lacks(run_dir: Path, reducer: str | None, partner: bool) -> bool:
-    return read_g4(run_dir) is None
+    """Absent or unreadable (then computed again)."""
+    try:
+        return read_g4(run_dir) is None
+    except StorageError:
+        return True
 
 
 def summary(run_dir: Path) -> dict[str, Any]:
-    found = read_g4(run_dir)
-    return {f"{part}_accuracy_{name}": found["sets"][name][part]["mean"] if found else None
+    try:
+        found = read_g4(run_dir)
+    except StorageError:
+        found = None
+    return {f"{part}_accuracy_{name}": getattr(found.sets[name], part).mean if found else None
             for name in SETS for part in ("easy", "hard")}
 
 
