@@ -25,10 +25,10 @@ class RunLists:
 
     def wire(self, demo: gr.Blocks) -> None:
         self.signature = gr.State("")
-        pickers = [self.runs.selected, self.diagnostics.runs, *self.compare.picks, self.studies.selected]
-        outputs = [self.signature, self.runs.table, *pickers]
-        demo.load(self.refresh, [self.signature, *pickers], outputs, api_name="lists")
-        gr.Timer(LIST_POLL_SECONDS).tick(self.refresh, [self.signature, *pickers], outputs, concurrency_limit=None,
+        self.pickers = [self.runs.selected, self.diagnostics.runs, *self.compare.picks, self.studies.selected]
+        outputs = [self.signature, self.runs.table, *self.pickers]
+        demo.load(self.refresh, [self.signature, *self.pickers], outputs, api_name="lists")
+        gr.Timer(LIST_POLL_SECONDS).tick(self.refresh, [self.signature, *self.pickers], outputs, concurrency_limit=None,
                                          show_progress="hidden", api_name=False)
 
     def refresh(self, signature: str, *picked):
@@ -37,7 +37,7 @@ class RunLists:
         quietly show its first entry as picked: picking it then would change nothing and show nothing)."""
         current = self.manager.library.signature()
         if current == signature:
-            return [signature, *[gr.skip()] * (len(picked) + 1)]
+            return {}  # nothing changed: every list stays as it is
         rows = run_rows(self.manager)
         choices = [[row[0] for row in rows], finished_runs(self.manager),
                    *[run_choices(self.manager, method) for method in METHODS], study_choices(self.manager)]
@@ -47,4 +47,4 @@ class RunLists:
                 updates.append(gr.update(choices=options, value=[v for v in value if v in options]))
             else:
                 updates.append(gr.update(choices=options, value=value if value in options else None))
-        return [current, rows, *updates]
+        return {self.signature: current, self.runs.table: rows, **dict(zip(self.pickers, updates, strict=True))}
