@@ -198,7 +198,21 @@ def test_study_presets_load_and_validate():
     assert study_preset_names()
     for name in study_preset_names():
         spec = load_study_spec(name)
-        assert spec.budget == "per-image" and len(spec.seeds) >= 3 and set(spec.methods) == {"mtt", "seqmatch"}
+        assert spec.budget == "per-image" and len(spec.seeds) >= 3 and {"mtt", "seqmatch"} <= set(spec.methods)
+
+
+def test_the_soft_label_study_gives_mtt_the_runs_of_the_hard_label_preset():
+    """The four-method study's base is the DATM preset; its MTT and SeqMatch runs must be the plain preset's, so that
+    the four are compared under one protocol and DATM's settings reach DATM's runs only."""
+    spec = load_study_spec("soft-labels")
+    assert set(spec.methods) == {"mtt", "seqmatch", "datm", "seqmatch-datm"} and spec.run_count() == 16
+    cell = spec.grid[0]
+    plain = StudySpec.from_dict({**spec.to_dict(), "preset": "fashion-ipc20", "name": "plain"})
+    for method in ("mtt", "seqmatch"):
+        ours, theirs = spec.run_config(cell, 1, method, 300.0).to_dict(), plain.run_config(cell, 1, method, 300.0).to_dict()
+        assert {**ours, "name": None} == {**theirs, "name": None}
+    datm = spec.run_config(cell, 1, "seqmatch-datm", 100.0)
+    assert datm.distill.objective == "datm" and datm.distill.datm.lr_label == 2.0 and len(datm.distill.subsets) == 2
 
 
 def test_cli_study_summary_and_errors(finished, tmp_path, capsys):
