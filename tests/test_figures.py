@@ -235,3 +235,21 @@ def test_live_panels_label_classes_at_a_third_of_a_row():
     first_row = panel[panel.shape[0] - 3 * row: panel.shape[0] - 2 * row]
     ink = np.nonzero((first_row.min(axis=2) < 100).any(axis=1))[0]  # dark label text; the images are mid-grey
     assert ink.max() - ink.min() >= row // 4  # "T-shirt/top", capitals to descender: a quarter row or more
+
+
+def test_the_compare_bars_show_both_baselines_whichever_run_comes_first():
+    """A hard-label run listed before a soft-label one must not hide the soft-label baseline (it once did)."""
+    from seqmatch_engine.interfaces.queries import EvalResult
+    from views.compare_tab import accuracy_figure as compare_bars
+
+    def accuracy(mean):
+        return {"convnet": {"mean": mean, "std": 0.01, "values": [mean]}}
+
+    mtt = EvalResult("mtt", 20, [0.01], 300, 1, sets={"synthetic": accuracy(0.82), "random_real": accuracy(0.78)})
+    datm = EvalResult("datm", 20, [0.01], 300, 1, sets={
+        "synthetic": accuracy(0.85), "random_real": accuracy(0.78), "synthetic_hard": accuracy(0.80),
+        "random_real_soft": accuracy(0.83)})
+    for results in ([("MTT", mtt), ("DATM", datm)], [("DATM", datm), ("MTT", mtt)]):
+        bars = dict(zip(compare_bars(results).data[0].x, compare_bars(results).data[0].y))
+        assert bars["random real"] == pytest.approx(78.0) and bars["random real, soft labels"] == pytest.approx(83.0)
+        assert bars["DATM, hard labels"] == pytest.approx(80.0) and "MTT, hard labels" not in bars

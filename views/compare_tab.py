@@ -45,8 +45,9 @@ def accuracy_figure(results: list[tuple[str, EvalResult | None]]) -> go.Figure:
         if result.accuracy("synthetic_hard"):
             hard = result.accuracy("synthetic_hard")
             bars.append((f"{label}, hard labels", hard["mean"], hard["std"], "#cbd5e1"))
-        for kind in ("random_real", "random_real_soft"):
-            baselines.setdefault(kind, result.accuracy(kind))
+        for kind in ("random_real", "random_real_soft"):  # the first run that has a baseline gives it
+            if baselines.get(kind) is None:
+                baselines[kind] = result.accuracy(kind)
     for kind, baseline in baselines.items():
         if baseline:
             bars.append((METHOD_NAMES[kind], baseline["mean"], baseline["std"], method_colour(kind)))
