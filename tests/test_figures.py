@@ -253,3 +253,23 @@ def test_the_compare_bars_show_both_baselines_whichever_run_comes_first():
         bars = dict(zip(compare_bars(results).data[0].x, compare_bars(results).data[0].y))
         assert bars["random real"] == pytest.approx(78.0) and bars["random real, soft labels"] == pytest.approx(83.0)
         assert bars["DATM, hard labels"] == pytest.approx(80.0) and "MTT, hard labels" not in bars
+
+
+def test_a_soft_label_gain_over_weak_soft_labels_is_flagged():
+    """When the experts' soft labels score below hard labels on random real images, the soft-label baseline flatters
+    a soft-label set: the gains text says so and gives the gain over the hard-label baseline as well."""
+    from seqmatch_engine.interfaces.queries import EvalResult
+    from views.compare_tab import gains_markdown
+
+    def accuracy(mean):
+        return {"convnet": {"mean": mean, "std": 0.0, "values": [mean]}}
+
+    def datm(soft_baseline):
+        return EvalResult("datm", 2, [0.01], 300, 1, sets={
+            "synthetic": accuracy(0.571), "random_real": accuracy(0.61), "synthetic_hard": accuracy(0.58),
+            "random_real_soft": accuracy(soft_baseline)})
+
+    weak = gains_markdown([("DATM", datm(0.368))])
+    assert "+20.30 points over random real, soft labels" in weak
+    assert "score *below* hard labels" in weak and "(36.8 % vs 61.0 %)" in weak and "-3.90 points" in weak
+    assert "below" not in gains_markdown([("DATM", datm(0.65))])

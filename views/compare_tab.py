@@ -73,6 +73,12 @@ def gains_markdown(results: list[tuple[str, EvalResult | None]]) -> str:
         if baseline:
             gain = 100 * (result.accuracy()["mean"] - baseline["mean"])
             lines.append(f"- **{label}**: {gain:+.2f} points over {METHOD_NAMES[kind]} (the same protocol and nets)")
+            hard = result.accuracy("random_real")
+            if kind == "random_real_soft" and hard and hard["mean"] > baseline["mean"]:
+                lines.append(f"  - but these experts' soft labels score *below* hard labels on random real images "
+                             f"({100 * baseline['mean']:.1f} % vs {100 * hard['mean']:.1f} %), so that gain flatters "
+                             f"it: over random real with hard labels it is "
+                             f"{100 * (result.accuracy()['mean'] - hard['mean']):+.2f} points")
     return ("**Gain over random real, same labels:**\n" + "\n".join(lines)) if lines else ""
 
 
