@@ -332,8 +332,8 @@ def test_an_lr_sweep_tunes_on_validation_and_runs_the_other_seeds_at_the_choice(
 def test_a_sweep_whose_tuning_is_unfinished_chooses_nothing_yet(tmp_path):
     spec = sweep_spec(controls=False)
     study = StudyFolder.create_or_open(paths.studies_root(tmp_path), spec)
-    assert [p.id for p in spec.plan(chooser(study))] == [run_id(Cell(2, 2), 0, m, lr) for lr in (10.0, 40.0)
-                                                          for m in ("mtt", "seqmatch")]
+    assert [p.id for p in spec.plan(chooser(study, spec))] == [run_id(Cell(2, 2), 0, m, lr) for lr in (10.0, 40.0)
+                                                                for m in ("mtt", "seqmatch")]
     summary = summarise(study)
     assert summary["runs_done"] == 0 and summary["runs_total"] == 6
     assert summary["cells"][0]["methods"]["mtt"]["lr_img"] is None

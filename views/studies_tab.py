@@ -11,7 +11,7 @@ from seqmatch_engine.core.config import BUDGET_NOTES, ConfigError
 from seqmatch_engine.core.study_spec import load_study_spec, study_preset_names
 from seqmatch_engine.interfaces.manager import JobKind, JobManager, job_id
 from seqmatch_engine.interfaces.queries import RunError, StorageError, StudyView
-from views.render import format_seconds
+from views.render import format_seconds, placeholder_figure
 from views.study_figures import accuracy_figure, coupling_figure, paired_figure
 
 HEADROOM_NOTE = (
@@ -70,11 +70,12 @@ class StudiesTab:
             self.refresh = gr.Button("↻ studies", size="sm", scale=0)
         self.status = gr.HTML(elem_classes="sm-status-box")
         self.message = gr.Markdown()
-        self.table = gr.Markdown(elem_id="sm-study-table")
+        self.table = gr.Markdown(NO_STUDY_NOTE, elem_id="sm-study-table")
+        accuracy, paired, coupling = empty_figures()
         with gr.Row():
-            self.accuracy = gr.Plot(label="Accuracy", show_label=False)
-            self.paired = gr.Plot(label="Paired differences", show_label=False)
-        self.coupling = gr.Plot(label="Coupling", show_label=False)
+            self.accuracy = gr.Plot(accuracy, label="Accuracy", show_label=False)
+            self.paired = gr.Plot(paired, label="Paired differences", show_label=False)
+        self.coupling = gr.Plot(coupling, label="Coupling", show_label=False)
 
     def wire(self, timer: gr.Timer) -> None:
         figures = [self.table, self.accuracy, self.paired, self.coupling]
@@ -115,16 +116,21 @@ class StudiesTab:
         self.manager.stop(job)
         return f"Stopping `{study_id}` after the current outer iteration; Start resumes it."
 
-    def on_select(self, study_id: str | None):
+    def shown(self, status: str, table: str, figures: tuple) -> dict:
+        """The status, the table and the three figures, by name."""
+        return {self.status: status, self.table: table,
+                **dict(zip((self.accuracy, self.paired, self.coupling), figures, strict=True))}
+
+    def on_select(self, study_id: str | None) -> dict:
         if not study_id:
-            return "", "", None, None, None
+            return self.shown("", NO_STUDY_NOTE, empty_figures())
         try:
             study = self._study(study_id)
             summary, table = study.summary()
         except (RunError, StorageError, ConfigError) as error:
-            return study_status_html_error(str(error)), "", None, None, None
-        return (study_status_html(study, self.manager.live(job_id(JobKind.STUDY, study.id))), table,
-                accuracy_figure(summary), paired_figure(summary), coupling_figure(summary))
+            return self.shown(study_status_html_error(str(error)), "", empty_figures())
+        return self.shown(study_status_html(study, self.manager.live(job_id(JobKind.STUDY, study.id))), table,
+                          (accuracy_figure(summary), paired_figure(summary), coupling_figure(summary)))
 
     def on_poll(self, study_id: str | None):
         if not study_id:
@@ -134,6 +140,17 @@ class StudiesTab:
         except RunError as error:
             return study_status_html_error(str(error))
         return study_status_html(study, self.manager.live(job_id(JobKind.STUDY, study.id)))
+
+
+NO_STUDY_NOTE = ("Pick a study in *Study* to see its table (each method's accuracy over seeds, the paired difference, "
+                 "random real) and its figures, or start one from a preset.")
+
+
+def empty_figures() -> tuple:
+    """What the three figure boxes say before a study is picked."""
+    return (placeholder_figure("Accuracy of both methods by cell, with error bars over seeds"),
+            placeholder_figure("Paired difference SeqMatch − static MTT by cell, over seeds"),
+            placeholder_figure("Coupling index of each method by cell (G1)", height=200))
 
 
 def study_status_html_error(text: str) -> str:

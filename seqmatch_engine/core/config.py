@@ -7,6 +7,7 @@ Static MTT is a SeqMatch run with a single subset (K = 1).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -193,11 +194,17 @@ BUDGET_NOTES = {
 }
 
 
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls: type) -> dict[str, Any]:
+    """get_type_hints of a config dataclass, resolved once (it evaluates every annotation's string each call)."""
+    return get_type_hints(cls)
+
+
 def build_dataclass(cls: type, raw: Any, where: str) -> Any:
     """Build dataclass `cls` from a dict, rejecting unknown keys and wrong types."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where or 'config'}: expected an object, got {type(raw).__name__}")
-    hints = get_type_hints(cls)
+    hints = _type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(map(str, set(raw) - names))
     if unknown:

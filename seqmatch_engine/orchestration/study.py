@@ -61,7 +61,7 @@ def run_study(study: StudyFolder, experts_root: Path, observer=None, control=Non
 
             run_on_cluster(study, experts_root, executor, open_run, finish, control, starting)
         else:
-            for index, planned in enumerate(spec.plan(chooser(study))):
+            for index, planned in enumerate(spec.plan(chooser(study, spec))):
                 run = open_run(planned)
                 starting(planned.id, index, total)
                 if run.status().state != RunState.DONE:
@@ -101,7 +101,7 @@ def runs_needing_controls(study: StudyFolder) -> list[RunFolder]:
     spec = study.spec()
     if not spec.controls:
         return []
-    choose, pending = chooser(study), []
+    choose, pending = chooser(study, spec), []
     for planned in spec.plan(choose):
         if method_parts(planned.method)[1] != "sequential" or (
                 planned.tuning and choose(planned.cell, planned.method) != planned.lr_img):

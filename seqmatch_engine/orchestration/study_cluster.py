@@ -102,7 +102,7 @@ def run_on_cluster(study, experts_root: Path, executor: DaskExecutor, open_run: 
     executor.lost_workers(force=True)
     try:
         while True:
-            for planned in spec.plan(chooser(study)):
+            for planned in spec.plan(chooser(study, spec)):
                 if planned.id in seen:
                     continue
                 seen.add(planned.id)

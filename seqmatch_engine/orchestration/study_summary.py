@@ -6,7 +6,7 @@ import statistics
 from typing import Any
 
 from seqmatch_engine.core.config import RunConfig
-from seqmatch_engine.core.study_spec import Cell, LrChooser, run_id
+from seqmatch_engine.core.study_spec import Cell, LrChooser, StudySpec, run_id
 from seqmatch_engine.orchestration.run_diagnostics.g1 import run_coupling_index
 from seqmatch_engine.storage.study_folder import StudyFolder
 
@@ -17,11 +17,11 @@ def mean_std(values: list[float]) -> dict[str, Any]:
             "n": len(values), "values": values}
 
 
-def lr_choice(study: StudyFolder, cell: Cell, method: str) -> dict[str, Any] | None:
+def lr_choice(study: StudyFolder, spec: StudySpec, cell: Cell, method: str) -> dict[str, Any] | None:
     """The lr sweep of `method` at `cell` on the tune seeds: {"chosen": lr or None while a tuning run is unfinished,
     "sweep": [{"lr_img", "val", "test"} per value, mean_std over the tune seeds that finished]}; None without a sweep.
-    The chosen value has the best mean validation accuracy (ties: the earlier value of study.lr_img)."""
-    spec = study.spec()
+    The chosen value has the best mean validation accuracy (ties: the earlier value of study.lr_img). `spec` is the
+    study's, read once by the caller (parsing it builds every planned run's config)."""
     if not spec.lr_img:
         return None
     sweep, complete = [], True
@@ -41,10 +41,10 @@ def lr_choice(study: StudyFolder, cell: Cell, method: str) -> dict[str, Any] | N
     return {"chosen": chosen, "sweep": sweep}
 
 
-def chooser(study: StudyFolder) -> LrChooser:
+def chooser(study: StudyFolder, spec: StudySpec) -> LrChooser:
     """The lr each method uses at a cell, as the finished tuning runs choose it (None while undecided)."""
     def choose(cell: Cell, method: str) -> float | None:
-        choice = lr_choice(study, cell, method)
+        choice = lr_choice(study, spec, cell, method)
         return choice["chosen"] if choice else None
     return choose
 
@@ -77,7 +77,7 @@ def summarise(study: StudyFolder) -> dict[str, Any]:
         baselines: dict[str, dict[int, float]] = {"random_real": {}, "random_real_soft": {}}
         coupling: dict[str, list[float]] = {m: [] for m in spec.methods}
         controls: dict[str, dict[str, list[float]]] = {m: {} for m in spec.methods}
-        choices = {method: lr_choice(study, cell, method) for method in spec.methods}
+        choices = {method: lr_choice(study, spec, cell, method) for method in spec.methods}
         for seed in spec.cell_seeds(cell):
             for method in spec.methods:
                 choice = choices[method]
@@ -126,7 +126,8 @@ def summarise(study: StudyFolder) -> dict[str, Any]:
     return {"study": study.id, "budget": spec.budget, "seeds": spec.seeds, "methods": spec.methods, "cells": cells,
             "lr_img": spec.lr_img, "tune_seeds": spec.tune_seeds,
             "experts": experts, "experts_overall": experts_overall,
-            "runs_done": sum(1 for planned in spec.plan(chooser(study)) if (run := study.run(planned.id)) and run.eval()),
+            "runs_done": sum(1 for planned in spec.plan(chooser(study, spec))
+                             if (run := study.run(planned.id)) and run.eval()),
             "runs_total": spec.run_count()}
 
 
