@@ -189,7 +189,7 @@ class CompareTab:
         shown = ", ".join(f"`{run_id}`" for run_id in picked if run_id)
         return {**dict(zip(self.states, picked)), self.message: f"Showing {shown}."}
 
-    def on_refresh(self, *run_ids: str | None):
+    def on_refresh(self, *run_ids: str | None) -> dict:
         runs = []
         for method, run_id in zip(METHODS, run_ids):
             try:
@@ -201,9 +201,10 @@ class CompareTab:
         budgets = {run.config().budget for _, run in runs if run.config().schedule == "static"}
         note = "; ".join(f"budget convention **{b}**: {BUDGET_NOTES[b]}" for b in budgets if b) or \
             "budget convention: not recorded (these runs were not started together)"
-        return (accuracy_figure(results), f"{note}. One seed per method: a demonstration, not evidence.\n\n"
-                f"{gains_markdown(results)}\n\n{text}",
-                g1 or placeholder_figure("No G1 records in these runs: coupling is recorded while distilling when "
-                                         "distill.diagnose_every > 0"),
-                g2 or placeholder_figure("No G2 for these runs yet: compute it on the Diagnostics tab"),
-                g4 or placeholder_figure("No G4 for these runs yet: compute it on the Diagnostics tab"))
+        return {self.accuracy: accuracy_figure(results),
+                self.overlays: f"{note}. One seed per method: a demonstration, not evidence.\n\n"
+                               f"{gains_markdown(results)}\n\n{text}",
+                self.g1: g1 or placeholder_figure("No G1 records in these runs: coupling is recorded while distilling "
+                                                  "when distill.diagnose_every > 0"),
+                self.g2: g2 or placeholder_figure("No G2 for these runs yet: compute it on the Diagnostics tab"),
+                self.g4: g4 or placeholder_figure("No G4 for these runs yet: compute it on the Diagnostics tab")}

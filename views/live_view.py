@@ -35,23 +35,25 @@ class LiveView:
         self.accuracy = gr.Markdown(elem_classes="sm-accuracy")
         self.version = gr.State("")
 
-    def poll(self, run_id: str | None, version: str):
-        """(status html, image or skip, curves or skip, accuracy markdown, new version)."""
+    def poll(self, run_id: str | None, version: str) -> dict:
+        """The status card always; the image, curves and accuracy only when the run's picture changed since
+        `version` (then the new version too): named updates, what is left out stays."""
         live = self.manager.live(run_id) if run_id else None
         if live is None:
-            return status_html(None, start=self.start), gr.skip(), gr.skip(), gr.skip(), version
+            return {self.status: status_html(None, start=self.start)}
         try:
             run = self.manager.library.run(run_id)
         except RunError as error:
-            return status_html(None, error=str(error)), gr.skip(), gr.skip(), gr.skip(), version
+            return {self.status: status_html(None, error=str(error))}
         key = f"{run_id}:{live.image_version}:{live.iteration}:{live.state}"
         status = status_html(live, self.manager.queue_position(run_id))
         if key == version:
-            return status, gr.skip(), gr.skip(), gr.skip(), version
-        image = self.render_images(run, live)
-        curves = curves_figure(live) if live.losses else gr.skip()
-        accuracy = accuracy_markdown(run.eval()) if live.state == RunState.DONE else ""
-        return status, image, curves, accuracy, key
+            return {self.status: status}
+        changed = {self.status: status, self.images: self.render_images(run, live), self.version: key,
+                   self.accuracy: accuracy_markdown(run.eval()) if live.state == RunState.DONE else ""}
+        if live.losses:
+            changed[self.curves] = curves_figure(live)
+        return changed
 
     @staticmethod
     def render_images(run: RunView, live: LiveState):
