@@ -3,16 +3,12 @@ run diagnostics build them from seqmatch_engine.diagnostics' results, the views 
 Each record's to_dict gives the JSON its file holds, in the field order it always had."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from seqmatch_engine.storage.records import known_fields
+
 Matrix = list[list[float | None]]   # K x K cosines; None where a group has no gradient (NaN in the maths)
-
-
-def _fields(cls, data: dict[str, Any]) -> dict[str, Any]:
-    """The entries of `data` that are fields of `cls`; KeyError naming a missing field without a default."""
-    names = {f.name for f in fields(cls)}
-    return {key: value for key, value in data.items() if key in names}
 
 
 # -- G1: one record per logged outer iteration (g1.jsonl) -----------------------------------------------------
@@ -36,7 +32,7 @@ class G1Record:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "G1Record":
-        return cls(**_fields(cls, data))
+        return cls(**known_fields(cls, data))
 
 
 # -- G2: matching error by start epoch of held-out trajectories (g2.json) ---------------------------------------
@@ -77,8 +73,8 @@ class G2Result:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "G2Result":
-        known = _fields(cls, data)
-        return cls(**{**known, "families": [G2Family(**_fields(G2Family, f)) for f in known["families"]]})
+        known = known_fields(cls, data)
+        return cls(**{**known, "families": [G2Family(**known_fields(G2Family, f)) for f in known["families"]]})
 
 
 # -- G4: accuracy on easy and hard test images (g4.json) -------------------------------------------------------
@@ -123,8 +119,8 @@ class G4Result:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "G4Result":
-        known = _fields(cls, data)
-        sets = {name: SetAccuracies(**{part: NetAccuracies(**_fields(NetAccuracies, found[part]))
+        known = known_fields(cls, data)
+        sets = {name: SetAccuracies(**{part: NetAccuracies(**known_fields(NetAccuracies, found[part]))
                                        for part in ("all", "easy", "hard")})
                 for name, found in known["sets"].items()}
         return cls(**{**known, "sets": sets})

@@ -36,7 +36,7 @@ class RunState(TextEnum):
         return cls.INTERRUPTED if state in (cls.RUNNING, cls.QUEUED, cls.CREATED, cls.PAUSED) else state
 
 
-def _known(cls, data: dict[str, Any]) -> dict[str, Any]:
+def known_fields(cls, data: dict[str, Any]) -> dict[str, Any]:
     """The keys of `data` that are fields of `cls` (a file written by another version may hold others)."""
     names = {f.name for f in fields(cls)}
     return {key: value for key, value in data.items() if key in names}
@@ -91,9 +91,9 @@ class RunStatus:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunStatus":
-        known = _known(cls, data)
+        known = known_fields(cls, data)
         known["state"] = RunState(known.get("state", RunState.CREATED))
-        known["messages"] = [Message(**_known(Message, m)) for m in known.get("messages", [])]
+        known["messages"] = [Message(**known_fields(Message, m)) for m in known.get("messages", [])]
         known["phase_kind"] = PhaseKind(known["phase_kind"]) if known.get("phase_kind") else None
         return cls(**known)
 
@@ -127,7 +127,7 @@ class StudyStatus:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "StudyStatus":
-        known = _known(cls, data)
+        known = known_fields(cls, data)
         known["state"] = RunState(known.get("state", RunState.CREATED))
         return cls(**known)
 
@@ -190,7 +190,7 @@ def metric_from_dict(data: dict[str, Any]) -> MetricRecord:
     kind = METRIC_KINDS.get(data.get("kind"))
     if kind is None:
         raise ValueError(f"unknown record kind {data.get('kind')!r} (known: {', '.join(METRIC_KINDS)})")
-    return kind(**_known(kind, data))
+    return kind(**known_fields(kind, data))
 
 
 @dataclass
