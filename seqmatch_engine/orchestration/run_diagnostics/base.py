@@ -19,6 +19,7 @@ from seqmatch_engine.data.prepare import PreparedData
 from seqmatch_engine.diagnostics.features import PointSet, real_sample, subset_points
 from seqmatch_engine.orchestration.context import RunContext
 from seqmatch_engine.orchestration.executors import Executor
+from seqmatch_engine.storage.files import StorageError
 from seqmatch_engine.storage.runs import RunError, RunFolder, Subset
 
 
@@ -122,6 +123,15 @@ def partner_subsets(partner: RunFolder) -> list[Subset]:
         raise RunError(f"partner run {partner.id} is not finished ({len(subsets)} of {len(config.distill.subsets)} "
                        f"subsets)")
     return subsets
+
+
+def readable(read: Callable[[Path], Any], run_dir: Path) -> Any:
+    """read(run_dir), or None when the file is damaged or of an older version: for deciding what is missing
+    (then computed again, which rewrites it) and for summaries (n/a); the views show the read's own message."""
+    try:
+        return read(run_dir)
+    except StorageError:
+        return None
 
 
 def number(value: float | None, percent: bool = False) -> str:

@@ -6,28 +6,22 @@ from pathlib import Path
 from typing import Any
 
 from seqmatch_engine.diagnostics.gradients import coupling_index
-from seqmatch_engine.orchestration.run_diagnostics.base import Diagnostic, number
+from seqmatch_engine.orchestration.run_diagnostics.base import Diagnostic, number, readable
 from seqmatch_engine.storage.diagnostics_store import read_g1
-from seqmatch_engine.storage.files import StorageError
 
 
 def lacks(run_dir: Path, reducer: str | None, partner: bool) -> bool:
-    try:
-        return not read_g1(run_dir)
-    except StorageError:
-        return True
+    return not readable(read_g1, run_dir)
 
 
 def run_coupling_index(run_dir: Path) -> float | None:
-    """The coupling index of a run's G1 records (None without two groups)."""
-    return coupling_index([record.matrix for record in read_g1(run_dir)])
+    """The coupling index of a run's G1 records (None without two groups, or when the record file is damaged)."""
+    records = readable(read_g1, run_dir)
+    return coupling_index([record.matrix for record in records]) if records else None
 
 
 def summary(run_dir: Path) -> dict[str, Any]:
-    try:
-        return {"coupling_index": run_coupling_index(run_dir)}
-    except StorageError:  # a damaged record file: no index (the views say why where they draw G1)
-        return {"coupling_index": None}
+    return {"coupling_index": run_coupling_index(run_dir)}
 
 
 def summary_lines(values: dict[str, Any]) -> list[str]:

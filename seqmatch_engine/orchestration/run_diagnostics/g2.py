@@ -15,10 +15,10 @@ from seqmatch_engine.orchestration.run_diagnostics.base import (
     Diagnostic,
     RunDiagnostics,
     partner_subsets,
+    readable,
 )
 from seqmatch_engine.storage.diagnostic_records import G2Family, G2Result
 from seqmatch_engine.storage.diagnostics_store import read_g2, write_g2
-from seqmatch_engine.storage.files import StorageError
 from seqmatch_engine.storage.runs import RunFolder, Subset
 
 VERSION = 2  # version 1 scored every set on stage-1 experts only
@@ -88,18 +88,12 @@ def compute(diagnostics: RunDiagnostics, progress: ProgressFn | None = None,
 def lacks(run_dir: Path, reducer: str | None, partner: bool) -> bool:
     """Absent, unreadable (an older version's file), of an older version, or computed without a partner's
     families where a partner is now given."""
-    try:
-        found = read_g2(run_dir)
-    except StorageError:
-        return True
+    found = readable(read_g2, run_dir)
     return found is None or found.version != VERSION or (partner and len(found.families) < 2)
 
 
 def summary(run_dir: Path) -> dict[str, Any]:
-    try:
-        found = read_g2(run_dir)
-    except StorageError:
-        found = None
+    found = readable(read_g2, run_dir)
     return {"late_matching_error": [f.late_error for f in found.families] if found and found.families else None}
 
 

@@ -22,10 +22,10 @@ from seqmatch_engine.orchestration.run_diagnostics.base import (
     Diagnostic,
     RunDiagnostics,
     number,
+    readable,
 )
 from seqmatch_engine.storage.diagnostic_records import G4Result, NetAccuracies, SetAccuracies
 from seqmatch_engine.storage.diagnostics_store import read_g4, write_g4
-from seqmatch_engine.storage.files import StorageError
 from seqmatch_engine.storage.runs import RunFolder
 
 SETS = ("synthetic", "random_real")
@@ -70,17 +70,11 @@ def compute(diagnostics: RunDiagnostics, progress: ProgressFn | None = None,
 
 def lacks(run_dir: Path, reducer: str | None, partner: bool) -> bool:
     """Absent or unreadable (then computed again)."""
-    try:
-        return read_g4(run_dir) is None
-    except StorageError:
-        return True
+    return readable(read_g4, run_dir) is None
 
 
 def summary(run_dir: Path) -> dict[str, Any]:
-    try:
-        found = read_g4(run_dir)
-    except StorageError:
-        found = None
+    found = readable(read_g4, run_dir)
     return {f"{part}_accuracy_{name}": getattr(found.sets[name], part).mean if found else None
             for name in SETS for part in ("easy", "hard")}
 
