@@ -151,6 +151,22 @@ def test_a_study_stopped_by_sigterm_records_stopped(tmp_path):
     assert RunFolder(study.runs_root / "ipc002-k2-mtt-seed0").status().state == "stopped"
 
 
+def test_sigterm_inside_code_run_from_a_string_still_exits_130(tmp_path):
+    """The CI failure this guards: a SIGTERM that lands while code compiled from a string runs (library code
+    does this) must end the command with 130 once it is handled, not with death by SIGINT (returncode -2)."""
+    (tmp_path / "stopped_in_exec.py").write_text(
+        "import os, signal, sys, threading\n"
+        "from seqmatch_engine.interfaces.cli import _terminated\n"
+        "signal.signal(signal.SIGTERM, _terminated)\n"
+        "threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
+        "try:\n    exec('while True: pass')\n"
+        "except KeyboardInterrupt:\n    print('handled', flush=True)\n    sys.exit(130)\n")
+    env = {**ENV, "PYTHONPATH": str(paths.REPO_DIR)}
+    proc = subprocess.run([sys.executable, "-m", "stopped_in_exec"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert (proc.returncode, proc.stdout.strip()) == (130, "handled"), proc.stderr
+
+
 def hold_in_another_process(lock_path: Path) -> subprocess.Popen:
     """A process that holds the lock at `lock_path` until killed (it prints 'held' once it does)."""
     code = ("import sys, time\nfrom seqmatch_engine.storage.ownership import OwnerLock\n"

@@ -398,8 +398,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, stopping the command as Ctrl-C does (every `except KeyboardInterrupt` records its state as
+    stopped). A subclass, not KeyboardInterrupt itself: CPython marks the process for death by SIGINT when a
+    plain KeyboardInterrupt leaves code run by exec or eval of a string (as library code does), even if it is
+    caught further up, and the command would then end killed by SIGINT instead of exiting with 130."""
+
+
 def _terminated(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt("SIGTERM")
+    raise Terminated("SIGTERM")
 
 
 INTERRUPTED = {
