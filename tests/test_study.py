@@ -1,6 +1,7 @@
 """Studies: a grid of tiny runs, paired by seed, resumable, summarised from the runs' own files."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -12,7 +13,7 @@ from seqmatch_engine.core.config import ConfigError
 from seqmatch_engine.core.study_spec import Cell, StudySpec, load_study_spec, run_id, study_preset_names
 from seqmatch_engine.interfaces import cli
 from seqmatch_engine.orchestration.driver import RunControl, StopRequested
-from seqmatch_engine.orchestration.study import run_study
+from seqmatch_engine.orchestration.study import finished_twin, run_study
 from seqmatch_engine.orchestration.study_summary import chooser, format_table, summarise
 from seqmatch_engine.storage.expert_cache import ExpertCache
 from seqmatch_engine.storage.study_folder import StudyFolder
@@ -227,6 +228,44 @@ def test_cli_study_summary_and_errors(finished, tmp_path, capsys):
     assert "neither a study preset" in capsys.readouterr().err
     assert cli.main(["--home", str(tmp_path), "study"]) == 2
     assert "give a spec file or --preset" in capsys.readouterr().err
+
+
+def test_a_study_copies_another_studys_finished_twins_and_runs_only_the_rest(finished, tmp_path, capsys):
+    import shutil
+
+    home, study, _, _ = finished
+    shutil.copytree(home, tmp_path / "home")
+    root = paths.studies_root(tmp_path / "home")
+    source = StudyFolder.find(root, study.id)
+    spec = tiny_spec(name="tiny-more", seeds=[1, 2])
+    spec_file = tmp_path / "more.json"
+    spec_file.write_text(json.dumps(spec.to_dict()))
+    assert cli.main(["--home", str(tmp_path / "home"), "study", str(spec_file), "--reuse", study.id]) == 0
+    err = capsys.readouterr().err
+    other = StudyFolder.find(root, "tiny-more")
+    for method in ("mtt", "seqmatch"):
+        copied, original = other.run(run_id(Cell(2, 2), 1, method)), source.run(run_id(Cell(2, 2), 1, method))
+        assert copied.origin() == str(original.path.resolve())
+        assert f"{copied.id} (copied from {original.path.resolve()})" in err
+        for name in ("eval.json", "metrics.jsonl", "subsets/S1.safetensors"):
+            assert (copied.path / name).read_bytes() == (original.path / name).read_bytes(), name
+        assert copied.config().name == spec.run_config(Cell(2, 2), 1, method).name != original.config().name
+        assert other.run(run_id(Cell(2, 2), 2, method)).origin() is None  # seed 2 ran here
+        assert other.run(run_id(Cell(2, 2), 2, method)).eval() is not None
+    summary = other.summary()
+    assert set(summary["copied_runs"]) == {run_id(Cell(2, 2), 1, m) for m in ("mtt", "seqmatch")}
+    assert "2 of them copied from another study" in format_table(summary)
+    # only a run with the same config is a twin: another pixel lr, or a run not finished, is not
+    cell = Cell(2, 2)
+    twin_config = spec.run_config(cell, 1, "mtt")
+    other_lr = dataclasses.replace(twin_config, distill=dataclasses.replace(twin_config.distill, lr_img=7.0))
+    assert finished_twin([source], twin_config) is not None and finished_twin([source], other_lr) is None
+    source.run(run_id(cell, 1, "mtt")).update_status(state="running")
+    assert finished_twin([source], twin_config) is None
+    # ids from the command line stay inside the home's studies; a study never reuses itself
+    for reuse, message in (("../x", "study"), ("tiny-more", "cannot reuse its own runs")):
+        assert cli.main(["--home", str(tmp_path / "home"), "study", str(spec_file), "--reuse", reuse]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_one_seed_shows_no_spread_and_the_table_says_what_is_evidence():

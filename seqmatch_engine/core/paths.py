@@ -97,6 +97,7 @@ EXPORT_DIR = "export"
 CONTROLS_FILE = "controls.json"
 EVALUATIONS_DIR = "evaluations"   # evaluations with other settings than the run's own (evaluate --epochs ...)
 LOCK_FILE = "owner.lock"          # held (fcntl.flock) by the process that trains the run or runs the study
+ORIGIN_FILE = "origin.json"       # a run copied from another study: the folder it was copied from
 
 # Files inside one study folder (studies/<id>/): its spec, progress, summary and its runs.
 STUDY_FILE = "study.json"

@@ -271,11 +271,16 @@ def cmd_study(args: argparse.Namespace) -> int:
         study.save_summary(summary, format_table(summary))
         print(format_table(summary))
         return 0
+    reuse = [StudyFolder.find(root, study_id) for study_id in args.reuse]
+    if spec.name in {source.id for source in reuse}:
+        raise ConfigError(f"study --reuse {spec.name}: a study cannot reuse its own runs; name other studies")
     bars = ProgressBars()
 
     def on_run(run_id: str, index: int, total: int) -> None:
         bars.close()
-        tqdm.write(f"== run {index + 1}/{total}: {run_id}", file=sys.stderr)
+        origin = study.run(run_id).origin()
+        tqdm.write(f"== run {index + 1}/{total}: {run_id}" + (f" (copied from {origin})" if origin else ""),
+                   file=sys.stderr)
 
     with contextlib.ExitStack() as stack:
         study = StudyFolder.existing(root, spec)
@@ -287,7 +292,8 @@ def cmd_study(args: argparse.Namespace) -> int:
         print(f"study folder: {study.path}  (budget convention: {spec.budget}: {BUDGET_NOTES[spec.budget]})",
               file=sys.stderr)
         try:
-            summary = run_study(study, paths.experts_root(args.home), bars, on_run=on_run, executor=executor)
+            summary = run_study(study, paths.experts_root(args.home), bars, on_run=on_run, executor=executor,
+                                reuse=reuse)
         except StopRequested:
             print(f"stopped; resume with the same command (finished runs are kept): {study.path}", file=sys.stderr)
             return 1
@@ -387,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--summary", action="store_true", help="only rebuild and print the summary of what has run")
     sub.add_argument("--wait", action="store_true",
                      help="when another process runs the study, wait until it is free instead of refusing")
+    sub.add_argument("--reuse", nargs="+", metavar="STUDY", default=[],
+                     help="copy finished runs of these studies (ids in this home) where one is the same run as the "
+                          "plan's (equal config but for its name) instead of running it again")
     with_cluster(sub)
     sub.set_defaults(func=cmd_study)
     sub = commands.add_parser("bench", help="speed and memory of the engine vs plain references (prints a report)")

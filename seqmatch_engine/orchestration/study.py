@@ -9,11 +9,12 @@ from its checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from seqmatch_engine.core.config import ConfigError, method_parts
+from seqmatch_engine.core.config import ConfigError, RunConfig, method_parts
 from seqmatch_engine.core.control import RunControl, StopRequested
 from seqmatch_engine.core.study_spec import PlannedRun, same_run
 from seqmatch_engine.maths.evaluate import accuracy, control_curricula
@@ -23,19 +24,21 @@ from seqmatch_engine.orchestration.driver import Distiller
 from seqmatch_engine.orchestration.executors import DaskExecutor
 from seqmatch_engine.orchestration.study_cluster import run_on_cluster
 from seqmatch_engine.orchestration.study_summary import chooser, format_table, summarise
+from seqmatch_engine.storage.files import StorageError
 from seqmatch_engine.storage.records import RunState
-from seqmatch_engine.storage.runs import RunFolder
+from seqmatch_engine.storage.runs import RunError, RunFolder
 from seqmatch_engine.storage.study_folder import StudyFolder
 
 RunHook = Callable[[str, int, int], None]  # (run id, index, total) before each run
 
 
 def run_study(study: StudyFolder, experts_root: Path, observer=None, control=None,
-              on_run: RunHook | None = None, executor=None) -> dict[str, Any]:
+              on_run: RunHook | None = None, executor=None, reuse: Sequence[StudyFolder] = ()) -> dict[str, Any]:
     """Run (or resume) every run of the study, then return the summary. Finished runs are skipped, an interrupted
-    one resumes from its checkpoint; the summary is rewritten after each run. Locally the runs go one after another
-    in plan order (their experts and nets as jobs on `executor`, default: local threads); on a Dask executor the
-    runs themselves are jobs too and distil at once (study_cluster.py)."""
+    one resumes from its checkpoint; the summary is rewritten after each run. A run not started yet that a study
+    of `reuse` has finished (the same config but for its name) is copied from there instead of run again. Locally
+    the runs go one after another in plan order (their experts and nets as jobs on `executor`, default: local
+    threads); on a Dask executor the runs themselves are jobs too and distil at once (study_cluster.py)."""
 
     spec, control = study.spec(), control or RunControl()
     total = spec.run_count()
@@ -43,7 +46,11 @@ def run_study(study: StudyFolder, experts_root: Path, observer=None, control=Non
 
     def open_run(planned: PlannedRun) -> RunFolder:
         config = spec.run_config(planned.cell, planned.seed, planned.method, planned.lr_img)
-        run = study.run(planned.id) or RunFolder.create(study.runs_root, config, planned.id)
+        run = study.run(planned.id)
+        if run is None:
+            twin = finished_twin(reuse, config)
+            run = (RunFolder.copy_of(twin, study.runs_root, planned.id, config) if twin
+                   else RunFolder.create(study.runs_root, config, planned.id))
         if not same_run(run.config(), config):
             raise ConfigError(f"{run.path} holds another config than the study's plan; delete that run folder")
         return run
@@ -79,6 +86,20 @@ def run_study(study: StudyFolder, experts_root: Path, observer=None, control=Non
     study.save_summary(summary, format_table(summary))
     study.update_status(state=RunState.DONE, current=None, finished=time.time(), done=summary["runs_done"])
     return summary
+
+
+def finished_twin(sources: Sequence[StudyFolder], config: RunConfig) -> RunFolder | None:
+    """A finished run of one of `sources` that is the same run as `config` but for its name, or None."""
+    for source in sources:
+        for path in sorted(source.runs_root.iterdir()) if source.runs_root.is_dir() else ():
+            run = source.run(path.name)
+            try:
+                if run and run.status().state == RunState.DONE and run.eval() is not None and \
+                        same_run(dataclasses.replace(run.config(), name=config.name), config):
+                    return run
+            except (ConfigError, StorageError, RunError):
+                continue  # a damaged run is not reused; this study runs its own
+    return None
 
 
 def record_run(study: StudyFolder, planned: PlannedRun, run: RunFolder, experts_root: Path, executor, control) -> None:

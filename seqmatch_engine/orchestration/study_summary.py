@@ -123,12 +123,12 @@ def summarise(study: StudyFolder) -> dict[str, Any]:
     for row in cells:
         mtt = (row["methods"].get("mtt") or {}).get("accuracy")
         row["headroom"] = experts_overall["mean"] - mtt["mean"] if experts_overall and mtt else None
+    planned_runs = [study.run(planned.id) for planned in spec.plan(chooser(study, spec))]
     return {"study": study.id, "budget": spec.budget, "seeds": spec.seeds, "methods": spec.methods, "cells": cells,
             "lr_img": spec.lr_img, "tune_seeds": spec.tune_seeds,
             "experts": experts, "experts_overall": experts_overall,
-            "runs_done": sum(1 for planned in spec.plan(chooser(study, spec))
-                             if (run := study.run(planned.id)) and run.eval()),
-            "runs_total": spec.run_count()}
+            "runs_done": sum(1 for run in planned_runs if run and run.eval()), "runs_total": spec.run_count(),
+            "copied_runs": {run.id: origin for run in planned_runs if run and (origin := run.origin())}}
 
 
 SEQUENTIAL = {"mtt": "seqmatch", "datm": "seqmatch-datm"}  # each static method's sequential counterpart
@@ -177,7 +177,11 @@ def format_table(summary: dict[str, Any]) -> str:
         [f"{METHOD_LABELS[b]} − {METHOD_LABELS[a].removeprefix('static ')} (paired)" for a, b in pairs] + \
         ([f"pixel lr {' / '.join(labels)}"] if sweep else []) + [f"coupling {' / '.join(labels)}", "headroom"]
     lines = [f"Study `{summary['study']}`: budget convention **{summary['budget']}**, seeds {summary['seeds']}, "
-             f"{summary['runs_done']}/{summary['runs_total']} runs done.", "", _row(columns), _row(["---"] * len(columns))]
+             f"{summary['runs_done']}/{summary['runs_total']} runs done."]
+    if summary.get("copied_runs"):
+        lines.append(f"{len(summary['copied_runs'])} of them copied from another study where the same run had finished "
+                     f"(same config but its name; origin.json in each names its source).")
+    lines += ["", _row(columns), _row(["---"] * len(columns))]
     for row in rows:
         coupling = " / ".join(f"{c['mean']:.3f}" if (c := of(row, m, "coupling")) else "–" for m in methods)
         lines.append(_row(cells(row) + [_pct(of(row, m)) for m in methods] + [_pct(row["random_real"])]

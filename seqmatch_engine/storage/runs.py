@@ -134,6 +134,21 @@ class RunFolder:
         return cls(place_folder(root, names, fill, "run"))
 
     @classmethod
+    def copy_of(cls, source: "RunFolder", root: Path, run_id: str, config: RunConfig) -> "RunFolder":
+        """A finished run copied whole under root/`run_id` with `config` (the same run as the source's but for its
+        name, which names the study it belongs to), and origin.json naming the folder it was copied from."""
+        if source.status().state != RunState.DONE or source.eval() is None:
+            raise RunError(f"{source.path} is not a finished run (only those are copied)")
+
+        def fill(folder: Path) -> None:
+            shutil.copytree(source.path, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(paths.LOCK_FILE))
+            write_json(folder / paths.CONFIG_FILE, config.to_dict())
+            write_json(folder / paths.ORIGIN_FILE, {"copied_from": str(source.path.resolve()), "copied": time.time()})
+
+        Path(root).mkdir(parents=True, exist_ok=True)
+        return cls(place_folder(Path(root), [run_id], fill, "run"))
+
+    @classmethod
     def find(cls, root: Path, run_id: object) -> "RunFolder":
         """The run `run_id` (an untrusted id from a request) under `root`; refuses ids that leave it."""
         return cls(find_folder(root, run_id, "run", paths.CONFIG_FILE))
@@ -374,6 +389,11 @@ class RunFolder:
         """Accuracies of the evaluation-only controls (evaluate.control_curricula), if measured."""
         path = self.path / paths.CONTROLS_FILE
         return read_json(path) if path.exists() else None
+
+    def origin(self) -> str | None:
+        """The folder this run was copied from (RunFolder.copy_of), None for a run trained here."""
+        path = self.path / paths.ORIGIN_FILE
+        return str(read_json(path).get("copied_from")) if path.exists() else None
 
     def delete(self) -> None:
         shutil.rmtree(self.path)
