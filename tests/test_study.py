@@ -16,6 +16,7 @@ from seqmatch_engine.orchestration.driver import RunControl, StopRequested
 from seqmatch_engine.orchestration.study import finished_twin, run_study
 from seqmatch_engine.orchestration.study_summary import chooser, format_table, summarise
 from seqmatch_engine.storage.expert_cache import ExpertCache
+from seqmatch_engine.storage.files import StorageError
 from seqmatch_engine.storage.study_folder import StudyFolder
 
 
@@ -266,6 +267,63 @@ def test_a_study_copies_another_studys_finished_twins_and_runs_only_the_rest(fin
     for reuse, message in (("../x", "study"), ("tiny-more", "cannot reuse its own runs")):
         assert cli.main(["--home", str(tmp_path / "home"), "study", str(spec_file), "--reuse", reuse]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_an_archived_study_goes_on_from_its_finished_runs_in_another_home(finished, tmp_path, capsys):
+    import shutil
+
+    home, study, summary, _ = finished
+    spec_file = tmp_path / "tiny.json"
+    spec_file.write_text(json.dumps(study.spec().to_dict()))
+    shutil.copytree(home, tmp_path / "a")
+    unfinished = run_id(Cell(2, 2), 1, "seqmatch")
+    StudyFolder.find(paths.studies_root(tmp_path / "a"), study.id).run(unfinished).update_status(state="running")
+    archive = tmp_path / "archive"
+    for _ in range(2):  # a second archive replaces the first
+        assert cli.main(["--home", str(tmp_path / "a"), "study", str(spec_file), "--archive", str(archive)]) == 0
+        assert "archived 3 finished runs" in capsys.readouterr().err
+    kept = {p.relative_to(archive).as_posix() for p in archive.rglob("*") if p.is_file()}
+    assert unfinished not in {p.split("/")[1] for p in kept if p.startswith("runs/")}
+    assert not any("checkpoint" in p or "/snapshots/" in p for p in kept) and "study.json" in kept
+    assert not [p for p in archive.parent.iterdir() if p.name.startswith(".")]  # no scratch left behind
+    leak = archive / "runs" / run_id(Cell(2, 2), 0, "mtt") / "leak"
+    leak.symlink_to("/etc/hostname")
+
+    # another machine: the finished runs are restored, the unfinished one runs again, to the same numbers
+    assert cli.main(["--home", str(tmp_path / "b"), "study", str(spec_file), "--restore", str(archive)]) == 0
+    assert "restored 3 finished runs" in capsys.readouterr().err
+    other = StudyFolder.find(paths.studies_root(tmp_path / "b"), study.id)
+    for rid in {p.id for p in study.spec().plan()} - {unfinished}:
+        assert other.run(rid).origin() == str((archive / "runs" / rid).resolve())
+        assert (other.run(rid).path / "eval.json").read_bytes() == (study.run(rid).path / "eval.json").read_bytes()
+    assert other.run(unfinished).origin() is None and not (other.run(run_id(Cell(2, 2), 0, "mtt")).path / "leak").exists()
+    assert other.summary()["cells"] == summary["cells"] and other.expert_accuracy() == study.expert_accuracy()
+    assert "3 of them copied from another study" in format_table(other.summary())
+
+    # an archive is only restored into a study of its spec, only with the plan's runs and configs
+    tampered = archive / "runs" / run_id(Cell(2, 2), 0, "seqmatch") / "config.json"
+    raw = json.loads(tampered.read_text())
+    raw["distill"]["lr_img"] = 7.0
+    tampered.write_text(json.dumps(raw))
+    fresh = StudyFolder.create_or_open(paths.studies_root(tmp_path / "c"), study.spec())
+    restored, left_out = fresh.restore_from(StudyFolder(archive))
+    assert sorted(restored) == [run_id(Cell(2, 2), 0, "mtt"), run_id(Cell(2, 2), 1, "mtt")]
+    assert left_out == [f"{run_id(Cell(2, 2), 0, 'seqmatch')} (not finished, damaged, or not a run of this spec)"]
+    elsewhere = StudyFolder.create_or_open(paths.studies_root(tmp_path / "c"), tiny_spec(name="tiny-other"))
+    with pytest.raises(ConfigError, match="archive of another study spec"):
+        elsewhere.restore_from(StudyFolder(archive))
+    with pytest.raises(StorageError, match="holds no archived study"):
+        fresh.restore_from(StudyFolder(tmp_path / "nothing"))
+    # an archive never replaces a folder that is not one, nor the study's own
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "keep.txt").write_text("mine")
+    for target, message in ((notes, "is no study archive"), (other.path / "runs", "overlaps the study")):
+        assert cli.main(["--home", str(tmp_path / "b"), "study", str(spec_file), "--archive", str(target)]) == 2
+        assert message in capsys.readouterr().err
+    assert (notes / "keep.txt").read_text() == "mine"
+    assert cli.main(["--home", str(tmp_path / "d"), "study", str(spec_file), "--archive"]) == 2
+    assert "has not run in this home" in capsys.readouterr().err
 
 
 def test_one_seed_shows_no_spread_and_the_table_says_what_is_evidence():

@@ -79,6 +79,12 @@ def studies_root(base: Path | None = None) -> Path:
     return (base or home()) / "studies"
 
 
+def study_archive(name: str) -> Path:
+    """Where `study --archive` keeps a study's finished runs by default, in the repository beside its findings
+    (LEARN_DIR/studies/<name>/archive), so that a later machine goes on from them (`study --restore`)."""
+    return child(LEARN_DIR / "studies", name, "study") / "archive"
+
+
 def queue_lock(base: Path | None = None) -> Path:
     """The lock that app processes on one home hold while their queue runs a job (one job at a time for all)."""
     return (base or home()) / "app-queue.lock"

@@ -210,6 +210,16 @@ class StudySpec:
                     if not self.lr_img or lr is not None:
                         yield PlannedRun(run_id(cell, seed, method, lr), cell, seed, method, lr, False)
 
+    def every_run(self) -> Iterator[PlannedRun]:
+        """Every run the study may make whatever its sweep chooses: each seed of each cell with each method at each
+        lr of the sweep (the plan makes some of them)."""
+        for cell in self.grid:
+            tune = self.tune_seeds_of(cell)
+            for seed in self.cell_seeds(cell):
+                for lr in self.lr_img or [None]:
+                    for method in self.methods:
+                        yield PlannedRun(run_id(cell, seed, method, lr), cell, seed, method, lr, seed in tune)
+
     def run_count(self) -> int:
         """How many runs the study has once every lr choice is made."""
         per_cell = (len(self.tune_seeds_of(cell)) * (len(self.lr_img) - 1) + len(self.cell_seeds(cell))

@@ -271,6 +271,17 @@ def cmd_study(args: argparse.Namespace) -> int:
         study.save_summary(summary, format_table(summary))
         print(format_table(summary))
         return 0
+    if args.archive is not None:
+        study = StudyFolder.existing(root, spec)
+        if study is None:
+            raise RunError(f"study {spec.name!r} has not run in this home (no folder in {root.resolve()}): nothing "
+                           f"to archive")
+        target = Path(args.archive) if args.archive else paths.study_archive(spec.name)
+        archived = study.archive(target)
+        print(f"archived {len(archived)} finished runs of study {spec.name!r} in {target.resolve()} (all but their "
+              f"checkpoints, snapshots and exports); another home goes on from them with: study ... --restore "
+              f"{target}", file=sys.stderr)
+        return 0
     reuse = [StudyFolder.find(root, study_id) for study_id in args.reuse]
     if spec.name in {source.id for source in reuse}:
         raise ConfigError(f"study --reuse {spec.name}: a study cannot reuse its own runs; name other studies")
@@ -288,7 +299,14 @@ def cmd_study(args: argparse.Namespace) -> int:
             stack.enter_context(owning(study.lock(), args.wait))
         executor = executor_from_args(args, spec.run_config(spec.grid[0], spec.seeds[0], spec.methods[0]))
         stack.callback(executor.close)
-        study = study or StudyFolder.create_or_open(root, spec)  # only once the cluster answered
+        if study is None:  # only once the cluster answered
+            study = StudyFolder.create_or_open(root, spec)
+            stack.enter_context(owning(study.lock(), args.wait))
+        if args.restore is not None:
+            archive = StudyFolder(Path(args.restore) if args.restore else paths.study_archive(spec.name))
+            restored, left_out = study.restore_from(archive)
+            print(f"restored {len(restored)} finished runs from {archive.path.resolve()}" +
+                  (f"; left out: {', '.join(left_out)}" if left_out else ""), file=sys.stderr)
         print(f"study folder: {study.path}  (budget convention: {spec.budget}: {BUDGET_NOTES[spec.budget]})",
               file=sys.stderr)
         try:
@@ -396,6 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--reuse", nargs="+", metavar="STUDY", default=[],
                      help="copy finished runs of these studies (ids in this home) where one is the same run as the "
                           "plan's (equal config but for its name) instead of running it again")
+    sub.add_argument("--archive", nargs="?", const="", metavar="DIR",
+                     help="only write the finished runs of the study in this home (all but checkpoints, snapshots "
+                          "and exports) to DIR (default: assets/learn/studies/NAME/archive, kept in the repository) "
+                          "so that another machine goes on from them with --restore")
+    sub.add_argument("--restore", nargs="?", const="", metavar="DIR",
+                     help="first copy in the finished runs of the archive in DIR (default: the one --archive writes) "
+                          "that this home's study lacks, then go on with the study")
     with_cluster(sub)
     sub.set_defaults(func=cmd_study)
     sub = commands.add_parser("bench", help="speed and memory of the engine vs plain references (prints a report)")

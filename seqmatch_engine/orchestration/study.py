@@ -91,11 +91,9 @@ def run_study(study: StudyFolder, experts_root: Path, observer=None, control=Non
 def finished_twin(sources: Sequence[StudyFolder], config: RunConfig) -> RunFolder | None:
     """A finished run of one of `sources` that is the same run as `config` but for its name, or None."""
     for source in sources:
-        for path in sorted(source.runs_root.iterdir()) if source.runs_root.is_dir() else ():
-            run = source.run(path.name)
+        for run in source.runs():
             try:
-                if run and run.status().state == RunState.DONE and run.eval() is not None and \
-                        same_run(dataclasses.replace(run.config(), name=config.name), config):
+                if run.finished() and same_run(dataclasses.replace(run.config(), name=config.name), config):
                     return run
             except (ConfigError, StorageError, RunError):
                 continue  # a damaged run is not reused; this study runs its own

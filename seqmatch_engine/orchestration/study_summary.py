@@ -180,7 +180,8 @@ def format_table(summary: dict[str, Any]) -> str:
              f"{summary['runs_done']}/{summary['runs_total']} runs done."]
     if summary.get("copied_runs"):
         lines.append(f"{len(summary['copied_runs'])} of them copied from another study where the same run had finished "
-                     f"(same config but its name; origin.json in each names its source).")
+                     f"(same config but its name), or restored from this study's archive (`study --restore`); "
+                     f"origin.json in each names its source.")
     lines += ["", _row(columns), _row(["---"] * len(columns))]
     for row in rows:
         coupling = " / ".join(f"{c['mean']:.3f}" if (c := of(row, m, "coupling")) else "–" for m in methods)

@@ -112,6 +112,18 @@ def place_folder(root: Path, names: list[str], fill: Callable[[Path], None], wha
     raise RunError(f"{root} already holds {len(names)} folders named {names[0]}*; delete some")
 
 
+LEFT_OUT_OF_ARCHIVES = (paths.CHECKPOINT_FILE, paths.SNAPSHOTS_DIR, paths.EXPORT_DIR)  # RunFolder.archive_to
+
+
+def copy_files(source: Path, target: Path, left_out: tuple[str, ...] = ()) -> None:
+    """Copy the folder `source` into `target` but for the names in `left_out`, the owner lock, files being written
+    (*.tmp) and symbolic links (a folder from elsewhere may hold a link to a file that is not its own)."""
+    def ignored(folder: str, names: list[str]) -> set[str]:
+        return {name for name in names if name in left_out or name == paths.LOCK_FILE or name.endswith(".tmp")
+                or os.path.islink(os.path.join(folder, name))}
+    shutil.copytree(source, target, dirs_exist_ok=True, ignore=ignored)
+
+
 class RunFolder:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -137,11 +149,11 @@ class RunFolder:
     def copy_of(cls, source: "RunFolder", root: Path, run_id: str, config: RunConfig) -> "RunFolder":
         """A finished run copied whole under root/`run_id` with `config` (the same run as the source's but for its
         name, which names the study it belongs to), and origin.json naming the folder it was copied from."""
-        if source.status().state != RunState.DONE or source.eval() is None:
+        if not source.finished():
             raise RunError(f"{source.path} is not a finished run (only those are copied)")
 
         def fill(folder: Path) -> None:
-            shutil.copytree(source.path, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(paths.LOCK_FILE))
+            copy_files(source.path, folder)
             write_json(folder / paths.CONFIG_FILE, config.to_dict())
             write_json(folder / paths.ORIGIN_FILE, {"copied_from": str(source.path.resolve()), "copied": time.time()})
 
@@ -394,6 +406,17 @@ class RunFolder:
         """The folder this run was copied from (RunFolder.copy_of), None for a run trained here."""
         path = self.path / paths.ORIGIN_FILE
         return str(read_json(path).get("copied_from")) if path.exists() else None
+
+    def finished(self) -> bool:
+        """Whether the run is done and evaluated (what a study reports, copies and archives)."""
+        return self.status().state == RunState.DONE and self.eval() is not None
+
+    def archive_to(self, target: Path) -> None:
+        """Copy this finished run's record into the new folder `target`: everything but its checkpoint, snapshots and
+        exports (its sets, metrics, evaluations, controls and diagnostics stay: what a study's summary reads)."""
+        if not self.finished():
+            raise RunError(f"{self.path} is not a finished run (only those are archived)")
+        copy_files(self.path, target, LEFT_OUT_OF_ARCHIVES)
 
     def delete(self) -> None:
         shutil.rmtree(self.path)
