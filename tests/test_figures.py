@@ -218,6 +218,22 @@ def test_live_curves_show_the_first_points_as_dots():
     assert curves_figure(live).data[0].mode == "lines"
 
 
+def test_live_curves_tick_whole_iterations_and_epochs_once_each():
+    """A start epoch of 0-2 had ticks every 0.5 drawn as whole numbers: 0, 0, 1, 1, 2."""
+    from seqmatch_engine.interfaces.live import LiveState
+    from views.render import curves_figure
+
+    live = LiveState("r", losses=[(0, i, 0.5) for i in range(16)], lrs=[(0, i, 0.1) for i in range(16)],
+                     start_epochs=[(0, i, i % 3) for i in range(16)])
+    layout = curves_figure(live).layout
+    assert (layout.yaxis3.dtick, layout.yaxis3.tick0, layout.yaxis3.tickformat) == (1, 0, "d")
+    assert layout.xaxis.dtick == 3 and layout.xaxis3.dtick == 3
+    live.start_epochs = [(0, i, 40) for i in range(1000)]
+    live.losses = [(0, i, 0.5) for i in range(1000)]
+    layout = curves_figure(live).layout
+    assert layout.yaxis3.dtick == 8 and layout.xaxis.dtick == 200
+
+
 def test_live_panels_label_classes_at_a_third_of_a_row():
     """28 px images are drawn x4 (113 px rows); the class names must grow with them, or they shrink
     to a few pixels when the app fits the picture into its panel."""

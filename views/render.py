@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import math
 
 import numpy as np
 import plotly.graph_objects as go
@@ -52,6 +53,12 @@ def placeholder_figure(text: str, height: int = 220) -> go.Figure:
     return figure
 
 
+def whole_ticks(values: list[int], most: int = 6) -> dict:
+    """Axis settings for whole numbers from 0: at most about `most` ticks a whole step apart (plotly's own
+    choice for a small range steps by 0.5, and whole-number labels then repeat: 0, 0, 1, 1, 2)."""
+    return {"tickformat": "d", "tick0": 0, "dtick": max(1, math.ceil(max(values, default=0) / (most - 1)))}
+
+
 def curves_figure(live: LiveState, height: int = 300) -> go.Figure:
     """Matching loss, learned lr and sampled start epoch against iteration, one colour per subset."""
     from plotly.subplots import make_subplots
@@ -66,13 +73,14 @@ def curves_figure(live: LiveState, height: int = 300) -> go.Figure:
                                         showlegend=col == 1, marker={"size": 4},
                                         line={"color": SERIES_COLOURS[stage % len(SERIES_COLOURS)], "width": 1.6}),
                              row=1, col=col)
-        figure.update_xaxes(title_text="iteration", row=1, col=col, tickformat="d", rangemode="tozero")
+        iterations = [i for _, i, _ in series]
+        figure.update_xaxes(title_text="iteration", row=1, col=col, rangemode="tozero", **whole_ticks(iterations))
     if live.lrs:  # alpha learns slowly (a percent in a short run): keep a 1 % change looking like one
         values = [v for _, _, v in live.lrs]
         middle, spread = (max(values) + min(values)) / 2, max(values) - min(values)
         half = max(spread * 0.6, 0.05 * abs(middle), 1e-12)
         figure.update_yaxes(range=[middle - half, middle + half], row=1, col=2)
-    figure.update_yaxes(tickformat="d", row=1, col=3)
+    figure.update_yaxes(row=1, col=3, rangemode="tozero", **whole_ticks([t for _, _, t in live.start_epochs]))
     figure.update_layout(height=height, margin={"l": 40, "r": 10, "t": 56, "b": 40}, template="plotly_white",
                          legend={"orientation": "h", "y": -0.25})
     return figure
