@@ -326,6 +326,17 @@ def test_an_archived_study_goes_on_from_its_finished_runs_in_another_home(finish
     assert "has not run in this home" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("archive", sorted((paths.LEARN_DIR / "studies").glob("*/archive")), ids=lambda p: p.parent.name)
+def test_the_study_archives_in_the_repository_restore_whole_into_their_preset(archive, tmp_path):
+    """What a new machine does to go on with a study (`study --preset NAME --restore`): the archive must still be
+    of its preset's spec, and every archived run a run of that plan, or the study would start over."""
+    spec = load_study_spec(archive.parent.name)
+    study = StudyFolder.create_or_open(paths.studies_root(tmp_path), spec)
+    restored, left_out = study.restore_from(StudyFolder(archive))
+    assert left_out == [] and sorted(restored) == sorted(p.name for p in (archive / "runs").iterdir())
+    assert summarise(study)["runs_done"] == len(restored) > 0
+
+
 def test_one_seed_shows_no_spread_and_the_table_says_what_is_evidence():
     from seqmatch_engine.orchestration.study_summary import _pct, mean_std
 
