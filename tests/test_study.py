@@ -318,7 +318,8 @@ def test_an_archived_study_goes_on_from_its_finished_runs_in_another_home(finish
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "keep.txt").write_text("mine")
-    for target, message in ((notes, "is no study archive"), (other.path / "runs", "overlaps the study")):
+    for target, message in ((notes, "is no study archive"), (other.path / "runs", "overlaps the study"),
+                            (notes / "keep.txt", "is a file")):
         assert cli.main(["--home", str(tmp_path / "b"), "study", str(spec_file), "--archive", str(target)]) == 2
         assert message in capsys.readouterr().err
     assert (notes / "keep.txt").read_text() == "mine"

@@ -130,6 +130,8 @@ class StudyFolder:
         if target.is_relative_to(self.path.resolve()) or self.path.resolve().is_relative_to(target):
             raise StorageError(f"cannot archive study {self.id} into {target}: it overlaps the study's own folder; "
                                f"give a folder outside it")
+        if target.exists() and not target.is_dir():
+            raise StorageError(f"{target} is a file; give a new or empty folder for the archive")
         if target.exists() and any(target.iterdir()):
             if not (target / paths.STUDY_FILE).is_file():
                 raise StorageError(f"{target} exists and is no study archive; give a new or empty folder (an "
