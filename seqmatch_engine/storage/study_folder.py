@@ -42,7 +42,7 @@ class StudyFolder:
         study = cls(paths.child(root, spec.name, "study"))
         if not (study.path / paths.STUDY_FILE).is_file():
             return None
-        if study.spec().to_dict() != spec.to_dict():
+        if not study.holds(spec):
             raise ConfigError(f"study {spec.name!r} exists in {study.path} with another spec; give the study another "
                               f"name, or delete that folder to start it over")
         return study
@@ -115,6 +115,10 @@ class StudyFolder:
         path = self.runs_root / rid
         return RunFolder(path) if (path / paths.CONFIG_FILE).is_file() else None
 
+    def holds(self, spec: StudySpec) -> bool:
+        """Whether this folder's spec is `spec`."""
+        return self.spec().to_dict() == spec.to_dict()
+
     def runs(self) -> Iterator[RunFolder]:
         """The study's run folders, in name order."""
         for path in sorted(self.runs_root.iterdir()) if self.runs_root.is_dir() else ():
@@ -136,7 +140,7 @@ class StudyFolder:
             if not (target / paths.STUDY_FILE).is_file():
                 raise StorageError(f"{target} exists and is no study archive; give a new or empty folder (an "
                                    f"archive there would replace what it holds)")
-            if StudyFolder(target).spec().to_dict() != self.spec().to_dict():
+            if not StudyFolder(target).holds(self.spec()):
                 raise StorageError(f"{target} holds the archive of another study spec; give another folder")
         target.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.archiving-", dir=target.parent))
@@ -165,7 +169,7 @@ class StudyFolder:
             raise StorageError(f"{archive.path} holds no archived study (no {paths.STUDY_FILE}): give the folder that "
                                f"`study --archive` wrote")
         spec = self.spec()
-        if archive.spec().to_dict() != spec.to_dict():
+        if not archive.holds(spec):
             raise ConfigError(f"{archive.path} is the archive of another study spec than {self.id}'s; restore it "
                               f"into a study of its own spec")
         planned = {run.id: run for run in spec.every_run()}
