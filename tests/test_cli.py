@@ -497,3 +497,19 @@ def test_stopped_distill_exits_1_and_resumes(finished, tmp_path, monkeypatch, ca
     assert captured.out.splitlines()[0].startswith("method mtt  IPC 2")
     assert run.status().state == "done"
     assert len(list((home / "runs").iterdir())) == 1, "resuming must not create another run"
+
+
+def test_a_resumed_runs_bar_counts_its_rate_from_where_it_resumed(capsys):
+    """Resuming at iteration 220 of 300 must not show 220 iterations done in no time (a rate in the
+    millions and an ETA of 00:00, seen on a resumed study run): the bar starts at the first count."""
+    from seqmatch_engine.interfaces.cli_progress import ProgressBars
+    from seqmatch_engine.orchestration.driver import Event, EventKind
+
+    bars = ProgressBars()
+    for iteration in (220, 221):
+        bars(Event(EventKind.ITERATION, stage=0, iteration=iteration,
+                   data={"total": 300, "loss": 0.5, "lr": 0.03, "start_epoch": 1}))
+    bar = bars.bar
+    assert bar is not None and bar.n == 221
+    assert bar.format_dict["initial"] == 220, "tqdm's rate and ETA count from `initial`"
+    bars.close()

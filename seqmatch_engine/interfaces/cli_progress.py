@@ -9,16 +9,21 @@ from seqmatch_engine.orchestration.driver import Event, EventKind
 
 
 class ProgressBars:
-    """An observer drawing one tqdm bar per phase on stderr."""
+    """An observer drawing one tqdm bar per phase on stderr.
+
+    A bar starts at the first count it is shown (a resumed run's iteration), so its rate and ETA
+    count only the work done since, not the iterations restored from a checkpoint.
+    """
 
     def __init__(self) -> None:
         self.bar: tqdm | None = None
         self.key: tuple | None = None
 
-    def _bar(self, key: tuple, total: int, description: str) -> tqdm:
+    def _bar(self, key: tuple, total: int, description: str, done: int) -> tqdm:
         if self.key != key:
             self.close()
-            self.bar = tqdm(total=total, desc=description, unit="it", dynamic_ncols=True, file=sys.stderr)
+            self.bar = tqdm(total=total, initial=done, desc=description, unit="it", dynamic_ncols=True,
+                            file=sys.stderr)
             self.key = key
         return self.bar
 
@@ -35,11 +40,12 @@ class ProgressBars:
         elif event.kind == EventKind.PROGRESS:
             task = event.data["task"]
             bar = self._bar((task, event.stage), event.data["total"],
-                            f"experts S{event.stage + 1}" if task == "experts" else task)
+                            f"experts S{event.stage + 1}" if task == "experts" else task, event.data["done"])
             bar.n = event.data["done"]
             bar.refresh()
         elif event.kind == EventKind.ITERATION:
-            bar = self._bar(("distil", event.stage), event.data["total"], f"distilling S{event.stage + 1}")
+            bar = self._bar(("distil", event.stage), event.data["total"], f"distilling S{event.stage + 1}",
+                            event.iteration)
             bar.n = event.iteration
             bar.set_postfix(loss=f"{event.data['loss']:.4f}", lr=f"{event.data['lr']:.4g}",
                             t=event.data["start_epoch"], refresh=True)
