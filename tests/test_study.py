@@ -436,6 +436,22 @@ def test_an_lr_sweep_tunes_on_validation_and_runs_the_other_seeds_at_the_choice(
     table = format_table(summary)
     assert "Pixel-lr sweep on the tune seeds ([0])" in table and "| 2 | 2 | 4 | static MTT | 10 |" in table
     assert "| pixel lr static MTT / SeqMatch |" in table
+    assert "(lowest tried) |" in table or "(highest tried) |" in table  # two values: every choice is an edge
+    assert "is not bracketed" in table
+
+
+@pytest.mark.parametrize("chosen, marks", [
+    (30.0, ["", "✓", ""]),
+    (10.0, ["✓ (lowest tried)", "", ""]),
+    (100.0, ["", "", "✓ (highest tried)"]),
+    (None, ["", "", ""]),
+])
+def test_the_sweep_table_says_when_the_choice_is_at_the_grids_edge(chosen, marks):
+    from seqmatch_engine.orchestration.study_summary import choice_mark
+
+    swept = [100.0, 30.0, 10.0]  # in the study's order, not sorted
+    assert [choice_mark(lr, chosen, swept) for lr in (10.0, 30.0, 100.0)] == marks
+    assert choice_mark(5.0, 5.0, [5.0]) == "✓"  # one value: nothing was swept
 
 
 def test_a_sweep_whose_tuning_is_unfinished_chooses_nothing_yet(tmp_path):

@@ -55,6 +55,17 @@ def _paired(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | None:
     return {**mean_std([a[s] - b[s] for s in seeds]), "seeds": seeds} if seeds else None
 
 
+def choice_mark(lr: float, chosen: float | None, swept: list[float]) -> str:
+    """The sweep table's "chosen" cell: ✓ for the choice, saying when it is the lowest or highest value tried."""
+    if lr != chosen:
+        return ""
+    if len(swept) > 1 and lr == min(swept):
+        return "✓ (lowest tried)"
+    if len(swept) > 1 and lr == max(swept):
+        return "✓ (highest tried)"
+    return "✓"
+
+
 def _stat(values: dict[int, float]) -> dict[str, Any] | None:
     return mean_std(list(values.values())) if values else None
 
@@ -209,12 +220,19 @@ def format_table(summary: dict[str, Any]) -> str:
                       f"per cell, the lr_img with the best mean validation accuracy (the test column is shown, never "
                       f"used to choose):", "",
                   _row(head + ["method", "lr_img", "validation", "test", "chosen"]), _row(["---"] * (len(head) + 5))]
+        at_edge = False
         for row in rows:
             for method, result in row["methods"].items():
-                for entry in (result or {}).get("lr_sweep") or []:
-                    chosen = "✓" if entry["lr_img"] == result["lr_img"] else ""
+                entries = (result or {}).get("lr_sweep") or []
+                swept = [entry["lr_img"] for entry in entries]
+                for entry in entries:
+                    mark = choice_mark(entry["lr_img"], result["lr_img"], swept)
+                    at_edge = at_edge or "tried" in mark
                     lines.append(_row(cells(row) + [METHOD_LABELS[method], _lr(entry["lr_img"]), _pct(entry["val"]),
-                                                    _pct(entry["test"]), chosen]))
+                                                    _pct(entry["test"]), mark]))
+        if at_edge:
+            lines += ["", "A choice at the lowest or highest lr tried is not bracketed: a value beyond the grid may "
+                          "score better, so that method may be under-tuned there."]
     sequential = [m for m in methods if m in SEQUENTIAL.values()]
     if any(of(row, m, "controls") for row in rows for m in sequential):
         columns = head + (["method"] if len(sequential) > 1 else []) + \
