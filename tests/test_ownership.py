@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,10 +21,12 @@ from configs import tiny_run_config
 from seqmatch_engine.core import paths
 from seqmatch_engine.core.study_spec import StudySpec
 from seqmatch_engine.interfaces.manager import JobManager
+from seqmatch_engine.interfaces.queries import Library
 from seqmatch_engine.storage.ownership import Owned, OwnerLock
 from seqmatch_engine.storage.runs import RunFolder
 from seqmatch_engine.storage.study_folder import StudyFolder
 from views.render import status_html
+from views.studies_tab import study_status_html
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -121,6 +124,10 @@ def test_two_processes_resume_one_study_one_runs_it_the_other_refuses_and_a_kill
         assert "jobs run on" not in err, "a refused study builds nothing"
         assert {p: p.read_bytes() for p in before} == before, "the refused process wrote"
         assert RunFolder(first_run).status().state == "running"  # killed while it trains
+        card = study_status_html(Library(home).study("owned"), None)  # what the Studies tab shows meanwhile
+        assert f"Running in process {first.pid} on " in card and "0/2 runs done" in card
+        assert re.search(r"now ipc002-k2-mtt-seed0 · distilling S1 \d+/40", card), card
+        assert "left" not in card, "no run has finished: nothing prices the rest"
         os.kill(first.pid, signal.SIGKILL)
         first.wait(timeout=30)
         started = time.time()

@@ -8,6 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
+from seqmatch_engine.core.control import format_seconds
 from seqmatch_engine.core.phases import PhaseKind
 from seqmatch_engine.interfaces.live import LiveState
 from seqmatch_engine.interfaces.queries import EvalResult, Panel, PixelTransform, RunState, labelled_panels
@@ -89,13 +90,6 @@ def curves_figure(live: LiveState, height: int = 300) -> go.Figure:
 def _curve_mode(col: int, points: int) -> str:
     """Start epochs are dots; loss and lr are lines, with dots while too few points draw a line."""
     return "markers" if col == 3 else "lines" if points >= 20 else "lines+markers"
-
-
-def format_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    seconds = int(seconds)
-    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
 def status_html(live: LiveState | None, queue_position: int = 0, error: str | None = None,

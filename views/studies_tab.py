@@ -26,7 +26,8 @@ def study_choices(manager: JobManager) -> list[str]:
 
 
 def study_status_html(study: StudyView, live) -> str:
-    """Progress of a study: state, runs done of total, the run in progress (from the job when this app runs it)."""
+    """Progress of a study: state, runs done of total, the run in progress and its phase (from the job when this app
+    runs it, else from the run's folder), and how long is left at the pace of the runs the study finished itself."""
     status = study.status()
     state = str(live.state if live else status.state)
     owner = study.owner() if live is None else None
@@ -37,16 +38,22 @@ def study_status_html(study: StudyView, live) -> str:
         idle = time.time() - study.last_activity()
         state = (f"running in another process ({format_seconds(idle)} since its last write)" if idle < 600
                  else f"interrupted ({format_seconds(idle)} since its last write): Start resumes it")
+    running = (live.state == "running") if live else state.startswith("running")
     done, total = status.done, status.total
     parts = [f"<b>{html.escape(state[0].upper() + state[1:])}</b>", f"{done}/{total} runs done"]
     if live and live.state == "running":
         parts.append(html.escape(" · ".join(filter(None, [live.study_run, live.phase]))))
+    elif running and (current := study.current_run()):
+        run_id, run_status = current
+        where = run_status.phase + (f" {run_status.iteration}/{run_status.iterations}"
+                                    if run_status.phase.startswith("distilling") and run_status.iterations else "")
+        parts.append(html.escape(f"now {run_id} · {where}" if where else f"now {run_id}"))
     if live and live.waiting_for:
         parts.append(f"waiting: {html.escape(live.waiting_for)}")
-    if status.started and status.updated and done:
-        per_run = (status.updated - status.started) / max(done, 1)
-        if state == "running" and total > done:
-            parts.append(f"about {format_seconds(per_run * (total - done))} left at this pace")
+    eta = study.eta() if running and total > done else None
+    if eta is not None:
+        parts.append(f"<span title='the runs left, priced phase by phase at the median pace of the {eta.basis} "
+                     f"run(s) this study finished itself'>about {format_seconds(eta.seconds)} left</span>")
     bar = f"<div class='sm-bar'><div style='width:{100 * done / total:.1f}%'></div></div>" if total else ""
     error = f"<div class='sm-error'>{html.escape(status.error)}</div>" if status.error else ""
     return f"<div class='sm-status'>{' · '.join(parts)}{bar}{error}</div>"

@@ -1,4 +1,5 @@
-"""Pause / resume / stop of a run, set by a UI or the CLI and checked by the driver and its jobs."""
+"""Pause / resume / stop of a run, set by a UI or the CLI and checked by the driver and its jobs; how progress
+reads (durations)."""
 from __future__ import annotations
 
 import threading
@@ -43,3 +44,13 @@ class RunControl:
         self._running.wait()
         if self._stop.is_set():
             raise StopRequested()
+
+
+def format_seconds(seconds: float | None) -> str:
+    """'42 s', '7 min 05 s', '12 h 51 min' (a study's hours read as hours, not as 771 minutes)."""
+    if seconds is None:
+        return "–"
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"

@@ -25,6 +25,7 @@ from seqmatch_engine.core.config import (
     load_preset,
     preset_names,
 )
+from seqmatch_engine.core.control import format_seconds
 from seqmatch_engine.core.seeding import resolve_device
 from seqmatch_engine.core.study_spec import load_study_spec, study_preset_names
 from seqmatch_engine.data.datasets import DatasetError
@@ -44,6 +45,7 @@ from seqmatch_engine.orchestration.run_diagnostics import (
     summary,
 )
 from seqmatch_engine.orchestration.study import run_study
+from seqmatch_engine.orchestration.study_eta import study_eta
 from seqmatch_engine.orchestration.study_summary import format_table, summarise
 from seqmatch_engine.storage.export import export_set
 from seqmatch_engine.storage.files import StorageError
@@ -290,8 +292,9 @@ def cmd_study(args: argparse.Namespace) -> int:
     def on_run(run_id: str, index: int, total: int) -> None:
         bars.close()
         origin = study.run(run_id).origin()
-        tqdm.write(f"== run {index + 1}/{total}: {run_id}" + (f" (copied from {origin})" if origin else ""),
-                   file=sys.stderr)
+        eta = None if origin else study_eta(study)
+        tqdm.write(f"== run {index + 1}/{total}: {run_id}" + (f" (copied from {origin})" if origin else "")
+                   + (f" (the study: about {format_seconds(eta.seconds)} left)" if eta else ""), file=sys.stderr)
 
     with contextlib.ExitStack() as stack:
         study = StudyFolder.existing(root, spec)

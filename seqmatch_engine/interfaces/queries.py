@@ -32,6 +32,7 @@ from seqmatch_engine.orchestration.run_diagnostics import (
     missing,
     summary,
 )
+from seqmatch_engine.orchestration.study_eta import StudyEta, study_eta
 from seqmatch_engine.orchestration.study_summary import format_table, summarise
 from seqmatch_engine.storage import diagnostics_store
 from seqmatch_engine.storage.diagnostic_records import G1Record, G2Family, G2Result, G4Result, NetAccuracies
@@ -45,7 +46,7 @@ from seqmatch_engine.storage.study_folder import StudyFolder, list_studies
 __all__ = ["DiagnosticsOptions", "Embedding", "EvalResult", "Exported", "G1Record", "G2Family", "G2Result",
            "G4Result", "ImportFailed", "LearnStudy", "Library", "Message", "NetAccuracies", "Owner", "Panel",
            "PixelTransform", "RunError", "RunOverview", "RunState", "RunStatus", "RunView", "StorageError",
-           "StudyStatus", "StudyView", "Subset", "format_late_errors", "is_soft", "labelled_panels",
+           "StudyEta", "StudyStatus", "StudyView", "Subset", "format_late_errors", "is_soft", "labelled_panels",
            "mean_off_diagonal", "single_core"]
 
 @lru_cache(maxsize=32)
@@ -155,6 +156,16 @@ class StudyView:
 
     def last_activity(self) -> float:
         return self._folder.last_activity()
+
+    def eta(self) -> StudyEta | None:
+        """How long the study has left at the pace of the runs it finished itself (None before one prices it)."""
+        return study_eta(self._folder)
+
+    def current_run(self) -> tuple[str, RunStatus] | None:
+        """The id and status of the run in progress (from the study's status), None between runs or when done."""
+        current = self.status().current
+        run = self._folder.run(current) if current and self.status().state == RunState.RUNNING else None
+        return (current, run.status()) if run else None
 
     def summary(self) -> tuple[dict[str, Any], str]:
         """(the study's summary, its table), computed from its run folders now."""

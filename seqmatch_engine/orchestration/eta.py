@@ -29,6 +29,7 @@ class PhasePlan:
     name: str     # as the driver names the phase ("experts 2", "distilling S1", "evaluating")
     kind: PhaseKind  # experts, distilling or evaluating
     units: float
+    stage: int | None = None  # the subset it serves (0-based); None for evaluating
 
 
 def run_plan(config: RunConfig, train_images: int, classes: int, start_stage: int = 0) -> list[PhasePlan]:
@@ -44,7 +45,8 @@ def run_plan(config: RunConfig, train_images: int, classes: int, start_stage: in
         if k == 0 or (d.expert_source == "retrained" and k >= 1):
             epochs = e.epochs if k == 0 else e.stage_epochs
             pretrain = 0 if k == 0 else v.epochs * (union - sub.ipc * classes)
-            plan.append(PhasePlan(f"experts {k + 1}", PhaseKind.EXPERTS, e.num_experts * (epochs * train_images + pretrain)))
+            plan.append(PhasePlan(f"experts {k + 1}", PhaseKind.EXPERTS,
+                                  e.num_experts * (epochs * train_images + pretrain), k))
         batch = d.batch_syn or classes * sub.ipc
         points = selection_iterations(sub.iterations, d.select_every, d.select_points)
         selections = len(points) + 1 if points else 0  # the initial images are scored too
@@ -52,7 +54,7 @@ def run_plan(config: RunConfig, train_images: int, classes: int, start_stage: in
         eval_per_distill = DEFAULT_RATES[PhaseKind.EVALUATING] / DEFAULT_RATES[PhaseKind.DISTILLING]
         select_units = v.select_nets * v.epochs * (selections * union + earlier) * eval_per_distill
         plan.append(PhasePlan(f"distilling S{k + 1}", PhaseKind.DISTILLING,
-                              sub.iterations * batch * d.syn_steps + select_units))
+                              sub.iterations * batch * d.syn_steps + select_units, k))
     evaluated = curriculum + config.ipc * classes * v.baseline  # every curriculum stage, then the baseline
     plan.append(PhasePlan("evaluating", PhaseKind.EVALUATING,
                           v.num_nets * len(v.architectures) * v.epochs * evaluated))
