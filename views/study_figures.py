@@ -151,10 +151,10 @@ def paired_figure(summary: dict[str, Any]) -> go.Figure:
                 line={"color": colour, "dash": GROUP_DASHES[index % len(GROUP_DASHES)]},
                 marker={"color": colour, "symbol": "diamond", "size": 12}))
     figure.add_hline(y=0, line={"color": "#6b7280", "dash": "dash"})
-    title = ("SeqMatch − static MTT, paired by seed" if objectives == ["mtt"]
-             else "Sequential − static schedule, paired by seed")
-    figure.update_layout(title=_title(title, summary, "same experts, evaluation nets and baseline; above 0: the "
-                                                       "sequential schedule better"),
+    what = ("SeqMatch − static MTT" if set(objectives) <= {"mtt"} and not any("datm" in m for m in _methods(summary))
+            else "sequential − static schedule")
+    figure.update_layout(title=_title("Paired difference", summary, f"{what} per seed (same experts, nets and "
+                                                                     f"baseline); above 0: sequential better"),
                          xaxis=_x_axis(summary), yaxis_title="accuracy difference (points)", **LAYOUT)
     return figure
 
