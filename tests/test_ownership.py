@@ -101,6 +101,26 @@ def test_two_processes_resume_one_run_one_trains_the_other_refuses_naming_the_ow
             first.kill()
 
 
+def test_a_killed_run_keeps_its_phase_time_up_to_its_last_checkpoint(tmp_path):
+    """A kill (a machine replaced, an OOM) loses only the work after the last checkpoint, which the resumed run
+    redoes; the time of the work kept stays in status.json, so the phase times and a study's pace stay true."""
+    home = tmp_path / "home"
+    run = RunFolder.create(paths.runs_root(home), slow_config("killed"))
+    first = cli(home, "distill", "--resume", run.id)
+    try:
+        wait_until(lambda: run.status().phase == "distilling S1" and run.status().iteration >= 3, what="3 checkpoints")
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+        kept = run.status().phase_seconds
+        assert kept.get("distilling S1", 0.0) > 0.0, kept
+        rc, _, err = finish(cli(home, "distill", "--resume", run.id))
+        assert rc == 0, err
+        assert run.status().phase_seconds["distilling S1"] > kept["distilling S1"]
+    finally:
+        if first.poll() is None:
+            first.kill()
+
+
 def tiny_study(name: str) -> StudySpec:
     base = tiny_run_config("base", 0, (1, 1), snapshot_every=1, subsets=SUBSETS).to_dict()
     return StudySpec.from_dict({"name": name, "config": base, "grid": [{"ipc": 2, "subsets": 2}], "seeds": [0],

@@ -162,6 +162,14 @@ class Distiller:
         self._phase, self._phase_started = name, now
         return dict(self._phase_seconds)
 
+    def phase_seconds_so_far(self) -> dict[str, float]:
+        """The phases' wall seconds with the current phase's running time added (its clock keeps running): what a
+        checkpoint records, so that a process killed after it loses only the work it will redo."""
+        seconds = dict(self._phase_seconds)
+        if self._phase is not None:
+            seconds[self._phase] = round(seconds.get(self._phase, 0.0) + time.perf_counter() - self._phase_started, 3)
+        return seconds
+
     def progress(self, task: str, stage: int | None = None) -> Callable[[int, int], None]:
         return lambda done, total: self.emit(EventKind.PROGRESS, stage, task=task, done=done, total=total)
 
@@ -425,7 +433,8 @@ class Checkpoints:
         run.save_checkpoint(Checkpoint(stage.k, done, stage.method.state_dict(), stage.generator.get_state(),
                                        best.accuracy, best.iteration, best.images, best.lr, best.labels))
         run.update_status(state=RunState.RUNNING, phase=f"distilling S{stage.k + 1}", phase_kind=PhaseKind.DISTILLING,
-                          stage=stage.k, iteration=done, iterations=stage.iterations)
+                          stage=stage.k, iteration=done, iterations=stage.iterations,
+                          phase_seconds=self.driver.phase_seconds_so_far())
 
 
 class G1:
