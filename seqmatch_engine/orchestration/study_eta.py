@@ -63,7 +63,7 @@ def measured_rates(study: StudyFolder) -> Rates:
             continue
         status = run.status()
         basis += 1
-        phases = _phases(status, run_plan(run.config(), 0, len(status.class_names)))
+        phases = _phases(status, run_plan(run.config(), 0, len(status.class_names)))  # experts: by time, not units
         for kind in PRICED_BY_UNITS:
             units = sum(p.units for p, _ in phases if p.kind == kind)
             if units > 0:
@@ -95,26 +95,31 @@ def study_eta(study: StudyFolder) -> StudyEta | None:
     priced = _LATER_RUNS[key]
     if priced is None:
         return None
-    rates, classes, later, current = priced
-    if current is None:
-        return StudyEta(later, rates.basis)
-    run = study.run(current.id)
+    current = priced.current
+    run = study.run(current.id) if current else None
     run_status = run.status() if run else None
-    if run_status is not None and run_status.state == RunState.DONE:
-        return StudyEta(later, rates.basis)
+    if current is None or (run_status is not None and run_status.state == RunState.DONE):
+        return StudyEta(priced.seconds, priced.rates.basis)
     trains = not (run_status and _past_stage1_experts(run_status)) and \
         current.seed not in _seeds_past_stage1_experts(study)
-    left = _run_seconds_left(current, study.spec(), rates, classes, run_status, trains)
-    return None if left is None else StudyEta(later + left, rates.basis)
+    left = _run_seconds_left(current, study.spec(), priced.rates, priced.classes, run_status, trains)
+    return None if left is None else StudyEta(priced.seconds + left, priced.rates.basis)
 
 
-_LATER_RUNS: dict[tuple, tuple[Rates, int, float, PlannedRun | None] | None] = {}
+@dataclass(frozen=True)
+class _LaterRuns:
+    rates: Rates
+    classes: int
+    seconds: float                 # every unfinished run but the current one
+    current: PlannedRun | None     # the current run's plan entry
 
 
-def _price_later_runs(study: StudyFolder, current_id: str | None
-                      ) -> tuple[Rates, int, float, PlannedRun | None] | None:
-    """(the rates, the classes, the seconds of every unfinished run but the current one, the current run's plan
-    entry), None while the finished runs price nothing or not every phase left."""
+_LATER_RUNS: dict[tuple, _LaterRuns | None] = {}
+
+
+def _price_later_runs(study: StudyFolder, current_id: str | None) -> _LaterRuns | None:
+    """The unfinished runs but the current one, priced; None while the finished runs price nothing or not every
+    phase left."""
     spec = study.spec()
     rates = measured_rates(study)
     if rates.basis == 0:
@@ -123,7 +128,8 @@ def _price_later_runs(study: StudyFolder, current_id: str | None
     choose = chooser(study, spec)
     seeds_reached = _seeds_past_stage1_experts(study)
     later, current = 0.0, None
-    for planned in spec.plan(lambda cell, method: choose(cell, method) or (spec.lr_img or [None])[0]):
+    undecided = (spec.lr_img or [None])[0]  # a run whose lr is not chosen yet costs what it will at any lr
+    for planned in spec.plan(lambda cell, method: choose(cell, method) or undecided):
         run = study.run(planned.id)
         if run is not None and run.status().state == RunState.DONE:
             continue
@@ -136,7 +142,7 @@ def _price_later_runs(study: StudyFolder, current_id: str | None
             return None
         seeds_reached.add(planned.seed)
         later += left
-    return rates, classes, later, current
+    return _LaterRuns(rates, classes, later, current)
 
 
 def _seeds_past_stage1_experts(study: StudyFolder) -> set[int]:
@@ -157,6 +163,7 @@ def _run_seconds_left(planned: PlannedRun, spec: StudySpec, rates: Rates, classe
                       trains_stage1_experts: bool) -> float | None:
     """The seconds a planned run has left: all of it when not started, else the rest of its current phase and the
     phases after it."""
+    # 0 training images: experts are priced by their measured phase times, not by units
     plan = run_plan(spec.run_config(planned.cell, planned.seed, planned.method, planned.lr_img), 0, classes)
     names = [p.name for p in plan]
     start, fraction = 0, 0.0
@@ -167,5 +174,5 @@ def _run_seconds_left(planned: PlannedRun, spec: StudySpec, rates: Rates, classe
         seconds = rates.phase_seconds(phase, trains_stage1_experts)
         if seconds is None:
             return None
-        left += seconds * (1 - fraction if index == start and status is not None else 1)
+        left += seconds * (1 - fraction if index == start else 1)
     return left
