@@ -89,10 +89,11 @@ def study_eta(study: StudyFolder) -> StudyEta | None:
     run's rest is read from its status each call."""
     status = study.status()
     key = (str(study.path), status.done, status.current)
-    if key not in _LATER_RUNS:
+    priced = _LATER_RUNS.get(key, _UNPRICED)  # one lookup: the app's poll threads may share this cache
+    if priced is _UNPRICED:
+        priced = _price_later_runs(study, status.current)
         _LATER_RUNS.clear()  # one study is watched at a time
-        _LATER_RUNS[key] = _price_later_runs(study, status.current)
-    priced = _LATER_RUNS[key]
+        _LATER_RUNS[key] = priced
     if priced is None:
         return None
     current = priced.current
@@ -115,6 +116,7 @@ class _LaterRuns:
 
 
 _LATER_RUNS: dict[tuple, _LaterRuns | None] = {}
+_UNPRICED = object()
 
 
 def _price_later_runs(study: StudyFolder, current_id: str | None) -> _LaterRuns | None:
