@@ -491,11 +491,12 @@ def test_stopped_distill_exits_1_and_resumes(finished, tmp_path, monkeypatch, ca
     assert run.subsets() == []
 
     monkeypatch.setattr(seqmatch, "RunControl", run_control)
+    run.update_status(error="RuntimeError: from the last attempt")  # as a failed run leaves it
     rc = cli.main(["--home", str(home), "distill", "--resume", str(run.path)])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert captured.out.splitlines()[0].startswith("method mtt  IPC 2")
-    assert run.status().state == "done"
+    assert run.status().state == "done" and run.status().error is None, "a resumed run's old error is past"
     assert len(list((home / "runs").iterdir())) == 1, "resuming must not create another run"
 
 

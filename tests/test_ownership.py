@@ -175,7 +175,12 @@ def test_a_study_stopped_by_sigterm_records_stopped(tmp_path):
     assert rc == 130 and "interrupted; run the same command again to resume the study" in err, (rc, err[-3000:])
     study = StudyFolder(study_path)
     assert study.status().state == "stopped" and study.lock().owner() is None
+    assert study.status().error is None, "a stop is not an error (the Studies tab showed it in red after a resume)"
     assert RunFolder(study.runs_root / "ipc002-k2-mtt-seed0").status().state == "stopped"
+    study.update_status(error="RuntimeError: from the last attempt")  # as a failed study leaves it
+    rc, _, err = finish(cli(home, "study", str(spec_file)))
+    assert rc == 0, err
+    assert study.status().state == "done" and study.status().error is None
 
 
 def test_sigterm_inside_code_run_from_a_string_still_exits_130(tmp_path):

@@ -187,6 +187,7 @@ class Distiller:
     def _run(self) -> dict[str, Any] | None:
         cfg, ctx = self.config, self.ctx
         try:
+            self.run_folder.update_status(error=None)  # a failed run resumed: its last error is past
             self.phase("loading data", PhaseKind.LOADING)
             self.run_folder.save_transform(ctx.data.transform)
             self.run_folder.update_status(class_names=list(ctx.data.class_names), dataset=ctx.data.name)

@@ -42,7 +42,7 @@ def run_study(study: StudyFolder, experts_root: Path, observer=None, control=Non
 
     spec, control = study.spec(), control or RunControl()
     total = spec.run_count()
-    study.update_status(state=RunState.RUNNING, started=time.time(), total=total)
+    study.update_status(state=RunState.RUNNING, started=time.time(), total=total, error=None)  # the last stop's is past
 
     def open_run(planned: PlannedRun) -> RunFolder:
         config = spec.run_config(planned.cell, planned.seed, planned.method, planned.lr_img)
@@ -78,9 +78,11 @@ def run_study(study: StudyFolder, experts_root: Path, observer=None, control=Non
     except StopRequested:
         study.update_status(state=RunState.STOPPED, current=None)
         raise
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through the CLI's handler: a stop, not an error
+        study.update_status(state=RunState.STOPPED, current=None)
+        raise
     except BaseException as error:
-        study.update_status(state=RunState.FAILED if isinstance(error, Exception) else RunState.STOPPED, current=None,
-                            error=f"{type(error).__name__}: {error}")
+        study.update_status(state=RunState.FAILED, current=None, error=f"{type(error).__name__}: {error}")
         raise
     summary = summarise(study)
     study.save_summary(summary, format_table(summary))
