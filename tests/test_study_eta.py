@@ -91,6 +91,20 @@ def test_the_run_in_progress_counts_only_what_it_has_left(study):
     assert eta.basis == 2  # the run in progress is not a measurement
 
 
+def test_a_stopped_run_is_priced_from_its_last_checkpoint(study):
+    """SIGTERMed at a checkpoint of S1 (1 of 4 iterations kept): it resumes there, with its experts done."""
+    totals = chosen_times(study)
+    mtt1, seq1 = run_id(CELL, 1, "mtt"), run_id(CELL, 1, "seqmatch")
+    shutil.rmtree(study.run(seq1).path)
+    stopped = study.run(mtt1)
+    recorded = stopped.status().phase_seconds
+    stopped.update_status(state=RunState.STOPPED, phase="stopped", phase_kind=None, stage=0, iteration=1,
+                          iterations=4, phase_seconds={name: recorded[name] for name in ("experts 1", "distilling S1")})
+    study.update_status(state=RunState.RUNNING, done=2, current=mtt1)
+    left = 0.75 * recorded["distilling S1"] + recorded["evaluating"]
+    assert study_eta(study).seconds == pytest.approx(left + totals[seq1])
+
+
 def test_copied_runs_count_as_done_but_price_nothing(study):
     chosen_times(study)
     for rid in (run_id(CELL, 0, "mtt"), run_id(CELL, 0, "seqmatch")):

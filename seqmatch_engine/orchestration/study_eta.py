@@ -101,8 +101,7 @@ def study_eta(study: StudyFolder) -> StudyEta | None:
     run_status = run.status() if run else None
     if current is None or (run_status is not None and run_status.state == RunState.DONE):
         return StudyEta(priced.seconds, priced.rates.basis)
-    trains = not (run_status and _past_stage1_experts(run_status)) and \
-        current.seed not in _seeds_past_stage1_experts(study)
+    trains = current.seed not in _seeds_past_stage1_experts(study)
     left = _run_seconds_left(current, study.spec(), priced.rates, priced.classes, run_status, trains)
     return None if left is None else StudyEta(priced.seconds + left, priced.rates.basis)
 
@@ -139,7 +138,8 @@ def _price_later_runs(study: StudyFolder, current_id: str | None) -> _LaterRuns 
             current = planned
             seeds_reached.add(planned.seed)
             continue
-        left = _run_seconds_left(planned, spec, rates, classes, None, planned.seed not in seeds_reached)
+        left = _run_seconds_left(planned, spec, rates, classes, run.status() if run else None,
+                                 planned.seed not in seeds_reached)
         if left is None:
             return None
         seeds_reached.add(planned.seed)
@@ -148,29 +148,38 @@ def _price_later_runs(study: StudyFolder, current_id: str | None) -> _LaterRuns 
 
 
 def _seeds_past_stage1_experts(study: StudyFolder) -> set[int]:
-    """The seeds whose stage-1 experts some run of the study has trained or loaded (it is past that phase)."""
-    return {run.config().seed for run in study.runs() if _past_stage1_experts(run.status())}
+    """The seeds whose stage-1 experts some run of the study has trained or loaded (it has gone past that phase,
+    the first of its plan)."""
+    return {run.config().seed for run in study.runs()
+            if _resume_point(run_plan(run.config(), 0, 0), run.status())[0] > 0}
 
 
-def _past_stage1_experts(status: RunStatus) -> bool:
-    """Whether a run has its stage-1 experts (trained or loaded): it is done, or in a phase after them."""
+def _resume_point(plan: list[PhasePlan], status: RunStatus | None) -> tuple[int, float]:
+    """(the index in `plan` of the phase a run is in or resumes in, the fraction of it done). A running run: its
+    phase (distilling: by its iterations). A stopped or killed one: the last phase it recorded time for (earlier
+    ones are done), distilling from the iteration of its last checkpoint. Not started: (0, 0); done: past the end."""
+    if status is None:
+        return 0, 0.0
     if status.state == RunState.DONE:
-        return True
-    if status.phase_kind in (PhaseKind.DISTILLING, PhaseKind.EVALUATING):
-        return True
-    return status.phase_kind == PhaseKind.EXPERTS and (status.stage or 0) > 0
+        return len(plan), 0.0
+    names = [p.name for p in plan]
+    if status.phase in names:
+        return names.index(status.phase), _fraction_done(status)
+    recorded = [i for i, p in enumerate(plan) if p.name in status.phase_seconds]
+    if not recorded:
+        return 0, 0.0
+    last = plan[recorded[-1]]
+    checkpointed = last.kind == PhaseKind.DISTILLING and status.stage == last.stage and status.iterations
+    return recorded[-1], (min(status.iteration / status.iterations, 1.0) if checkpointed else 0.0)
 
 
 def _run_seconds_left(planned: PlannedRun, spec: StudySpec, rates: Rates, classes: int, status: RunStatus | None,
                       trains_stage1_experts: bool) -> float | None:
-    """The seconds a planned run has left: all of it when not started, else the rest of its current phase and the
-    phases after it."""
+    """The seconds a planned run has left: all of it when not started, else the rest of the phase it is in or resumes
+    in and the phases after it."""
     # 0 training images: experts are priced by their measured phase times, not by units
     plan = run_plan(spec.run_config(planned.cell, planned.seed, planned.method, planned.lr_img), 0, classes)
-    names = [p.name for p in plan]
-    start, fraction = 0, 0.0
-    if status is not None and status.phase in names:
-        start, fraction = names.index(status.phase), _fraction_done(status)
+    start, fraction = _resume_point(plan, status)
     left = 0.0
     for index, phase in enumerate(plan[start:], start):
         seconds = rates.phase_seconds(phase, trains_stage1_experts)
