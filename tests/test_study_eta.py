@@ -74,35 +74,24 @@ def test_the_runs_left_cost_what_the_same_runs_took(study):
     assert eta.seconds == pytest.approx(sum(totals[rid] for rid in seed1))  # seed 1's stage-1 experts trained again
 
 
-def test_the_run_in_progress_counts_only_what_it_has_left(study):
+@pytest.mark.parametrize("state", ["running", "stopped"])
+def test_the_run_in_progress_counts_only_what_it_has_left(study, state):
+    """Seed 1's static MTT run at 1 of its 4 S1 iterations: running there, or SIGTERMed at that checkpoint (then
+    it resumes there); either way its experts are done, and seed 1's SeqMatch run will load them."""
     totals = chosen_times(study)
     mtt1, seq1 = run_id(CELL, 1, "mtt"), run_id(CELL, 1, "seqmatch")
     shutil.rmtree(study.run(seq1).path)
-    running = study.run(mtt1)
-    recorded = running.status().phase_seconds
-    running.update_status(state=RunState.RUNNING, phase="distilling S1", phase_kind=PhaseKind.DISTILLING,
-                          stage=0, iteration=1, iterations=4)
+    current = study.run(mtt1)
+    recorded = current.status().phase_seconds
+    where = ({"phase": "distilling S1", "phase_kind": PhaseKind.DISTILLING} if state == "running" else
+             {"phase": "stopped", "phase_kind": None,
+              "phase_seconds": {name: recorded[name] for name in ("experts 1", "distilling S1")}})
+    current.update_status(state=RunState(state), stage=0, iteration=1, iterations=4, **where)
     study.update_status(state=RunState.RUNNING, done=2, current=mtt1)
     eta = study_eta(study)
-    # the current run: 3/4 of its distilling and its evaluation; then seed 1's SeqMatch run, which loads the
-    # experts the current run has trained
     left = 0.75 * recorded["distilling S1"] + recorded["evaluating"]
     assert eta.seconds == pytest.approx(left + totals[seq1])
     assert eta.basis == 2  # the run in progress is not a measurement
-
-
-def test_a_stopped_run_is_priced_from_its_last_checkpoint(study):
-    """SIGTERMed at a checkpoint of S1 (1 of 4 iterations kept): it resumes there, with its experts done."""
-    totals = chosen_times(study)
-    mtt1, seq1 = run_id(CELL, 1, "mtt"), run_id(CELL, 1, "seqmatch")
-    shutil.rmtree(study.run(seq1).path)
-    stopped = study.run(mtt1)
-    recorded = stopped.status().phase_seconds
-    stopped.update_status(state=RunState.STOPPED, phase="stopped", phase_kind=None, stage=0, iteration=1,
-                          iterations=4, phase_seconds={name: recorded[name] for name in ("experts 1", "distilling S1")})
-    study.update_status(state=RunState.RUNNING, done=2, current=mtt1)
-    left = 0.75 * recorded["distilling S1"] + recorded["evaluating"]
-    assert study_eta(study).seconds == pytest.approx(left + totals[seq1])
 
 
 def test_copied_runs_count_as_done_but_price_nothing(study):
