@@ -32,6 +32,7 @@ def main() -> int:
         page.locator("#sm-study-select input").click()
         page.get_by_role("option", name=args.study, exact=True).click()
         page.locator("#sm-study-table table").first.wait_for(timeout=60_000)
+        page.mouse.move(0, 0)  # off the plots: plotly shows its toolbar over the title of a hovered plot
         page.wait_for_timeout(3_000)  # plotly draws after the data arrives
         page.locator("#sm-study-table").screenshot(path=str(args.out / f"{args.study}-table.png"))
         plots = page.locator(".js-plotly-plot:visible")
