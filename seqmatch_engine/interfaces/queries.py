@@ -163,9 +163,9 @@ class StudyView:
 
     def current_run(self) -> tuple[str, RunStatus] | None:
         """The id and status of the run in progress (from the study's status), None between runs or when done."""
-        current = self.status().current
-        run = self._folder.run(current) if current and self.status().state == RunState.RUNNING else None
-        return (current, run.status()) if run else None
+        status = self.status()
+        run = self._folder.run(status.current) if status.current and status.state == RunState.RUNNING else None
+        return (status.current, run.status()) if run else None
 
     def summary(self) -> tuple[dict[str, Any], str]:
         """(the study's summary, its table), computed from its run folders now."""

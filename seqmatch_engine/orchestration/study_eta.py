@@ -101,17 +101,19 @@ def study_eta(study: StudyFolder) -> StudyEta | None:
     run_status = run.status() if run else None
     if current is None or (run_status is not None and run_status.state == RunState.DONE):
         return StudyEta(priced.seconds, priced.rates.basis)
-    trains = current.seed not in _seeds_past_stage1_experts(study)
-    left = _run_seconds_left(current, study.spec(), priced.rates, priced.classes, run_status, trains)
+    left = _run_seconds_left(current, priced.spec, priced.rates, priced.classes, run_status,
+                             priced.current_trains_experts)
     return None if left is None else StudyEta(priced.seconds + left, priced.rates.basis)
 
 
 @dataclass(frozen=True)
 class _LaterRuns:
+    spec: StudySpec
     rates: Rates
     classes: int
     seconds: float                 # every unfinished run but the current one
     current: PlannedRun | None     # the current run's plan entry
+    current_trains_experts: bool   # no other run has its seed's stage-1 experts
 
 
 _LATER_RUNS: dict[tuple, _LaterRuns | None] = {}
@@ -127,15 +129,15 @@ def _price_later_runs(study: StudyFolder, current_id: str | None) -> _LaterRuns 
         return None
     classes = next((len(r.status().class_names) for r in study.runs() if r.status().class_names), 0)
     choose = chooser(study, spec)
-    seeds_reached = _seeds_past_stage1_experts(study)
-    later, current = 0.0, None
+    seeds_reached = _seeds_past_stage1_experts(study, but=current_id)
+    later, current, current_trains = 0.0, None, False
     undecided = (spec.lr_img or [None])[0]  # a run whose lr is not chosen yet costs what it will at any lr
     for planned in spec.plan(lambda cell, method: choose(cell, method) or undecided):
         run = study.run(planned.id)
         if run is not None and run.status().state == RunState.DONE:
             continue
         if planned.id == current_id:
-            current = planned
+            current, current_trains = planned, planned.seed not in seeds_reached
             seeds_reached.add(planned.seed)
             continue
         left = _run_seconds_left(planned, spec, rates, classes, run.status() if run else None,
@@ -144,14 +146,14 @@ def _price_later_runs(study: StudyFolder, current_id: str | None) -> _LaterRuns 
             return None
         seeds_reached.add(planned.seed)
         later += left
-    return _LaterRuns(rates, classes, later, current)
+    return _LaterRuns(spec, rates, classes, later, current, current_trains)
 
 
-def _seeds_past_stage1_experts(study: StudyFolder) -> set[int]:
-    """The seeds whose stage-1 experts some run of the study has trained or loaded (it has gone past that phase,
-    the first of its plan)."""
+def _seeds_past_stage1_experts(study: StudyFolder, but: str | None) -> set[int]:
+    """The seeds whose stage-1 experts some run of the study other than `but` has trained or loaded (it has gone
+    past that phase, the first of its plan)."""
     return {run.config().seed for run in study.runs()
-            if _resume_point(run_plan(run.config(), 0, 0), run.status())[0] > 0}
+            if run.path.name != but and _resume_point(run_plan(run.config(), 0, 0), run.status())[0] > 0}
 
 
 def _resume_point(plan: list[PhasePlan], status: RunStatus | None) -> tuple[int, float]:
