@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from seqmatch_engine.core.config import BUDGET_NOTES, ConfigError
+from seqmatch_engine.core.phases import PhaseKind
 from seqmatch_engine.core.study_spec import load_study_spec, study_preset_names
 from seqmatch_engine.interfaces.manager import JobKind, JobManager, job_id
 from seqmatch_engine.interfaces.queries import RunError, StorageError, StudyView
@@ -46,7 +47,7 @@ def study_status_html(study: StudyView, live) -> str:
     elif running and (current := study.current_run()):
         run_id, run_status = current
         where = run_status.phase + (f" {run_status.iteration}/{run_status.iterations}"
-                                    if run_status.phase.startswith("distilling") and run_status.iterations else "")
+                                    if run_status.phase_kind == PhaseKind.DISTILLING and run_status.iterations else "")
         parts.append(html.escape(f"now {run_id} · {where}" if where else f"now {run_id}"))
     if live and live.waiting_for:
         parts.append(f"waiting: {html.escape(live.waiting_for)}")
