@@ -129,6 +129,11 @@ def test_summary_numbers_are_the_runs_eval_values(finished):
     table = format_table(summary)
     assert "budget convention **per-image**" in table and "4/4 runs done" in table
     assert f"{100 * row['paired']['mean']:+.2f} ± {100 * row['paired']['std']:.2f} (n=2)" in table
+    low, high = row["paired"]["ci95"]
+    assert low < row["paired"]["mean"] < high and row["paired"]["above"] == sum(d > 0 for d in differences)
+    per_seed = ", ".join(f"{seed}: {100 * d:+.2f}" for seed, d in zip((0, 1), differences))
+    assert f"| SeqMatch − static MTT | {per_seed} |" in table
+    assert f"| {100 * low:+.2f} to {100 * high:+.2f} | {row['paired']['above']} of 2 |" in table
     assert (study.path / paths.STUDY_TABLE_FILE).read_text() == table
     experts = [v for values in study.expert_accuracy().values() for v in values]
     assert row["headroom"] == pytest.approx(sum(experts) / len(experts) - row["methods"]["mtt"]["accuracy"]["mean"])
@@ -347,6 +352,19 @@ def test_one_seed_shows_no_spread_and_the_table_says_what_is_evidence():
                "cells": [{"ipc": 2, "subsets": 2, "methods": {}, "random_real": None, "paired": None,
                           "sequential_gain": {}, "headroom": None}], "experts": {}, "experts_overall": None}
     assert "fewer than 3 paired seeds is a demonstration, not evidence" in format_table(summary)
+
+
+def test_the_paired_interval_is_students_t_over_the_seeds():
+    from seqmatch_engine.orchestration.study_summary import paired_interval
+
+    # t(0.975) with 2 and 4 degrees of freedom, from a printed table: 4.303 and 2.776
+    low, high = paired_interval([0.01, 0.02, 0.03])
+    assert (low + high) / 2 == pytest.approx(0.02) and (high - low) / 2 == pytest.approx(4.303 * 0.01 / 3 ** 0.5, rel=1e-4)
+    differences = [0.004, -0.002, 0.01, 0.006, 0.001]
+    mean, std = sum(differences) / 5, (sum((d - sum(differences) / 5) ** 2 for d in differences) / 4) ** 0.5
+    low, high = paired_interval(differences)
+    assert (low, high) == pytest.approx((mean - 2.776 * std / 5 ** 0.5, mean + 2.776 * std / 5 ** 0.5), rel=1e-3)
+    assert paired_interval([0.01]) is None  # one seed: no spread, no interval
 
 
 def test_an_iterations_axis_expands_to_the_right_configs():

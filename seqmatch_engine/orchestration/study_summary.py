@@ -3,7 +3,7 @@ controls, fair scores for soft labels), and its markdown table."""
 from __future__ import annotations
 
 import statistics
-from typing import Any
+from typing import Any, Callable
 
 from seqmatch_engine.core.config import RunConfig
 from seqmatch_engine.core.study_spec import Cell, LrChooser, StudySpec, run_id
@@ -49,10 +49,30 @@ def chooser(study: StudyFolder, spec: StudySpec) -> LrChooser:
     return choose
 
 
+FLOAT_TIE = 1e-9  # a difference this small is the float rounding of two equal accuracies, not a seed's verdict
+
+
+def paired_interval(differences: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """Student-t confidence interval for the mean of paired differences (n - 1 degrees of freedom): the range a
+    reader should compare with 0. None for fewer than two pairs (no spread to estimate)."""
+    if len(differences) < 2:
+        return None
+    from scipy.stats import t  # deferred: scipy.stats is slow to import, only summaries with pairs need it
+
+    half = t.ppf(0.5 + level / 2, len(differences) - 1) * statistics.stdev(differences) / len(differences) ** 0.5
+    centre = statistics.fmean(differences)
+    return centre - half, centre + half
+
+
 def _paired(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | None:
-    """a - b over the seeds both have: mean_std with the seeds, None without a common seed."""
+    """a - b over the seeds both have: mean_std with the seeds, its 95 % interval ("ci95", None for one seed) and
+    the number of seeds where a is above b ("above"); None without a common seed."""
     seeds = sorted(set(a) & set(b))
-    return {**mean_std([a[s] - b[s] for s in seeds]), "seeds": seeds} if seeds else None
+    if not seeds:
+        return None
+    differences = [a[s] - b[s] for s in seeds]
+    return {**mean_std(differences), "seeds": seeds, "ci95": paired_interval(differences),
+            "above": sum(d > FLOAT_TIE for d in differences)}
 
 
 def choice_mark(lr: float, chosen: float | None, swept: list[float]) -> str:
@@ -155,6 +175,11 @@ def _pct(stat: dict[str, Any] | None, signed: bool = False) -> str:
     return f"{100 * stat['mean']:{sign}.2f} ± {100 * stat['std']:.2f} (n={stat['n']})"
 
 
+def _signed_points(value: float) -> str:
+    """A difference in points, signed, with a float tie shown as 0.00 (not -0.00)."""
+    return "0.00" if abs(value) <= FLOAT_TIE else f"{100 * value:+.2f}"
+
+
 def _points(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
@@ -165,6 +190,29 @@ def _lr(value: float | None) -> str:
 
 def _row(values: list[str]) -> str:
     return "| " + " | ".join(values) + " |"
+
+
+def _paired_lines(rows: list[dict[str, Any]], pairs: list[tuple[str, str]], head: list[str],
+                  cells: Callable[[dict[str, Any]], list[str]]) -> list[str]:
+    """The paired differences seed by seed, with their 95 % interval and how many seeds favour the sequential
+    schedule (no lines without a pair)."""
+    found = [(row, static, sequential, paired) for row in rows for static, sequential in pairs
+             if (paired := row["sequential_gain"].get(static))]
+    if not found:
+        return []
+    lines = ["", "Paired differences, sequential − static schedule, in points, seed by seed (the same experts, "
+                 "evaluation nets and random-real baseline per seed); 95 % interval: Student t over the paired seeds, "
+                 "the range to compare with 0:", "",
+             _row(head + ["pair", "per seed", "mean ± std", "95 % interval", "sequential better"]),
+             _row(["---"] * (len(head) + 5))]
+    for row, static, sequential, paired in found:
+        per_seed = ", ".join(f"{seed}: {_signed_points(value)}" for seed, value in zip(paired["seeds"], paired["values"]))
+        interval = paired.get("ci95")
+        lines.append(_row(cells(row) + [f"{METHOD_LABELS[sequential]} − {METHOD_LABELS[static]}", per_seed,
+                                        _pct(paired, True),
+                                        f"{100 * interval[0]:+.2f} to {100 * interval[1]:+.2f}" if interval else "–",
+                                        f"{paired['above']} of {paired['n']}" if "above" in paired else "–"]))
+    return lines
 
 
 def format_table(summary: dict[str, Any]) -> str:
@@ -201,6 +249,7 @@ def format_table(summary: dict[str, Any]) -> str:
                           + [_pct(row["sequential_gain"].get(a), True) for a, _ in pairs]
                           + ([" / ".join(_lr(of(row, m, "lr_img")) for m in methods)] if sweep else [])
                           + [coupling, _points(row.get("headroom"))]))
+    lines += _paired_lines(rows, pairs, head, cells)
     if soft:
         lines += ["", "Fair scores: each method against random real images trained the same way, labels included "
                       "(soft labels from the same experts for a soft-label method), paired by seed; soft-label sets "
