@@ -19,9 +19,13 @@ import pytest
 from configs import tiny_run_config
 
 from seqmatch_engine.core import paths
+from seqmatch_engine.core.config import RunConfig
 from seqmatch_engine.core.study_spec import StudySpec
 from seqmatch_engine.interfaces.manager import JobManager
 from seqmatch_engine.interfaces.queries import Library
+from seqmatch_engine.orchestration.driver import Distiller
+from seqmatch_engine.orchestration.eval_cache import EvaluationCache
+from seqmatch_engine.storage.expert_cache import ExpertCache
 from seqmatch_engine.storage.ownership import Owned, OwnerLock
 from seqmatch_engine.storage.runs import RunFolder
 from seqmatch_engine.storage.study_folder import StudyFolder
@@ -119,6 +123,37 @@ def test_a_killed_run_keeps_its_phase_time_up_to_its_last_checkpoint(tmp_path):
     finally:
         if first.poll() is None:
             first.kill()
+
+
+class Killed(BaseException):
+    """What a SIGKILL leaves: the process gone at that line, nothing written after it (not an Exception, so the
+    driver records no failure)."""
+
+
+@pytest.mark.parametrize("phase, cache, filing", [("experts 1", ExpertCache, "save"),
+                                                  ("evaluating", EvaluationCache, "put")])
+def test_a_run_killed_between_two_filed_results_keeps_the_time_of_the_first(phase, cache, filing, tmp_path,
+                                                                           monkeypatch):
+    """Experts and evaluation nets have no checkpoints but their files: a run killed after one of them is filed
+    (an expert trajectory, an evaluation net's accuracy) keeps that phase's time so far, as a distilling checkpoint
+    does, instead of losing the whole phase from its record."""
+    file_result, filed = getattr(cache, filing), []
+
+    def file_then_die_at_the_second(self, *args):
+        if filed:
+            raise Killed()
+        file_result(self, *args)
+        filed.append(run.status().phase)
+
+    config = tiny_run_config("killed", 0, (1,)).to_dict()
+    config["eval"]["num_nets"] = 2
+    run = RunFolder.create(paths.runs_root(tmp_path), RunConfig.from_dict(config))
+    monkeypatch.setattr(cache, filing, file_then_die_at_the_second)
+    with pytest.raises(Killed):
+        Distiller(run, paths.experts_root(tmp_path)).run()
+    assert filed == [phase]
+    kept = run.status().phase_seconds
+    assert kept.get(phase, 0.0) > 0.0, kept
 
 
 def tiny_study(name: str) -> StudySpec:

@@ -52,6 +52,9 @@ class RunContext:
         self.evaluations_read = 0  # evaluation nets read back from the cache instead of trained, so far
         self.executor = executor or LocalExecutor.for_device(self.device)
         self._data = data
+        # called after each expert trajectory or evaluation result is filed: from then on a killed process loses
+        # only work that a resumed run redoes (the driver records its phase time there)
+        self.on_filed: Callable[[], None] = lambda: None
 
     # -- data and net ------------------------------------------------------------------------------------
     @property
@@ -129,6 +132,7 @@ class RunContext:
             progress(total - recipe["epochs"] * len(missing), total)
         for position, trajectory in self.executor.map(train_expert, [jobs[i] for i in missing], epoch_done, control):
             self.cache.save(recipe, missing[position], trajectory)
+            self.on_filed()
         return self.cache.load(recipe, count, shape)
 
     def stage1_jobs(self, recipe: dict[str, Any], count: int, tag: str = "expert") -> list[ExpertJob]:
@@ -195,6 +199,7 @@ class RunContext:
             results[todo[position]] = value
             if cached:
                 self.evaluations.put(jobs[todo[position]], measured_on, value)
+                self.on_filed()
         return [results[i] for i in range(nets)]
 
     @functools.cached_property

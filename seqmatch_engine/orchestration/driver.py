@@ -142,6 +142,7 @@ class Distiller:
         self._phase: str | None = None
         self._phase_started = 0.0
         self._phase_seconds: dict[str, float] = dict(run.status().phase_seconds)
+        self.ctx.on_filed = lambda: run.update_status(phase_seconds=self.phase_seconds_so_far())
 
     # -- plumbing ----------------------------------------------------------------------------------
     def emit(self, kind: EventKind, stage: int | None = None, iteration: int | None = None, **data: Any) -> None:
@@ -164,7 +165,8 @@ class Distiller:
 
     def phase_seconds_so_far(self) -> dict[str, float]:
         """The phases' wall seconds with the current phase's running time added (its clock keeps running): what a
-        checkpoint records, so that a process killed after it loses only the work it will redo."""
+        checkpoint, a filed expert or evaluation net records, so that a process killed after it loses only the work
+        it will redo."""
         seconds = dict(self._phase_seconds)
         if self._phase is not None:
             seconds[self._phase] = round(seconds.get(self._phase, 0.0) + time.perf_counter() - self._phase_started, 3)
