@@ -12,11 +12,12 @@ from seqmatch_engine.core import paths
 from seqmatch_engine.core.config import ConfigError
 from seqmatch_engine.core.study_spec import Cell, StudySpec, load_study_spec, run_id, study_preset_names
 from seqmatch_engine.interfaces import cli
-from seqmatch_engine.orchestration.driver import RunControl, StopRequested
+from seqmatch_engine.orchestration.driver import Event, EventKind, RunControl, StopRequested
 from seqmatch_engine.orchestration.study import finished_twin, run_study
 from seqmatch_engine.orchestration.study_summary import chooser, format_table, summarise
 from seqmatch_engine.storage.expert_cache import ExpertCache
 from seqmatch_engine.storage.files import StorageError
+from seqmatch_engine.storage.records import RunState
 from seqmatch_engine.storage.study_folder import StudyFolder
 
 
@@ -28,13 +29,21 @@ def tiny_spec(**changes) -> StudySpec:
     return StudySpec.from_dict(raw)
 
 
+@dataclasses.dataclass
+class Seen:
+    """What the tiny study's caller saw: the runs as they started, and the driver's and the study's events."""
+    started: list[str]
+    events: list[Event]
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     home = tmp_path_factory.mktemp("study-home")
     study = StudyFolder.create_or_open(paths.studies_root(home), tiny_spec())
-    started = []
-    summary = run_study(study, paths.experts_root(home), on_run=lambda rid, i, n: started.append(rid))
-    return home, study, summary, started
+    seen = Seen([], [])
+    summary = run_study(study, paths.experts_root(home), seen.events.append,
+                        on_run=lambda rid, i, n: seen.started.append(rid))
+    return home, study, summary, seen
 
 
 def test_the_grid_expands_to_paired_configs():
@@ -89,8 +98,8 @@ def test_the_base_config_of_a_spec_is_named_as_the_spec_writes_it():
 
 
 def test_study_runs_every_cell_and_pairs_by_seed(finished):
-    home, study, summary, started = finished
-    assert started == [p.id for p in study.spec().plan()]
+    home, study, summary, seen = finished
+    assert seen.started == [p.id for p in study.spec().plan()]
     assert summary["runs_done"] == summary["runs_total"] == 4
     # both methods of a seed trained against the same cached stage-1 experts: one recipe folder per seed
     # for stage 1, plus one per SeqMatch run for its retrained stage-2 experts
@@ -139,6 +148,36 @@ def test_summary_numbers_are_the_runs_eval_values(finished):
     assert row["headroom"] == pytest.approx(sum(experts) / len(experts) - row["methods"]["mtt"]["accuracy"]["mean"])
     assert f"| {100 * row['headroom']:.1f} |" in table
     assert study.status().state == "done"
+
+
+def test_the_controls_are_a_phase_with_a_bar_per_control_not_silent_minutes(finished):
+    """After each SeqMatch run the study trains its controls' evaluation nets (minutes at real sizes): the observer
+    (the CLI's bars, the app's card) sees them as a phase with progress, and the study's status says so meanwhile."""
+    _, study, _, seen = finished
+    events = seen.events
+    phases = [e.data["name"] for e in events if e.kind == EventKind.PHASE]
+    for seed in (0, 1):
+        seqmatch = run_id(Cell(2, 2), seed, "seqmatch")
+        at = phases.index(f"controls of {seqmatch}")
+        assert phases[at - 1] == "evaluating" and phases[at + 1:at + 2] in ([], ["loading data"])
+    last = {}
+    for event in events:
+        if event.kind == EventKind.PROGRESS and event.data["task"].startswith("control: "):
+            last[event.data["task"]] = (event.data["done"], event.data["total"])
+    assert set(last) == {"control: first_subset_alone", "control: one_stage", "control: random_last"}
+    assert all(done == total > 0 for done, total in last.values())
+    assert study.status().controls is None
+
+
+def test_a_study_measuring_controls_says_so_on_its_card(tmp_path):
+    from seqmatch_engine.interfaces.queries import Library
+    from views.studies_tab import study_status_html
+
+    study = StudyFolder.create_or_open(paths.studies_root(tmp_path), tiny_spec())
+    study.update_status(state=RunState.RUNNING, total=4, done=2, current="ipc002-k2-seqmatch-seed0",
+                        controls="ipc002-k2-seqmatch-seed0")
+    card = study_status_html(Library(tmp_path).study(study.id), None)
+    assert "2/4 runs done · now the evaluation-only controls of ipc002-k2-seqmatch-seed0" in card
 
 
 def test_another_evaluation_of_a_study_run_leaves_the_summary_on_the_runs_own(finished, tmp_path):

@@ -44,6 +44,8 @@ def study_status_html(study: StudyView, live) -> str:
     parts = [f"<b>{html.escape(state[0].upper() + state[1:])}</b>", f"{done}/{total} runs done"]
     if live and live.state == "running":
         parts.append(html.escape(" · ".join(filter(None, [live.study_run, live.phase]))))
+    elif running and status.controls:
+        parts.append(html.escape(f"now the evaluation-only controls of {status.controls}"))
     elif running and (current := study.current_run()):
         run_id, run_status = current
         where = run_status.phase + (f" {run_status.iteration}/{run_status.iterations}"

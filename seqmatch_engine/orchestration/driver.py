@@ -52,7 +52,7 @@ __all__ = ["Distiller", "Event", "EventKind", "RunControl", "StopRequested", "cl
 
 class EventKind(TextEnum):
     PHASE = "phase"                # data: name, phase_kind (None once ended), extras (memory mode, ...)
-    PROGRESS = "progress"          # data: task ("experts" | "evaluation"), done, total
+    PROGRESS = "progress"          # data: task ("experts" | "evaluation" | a study's "control: NAME"), done, total
     PLAN = "plan"                  # data: phases (eta.PhasePlan list: the run's work still to do)
     PREVIEW = "preview"            # data: images {stage: initial (or resumed) images of every stage to learn}
     STAGE_START = "stage_start"    # data: images, labels (soft label logits, or None for class labels)

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from seqmatch_engine.core.config import ConfigError, RunConfig, method_parts
-from seqmatch_engine.core.control import RunControl, StopRequested
+from seqmatch_engine.core.control import ProgressFn, RunControl, StopRequested
+from seqmatch_engine.core.phases import PhaseKind
 from seqmatch_engine.core.study_spec import PlannedRun, same_run
 from seqmatch_engine.maths.evaluate import accuracy, control_curricula
 from seqmatch_engine.maths.models import ConvNet
 from seqmatch_engine.orchestration.context import RunContext
-from seqmatch_engine.orchestration.driver import Distiller
+from seqmatch_engine.orchestration.driver import Distiller, Event, EventKind, Observer
 from seqmatch_engine.orchestration.executors import DaskExecutor
 from seqmatch_engine.orchestration.study_cluster import run_on_cluster
 from seqmatch_engine.orchestration.study_summary import chooser, format_table, summarise
@@ -61,7 +62,7 @@ def run_study(study: StudyFolder, experts_root: Path, observer=None, control=Non
             on_run(run_id, index, count)
 
     def finish(planned: PlannedRun, run: RunFolder) -> None:
-        record_run(study, planned, run, experts_root, executor, control)
+        record_run(study, planned, run, experts_root, executor, control, observer)
 
     try:
         if isinstance(executor, DaskExecutor):
@@ -76,13 +77,13 @@ def run_study(study: StudyFolder, experts_root: Path, observer=None, control=Non
                         raise StopRequested()
                 finish(planned, run)
     except StopRequested:
-        study.update_status(state=RunState.STOPPED, current=None)
+        study.update_status(state=RunState.STOPPED, current=None, controls=None)
         raise
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through the CLI's handler: a stop, not an error
-        study.update_status(state=RunState.STOPPED, current=None)
+        study.update_status(state=RunState.STOPPED, current=None, controls=None)
         raise
     except BaseException as error:
-        study.update_status(state=RunState.FAILED, current=None, error=f"{type(error).__name__}: {error}")
+        study.update_status(state=RunState.FAILED, current=None, controls=None, error=f"{type(error).__name__}: {error}")
         raise
     summary = summarise(study)
     study.save_summary(summary, format_table(summary))
@@ -102,15 +103,26 @@ def finished_twin(sources: Sequence[StudyFolder], config: RunConfig) -> RunFolde
     return None
 
 
-def record_run(study: StudyFolder, planned: PlannedRun, run: RunFolder, experts_root: Path, executor, control) -> None:
-    """After a run of the study finished: its seed's expert accuracy (once), the controls now due, the summary."""
+def record_run(study: StudyFolder, planned: PlannedRun, run: RunFolder, experts_root: Path, executor, control,
+               observer: Observer | None = None) -> None:
+    """After a run of the study finished: its seed's expert accuracy (once), the controls now due (shown to
+    `observer` as a phase with a bar per control, and in the study's status), the summary."""
 
     if str(planned.seed) not in study.expert_accuracy():
         study.save_expert_accuracy(planned.seed, expert_accuracy(RunContext(run.config(), experts_root,
                                                                             executor=executor)))
+    observer = observer or (lambda event: None)
     for pending in runs_needing_controls(study):
+        study.update_status(controls=pending.id)
+        observer(Event(EventKind.PHASE, data={"name": f"controls of {pending.id}", "phase_kind": PhaseKind.EVALUATING}))
+
+        def progress(name: str) -> ProgressFn:
+            return lambda done, total: observer(Event(EventKind.PROGRESS, data={"task": f"control: {name}",
+                                                                                 "done": done, "total": total}))
+
         ctx = RunContext(pending.config(), experts_root, executor=executor)
-        pending.save_controls(evaluate_controls(ctx, pending, control))
+        pending.save_controls(evaluate_controls(ctx, pending, control, progress))
+    study.update_status(controls=None)
     summary = summarise(study)
     study.save_summary(summary, format_table(summary))
     study.update_status(done=summary["runs_done"])
@@ -141,14 +153,17 @@ def expert_accuracy(ctx) -> list[float]:
             for trajectory in ctx.cached_stage1_experts()]
 
 
-def evaluate_controls(ctx, run: RunFolder, control=None) -> dict[str, Any]:
+def evaluate_controls(ctx, run: RunFolder, control=None,
+                      progress: Callable[[str], ProgressFn] | None = None) -> dict[str, Any]:
     """Test accuracy of a SeqMatch set's evaluation-only controls (evaluate.CONTROLS), on the same evaluation nets
-    (same seed tag) as the set itself, so that each control is paired with it."""
+    (same seed tag) as the set itself, so that each control is paired with it; `progress(name)` gives each
+    control's progress callback."""
 
     cfg = ctx.config
     subsets = run.subsets()
     curricula = control_curricula([(s.images, s.labels) for s in subsets], [s.lr for s in subsets], ctx.data, cfg.seed,
                                   ctx.soft_labels)
-    accuracy = {name: ctx.evaluate(stages, "convnet", cfg.eval.num_nets, "test", "synthetic", control=control).to_dict()
+    accuracy = {name: ctx.evaluate(stages, "convnet", cfg.eval.num_nets, "test", "synthetic",
+                                   progress(name) if progress else None, control).to_dict()
                 for name, stages in curricula.items()}
     return {"accuracy": accuracy, "eval_nets": cfg.eval.num_nets}

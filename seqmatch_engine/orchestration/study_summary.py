@@ -71,7 +71,8 @@ def _paired(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | None:
     if not seeds:
         return None
     differences = [a[s] - b[s] for s in seeds]
-    return {**mean_std(differences), "seeds": seeds, "ci95": paired_interval(differences),
+    interval = paired_interval(differences)
+    return {**mean_std(differences), "seeds": seeds, "ci95": list(interval) if interval else None,  # as JSON has it
             "above": sum(d > FLOAT_TIE for d in differences)}
 
 

@@ -123,6 +123,7 @@ class StudyStatus:
     done: int = 0            # runs finished
     index: int = 0           # the plan position of the run in progress
     current: str | None = None  # its id
+    controls: str | None = None  # the finished run whose evaluation-only controls are measured now (between runs)
     error: str | None = None
 
     @classmethod
