@@ -17,6 +17,7 @@ from seqmatch_engine.core.study_spec import Cell, StudySpec, run_id
 from seqmatch_engine.orchestration.eta import run_plan
 from seqmatch_engine.orchestration.study import run_study
 from seqmatch_engine.orchestration.study_eta import study_eta
+from seqmatch_engine.storage.files import read_json, write_json
 from seqmatch_engine.storage.records import RunState
 from seqmatch_engine.storage.study_folder import StudyFolder
 
@@ -129,3 +130,18 @@ def test_the_cli_says_how_long_the_study_has_left_as_each_run_starts(study, tmp_
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("== run")]
     assert lines[2].startswith(f"== run 3/4: {run_id(CELL, 1, 'mtt')} (the study: about 2 min ")  # 140.67 s
     assert lines[3].startswith(f"== run 4/4: {run_id(CELL, 1, 'seqmatch')} (the study: about ")
+
+
+def test_the_controls_not_measured_yet_cost_their_evaluation_units(study):
+    """A study with controls measures them after each SeqMatch run: 3 curricula of evaluation nets, priced at the
+    evaluating rate until measured (the ~3 min after each SeqMatch run at the convergence study's size)."""
+    chosen_times(study)
+    raw = read_json(study.path / paths.STUDY_FILE)
+    write_json(study.path / paths.STUDY_FILE, {**raw, "controls": True})
+    study.update_status(state=RunState.RUNNING, done=4, current=None)
+    # 2 nets x 2 epochs x 10 classes x (S1 alone: 1 + one stage: 2 + S1 then random real: 1 + 2) images per class
+    per_run = 2 * 2 * 10 * (1 + 2 + (1 + 2)) * PER_UNIT[PhaseKind.EVALUATING]
+    assert study_eta(study).seconds == pytest.approx(2 * per_run)  # both seeds' SeqMatch runs
+    study.run(run_id(CELL, 0, "seqmatch")).save_controls({"accuracy": {}, "eval_nets": 2})
+    study.update_status(controls=run_id(CELL, 1, "seqmatch"))  # measuring seed 1's now
+    assert study_eta(study).seconds == pytest.approx(per_run)

@@ -210,6 +210,12 @@ class StudySpec:
                     if not self.lr_img or lr is not None:
                         yield PlannedRun(run_id(cell, seed, method, lr), cell, seed, method, lr, False)
 
+    def measures_controls(self, planned: PlannedRun, chosen_lr: float | None) -> bool:
+        """Whether the study measures the evaluation-only controls of `planned`: every sequential run, or with an lr
+        sweep only those at their cell's chosen lr `chosen_lr` (the runs the summary reports)."""
+        return self.controls and method_parts(planned.method)[1] == "sequential" and (
+            not planned.tuning or chosen_lr == planned.lr_img)
+
     def every_run(self) -> Iterator[PlannedRun]:
         """Every run the study may make whatever its sweep chooses: each seed of each cell with each method at each
         lr of the sweep (the plan makes some of them)."""

@@ -61,6 +61,15 @@ def run_plan(config: RunConfig, train_images: int, classes: int, start_stage: in
     return plan
 
 
+def controls_plan(config: RunConfig, classes: int) -> PhasePlan:
+    """The evaluation-only controls a study measures after a sequential run (evaluate.control_curricula), in
+    evaluation units: S1 alone, all subsets in one stage, and the curriculum with random real images last."""
+    ipcs = [sub.ipc for sub in config.distill.subsets]
+    curriculum = sum(sum(ipcs[:k + 1]) for k in range(len(ipcs)))
+    return PhasePlan("controls", PhaseKind.EVALUATING,
+                     config.eval.num_nets * config.eval.epochs * classes * (ipcs[0] + sum(ipcs) + curriculum))
+
+
 def rate(kind: PhaseKind, measured: dict[PhaseKind, float]) -> float:
     """Seconds per unit of `kind`: measured, else the mean of the measured kinds' rates scaled by DEFAULT_RATES'
     ratios (how much slower this machine is than the bench's), else DEFAULT_RATES."""

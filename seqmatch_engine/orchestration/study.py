@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from seqmatch_engine.core.config import ConfigError, RunConfig, method_parts
+from seqmatch_engine.core.config import ConfigError, RunConfig
 from seqmatch_engine.core.control import ProgressFn, RunControl, StopRequested
 from seqmatch_engine.core.phases import PhaseKind
 from seqmatch_engine.core.study_spec import PlannedRun, same_run
@@ -136,8 +136,7 @@ def runs_needing_controls(study: StudyFolder) -> list[RunFolder]:
         return []
     choose, pending = chooser(study, spec), []
     for planned in spec.plan(choose):
-        if method_parts(planned.method)[1] != "sequential" or (
-                planned.tuning and choose(planned.cell, planned.method) != planned.lr_img):
+        if not spec.measures_controls(planned, choose(planned.cell, planned.method)):
             continue
         run = study.run(planned.id)
         if run and run.eval() and run.controls() is None:

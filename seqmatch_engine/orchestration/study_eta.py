@@ -7,6 +7,8 @@ of the study's finished runs; an experts phase at the median seconds of that sta
 (a stage-1 phase of under LOADED_EXPERTS_S seconds loaded its experts from the cache). Stage-1 experts are priced
 once per seed that no run of the study has reached yet (an upper bound: another study may have cached them).
 Runs copied from another study or an archive count as done but are not measured (another machine, another load).
+The evaluation-only controls a study measures after a sequential run are priced as evaluation units
+(eta.controls_plan), until they are measured.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 
 from seqmatch_engine.core.phases import PhaseKind
 from seqmatch_engine.core.study_spec import PlannedRun, StudySpec
-from seqmatch_engine.orchestration.eta import PhasePlan, run_plan
+from seqmatch_engine.orchestration.eta import PhasePlan, controls_plan, run_plan
 from seqmatch_engine.orchestration.study_summary import chooser
 from seqmatch_engine.storage.records import RunState, RunStatus
 from seqmatch_engine.storage.study_folder import StudyFolder
@@ -85,10 +87,10 @@ def _fraction_done(status: RunStatus) -> float:
 def study_eta(study: StudyFolder) -> StudyEta | None:
     """Seconds until the study is done at the pace its own finished runs measured; None before any finished run
     prices every kind of phase left (a first SeqMatch run prices stage-2 experts, for instance). The runs after the
-    current one are priced once per (runs done, current run) and kept (a view polls this every second); the current
-    run's rest is read from its status each call."""
+    current one are priced once per (runs done, current run, controls in progress) and kept (a view polls this
+    every second); the current run's rest is read from its status each call."""
     status = study.status()
-    key = (str(study.path), status.done, status.current)
+    key = (str(study.path), status.done, status.current, status.controls)
     priced = _LATER_RUNS.get(key, _UNPRICED)  # one lookup: the app's poll threads may share this cache
     if priced is _UNPRICED:
         priced = _price_later_runs(study, status.current)
@@ -121,8 +123,8 @@ _UNPRICED = object()
 
 
 def _price_later_runs(study: StudyFolder, current_id: str | None) -> _LaterRuns | None:
-    """The unfinished runs but the current one, priced; None while the finished runs price nothing or not every
-    phase left."""
+    """The unfinished runs but the current one, and the controls not measured yet (the current run's included),
+    priced; None while the finished runs price nothing or not every phase left."""
     spec = study.spec()
     rates = measured_rates(study)
     if rates.basis == 0:
@@ -134,7 +136,14 @@ def _price_later_runs(study: StudyFolder, current_id: str | None) -> _LaterRuns 
     undecided = (spec.lr_img or [None])[0]  # a run whose lr is not chosen yet costs what it will at any lr
     for planned in spec.plan(lambda cell, method: choose(cell, method) or undecided):
         run = study.run(planned.id)
-        if run is not None and run.status().state == RunState.DONE:
+        done = run is not None and run.status().state == RunState.DONE
+        if spec.measures_controls(planned, choose(planned.cell, planned.method) or undecided) and not (
+                done and run.controls() is not None):
+            if PhaseKind.EVALUATING not in rates.per_unit:
+                return None
+            config = spec.run_config(planned.cell, planned.seed, planned.method, planned.lr_img)
+            later += controls_plan(config, classes).units * rates.per_unit[PhaseKind.EVALUATING]
+        if done:
             continue
         if planned.id == current_id:
             current, current_trains = planned, planned.seed not in seeds_reached
