@@ -129,6 +129,12 @@ def test_study_figures_have_one_trace_per_method_with_error_bars():
     assert list(paired.data[0].x) == [20, 20] and list(paired.data[0].y) == [-1.0, 1.0]
     assert study_axis(summary) == "ipc" and figure.layout.xaxis.title.text == "images per class (total)"
     assert list(paired.data[1].y) == [0.0] and paired.data[1].name == "mean ± std"
+    assert len(paired.data) == 2, "a summary without intervals draws none"
+    with_interval = {**summary, "cells": [summary["cells"][0], {**summary["cells"][1], "paired": {
+        **summary["cells"][1]["paired"], "ci95": [-0.127, 0.127]}}]}
+    mean, interval = paired_figure(with_interval).data[1:]
+    assert interval.name == "95 % interval" and list(interval.x) == [mean.x[0], mean.x[0], None]  # behind the mean
+    assert list(interval.y) == [pytest.approx(-12.7), pytest.approx(12.7), None]
     coupling = coupling_figure(summary)
     assert [t.name for t in coupling.data] == ["static MTT", "SeqMatch"]
     assert list(coupling.data[0].y) == [pytest.approx(0.6)] and list(coupling.data[1].x) == [9.875]

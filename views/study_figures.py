@@ -126,7 +126,8 @@ def accuracy_figure(summary: dict[str, Any]) -> go.Figure:
 
 def paired_figure(summary: dict[str, Any]) -> go.Figure:
     """Sequential − static (points) per seed for each objective (SeqMatch − static MTT, SeqMatch-DATM − DATM), with
-    the mean ± std over seeds; above 0: the sequential schedule better."""
+    the mean ± std over seeds and its 95 % interval (Student t over the paired seeds, where the summary has it);
+    above 0: the sequential schedule better."""
     figure = go.Figure()
     objectives = [o for o in SEQUENTIAL if any((row.get("sequential_gain") or {}).get(o) or
                                                (o == "mtt" and row.get("paired")) for row in summary["cells"])]
@@ -150,6 +151,13 @@ def paired_figure(summary: dict[str, Any]) -> go.Figure:
                 error_y={"type": "data", "array": [100 * paired["std"] for _, paired in rows]},
                 line={"color": colour, "dash": GROUP_DASHES[index % len(GROUP_DASHES)]},
                 marker={"color": colour, "symbol": "diamond", "size": 12}))
+            intervals = [(_x(summary, row, sequential), paired["ci95"]) for row, paired in rows if paired.get("ci95")]
+            if intervals:  # drawn as a wide translucent bar behind the mean: the range to compare with 0
+                figure.add_trace(go.Scatter(
+                    x=[v for x, _ in intervals for v in (x, x, None)],
+                    y=[v for _, (low, high) in intervals for v in (100 * low, 100 * high, None)],
+                    mode="lines", name=f"95 % interval{label}", hoverinfo="skip",
+                    line={"color": colour, "width": 10}, opacity=0.25))
     figure.add_hline(y=0, line={"color": "#6b7280", "dash": "dash"})
     what = ("SeqMatch − static MTT" if set(objectives) <= {"mtt"} and not any("datm" in m for m in _methods(summary))
             else "sequential − static schedule")
