@@ -132,8 +132,8 @@ def test_study_figures_have_one_trace_per_method_with_error_bars():
     assert len(paired.data) == 2, "a summary without intervals draws none"
     with_interval = {**summary, "cells": [summary["cells"][0], {**summary["cells"][1], "paired": {
         **summary["cells"][1]["paired"], "ci95": [-0.127, 0.127]}}]}
-    mean, interval = paired_figure(with_interval).data[1:]
-    assert interval.name == "95 % interval" and list(interval.x) == [mean.x[0], mean.x[0], None]  # behind the mean
+    interval, _, mean = paired_figure(with_interval).data  # the interval first: drawn behind the seeds and mean
+    assert interval.name == "95 % interval" and list(interval.x) == [mean.x[0], mean.x[0], None]
     assert list(interval.y) == [pytest.approx(-12.7), pytest.approx(12.7), None]
     coupling = coupling_figure(summary)
     assert [t.name for t in coupling.data] == ["static MTT", "SeqMatch"]

@@ -20,6 +20,7 @@ from configs import tiny_run_config
 
 from seqmatch_engine.core import paths
 from seqmatch_engine.core.config import RunConfig
+from seqmatch_engine.core.phases import PhaseKind
 from seqmatch_engine.core.study_spec import StudySpec
 from seqmatch_engine.interfaces.manager import JobManager
 from seqmatch_engine.interfaces.queries import Library
@@ -154,6 +155,19 @@ def test_a_run_killed_between_two_filed_results_keeps_the_time_of_the_first(phas
     assert filed == [phase]
     kept = run.status().phase_seconds
     assert kept.get(phase, 0.0) > 0.0, kept
+
+
+def test_a_net_filed_while_distilling_leaves_the_time_to_the_checkpoints(tmp_path):
+    """A selection net is filed before its iteration's checkpoint; a run killed between the two resumes from the
+    last checkpoint and times those iterations again, so filing records no distilling time (checkpoints do)."""
+    run = RunFolder.create(paths.runs_root(tmp_path), tiny_run_config("selecting", 0, (1,)))
+    distiller = Distiller(run, paths.experts_root(tmp_path))
+    distiller.phase("distilling S1", PhaseKind.DISTILLING, 0)
+    distiller.ctx.on_filed()
+    assert "distilling S1" not in run.status().phase_seconds
+    distiller.phase("evaluating", PhaseKind.EVALUATING)
+    distiller.ctx.on_filed()
+    assert set(run.status().phase_seconds) == {"distilling S1", "evaluating"}
 
 
 def tiny_study(name: str) -> StudySpec:

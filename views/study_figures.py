@@ -140,6 +140,13 @@ def paired_figure(summary: dict[str, Any]) -> go.Figure:
             label = " · ".join(p for p in ([METHOD_NAMES[sequential]] if len(objectives) > 1 else []) + [group] if p)
             label = f" · {label}" if label else ""
             colour = METHOD_COLOURS[sequential]
+            intervals = [(_x(summary, row, sequential), paired["ci95"]) for row, paired in rows if paired.get("ci95")]
+            if intervals:  # first, so drawn behind: a wide translucent bar, the range to compare with 0
+                figure.add_trace(go.Scatter(
+                    x=[v for x, _ in intervals for v in (x, x, None)],
+                    y=[v for _, (low, high) in intervals for v in (100 * low, 100 * high, None)],
+                    mode="lines", name=f"95 % interval{label}", hoverinfo="skip",
+                    line={"color": colour, "width": 10}, opacity=0.25))
             figure.add_trace(go.Scatter(
                 x=[_x(summary, row, "random_real") for row, paired in rows for _ in paired["values"]],
                 y=[100 * v for _, paired in rows for v in paired["values"]], mode="markers", name=f"one seed{label}",
@@ -151,13 +158,6 @@ def paired_figure(summary: dict[str, Any]) -> go.Figure:
                 error_y={"type": "data", "array": [100 * paired["std"] for _, paired in rows]},
                 line={"color": colour, "dash": GROUP_DASHES[index % len(GROUP_DASHES)]},
                 marker={"color": colour, "symbol": "diamond", "size": 12}))
-            intervals = [(_x(summary, row, sequential), paired["ci95"]) for row, paired in rows if paired.get("ci95")]
-            if intervals:  # drawn as a wide translucent bar behind the mean: the range to compare with 0
-                figure.add_trace(go.Scatter(
-                    x=[v for x, _ in intervals for v in (x, x, None)],
-                    y=[v for _, (low, high) in intervals for v in (100 * low, 100 * high, None)],
-                    mode="lines", name=f"95 % interval{label}", hoverinfo="skip",
-                    line={"color": colour, "width": 10}, opacity=0.25))
     figure.add_hline(y=0, line={"color": "#6b7280", "dash": "dash"})
     what = ("SeqMatch − static MTT" if set(objectives) <= {"mtt"} and not any("datm" in m for m in _methods(summary))
             else "sequential − static schedule")

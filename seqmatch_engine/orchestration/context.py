@@ -52,8 +52,8 @@ class RunContext:
         self.evaluations_read = 0  # evaluation nets read back from the cache instead of trained, so far
         self.executor = executor or LocalExecutor.for_device(self.device)
         self._data = data
-        # called after each expert trajectory or evaluation result is filed: from then on a killed process loses
-        # only work that a resumed run redoes (the driver records its phase time there)
+        # called after each expert trajectory or evaluation result is filed, which a resumed run reads instead of
+        # redoing (the driver records its phase time there)
         self.on_filed: Callable[[], None] = lambda: None
 
     # -- data and net ------------------------------------------------------------------------------------

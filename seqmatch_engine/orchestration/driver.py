@@ -142,13 +142,15 @@ class Distiller:
         self._phase: str | None = None
         self._phase_started = 0.0
         self._phase_seconds: dict[str, float] = dict(run.status().phase_seconds)
-        self.ctx.on_filed = lambda: run.update_status(phase_seconds=self.phase_seconds_so_far())
+        self._phase_kind: PhaseKind | None = None
+        self.ctx.on_filed = self._record_filed_time
 
     # -- plumbing ----------------------------------------------------------------------------------
     def emit(self, kind: EventKind, stage: int | None = None, iteration: int | None = None, **data: Any) -> None:
         self.observer(Event(kind, stage, iteration, data))
 
     def phase(self, name: str, kind: PhaseKind, stage: int | None = None, **extra: Any) -> None:
+        self._phase_kind = kind
         self.run_folder.update_status(state=RunState.RUNNING, phase=name, phase_kind=kind, stage=stage,
                                       phase_seconds=self._time_phase(name), executor=self.ctx.executor.describe(),
                                       **extra)
@@ -171,6 +173,13 @@ class Distiller:
         if self._phase is not None:
             seconds[self._phase] = round(seconds.get(self._phase, 0.0) + time.perf_counter() - self._phase_started, 3)
         return seconds
+
+    def _record_filed_time(self) -> None:
+        """An expert or an evaluation net was filed: record the phase time so far. Not while distilling, where a
+        selection net is filed before its iteration's checkpoint, so a resumed run would redo and time again the
+        iterations since the last checkpoint (distilling records its time at each checkpoint)."""
+        if self._phase_kind in (PhaseKind.EXPERTS, PhaseKind.EVALUATING):
+            self.run_folder.update_status(phase_seconds=self.phase_seconds_so_far())
 
     def progress(self, task: str, stage: int | None = None) -> Callable[[int, int], None]:
         return lambda done, total: self.emit(EventKind.PROGRESS, stage, task=task, done=done, total=total)

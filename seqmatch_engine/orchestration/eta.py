@@ -63,7 +63,9 @@ def run_plan(config: RunConfig, train_images: int, classes: int, start_stage: in
 
 def controls_plan(config: RunConfig, classes: int) -> PhasePlan:
     """The evaluation-only controls a study measures after a sequential run (evaluate.control_curricula), in
-    evaluation units: S1 alone, all subsets in one stage, and the curriculum with random real images last."""
+    evaluation units: S1 alone, all subsets in one stage, and the curriculum with random real images last (ConvNet
+    nets only; priced at the evaluating rate of whole runs, which also train a soft-label set's hard-label and
+    baseline nets and any other architectures, so it is an upper bound there)."""
     ipcs = [sub.ipc for sub in config.distill.subsets]
     curriculum = sum(sum(ipcs[:k + 1]) for k in range(len(ipcs)))
     return PhasePlan("controls", PhaseKind.EVALUATING,

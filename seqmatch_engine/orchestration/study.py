@@ -43,7 +43,8 @@ def run_study(study: StudyFolder, experts_root: Path, observer=None, control=Non
 
     spec, control = study.spec(), control or RunControl()
     total = spec.run_count()
-    study.update_status(state=RunState.RUNNING, started=time.time(), total=total, error=None)  # the last stop's is past
+    # the last attempt's error is past, and a kill during controls left their run named
+    study.update_status(state=RunState.RUNNING, started=time.time(), total=total, error=None, controls=None)
 
     def open_run(planned: PlannedRun) -> RunFolder:
         config = spec.run_config(planned.cell, planned.seed, planned.method, planned.lr_img)
@@ -112,14 +113,14 @@ def record_run(study: StudyFolder, planned: PlannedRun, run: RunFolder, experts_
         study.save_expert_accuracy(planned.seed, expert_accuracy(RunContext(run.config(), experts_root,
                                                                             executor=executor)))
     observer = observer or (lambda event: None)
+
+    def progress(name: str) -> ProgressFn:
+        return lambda done, total: observer(Event(EventKind.PROGRESS, data={"task": f"control: {name}",
+                                                                             "done": done, "total": total}))
+
     for pending in runs_needing_controls(study):
         study.update_status(controls=pending.id)
         observer(Event(EventKind.PHASE, data={"name": f"controls of {pending.id}", "phase_kind": PhaseKind.EVALUATING}))
-
-        def progress(name: str) -> ProgressFn:
-            return lambda done, total: observer(Event(EventKind.PROGRESS, data={"task": f"control: {name}",
-                                                                                 "done": done, "total": total}))
-
         ctx = RunContext(pending.config(), experts_root, executor=executor)
         pending.save_controls(evaluate_controls(ctx, pending, control, progress))
     study.update_status(controls=None)

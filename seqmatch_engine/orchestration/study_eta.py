@@ -8,7 +8,7 @@ of the study's finished runs; an experts phase at the median seconds of that sta
 once per seed that no run of the study has reached yet (an upper bound: another study may have cached them).
 Runs copied from another study or an archive count as done but are not measured (another machine, another load).
 The evaluation-only controls a study measures after a sequential run are priced as evaluation units
-(eta.controls_plan), until they are measured.
+(eta.controls_plan), whole until they are saved (controls in progress are not counted down).
 """
 from __future__ import annotations
 
