@@ -141,6 +141,9 @@ def test_study_figures_have_one_trace_per_method_with_error_bars():
     assert "demonstration" in coupling.layout.title.text
     both_seeds = {**summary, "cells": summary["cells"][1:]}
     assert "mean ± std over 2 seeds</sup>" in accuracy_figure(both_seeds).layout.title.text
+    uneven = {**summary, "cells": [{**summary["cells"][1], "random_real": {**summary["cells"][1]["random_real"],
+                                                                            "n": 3}}]}
+    assert "mean ± std over 2–3 seeds</sup>" in accuracy_figure(uneven).layout.title.text
     one_seed = {**summary, "cells": summary["cells"][:1]}
     assert "one seed: a demonstration, not evidence" in accuracy_figure(one_seed).layout.title.text
 

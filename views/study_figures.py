@@ -65,21 +65,26 @@ def _hover(summary: dict[str, Any]) -> str:
 
 
 def _seed_note(summary: dict[str, Any]) -> str:
-    """How many seeds stand behind each cell's points (the most any method has there), e.g. 'mean ± std over
-    3 seeds at IPC 10, 20; 1 seed at IPC 30 (a demonstration)'."""
+    """How many seeds stand behind each cell's points (a range where its methods have different counts), e.g.
+    'mean ± std over 3 seeds at IPC 10, 20; 1 seed at IPC 30 (a demonstration)' or 'mean ± std over 4–5 seeds'."""
     iterations = study_axis(summary) == "iterations"
-    cells_by_count: dict[int, list[str]] = {}
+    cells_by_count: dict[tuple[int, int], list[str]] = {}
     for row in summary["cells"]:
         stats = [row.get("random_real")] + [(m or {}).get("accuracy") for m in row["methods"].values()]
         counts = [stat["n"] for stat in stats if stat]
         if counts:
-            cells_by_count.setdefault(max(counts), []).append(f"{row['iterations']:,}" if iterations else str(row["ipc"]))
+            cell = f"{row['iterations']:,}" if iterations else str(row["ipc"])
+            cells_by_count.setdefault((min(counts), max(counts)), []).append(cell)
+
+    def seeds(fewest: int, most: int) -> str:
+        return f"{most} seed{'s' if most > 1 else ''}" if fewest == most else f"{fewest}–{most} seeds"
+
     where = "iterations" if iterations else "IPC"
     if len(cells_by_count) <= 1:
-        seeds = next(iter(cells_by_count), 0)
-        return "one seed: a demonstration, not evidence" if seeds < 2 else f"mean ± std over {seeds} seeds"
-    parts = [f"{n} seed{'s' if n > 1 else ''} at {where} {', '.join(cells)}" + (" (a demonstration)" if n < 2 else "")
-             for n, cells in sorted(cells_by_count.items(), reverse=True)]
+        fewest, most = next(iter(cells_by_count), (0, 0))
+        return "one seed: a demonstration, not evidence" if most < 2 else f"mean ± std over {seeds(fewest, most)}"
+    parts = [f"{seeds(*count)} at {where} {', '.join(cells)}" + (" (a demonstration)" if count[1] < 2 else "")
+             for count, cells in sorted(cells_by_count.items(), key=lambda item: item[0][::-1], reverse=True)]
     return "mean ± std over " + "; ".join(parts)
 
 
