@@ -449,6 +449,25 @@ def test_an_iterations_axis_expands_to_the_right_configs():
     assert tiny_spec().run_config(Cell(2, 2), 0, "seqmatch").distill.subsets[0].iterations == 4
 
 
+def test_a_cell_may_set_its_own_settings_for_its_runs_only():
+    """The convergence study's 1,000-iteration cell selects every 75 iterations, as its 300-iteration cell does."""
+    base = tiny_spec().base_config().distill
+    assert (base.select_points, base.select_every) == (0, 0)
+    spec = tiny_spec(grid=[{"ipc": 2, "subsets": 2, "iterations": 6},
+                           {"ipc": 2, "subsets": 2, "iterations": 12,
+                            "overrides": ["distill.select_points=0", "distill.select_every=3"]}])
+    short, long = spec.grid
+    for method in ("mtt", "seqmatch"):
+        config = spec.run_config(long, 0, method)
+        assert (config.distill.select_points, config.distill.select_every) == (0, 3)
+        kept = spec.run_config(short, 0, method).distill
+        assert (kept.select_points, kept.select_every) == (0, 0)
+    assert spec.run_config(long, 0, "seqmatch").distill.subsets[0].iterations == 12
+    assert [p.id for p in spec.plan()][-1] == "ipc002-k2-it12-seqmatch-seed1"  # run ids do not name settings
+    with pytest.raises(ConfigError, match=r"study.grid\[1\]: the same cell as an earlier one"):
+        tiny_spec(grid=[{"ipc": 2, "subsets": 2}, {"ipc": 2, "subsets": 2, "overrides": ["distill.syn_steps=3"]}])
+
+
 @pytest.mark.parametrize("cell, message", [
     ({"ipc": 2.7, "subsets": 2}, r"study.grid\[0\].ipc: expected a whole number, got 2.7"),
     ({"ipc": "2", "subsets": 2}, r'study.grid\[0\].ipc: expected a whole number, got "2"'),
@@ -457,12 +476,17 @@ def test_an_iterations_axis_expands_to_the_right_configs():
     ({"ipc": 2, "subsets": 2, "iterations": "3"}, r'study.grid\[0\].iterations: expected a whole number, got "3"'),
     ({"ipc": 2, "subsets": 2, "seeds": [0, 1.5]}, r"study.grid\[0\].seeds\[1\]: expected a whole number, got 1.5"),
     ({"ipc": 2, "subsets": 2, "iteration": 3, "lr": 1},
-     r"study.grid\[0\].iteration, study.grid\[0\].lr: unknown settings; known settings here: ipc, iterations, seeds"),
+     r"study.grid\[0\].iteration, study.grid\[0\].lr: unknown settings; known settings here: ipc, iterations, "
+     r"overrides, seeds"),
     ({"ipc": 0, "subsets": 2}, r"study.grid\[0\].ipc: must be >= 1, got 0"),
     ({"ipc": 2, "subsets": 0}, r"study.grid\[0\].subsets: must be >= 1, got 0"),
     ({"ipc": 2, "subsets": 2, "iterations": 0}, r"study.grid\[0\].iterations: must be >= 1"),
     ({"ipc": 2, "subsets": 2, "iteration": 3}, r"study.grid\[0\].iteration: unknown setting; known settings here: "
-                                               r"ipc, iterations, seeds, subsets"),
+                                               r"ipc, iterations, overrides, seeds, subsets"),
+    ({"ipc": 2, "subsets": 2, "overrides": ["distill.select_every"]},
+     r"study.grid\[0\] \(mtt, seed 0\): override 'distill.select_every': expected key=value"),
+    ({"ipc": 2, "subsets": 2, "overrides": ["distill.select_every=-1"]},
+     r"study.grid\[0\] \(mtt, seed 0\): distill.select_every: must be >= 0"),
     ({"ipc": 2, "subsets": 2, "seeds": [1, 1]}, r"study.grid\[0\].seeds: needs distinct whole numbers"),
     ({"ipc": 2}, r"study.grid\[0\]: missing required setting subsets"),
 ])

@@ -41,12 +41,14 @@ STUDY_PRESETS_DIR = paths.ASSETS_DIR / "studies"
 @dataclass(frozen=True)
 class Cell:
     """One point of the grid: total IPC split into `subsets` SeqMatch subsets (static MTT: one), optionally with
-    its own outer iterations per SeqMatch subset (static MTT's follow the budget convention) and its own seeds."""
+    its own outer iterations per SeqMatch subset (static MTT's follow the budget convention), its own seeds and
+    its own settings (`overrides`, key=value as the study's, applied after them)."""
 
     ipc: int
     subsets: int
     iterations: int | None = None     # per SeqMatch subset; None: the base config's
     seeds: list[int] | None = None    # None: the study's seeds
+    overrides: list[str] | None = None  # e.g. ["distill.select_points=0", "distill.select_every=75"]
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,7 @@ class StudySpec:
             if self.lr_img and not self.tune_seeds_of(cell):
                 raise ConfigError(f"{where}: none of its seeds is a tune seed ({self.tune_seeds}); the lr sweep needs "
                                   f"at least one")
-            if any(c == cell for c in self.grid[:i]):
+            if any(_cell_tag(c) == _cell_tag(cell) for c in self.grid[:i]):
                 raise ConfigError(f"{where}: the same cell as an earlier one; give each (ipc, subsets, iterations) once")
         base = self.base_config()
         if self.lr_img and not selects(base.distill):
@@ -172,6 +174,8 @@ class StudySpec:
         its last, for interval, iterations and initial lr; the cell's iterations replace every subset's) and
         the seed (and the sweep's lr_img); static MTT by the budget convention."""
         raw = self.base()
+        if cell.overrides:
+            raw = apply_overrides(raw, cell.overrides)
         bases = RunConfig.from_dict(raw).distill.subsets
         subsets = [dataclasses.replace(bases[min(k, len(bases) - 1)], ipc=ipc)
                    for k, ipc in enumerate(split_ipc(cell.ipc, cell.subsets))]
