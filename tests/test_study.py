@@ -9,12 +9,12 @@ import pytest
 from configs import tiny_run_config
 
 from seqmatch_engine.core import paths
-from seqmatch_engine.core.config import ConfigError
+from seqmatch_engine.core.config import ConfigError, selection_iterations
 from seqmatch_engine.core.study_spec import Cell, StudySpec, load_study_spec, run_id, study_preset_names
 from seqmatch_engine.interfaces import cli
 from seqmatch_engine.orchestration.driver import Event, EventKind, RunControl, StopRequested
 from seqmatch_engine.orchestration.study import finished_twin, run_study
-from seqmatch_engine.orchestration.study_summary import chooser, format_table, summarise
+from seqmatch_engine.orchestration.study_summary import METHOD_LABELS, chooser, format_table, summarise
 from seqmatch_engine.storage.expert_cache import ExpertCache
 from seqmatch_engine.storage.files import StorageError
 from seqmatch_engine.storage.records import RunState
@@ -544,6 +544,24 @@ def test_an_lr_sweep_tunes_on_validation_and_runs_the_other_seeds_at_the_choice(
     assert "| pixel lr static MTT / SeqMatch |" in table
     assert "(lowest tried) |" in table or "(highest tried) |" in table  # two values: every choice is an edge
     assert "is not bracketed" in table
+    for method in ("mtt", "seqmatch"):  # where each reported run kept its sets, read back from its metrics lines
+        runs = [study.run(run_id(Cell(2, 2), s, method, row["methods"][method]["lr_img"])) for s in (0, 1)]
+        expected = []
+        for run in runs:
+            lines = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
+            expected.append([max((r["iteration"] for r in lines if r["kind"] == "selection" and r["best"]
+                                  and r["stage"] == k), default=None) for k in range(len(run.config().distill.subsets))])
+        assert row["methods"][method]["kept"] == {"seeds": [0, 1], "iterations": expected, "points": [2, 4]}
+        per_seed = ", ".join(f"{s}: " + "/".join(str(i) for i in stages) for s, stages in zip((0, 1), expected))
+        assert f"| 2 | 2 | 4 | {METHOD_LABELS[method]} | 2, 4 | {per_seed} |" in table
+
+
+def test_long_runs_of_selection_points_read_as_a_step():
+    from seqmatch_engine.orchestration.study_summary import _points_text
+
+    assert _points_text(selection_iterations(1000, 75, 0)) == "every 75 to 1000"
+    assert _points_text(selection_iterations(100, 0, 4)) == "25, 50, 75, 100"
+    assert _points_text(None) == "–"
 
 
 @pytest.mark.parametrize("chosen, marks", [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any, Callable
 
-from seqmatch_engine.core.config import RunConfig
+from seqmatch_engine.core.config import RunConfig, selection_iterations
 from seqmatch_engine.core.study_spec import Cell, LrChooser, StudySpec, run_id
 from seqmatch_engine.orchestration.run_diagnostics.g1 import run_coupling_index
 from seqmatch_engine.storage.study_folder import StudyFolder
@@ -39,6 +39,12 @@ def lr_choice(study: StudyFolder, spec: StudySpec, cell: Cell, method: str) -> d
         sweep.append({"lr_img": lr, "val": mean_std(val) if val else None, "test": mean_std(test) if test else None})
     chosen = max(sweep, key=lambda row: row["val"]["mean"])["lr_img"] if complete else None
     return {"chosen": chosen, "sweep": sweep}
+
+
+def selection_points(config: RunConfig) -> list[int]:
+    """The iterations at which a run's first subset was scored on validation (besides its initial images)."""
+    d = config.distill
+    return selection_iterations(d.subsets[0].iterations, d.select_every, d.select_points)
 
 
 def chooser(study: StudyFolder, spec: StudySpec) -> LrChooser:
@@ -109,6 +115,8 @@ def summarise(study: StudyFolder) -> dict[str, Any]:
         baselines: dict[str, dict[int, float]] = {"random_real": {}, "random_real_soft": {}}
         coupling: dict[str, list[float]] = {m: [] for m in spec.methods}
         controls: dict[str, dict[str, list[float]]] = {m: {} for m in spec.methods}
+        kept: dict[str, dict[int, list[int | None]]] = {m: {} for m in spec.methods}
+        points: dict[str, list[int]] = {}
         choices = {method: lr_choice(study, spec, cell, method) for method in spec.methods}
         for seed in spec.cell_seeds(cell):
             for method in spec.methods:
@@ -130,6 +138,10 @@ def summarise(study: StudyFolder) -> dict[str, Any]:
                     coupling[method].append(index)
                 for name, acc in (run.controls() or {}).get("accuracy", {}).items():
                     controls[method].setdefault(name, []).append(acc["mean"])
+                stages = run.kept_iterations()
+                if any(iteration is not None for iteration in stages):
+                    kept[method][seed] = stages
+                    points[method] = selection_points(run.config())
         for method in spec.methods:
             if not accuracy[method] and not choices[method]:
                 continue
@@ -140,6 +152,8 @@ def summarise(study: StudyFolder) -> dict[str, Any]:
                 "gain": {**gain, "over": over} if (gain := _paired(accuracy[method], baselines[over])) else None,
                 "coupling": mean_std(coupling[method]) if coupling[method] else None,
                 "controls": {name: mean_std(values) for name, values in controls[method].items()},
+                "kept": {"seeds": sorted(kept[method]), "iterations": [kept[method][s] for s in sorted(kept[method])],
+                         "points": points.get(method)} if kept[method] else None,
                 "lr_img": choices[method] and choices[method]["chosen"],
                 "lr_sweep": choices[method] and choices[method]["sweep"]}
         row["random_real"] = _stat(baselines["random_real"])
@@ -216,6 +230,35 @@ def _paired_lines(rows: list[dict[str, Any]], pairs: list[tuple[str, str]], head
     return lines
 
 
+def _points_text(points: list[int] | None) -> str:
+    """Selection points, short: "25, 50, 75, 100", or "every 75 to 1000" for a long even run of them."""
+    if not points:
+        return "–"
+    steps = {b - a for a, b in zip(points, points[1:-1])}
+    if len(points) > 5 and len(steps) == 1:
+        return f"every {steps.pop()} to {points[-1]}"
+    return ", ".join(str(p) for p in points)
+
+
+def _kept_lines(rows: list[dict[str, Any]], methods: list[str], head: list[str],
+                cells: Callable[[dict[str, Any]], list[str]]) -> list[str]:
+    """Where each reported run kept its sets: the iteration of each subset's best candidate on validation, seed by
+    seed (no lines when no run selects)."""
+    found = [(row, method, kept) for row in rows for method in methods
+             if (kept := (row["methods"].get(method) or {}).get("kept"))]
+    if not found:
+        return []
+    lines = ["", "Where each set was kept: the iteration of each subset's best candidate on validation data, seed by "
+                 "seed (S1/S2/… for a sequential run; 0: its initial real images). A set kept before the last point "
+                 "means later iterations scored lower on validation:", "",
+             _row(head + ["method", "selection points", "kept at, per seed"]), _row(["---"] * (len(head) + 3))]
+    for row, method, kept in found:
+        per_seed = ", ".join(f"{seed}: " + "/".join("–" if i is None else str(i) for i in stages)
+                             for seed, stages in zip(kept["seeds"], kept["iterations"]))
+        lines.append(_row(cells(row) + [METHOD_LABELS[method], _points_text(kept.get("points")), per_seed]))
+    return lines
+
+
 def format_table(summary: dict[str, Any]) -> str:
     """The summary as markdown tables (test accuracy %, mean ± std over seeds)."""
     rows = summary["cells"]
@@ -283,6 +326,7 @@ def format_table(summary: dict[str, Any]) -> str:
         if at_edge:
             lines += ["", "A choice at the lowest or highest lr tried is not bracketed: a value beyond the grid may "
                           "score better, so that method may be under-tuned there."]
+    lines += _kept_lines(rows, methods, head, cells)
     sequential = [m for m in methods if m in SEQUENTIAL.values()]
     if any(of(row, m, "controls") for row in rows for m in sequential):
         columns = head + (["method"] if len(sequential) > 1 else []) + \

@@ -241,6 +241,15 @@ class RunFolder:
         scores = [r.val_accuracy for r in self.metrics() if isinstance(r, SelectionRecord) and r.stage == last]
         return max(scores) if scores else None
 
+    def kept_iterations(self) -> list[int | None]:
+        """Per stage, the iteration whose set the run kept: the last candidate that became the stage's best on
+        validation (0: its initial images); None for a stage without selection records."""
+        kept: list[int | None] = [None] * len(self.config().distill.subsets)
+        for record in self.metrics():
+            if isinstance(record, SelectionRecord) and record.best and record.stage < len(kept):
+                kept[record.stage] = record.iteration
+        return kept
+
     def truncate_metrics(self, stage: int, iteration: int) -> None:
         """Drop records of `stage` past `iteration` and of later stages (used when resuming)."""
         kept = [r for r in self.metrics() if r.stage < stage or (r.stage == stage and r.iteration <= iteration)]
