@@ -214,6 +214,93 @@ def test_a_soft_label_set_keeps_its_labels_through_import_and_export(tmp_path):
     assert (exported / "S1.png").is_file()
 
 
+def test_datms_lr_best_file_is_read_and_two_lr_files_are_refused(tmp_path):
+    """DATM's code saves its learned lr as lr_best.pt (MTT's and SeqMatch's: best_lr.pt)."""
+    from seqmatch_engine.orchestration.importer import ImportFailed, import_distilled_set
+
+    torch.save(torch.randn(10, 1, 28, 28), tmp_path / "images_best.pt")
+    torch.save(torch.randn(10, 10) + 5 * torch.eye(10), tmp_path / "labels_best.pt")
+    torch.save(torch.tensor(0.0234), tmp_path / "lr_best.pt")
+    torch.save(torch.tensor(0.05), tmp_path / "best_lr.pt")
+    pair = [tmp_path / "images_best.pt", tmp_path / "labels_best.pt"]
+    run = import_distilled_set([*pair, tmp_path / "lr_best.pt"], "fashion-mnist-small", False, tmp_path / "runs")
+    assert run.subsets()[0].lr == pytest.approx(0.0234)
+    with pytest.raises(ImportFailed, match="both best_lr.pt and lr_best.pt given"):
+        import_distilled_set([*pair, tmp_path / "best_lr.pt", tmp_path / "lr_best.pt"], "fashion-mnist-small", False,
+                             tmp_path / "runs")
+
+
+def test_an_exported_soft_label_set_imports_as_the_same_run_and_evaluates_alike(tmp_path):
+    """Export, then import the safetensors file: the same subsets bit for bit (soft logits, images, lrs), the same
+    config but for its name, and the same evaluation on the same nets."""
+    from seqmatch_engine.orchestration.context import RunContext
+    from seqmatch_engine.orchestration.driver import evaluate_run
+    from seqmatch_engine.orchestration.importer import import_set_files
+
+    run, _ = run_to_end(tmp_path, datm_config())
+    exported = export_set(run, tmp_path / "out").folder / "distilled_set.safetensors"
+    imported = import_set_files([exported], "cifar10", True, tmp_path / "imported")  # the file names its dataset
+    assert imported.status().state == "done" and imported.status().dataset == "fashion-mnist-small"
+    for a, b in zip(imported.subsets(), run.subsets(), strict=True):
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) and a.lr == b.lr
+        assert a.labels.shape == (10, 10) and a.labels.is_floating_point()
+    config = imported.config()
+    assert config.name == "imported-datm" and config.to_dict() == {**run.config().to_dict(), "name": "imported-datm"}
+    ctx = RunContext(config, tmp_path / "experts")
+    again = evaluate_run(ctx, imported, imported.subsets(), lambda *args, **kwargs: None)
+    for key in ("synthetic", "synthetic_hard", "random_real", "random_real_soft"):
+        assert again[key] == run.eval().to_dict()[key], key
+
+
+def test_a_partial_export_imports_as_a_run_of_the_subsets_it_holds(tmp_path):
+    from seqmatch_engine.orchestration.importer import import_exported_set
+
+    finished, _ = run_to_end(tmp_path, datm_config())
+    stopped = RunFolder.create(tmp_path / "stopped", finished.config())
+    stopped.save_transform(finished.transform())
+    stopped.save_subset(0, finished.subsets()[0])
+    exported = export_set(stopped, tmp_path / "out", partial=True).folder / "distilled_set.safetensors"
+    imported = import_exported_set(exported, tmp_path / "imported")
+    assert len(imported.config().distill.subsets) == 1 and len(imported.subsets()) == 1
+    assert torch.equal(imported.subsets()[0].labels, finished.subsets()[0].labels)
+    assert any("partial export: S1-S1 of the run's 2 subsets" in m.text for m in imported.status().messages)
+
+
+def test_exported_files_that_are_damaged_foreign_or_hostile_are_refused_or_tamed(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from seqmatch_engine.orchestration.importer import ImportFailed, import_exported_set, import_set_files
+
+    run, _ = run_to_end(tmp_path, datm_config())
+    exported = export_set(run, tmp_path / "out").folder / "distilled_set.safetensors"
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(exported.read_bytes()[:100])
+    with pytest.raises(ImportFailed, match="cut.safetensors is damaged or not a safetensors file"):
+        import_exported_set(cut, tmp_path / "imported")
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"S1.images": torch.zeros(10, 1, 28, 28)}, str(foreign))
+    with pytest.raises(ImportFailed, match="lacks the run config that this tool's exports carry"):
+        import_exported_set(foreign, tmp_path / "imported")
+    with pytest.raises(ImportFailed, match="import it alone"):
+        import_set_files([exported, tmp_path / "images_best.pt"], "fashion-mnist-small", False, tmp_path / "imported")
+    from safetensors import safe_open
+    with safe_open(str(exported), "pt") as handle:
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        metadata = handle.metadata()
+    config = json.loads(metadata["config"])
+    config["data"].update(root="/etc", download=True)  # a file must not point this machine at its own paths or the net
+    hostile = tmp_path / "hostile.safetensors"
+    save_file(tensors, str(hostile), metadata={**metadata, "config": json.dumps(config)})
+    tamed = import_exported_set(hostile, tmp_path / "imported").config().data
+    assert tamed.root is None and tamed.download is False
+    short = {**tensors, "S2.labels": tensors["S2.labels"][:5]}
+    save_file(short, str(hostile), metadata=metadata)
+    with pytest.raises(ImportFailed, match="S2.images has 10 images but hostile.safetensors: S2.labels 5 labels"):
+        import_exported_set(hostile, tmp_path / "imported")
+
+
 def test_g2_to_g4_run_on_a_soft_label_set_with_its_own_labels(tmp_path):
     from seqmatch_engine.orchestration.run_diagnostics import DiagnosticsOptions, RunDiagnostics, compute
 

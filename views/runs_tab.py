@@ -87,12 +87,15 @@ class RunsTab:
             with gr.Column(scale=1):
                 self.details = gr.Markdown()
                 self.download = gr.File(label="Download", interactive=False)
-        with gr.Accordion("Import a set or expert buffer saved by the public MTT / SeqMatch code", open=False):
-            self.upload = gr.File(file_count="multiple", label="images_best.pt + labels_best.pt (+ best_lr.pt), "
-                                                               "or replay_buffer_*.pt")
+        with gr.Accordion("Import a set exported here, or a set or expert buffer of the public MTT / SeqMatch / "
+                          "DATM code", open=False):
+            self.upload = gr.File(file_count="multiple", label="distilled_set.safetensors (exported here), or "
+                                                               "images_best.pt + labels_best.pt (+ best_lr.pt or "
+                                                               "lr_best.pt), or replay_buffer_*.pt")
             with gr.Row():
-                self.import_dataset = gr.Dropdown(list(DATASET_NAMES), value="cifar10", label="Dataset of the set")
-                self.import_zca = gr.Checkbox(True, label="Set was distilled with ZCA")
+                self.import_dataset = gr.Dropdown(list(DATASET_NAMES), value="cifar10",
+                                                  label="Dataset of a public set (an exported one names its own)")
+                self.import_zca = gr.Checkbox(True, label="Public set was distilled with ZCA")
                 self.import_button = gr.Button("Import")
             self.buffers = gr.Markdown(buffers_markdown(self.manager), elem_id="sm-buffers")
 

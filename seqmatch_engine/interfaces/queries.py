@@ -24,7 +24,7 @@ from seqmatch_engine.data.prepare import PixelTransform
 from seqmatch_engine.diagnostics.features import Embedding
 from seqmatch_engine.diagnostics.gradients import mean_off_diagonal
 from seqmatch_engine.maths.parallel import single_core
-from seqmatch_engine.orchestration.importer import ImportFailed, import_distilled_set, import_expert_buffer, imported_buffers
+from seqmatch_engine.orchestration.importer import ImportFailed, import_expert_buffer, import_set_files, imported_buffers
 from seqmatch_engine.orchestration.run_diagnostics import (
     DiagnosticsOptions,
     format_late_errors,
@@ -245,5 +245,6 @@ class Library:
         return import_expert_buffer(path, self.experts_root)
 
     def import_set(self, files: list[Path], dataset: str, zca: bool) -> RunView:
-        """A public distilled set (images, labels, lr files) as a finished run folder."""
-        return RunView(import_distilled_set(files, dataset, zca, self.runs_root))
+        """A distilled set as a finished run folder: this tool's export, or the public code's images, labels and lr
+        files (of `dataset`, distilled with `zca` or not)."""
+        return RunView(import_set_files(files, dataset, zca, self.runs_root))

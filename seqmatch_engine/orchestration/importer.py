@@ -1,7 +1,10 @@
-"""Import what the public MTT / SeqMatch code saves, without unpickling arbitrary objects.
+"""Import distilled sets and expert buffers, without unpickling arbitrary objects.
 
-- A distilled set: `images_best.pt` (n, C, H, W), `labels_best.pt` (n,), optional `best_lr.pt`
-  (a scalar) become a finished one-subset run folder.
+- A distilled set of the public code: `images_best.pt` (n, C, H, W), `labels_best.pt` (n,) or, DATM's, soft
+  label logits (n, classes), optional `best_lr.pt` (MTT, SeqMatch) or `lr_best.pt` (DATM) (a scalar) become a
+  finished one-subset run folder.
+- A set this tool exported (`distilled_set.safetensors`, storage/export.py) becomes a finished run folder again:
+  its subsets, labels (soft ones stay logits), learned lrs and config.
 - An expert buffer: `replay_buffer_<i>.pt`, a list of trajectories, each a list of epochs, each a
   list of parameter tensors in ConvNet order, becomes trajectory files in the experts cache.
 Every file is read with `torch.load(weights_only=True)`, which refuses anything but tensors and
@@ -9,10 +12,12 @@ plain containers; other content gets an ImportError-style message naming the fil
 """
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from seqmatch_engine.core.config import RunConfig, load_preset
 from seqmatch_engine.core.labels import hard
@@ -25,7 +30,9 @@ from seqmatch_engine.storage.files import StorageError, read_json, tensor_shape
 from seqmatch_engine.storage.records import RunState
 from seqmatch_engine.storage.runs import RunFolder, Subset
 
-SET_FILES = ("images_best.pt", "labels_best.pt", "best_lr.pt")
+SET_FILES = ("images_best.pt", "labels_best.pt")
+LR_FILES = ("best_lr.pt", "lr_best.pt")  # MTT's and SeqMatch's name, DATM's name
+EXPORTED_SET = "distilled_set.safetensors"
 
 
 class ImportFailed(ValueError):
@@ -48,18 +55,22 @@ def load_public_file(path: Path) -> object:
         raise ImportFailed(f"{name} is damaged, truncated or not a PyTorch file; it was not loaded") from None
 
 
-def _check_set(images: torch.Tensor, labels: torch.Tensor, lr: float) -> None:
-    """Refuse a distilled set that cannot be evaluated; messages name the file and the field."""
+def _check_set(images: torch.Tensor, labels: torch.Tensor, lr: float,
+               names: tuple[str, str, str] = (*SET_FILES, LR_FILES[0])) -> None:
+    """Refuse a distilled set that cannot be evaluated; messages name the file (or tensor) of `names` (images,
+    labels, lr) and the field."""
+    if len(labels) != len(images):
+        raise ImportFailed(f"{names[0]} has {len(images)} images but {names[1]} {len(labels)} labels")
     bad = int((~torch.isfinite(images)).sum())
     if bad:
-        raise ImportFailed(f"images_best.pt: {bad} pixel values are NaN or infinite; the set is damaged "
+        raise ImportFailed(f"{names[0]}: {bad} pixel values are NaN or infinite; the set is damaged "
                            f"(it was probably saved after its distillation diverged)")
     if labels.numel() == 0:
-        raise ImportFailed("labels_best.pt holds no labels: a set needs at least one image per class")
+        raise ImportFailed(f"{names[1]} holds no labels: a set needs at least one image per class")
     if int(labels.min()) < 0:
-        raise ImportFailed(f"labels_best.pt: labels must be class indices 0, 1, ...; found {int(labels.min())}")
+        raise ImportFailed(f"{names[1]}: labels must be class indices 0, 1, ...; found {int(labels.min())}")
     if not (lr > 0 and lr == lr and lr != float("inf")):
-        raise ImportFailed(f"best_lr.pt: the learned lr is {lr:g}; it must be a positive number (a set whose lr "
+        raise ImportFailed(f"{names[2]}: the learned lr is {lr:g}; it must be a positive number (a set whose lr "
                            f"diverged cannot be trained on)")
 
 
@@ -71,12 +82,23 @@ def _tensor(value: object, name: str, ndim: int | tuple[int, ...]) -> torch.Tens
     return value
 
 
+def import_set_files(files: list[Path], dataset: str, zca: bool, runs_root: Path) -> RunFolder:
+    """A finished run from the files of a distilled set: this tool's export (its own dataset and ZCA setting come
+    with it) or the public code's .pt files (of `dataset`, distilled with `zca` or not)."""
+    exported = [Path(f) for f in files if Path(f).name.endswith(".safetensors")]
+    if exported:
+        if len(files) > 1:
+            raise ImportFailed(f"{exported[0].name} is a whole exported set: import it alone")
+        return import_exported_set(exported[0], runs_root)
+    return import_distilled_set(files, dataset, zca, runs_root)
+
+
 def import_distilled_set(files: list[Path], dataset: str, zca: bool, runs_root: Path) -> RunFolder:
-    """A finished one-subset run from images_best.pt / labels_best.pt [/ best_lr.pt]."""
+    """A finished one-subset run from images_best.pt / labels_best.pt [/ best_lr.pt or lr_best.pt]."""
     by_name = {Path(f).name: Path(f) for f in files}
-    missing = [n for n in SET_FILES[:2] if n not in by_name]
+    missing = [n for n in SET_FILES if n not in by_name]
     if missing:
-        raise ImportFailed(f"a distilled set needs {' and '.join(SET_FILES[:2])}; missing {', '.join(missing)}")
+        raise ImportFailed(f"a distilled set needs {' and '.join(SET_FILES)}; missing {', '.join(missing)}")
     images = _tensor(load_public_file(by_name["images_best.pt"]), "images_best.pt", 4).float()
     labels = _tensor(load_public_file(by_name["labels_best.pt"]), "labels_best.pt", (1, 2))
     soft = labels.dim() == 2  # soft label logits (DATM's): kept, and the set is a DATM set
@@ -84,13 +106,14 @@ def import_distilled_set(files: list[Path], dataset: str, zca: bool, runs_root: 
         raise ImportFailed("labels_best.pt holds soft labels over no classes: expected (n, classes) logits")
     labels = labels.float() if soft else labels.long()
     classes = hard(labels)
-    lr = 0.01
-    if "best_lr.pt" in by_name:
-        lr_value = _tensor(load_public_file(by_name["best_lr.pt"]), "best_lr.pt", (0, 1))
-        lr = float(lr_value.reshape(-1)[0])
-    if len(labels) != len(images):
-        raise ImportFailed(f"images_best.pt has {len(images)} images but labels_best.pt {len(labels)} labels")
-    _check_set(images, classes, lr)
+    lr_files = [n for n in LR_FILES if n in by_name]
+    if len(lr_files) > 1:
+        raise ImportFailed(f"both {' and '.join(lr_files)} given: a set has one learned lr; import the one that "
+                           f"belongs to these images")
+    lr, lr_name = 0.01, (lr_files or LR_FILES)[0]
+    if lr_files:
+        lr = float(_tensor(load_public_file(by_name[lr_name]), lr_name, (0, 1)).reshape(-1)[0])
+    _check_set(images, classes, lr, (*SET_FILES, lr_name))
     num_classes = labels.shape[1] if soft else int(labels.max()) + 1
     counts = torch.bincount(classes, minlength=num_classes)
     if not bool((counts == counts[0]).all()):
@@ -103,15 +126,72 @@ def import_distilled_set(files: list[Path], dataset: str, zca: bool, runs_root: 
     raw["distill"]["subsets"] = [{"ipc": int(counts[0]), "interval": [0, 3], "iterations": 0, "lr_init": lr}]
     raw["distill"]["objective"] = "datm" if soft else "mtt"
     raw["experts"]["epochs"] = max(raw["experts"]["epochs"], 3)
-    config = RunConfig.from_dict(raw)
-    transform, class_names, note = _display_transform(config, images, num_classes)
+    return _finished_run(RunConfig.from_dict(raw), [Subset(images[order], labels[order], lr)], num_classes, runs_root)
+
+
+def import_exported_set(path: Path, runs_root: Path) -> RunFolder:
+    """A finished run from a set this tool exported: its subsets as they were (soft labels stay logits) under the
+    run's config from the file's metadata, validated, with this machine's data root and no download (never the
+    file's). A partial export becomes a run of the subsets it holds, which the run's messages say."""
+    name = Path(path).name
+    try:
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ImportFailed(f"{name} is damaged or not a safetensors file ({error}); it was not loaded") from None
+    try:
+        raw = RunConfig.from_dict(json.loads(metadata["config"])).to_dict()
+        held = int(metadata["subsets"])
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise ImportFailed(f"{name} lacks the run config that this tool's exports carry, so it was not exported by "
+                           f"SeqMatch Studio; a set of the public MTT, SeqMatch or DATM code is imported from its "
+                           f"images_best.pt and labels_best.pt") from None
+    except ValueError as error:  # ConfigError: the config is not one this version accepts
+        raise ImportFailed(f"{name}: the run config it carries is not valid here ({error})") from None
+    planned = raw["distill"]["subsets"]
+    if not 1 <= held <= len(planned):
+        raise ImportFailed(f"{name} says it holds {held} subsets of a run of {len(planned)}; the file is damaged")
+    subsets = []
+    for k in range(held):
+        keys = [f"S{k + 1}.{part}" for part in ("images", "labels", "lr")]
+        missing = [key for key in keys if key not in tensors]
+        if missing:
+            raise ImportFailed(f"{name} lacks {', '.join(missing)}; the file is damaged")
+        images = _tensor(tensors[keys[0]], f"{name}: {keys[0]}", 4).float()
+        labels = _tensor(tensors[keys[1]], f"{name}: {keys[1]}", (1, 2))
+        labels = labels.float() if labels.dim() == 2 else labels.long()
+        lr = float(_tensor(tensors[keys[2]], f"{name}: {keys[2]}", (0, 1)).reshape(-1)[0])
+        _check_set(images, hard(labels), lr, (f"{name}: {keys[0]}", f"{name}: {keys[1]}", f"{name}: {keys[2]}"))
+        subsets.append(Subset(images, labels, lr))
+    soft = subsets[0].labels.dim() == 2
+    num_classes = subsets[0].labels.shape[1] if soft else max(int(s.labels.max()) for s in subsets) + 1
+    for k, (subset, plan) in enumerate(zip(subsets, planned)):
+        if len(subset.labels) != plan["ipc"] * num_classes:
+            raise ImportFailed(f"{name}: S{k + 1} holds {len(subset.labels)} images, but its config says "
+                               f"{plan['ipc']} per class of {num_classes}; the file is damaged")
+    raw["data"].update(root=None, download=False)
+    raw["distill"]["subsets"] = planned[:held]
+    raw["name"] = f"imported-{raw['name']}"
+    partial = (f"imported from a partial export: S1-S{held} of the run's {len(planned)} subsets (S{held + 1} onwards "
+               f"had not been learned when it was exported)" if held < len(planned) else None)
+    return _finished_run(RunConfig.from_dict(raw), subsets, num_classes, runs_root, partial)
+
+
+def _finished_run(config: RunConfig, subsets: list[Subset], num_classes: int, runs_root: Path,
+                  note: str | None = None) -> RunFolder:
+    """A finished, not yet evaluated run folder holding `subsets` under `config`, shown through its dataset's
+    transform (or, without the dataset on disk, its normalisation alone, which a message then says)."""
+    transform, class_names, display_note = _display_transform(config, subsets[0].images, num_classes)
     run = RunFolder.create(runs_root, config)
     run.save_transform(transform)
-    run.save_subset(0, Subset(images[order], labels[order], lr))
+    for k, subset in enumerate(subsets):
+        run.save_subset(k, subset)
     run.update_status(state=RunState.DONE, phase="imported (not evaluated)", class_names=list(class_names),
-                      dataset=dataset)
-    if note:
-        run.add_message("warning", note)
+                      dataset=config.data.dataset)
+    for text in (note, display_note):
+        if text:
+            run.add_message("warning", text)
     return run
 
 
