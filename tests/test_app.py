@@ -166,7 +166,8 @@ def test_compare_tab_fills_from_its_preset_and_pairs_under_the_authors_budget_by
     assert mtt.distill.subsets[0].iterations == iterations
     assert [s.iterations for s in seq.distill.subsets] == [iterations] * k
     wait_for(lambda: all(manager.live(r).state == "done" for r in (mtt_id, seq_id)), timeout=300)
-    figure, note, *_ = client.predict(mtt_id, seq_id, None, None, api_name="/compare_charts")
+    gains, figure, note, *_ = client.predict(mtt_id, seq_id, None, None, api_name="/compare_charts")
+    assert gains.startswith("**Gain over random real, same labels:**") and "points over random real" in gains
     assert "budget convention **per-image**" in note and "One seed per method: a demonstration" in note
     bars = figure["plot"] if isinstance(figure, dict) else figure
     assert "static MTT IPC" in str(bars) and "SeqMatch IPC" in str(bars) and "random real" in str(bars)

@@ -172,9 +172,11 @@ def test_kill_and_resume_a_datm_run_gives_the_unbroken_run_bit_for_bit(tmp_path)
 
 
 def test_objectives_are_registered_once_and_unknown_ones_name_the_field():
-    from seqmatch_engine.core.config import OBJECTIVES as NAMES
+    from seqmatch_engine.core.config import OBJECTIVE_CATALOGUE
 
-    assert tuple(OBJECTIVES) == NAMES
+    assert tuple(OBJECTIVES) == tuple(OBJECTIVE_CATALOGUE)  # every class named in the catalogue, in its order
+    for name, method in OBJECTIVES.items():
+        assert method.name == name and method.soft_labels == OBJECTIVE_CATALOGUE[name].soft_labels
     raw = tiny_run_config("x", 0, (1,)).to_dict()
     raw["distill"]["objective"] = "dm"
     with pytest.raises(ConfigError, match=r"distill.objective: unknown objective 'dm'; choose one of mtt, datm"):
@@ -212,6 +214,26 @@ def test_a_soft_label_set_keeps_its_labels_through_import_and_export(tmp_path):
     with safe_open(str(exported / "distilled_set.safetensors"), "pt") as handle:
         assert torch.equal(handle.get_tensor("S1.labels"), logits[order])
     assert (exported / "S1.png").is_file()
+
+
+def test_what_studies_and_views_call_each_method_comes_from_the_catalogue():
+    """Names, labels, colours, the figures' side-by-side shifts and the Distil form's choices are derived from
+    config.OBJECTIVE_CATALOGUE, so a new objective needs no edit in the summary or the views."""
+    from seqmatch_engine.core.config import METHODS, method_label, sequential_counterparts
+    from seqmatch_engine.data.imaging import AGREES, DISAGREES
+    from seqmatch_engine.orchestration.study_summary import METHOD_LABELS
+    from views.forms import OBJECTIVES as FORM_CHOICES
+    from views.palette import METHOD_COLOURS, METHOD_NAMES
+    from views.study_figures import SHIFTS
+
+    assert METHODS == ("mtt", "seqmatch", "datm", "seqmatch-datm")
+    assert [method_label(m) for m in METHODS] == ["static MTT", "SeqMatch", "DATM", "SeqMatch-DATM"]
+    assert sequential_counterparts() == {"mtt": "seqmatch", "datm": "seqmatch-datm"}
+    assert all(METHOD_LABELS[m] == METHOD_NAMES[m] == method_label(m) for m in METHODS)
+    colours = [METHOD_COLOURS[m] for m in (*METHODS, "random_real", "random_real_soft")]
+    assert len(set(colours)) == len(colours) and not {AGREES, DISAGREES} & set(colours)  # one colour per method
+    assert [SHIFTS[m] for m in METHODS] == [-1.5, -0.5, 0.5, 1.5]
+    assert FORM_CHOICES == {"MTT": "mtt", "DATM (soft labels)": "datm"}
 
 
 def test_datms_lr_best_file_is_read_and_two_lr_files_are_refused(tmp_path):

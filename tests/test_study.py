@@ -630,3 +630,4 @@ def test_a_study_of_four_methods_pairs_them_by_seed_and_leads_with_fair_scores(t
     table = format_table(summary)
     assert "| static MTT | SeqMatch | DATM | SeqMatch-DATM | random real | random real, soft labels |" in table
     assert "SeqMatch-DATM − DATM (paired)" in table and "Fair scores" in table and "gain over random real" in table
+    assert table.index("Fair scores") < table.index("SeqMatch-DATM − DATM (paired)")  # the view leads with them

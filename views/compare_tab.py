@@ -114,12 +114,13 @@ class CompareTab:
         self.message = gr.Markdown(EMPTY_NOTE, elem_id="sm-compare-message")
         self.views = {m: LiveView(self.manager, METHOD_NAMES[m], start=START_LABEL) for m in METHODS}
         self.columns: dict[str, gr.Column] = {}
-        for row in (METHODS[:2], METHODS[2:]):
+        for row in (METHODS[i:i + 2] for i in range(0, len(METHODS), 2)):  # two columns a row
             with gr.Row(equal_height=False):
                 for method in row:  # a method's column shows while it is ticked
                     with gr.Column(visible=method in DEFAULT_METHODS) as self.columns[method]:
                         self.views[method].build()
         self.refresh = gr.Button(CHARTS_LABEL, size="sm")
+        self.gains = gr.Markdown(elem_id="sm-compare-gains")  # first: the fair number, before the raw accuracies
         self.accuracy = gr.Plot(placeholder_figure(f"Test accuracy of the runs and of random real images, once they "
                                                    f"are evaluated: press {CHARTS_LABEL}"), label="Accuracy")
         self.overlays = gr.Markdown()
@@ -145,7 +146,7 @@ class CompareTab:
             view = self.views[method]
             timer.tick(view.poll, [state, view.version], poll_outputs(view), concurrency_limit=None,
                        show_progress="hidden", api_name=False)
-        outputs = [self.accuracy, self.overlays, self.g1, self.g2, self.g4]
+        outputs = [self.gains, self.accuracy, self.overlays, self.g1, self.g2, self.g4]
         self.refresh.click(self.on_refresh, self.states, outputs, api_name="compare_charts")
 
     @staticmethod
@@ -201,9 +202,8 @@ class CompareTab:
         budgets = {run.config().budget for _, run in runs if run.config().schedule == "static"}
         note = "; ".join(f"budget convention **{b}**: {BUDGET_NOTES[b]}" for b in budgets if b) or \
             "budget convention: not recorded (these runs were not started together)"
-        return {self.accuracy: accuracy_figure(results),
-                self.overlays: f"{note}. One seed per method: a demonstration, not evidence.\n\n"
-                               f"{gains_markdown(results)}\n\n{text}",
+        return {self.gains: gains_markdown(results), self.accuracy: accuracy_figure(results),
+                self.overlays: f"{note}. One seed per method: a demonstration, not evidence.\n\n{text}",
                 self.g1: g1 or placeholder_figure("No G1 records in these runs: coupling is recorded while distilling "
                                                   "when distill.diagnose_every > 0"),
                 self.g2: g2 or placeholder_figure("No G2 for these runs yet: compute it on the Diagnostics tab"),

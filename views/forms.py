@@ -5,6 +5,7 @@ import re
 from dataclasses import dataclass
 
 from seqmatch_engine.core.config import (
+    OBJECTIVE_CATALOGUE,
     ConfigError,
     RunConfig,
     apply_values,
@@ -12,10 +13,12 @@ from seqmatch_engine.core.config import (
     load_preset,
     method_parts,
     split_ipc,
+    without_other_settings,
 )
 
 METHODS = ("SeqMatch", "Static MTT")  # the schedule: K subsets in turn, or all images at once
-OBJECTIVES = {"MTT": "mtt", "DATM (soft labels)": "datm"}  # what each subset learns and matches
+OBJECTIVES = {f"{o.label} (soft labels)" if o.soft_labels else o.label: o.name  # what each subset learns and matches
+              for o in OBJECTIVE_CATALOGUE.values()}
 
 
 @dataclass
@@ -101,8 +104,7 @@ def config_from_form(values: FormValues) -> RunConfig:
     if values.objective not in OBJECTIVES:
         raise ConfigError(f"objective: {values.objective!r} is not one of {', '.join(OBJECTIVES)}")
     objective = OBJECTIVES[values.objective]
-    if objective != raw.get("distill", {}).get("objective", "mtt"):
-        raw.get("distill", {}).pop("datm", None)  # a DATM preset run as MTT (or the reverse) takes the defaults
+    raw["distill"] = without_other_settings(raw.get("distill", {}), objective)
     overrides = {
         "distill.objective": objective,
         "distill.subsets": subsets, "distill.syn_steps": _whole(values.syn_steps, "syn_steps"),

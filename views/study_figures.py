@@ -7,6 +7,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from seqmatch_engine.core.config import METHODS, sequential_counterparts
 from views.palette import METHOD_COLOURS, METHOD_NAMES
 
 LAYOUT = {"template": "plotly_white", "height": 360, "margin": {"l": 55, "r": 10, "t": 60, "b": 45},
@@ -15,10 +16,10 @@ GROUP_DASHES = ["solid", "dash", "dashdot", "longdash"]  # one per IPC on an ite
 GROUP_SYMBOLS = ["circle", "square", "triangle-up", "diamond"]
 # Methods sit side by side at each x so that their markers and error bars do not hide each other: a shift in
 # IPC on a linear axis, a factor on the logarithmic iterations axis.
-SHIFTS = {"mtt": -1.5, "seqmatch": -0.5, "datm": 0.5, "seqmatch-datm": 1.5, "random_real": 0.0, "random_real_soft": 0.0}
+SHIFTS = {**{m: i - (len(METHODS) - 1) / 2 for i, m in enumerate(METHODS)}, "random_real": 0.0, "random_real_soft": 0.0}
 IPC_SHIFT = {method: 0.25 * step for method, step in SHIFTS.items()}
 ITERATIONS_FACTOR = {method: 10 ** (0.009 * step) for method, step in SHIFTS.items()}
-SEQUENTIAL = {"mtt": "seqmatch", "datm": "seqmatch-datm"}  # each static method's sequential counterpart
+SEQUENTIAL = sequential_counterparts()  # each static method's sequential counterpart
 
 
 def study_axis(summary: dict[str, Any]) -> str:
@@ -164,7 +165,7 @@ def paired_figure(summary: dict[str, Any]) -> go.Figure:
                 line={"color": colour, "dash": GROUP_DASHES[index % len(GROUP_DASHES)]},
                 marker={"color": colour, "symbol": "diamond", "size": 12}))
     figure.add_hline(y=0, line={"color": "#6b7280", "dash": "dash"})
-    what = ("SeqMatch − static MTT" if set(objectives) <= {"mtt"} and not any("datm" in m for m in _methods(summary))
+    what = ("SeqMatch − static MTT" if set(objectives) <= {"mtt"} and set(_methods(summary)) <= {"mtt", "seqmatch"}
             else "sequential − static schedule")
     figure.update_layout(title=_title("Paired difference", summary, f"{what} per seed (same experts, nets and "
                                                                      f"baseline); above 0: sequential better"),

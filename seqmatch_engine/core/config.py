@@ -163,8 +163,23 @@ class RunConfig:
 
 
 ARCHITECTURES = ("convnet", "resnet18", "vgg11", "alexnet")
-OBJECTIVES = ("mtt", "datm")  # methods.OBJECTIVES registers a class for each
-METHODS = ("mtt", "seqmatch", "datm", "seqmatch-datm")  # objective x schedule, as studies and views name them
+
+
+@dataclass(frozen=True)
+class Objective:
+    """An objective as configs, studies and views name it; methods.OBJECTIVES holds the class that runs it. Its
+    settings, where it has any, are the field of DistillConfig named after it (as `datm`)."""
+
+    name: str          # distill.objective
+    label: str         # how people read it: "MTT", "DATM"
+    soft_labels: bool  # whether it learns soft labels (its Compare and Studies views lead with the fair scores)
+
+
+# The objectives a config accepts, in the order the views show them. Adding one: a module in methods/, its class in
+# methods.OBJECTIVES and one line here (tests/test_soft_labels.py checks that the two agree).
+OBJECTIVE_CATALOGUE = {o.name: o for o in (Objective("mtt", "MTT", False), Objective("datm", "DATM", True))}
+OBJECTIVES = tuple(OBJECTIVE_CATALOGUE)
+SCHEDULES = ("static", "sequential")
 
 
 def method_name(objective: str, schedule: str) -> str:
@@ -174,6 +189,9 @@ def method_name(objective: str, schedule: str) -> str:
     return "seqmatch" if objective == "mtt" else f"seqmatch-{objective}"
 
 
+METHODS = tuple(method_name(o, s) for o in OBJECTIVES for s in SCHEDULES)  # objective x schedule, as studies name them
+
+
 def method_parts(method: str) -> tuple[str, str]:
     """(objective, schedule) of a method name (inverse of method_name)."""
     if method not in METHODS:
@@ -181,6 +199,26 @@ def method_parts(method: str) -> tuple[str, str]:
     if method == "seqmatch":
         return "mtt", "sequential"
     return (method.removeprefix("seqmatch-"), "sequential") if method.startswith("seqmatch-") else (method, "static")
+
+
+def method_label(method: str) -> str:
+    """How people read a method: static MTT, SeqMatch, DATM, SeqMatch-DATM (SeqMatch alone is SeqMatch-MTT)."""
+    objective, schedule = method_parts(method)
+    label = OBJECTIVE_CATALOGUE[objective].label
+    if schedule == "sequential":
+        return "SeqMatch" if objective == "mtt" else f"SeqMatch-{label}"
+    return "static MTT" if objective == "mtt" else label
+
+
+def sequential_counterparts() -> dict[str, str]:
+    """Each static method's sequential one, by objective: {"mtt": "seqmatch", "datm": "seqmatch-datm"}."""
+    return {o: method_name(o, "sequential") for o in OBJECTIVES}
+
+
+def without_other_settings(distill: dict[str, Any], objective: str) -> dict[str, Any]:
+    """A raw distill section without the settings of objectives other than `objective` (a DATM preset run as MTT
+    takes MTT's defaults, and the reverse)."""
+    return {k: v for k, v in distill.items() if k == objective or k not in OBJECTIVE_CATALOGUE}
 MAX_NETS = 100  # nets per evaluation: each trains eval.epochs per stage; 100 already take 20 times the default 5
 EXPERT_SOURCES = ("retrained", "window")
 INITS = ("real", "noise")

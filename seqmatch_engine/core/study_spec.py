@@ -33,6 +33,7 @@ from seqmatch_engine.core.config import (
     selection_iterations,
     selects,
     split_ipc,
+    without_other_settings,
 )
 
 STUDY_PRESETS_DIR = paths.ASSETS_DIR / "studies"
@@ -182,9 +183,8 @@ class StudySpec:
         if cell.iterations is not None:
             subsets = [dataclasses.replace(s, iterations=cell.iterations) for s in subsets]
         objective, schedule = method_parts(method)
-        distill = {**raw.get("distill", {}), "subsets": [_subset_dict(s) for s in subsets], "objective": objective}
-        if objective != "datm":
-            distill.pop("datm", None)  # a DATM base's settings do not apply to the other objectives
+        distill = {**without_other_settings(raw.get("distill", {}), objective),
+                   "subsets": [_subset_dict(s) for s in subsets], "objective": objective}
         if lr_img is not None:
             distill["lr_img"] = lr_img
         raw = {**raw, "seed": seed, "name": f"{self.name}-{_cell_tag(cell)}", "distill": distill}

@@ -71,7 +71,7 @@ class Panel:
     soft_labels: torch.Tensor | None = None
 
 
-AGREES, DISAGREES = "#0d9488", "#dc2626"  # a soft label's top class is / is not the image's row
+AGREES, DISAGREES = "#15803d", "#dc2626"  # a soft label's top class is / is not the image's row
 
 
 def _draw_soft_labels(draw, panel: Panel, x: int, y: int, scale: int, class_names, font) -> None:

@@ -12,8 +12,9 @@ from typing import Protocol
 
 import torch
 
+from seqmatch_engine.core.config import RunConfig
 from seqmatch_engine.data.prepare import PreparedData
-from seqmatch_engine.maths.matching import MatchingState
+from seqmatch_engine.maths.matching import ConvNetStudent, MatchingState
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,11 @@ class Method(Protocol):
     soft_labels: bool           # whether its labels are soft logits (n, C) rather than class indices (n,)
     state: MatchingState        # what it learns, set by begin() or load_state_dict()
     notes: list[str]            # what the run should say (e.g. how initialisation had to compromise)
+
+    @classmethod
+    def from_config(cls, config: RunConfig, student: ConvNetStudent, setting: StageSetting) -> "Method":
+        """The method for one stage of a run of `config` (its settings: config.distill.<name>, if any)."""
+        ...
 
     def initial(self, data: PreparedData, experts: torch.Tensor, ipc: int,
                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

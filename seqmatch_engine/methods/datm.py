@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from seqmatch_engine.core.config import DATMConfig
+from seqmatch_engine.core.config import DATMConfig, RunConfig
 from seqmatch_engine.data.prepare import PreparedData
 from seqmatch_engine.maths.matching import ConvNetStudent, MatchingState
 from seqmatch_engine.maths.models import convnet_forward
@@ -81,6 +81,10 @@ class DATM(MTT):
     def __init__(self, student: ConvNetStudent, setting: StageSetting, datm: DATMConfig):
         super().__init__(student, setting, "real")
         self.datm = datm
+
+    @classmethod
+    def from_config(cls, config: RunConfig, student: ConvNetStudent, setting: StageSetting) -> "DATM":
+        return cls(student, setting, config.distill.datm)
 
     def initial(self, data: PreparedData, experts: torch.Tensor, ipc: int,
                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from seqmatch_engine.core.config import RunConfig
 from seqmatch_engine.data.prepare import PreparedData
 from seqmatch_engine.maths.augment import DSA_OPERATIONS
 from seqmatch_engine.maths.evaluate import random_real_subset
@@ -38,6 +39,10 @@ class MTT:
         self.state: MatchingState | None = None
         self.labels: torch.Tensor | None = None  # fixed class indices of the learned images
         self.notes: list[str] = []               # what the run should say about how this stage went
+
+    @classmethod
+    def from_config(cls, config: RunConfig, student: ConvNetStudent, setting: StageSetting) -> "MTT":
+        return cls(student, setting, config.distill.init)
 
     def initial(self, data: PreparedData, experts: torch.Tensor, ipc: int,
                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

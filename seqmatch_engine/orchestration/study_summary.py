@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any, Callable
 
-from seqmatch_engine.core.config import RunConfig, selection_iterations
+from seqmatch_engine.core.config import METHODS, RunConfig, method_label, selection_iterations, sequential_counterparts
 from seqmatch_engine.core.study_spec import Cell, LrChooser, StudySpec, run_id
 from seqmatch_engine.orchestration.run_diagnostics.g1 import run_coupling_index
 from seqmatch_engine.storage.study_folder import StudyFolder
@@ -177,8 +177,8 @@ def summarise(study: StudyFolder) -> dict[str, Any]:
             "copied_runs": {run.id: origin for run in planned_runs if run and (origin := run.origin())}}
 
 
-SEQUENTIAL = {"mtt": "seqmatch", "datm": "seqmatch-datm"}  # each static method's sequential counterpart
-METHOD_LABELS = {"mtt": "static MTT", "seqmatch": "SeqMatch", "datm": "DATM", "seqmatch-datm": "SeqMatch-DATM"}
+SEQUENTIAL = sequential_counterparts()  # each static method's sequential counterpart
+METHOD_LABELS = {m: method_label(m) for m in METHODS}
 
 
 def _pct(stat: dict[str, Any] | None, signed: bool = False) -> str:
@@ -285,19 +285,11 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(f"{len(summary['copied_runs'])} of them copied from another study where the same run had finished "
                      f"(same config but its name), or restored from this study's archive (`study --restore`); "
                      f"origin.json in each names its source.")
-    lines += ["", _row(columns), _row(["---"] * len(columns))]
-    for row in rows:
-        coupling = " / ".join(f"{c['mean']:.3f}" if (c := of(row, m, "coupling")) else "–" for m in methods)
-        lines.append(_row(cells(row) + [_pct(of(row, m)) for m in methods] + [_pct(row["random_real"])]
-                          + ([_pct(row.get("random_real_soft"))] if soft else [])
-                          + [_pct(row["sequential_gain"].get(a), True) for a, _ in pairs]
-                          + ([" / ".join(_lr(of(row, m, "lr_img")) for m in methods)] if sweep else [])
-                          + [coupling, _points(row.get("headroom"))]))
-    lines += _paired_lines(rows, pairs, head, cells)
     if soft:
-        lines += ["", "Fair scores: each method against random real images trained the same way, labels included "
-                      "(soft labels from the same experts for a soft-label method), paired by seed; soft-label sets "
-                      "also evaluated with their top classes as hard labels:", "",
+        lines += ["", "Fair scores first, since a soft label is partly knowledge distillation: each method against "
+                      "random real images trained the same way, labels included (soft labels from the same experts "
+                      "for a soft-label method), paired by seed; soft-label sets also evaluated with their top "
+                      "classes as hard labels:", "",
                   _row(head + ["method", "labels", "accuracy", "with hard labels", "random real, same labels",
                                "gain over random real"]), _row(["---"] * (len(head) + 6))]
         for row in rows:
@@ -307,6 +299,16 @@ def format_table(summary: dict[str, Any]) -> str:
                 lines.append(_row(cells(row) + [METHOD_LABELS[method], of(row, method, "labels") or "–",
                                                 _pct(of(row, method)), _pct(of(row, method, "hard_labels")), _pct(same),
                                                 _pct(gain, True)]))
+        lines += ["", "Each method's own accuracy, the paired differences of the schedules, lrs, coupling and headroom:"]
+    lines += ["", _row(columns), _row(["---"] * len(columns))]
+    for row in rows:
+        coupling = " / ".join(f"{c['mean']:.3f}" if (c := of(row, m, "coupling")) else "–" for m in methods)
+        lines.append(_row(cells(row) + [_pct(of(row, m)) for m in methods] + [_pct(row["random_real"])]
+                          + ([_pct(row.get("random_real_soft"))] if soft else [])
+                          + [_pct(row["sequential_gain"].get(a), True) for a, _ in pairs]
+                          + ([" / ".join(_lr(of(row, m, "lr_img")) for m in methods)] if sweep else [])
+                          + [coupling, _points(row.get("headroom"))]))
+    lines += _paired_lines(rows, pairs, head, cells)
     if sweep:
         tune = summary.get("tune_seeds")
         lines += ["", f"Pixel-lr sweep on the tune seeds ({'every seed' if tune is None else tune}): each method uses, "
