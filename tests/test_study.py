@@ -305,6 +305,7 @@ def test_a_study_copies_another_studys_finished_twins_and_runs_only_the_rest(fin
 
     home, study, _, _ = finished
     shutil.copytree(home, tmp_path / "home")
+    shutil.rmtree(paths.experts_root(tmp_path / "home"))  # another machine: the source's experts are not cached
     root = paths.studies_root(tmp_path / "home")
     source = StudyFolder.find(root, study.id)
     spec = tiny_spec(name="tiny-more", seeds=[1, 2])
@@ -322,6 +323,7 @@ def test_a_study_copies_another_studys_finished_twins_and_runs_only_the_rest(fin
         assert copied.config().name == spec.run_config(Cell(2, 2), 1, method).name != original.config().name
         assert other.run(run_id(Cell(2, 2), 2, method)).origin() is None  # seed 2 ran here
         assert other.run(run_id(Cell(2, 2), 2, method)).eval() is not None
+    assert other.expert_accuracy()["1"] == source.expert_accuracy()["1"]  # seed 1's experts were never needed here
     summary = other.summary()
     assert set(summary["copied_runs"]) == {run_id(Cell(2, 2), 1, m) for m in ("mtt", "seqmatch")}
     assert "2 of them copied from another study" in format_table(summary)
