@@ -324,6 +324,11 @@ def test_a_study_copies_another_studys_finished_twins_and_runs_only_the_rest(fin
         assert other.run(run_id(Cell(2, 2), 2, method)).origin() is None  # seed 2 ran here
         assert other.run(run_id(Cell(2, 2), 2, method)).eval() is not None
     assert other.expert_accuracy()["1"] == source.expert_accuracy()["1"]  # seed 1's experts were never needed here
+    # a study stopped after copying a run but before recording its seed (as the old code failed) goes on too
+    (other.path / paths.STUDY_EXPERTS_FILE).write_text(json.dumps({"2": other.expert_accuracy()["2"]}))
+    assert cli.main(["--home", str(tmp_path / "home"), "study", str(spec_file), "--reuse", study.id]) == 0
+    assert other.expert_accuracy()["1"] == source.expert_accuracy()["1"]
+    capsys.readouterr()
     summary = other.summary()
     assert set(summary["copied_runs"]) == {run_id(Cell(2, 2), 1, m) for m in ("mtt", "seqmatch")}
     assert "2 of them copied from another study" in format_table(summary)

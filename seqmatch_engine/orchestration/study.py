@@ -50,16 +50,10 @@ def run_study(study: StudyFolder, experts_root: Path, observer=None, control=Non
         config = spec.run_config(planned.cell, planned.seed, planned.method, planned.lr_img)
         run = study.run(planned.id)
         if run is None:
-            found = finished_twin(reuse, config)
-            if found:
-                source, twin = found
-                run = RunFolder.copy_of(twin, study.runs_root, planned.id, config)
-                # the same run has the same experts: their accuracy comes along, as they may not be cached here
-                values = source.expert_accuracy().get(str(planned.seed))
-                if values and str(planned.seed) not in study.expert_accuracy():
-                    study.save_expert_accuracy(planned.seed, values)
-            else:
-                run = RunFolder.create(study.runs_root, config, planned.id)
+            twin = finished_twin(reuse, config)
+            run = (RunFolder.copy_of(twin, study.runs_root, planned.id, config) if twin
+                   else RunFolder.create(study.runs_root, config, planned.id))
+        carry_expert_accuracy(study, reuse, run, planned.seed)
         if not same_run(run.config(), config):
             raise ConfigError(f"{run.path} holds another config than the study's plan; delete that run folder")
         return run
@@ -99,14 +93,26 @@ def run_study(study: StudyFolder, experts_root: Path, observer=None, control=Non
     return summary
 
 
-def finished_twin(sources: Sequence[StudyFolder], config: RunConfig) -> tuple[StudyFolder, RunFolder] | None:
-    """A finished run of one of `sources` that is the same run as `config` but for its name, with its study, or
-    None."""
+def carry_expert_accuracy(study: StudyFolder, sources: Sequence[StudyFolder], run: RunFolder, seed: int) -> None:
+    """For a run copied from one of `sources`, that study's accuracy of the seed's experts, where `study` lacks it:
+    the same run has the same experts, which may not be cached in this home (another machine)."""
+    origin = run.origin()
+    if str(seed) in study.expert_accuracy() or not origin:
+        return
+    for source in sources:
+        values = source.expert_accuracy().get(str(seed))
+        if values and Path(origin).is_relative_to(source.path.resolve()):
+            study.save_expert_accuracy(seed, values)
+            return
+
+
+def finished_twin(sources: Sequence[StudyFolder], config: RunConfig) -> RunFolder | None:
+    """A finished run of one of `sources` that is the same run as `config` but for its name, or None."""
     for source in sources:
         for run in source.runs():
             try:
                 if run.finished() and same_run(dataclasses.replace(run.config(), name=config.name), config):
-                    return source, run
+                    return run
             except (ConfigError, StorageError, RunError):
                 continue  # a damaged run is not reused; this study runs its own
     return None
