@@ -32,7 +32,6 @@ from seqmatch_engine.storage.runs import RunFolder, Subset
 
 SET_FILES = ("images_best.pt", "labels_best.pt")
 LR_FILES = ("best_lr.pt", "lr_best.pt")  # MTT's and SeqMatch's name, DATM's name
-EXPORTED_SET = "distilled_set.safetensors"
 
 
 class ImportFailed(ValueError):
