@@ -6,9 +6,8 @@ from seqmatch_engine.core.config import METHODS, method_label
 # The four methods' colours, then colours for objectives added later (in config.METHODS order), the baselines grey.
 _CHOSEN = {"mtt": "#0d9488", "seqmatch": "#ea580c", "datm": "#4f46e5", "seqmatch-datm": "#be123c"}
 _MORE = ["#0369a1", "#a21caf", "#4d7c0f", "#b45309"]
-METHOD_COLOURS = {**{m: _CHOSEN.get(m) or _MORE[i % len(_MORE)]
-                     for i, m in enumerate(m for m in METHODS if m not in _CHOSEN)},
-                  **_CHOSEN, "random_real": "#94a3b8", "random_real_soft": "#64748b"}
+METHOD_COLOURS = {**_CHOSEN, **{m: _MORE[i % len(_MORE)] for i, m in enumerate(m for m in METHODS if m not in _CHOSEN)},
+                  "random_real": "#94a3b8", "random_real_soft": "#64748b"}
 METHOD_NAMES = {**{m: method_label(m) for m in METHODS},
                 "random_real": "random real", "random_real_soft": "random real, soft labels"}
 # Subsets S1, S2, ... in the image grids and the per-subset curves, and other series (several runs of one method,
