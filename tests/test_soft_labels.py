@@ -236,6 +236,18 @@ def test_what_studies_and_views_call_each_method_comes_from_the_catalogue():
     assert FORM_CHOICES == {"MTT": "mtt", "DATM (soft labels)": "datm"}
 
 
+def test_a_static_runs_accuracy_table_names_its_own_method_beside_the_budget():
+    """The note under a one-set run's accuracies names that run's method (a DATM run is not 'static MTT')."""
+    from seqmatch_engine.storage.records import EvalResult
+    from views.render import accuracy_markdown
+
+    for method, expected in (("mtt", "Static MTT under the **per-image**"), ("datm", "DATM under the **per-image**")):
+        result = EvalResult(method=method, ipc=20, lrs=[0.01], eval_epochs=300, num_nets=5, budget="per-image")
+        result.add("synthetic", "convnet", {"mean": 0.8, "std": 0.01, "values": [0.8]})
+        text = accuracy_markdown(result)
+        assert expected in text and f"| {expected.split(' under')[0].replace('Static', 'static')} IPC 20 |" in text
+
+
 def test_datms_lr_best_file_is_read_and_two_lr_files_are_refused(tmp_path):
     """DATM's code saves its learned lr as lr_best.pt (MTT's and SeqMatch's: best_lr.pt)."""
     from seqmatch_engine.orchestration.importer import ImportFailed, import_distilled_set

@@ -138,14 +138,15 @@ def accuracy_markdown(result: EvalResult | None) -> str:
     if not result:
         return ""
     rows = ["| set | net | accuracy (mean ± std) | nets |", "|---|---|---|---|"]
-    for name, title in (("synthetic", f"{METHOD_NAMES.get(result.method, result.method)} IPC {result.ipc}"),
+    method = METHOD_NAMES.get(result.method, result.method)
+    for name, title in (("synthetic", f"{method} IPC {result.ipc}"),
                         ("random_real", f"random real IPC {result.ipc}")):
         for arch, acc in result.sets.get(name, {}).items():
             rows.append(f"| {title} | {arch} | **{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} %** | "
                         f"{len(acc['values'])} |")
     notes = []
     if result.budget:
-        notes.append(f"Static MTT under the **{result.budget}** budget convention.")
+        notes.append(f"{method[:1].upper()}{method[1:]} under the **{result.budget}** budget convention.")
     if result.diverged:
         stages = ", ".join(f"S{k + 1}" for k in result.diverged)
         notes.append(f"⚠ {stages} diverged and kept earlier, sane images: this accuracy is not the method's.")
