@@ -596,6 +596,15 @@ def test_a_sweep_whose_tuning_is_unfinished_chooses_nothing_yet(tmp_path):
     assert "| – / – |" in format_table(summary)
 
 
+def test_a_soft_label_method_is_listed_with_soft_labels_before_any_of_its_runs_ends(tmp_path):
+    """The fair-scores table's labels column says what the method learns, not what its finished runs showed."""
+    spec = sweep_spec(controls=False, methods=["mtt", "datm", "seqmatch-datm"])
+    study = StudyFolder.create_or_open(paths.studies_root(tmp_path), spec)
+    methods = summarise(study)["cells"][0]["methods"]
+    assert {m: methods[m]["labels"] for m in methods} == {"mtt": "hard", "datm": "soft", "seqmatch-datm": "soft"}
+    assert "| SeqMatch-DATM | soft | – |" in format_table(summarise(study))
+
+
 def test_a_run_written_with_select_every_is_the_same_run_as_its_select_points_twin():
     from seqmatch_engine.core.study_spec import same_run
 

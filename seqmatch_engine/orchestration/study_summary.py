@@ -5,7 +5,15 @@ from __future__ import annotations
 import statistics
 from typing import Any, Callable
 
-from seqmatch_engine.core.config import METHODS, RunConfig, method_label, selection_iterations, sequential_counterparts
+from seqmatch_engine.core.config import (
+    METHODS,
+    OBJECTIVE_CATALOGUE,
+    RunConfig,
+    method_label,
+    method_parts,
+    selection_iterations,
+    sequential_counterparts,
+)
 from seqmatch_engine.core.study_spec import Cell, LrChooser, StudySpec, run_id
 from seqmatch_engine.orchestration.run_diagnostics.g1 import run_coupling_index
 from seqmatch_engine.storage.study_folder import StudyFolder
@@ -145,10 +153,11 @@ def summarise(study: StudyFolder) -> dict[str, Any]:
         for method in spec.methods:
             if not accuracy[method] and not choices[method]:
                 continue
-            over = "random_real_soft" if hard_labels[method] else "random_real"
+            soft = OBJECTIVE_CATALOGUE[method_parts(method)[0]].soft_labels  # what it learns, before any run ends
+            over = "random_real_soft" if soft else "random_real"
             row["methods"][method] = {
                 "accuracy": _stat(accuracy[method]), "seeds": sorted(accuracy[method]),
-                "hard_labels": _stat(hard_labels[method]), "labels": "soft" if hard_labels[method] else "hard",
+                "hard_labels": _stat(hard_labels[method]), "labels": "soft" if soft else "hard",
                 "gain": {**gain, "over": over} if (gain := _paired(accuracy[method], baselines[over])) else None,
                 "coupling": mean_std(coupling[method]) if coupling[method] else None,
                 "controls": {name: mean_std(values) for name, values in controls[method].items()},
