@@ -69,7 +69,7 @@ def test_the_learn_query_reads_each_shipped_study_as_its_title_findings_table_an
     from seqmatch_engine.interfaces import queries
 
     shipped = {study.name: study for study in queries.learn_studies()}
-    assert {"headroom", "convergence"} <= set(shipped)
+    assert {"headroom", "convergence", "soft-labels"} <= set(shipped)
     headroom = shipped["headroom"]
     assert headroom.title and not headroom.findings.startswith("#") and "| IPC" in headroom.table
     assert [p.name for p in headroom.figures] == sorted(p.name for p in headroom.figures)

@@ -167,8 +167,8 @@ def paired_figure(summary: dict[str, Any]) -> go.Figure:
     figure.add_hline(y=0, line={"color": "#6b7280", "dash": "dash"})
     what = ("SeqMatch − static MTT" if set(objectives) <= {"mtt"} and set(_methods(summary)) <= {"mtt", "seqmatch"}
             else "sequential − static schedule")
-    figure.update_layout(title=_title("Paired difference", summary, f"{what} per seed (same experts, nets and "
-                                                                     f"baseline); above 0: sequential better"),
+    figure.update_layout(title=_title("Paired difference", summary, f"{what}, paired by seed; above 0: sequential "
+                                                                     "better"),
                          xaxis=_x_axis(summary), yaxis_title="accuracy difference (points)", **LAYOUT)
     return figure
 
