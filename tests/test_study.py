@@ -276,7 +276,7 @@ def test_the_soft_label_study_gives_mtt_the_runs_of_the_hard_label_preset():
     """The four-method study's base is the DATM preset; its MTT and SeqMatch runs must be the plain preset's, so that
     the four are compared under one protocol and DATM's settings reach DATM's runs only."""
     spec = load_study_spec("soft-labels")
-    assert set(spec.methods) == {"mtt", "seqmatch", "datm", "seqmatch-datm"} and spec.run_count() == 16
+    assert set(spec.methods) == {"mtt", "seqmatch", "datm", "seqmatch-datm"} and spec.run_count() == 20  # 12 tuning + 8
     cell = spec.grid[0]
     plain = StudySpec.from_dict({**spec.to_dict(), "preset": "fashion-ipc20", "name": "plain"})
     for method in ("mtt", "seqmatch"):
