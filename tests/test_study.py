@@ -548,7 +548,11 @@ def test_an_lr_sweep_tunes_on_validation_and_runs_the_other_seeds_at_the_choice(
     assert summary["runs_done"] == summary["runs_total"] == 6
     table = format_table(summary)
     assert "Pixel-lr sweep on the tune seeds ([0])" in table and "| 2 | 2 | 4 | static MTT | 10 |" in table
-    assert "| pixel lr static MTT / SeqMatch |" in table
+    assert "| headroom | static MTT: pixel lr, coupling | SeqMatch: pixel lr, coupling |" in table
+    settings = next(line for line in table.splitlines() if line.startswith("| 2 | 2 | 4 | ") and line.count("|") == 7)
+    for method in ("mtt", "seqmatch"):  # each method's chosen lr beside its coupling index, in the catalogue's order
+        result = row["methods"][method]
+        assert f"| {result['lr_img']:g}, {result['coupling']['mean']:.3f} |" in settings
     assert "(lowest tried) |" in table or "(highest tried) |" in table  # two values: every choice is an edge
     assert "is not bracketed" in table
     for method in ("mtt", "seqmatch"):  # where each reported run kept its sets, read back from its metrics lines
@@ -593,7 +597,7 @@ def test_a_sweep_whose_tuning_is_unfinished_chooses_nothing_yet(tmp_path):
     summary = summarise(study)
     assert summary["runs_done"] == 0 and summary["runs_total"] == 6
     assert summary["cells"][0]["methods"]["mtt"]["lr_img"] is None
-    assert "| – / – |" in format_table(summary)
+    assert "| –, – | –, – |" in format_table(summary)  # no lr chosen and no coupling yet, for either method
 
 
 def test_a_soft_label_method_is_listed_with_soft_labels_before_any_of_its_runs_ends(tmp_path):

@@ -212,6 +212,10 @@ def _lr(value: float | None) -> str:
     return "–" if value is None else f"{value:g}"
 
 
+def _coupling(stat: dict[str, Any] | None) -> str:
+    return "–" if not stat else f"{stat['mean']:.3f}"
+
+
 def _row(values: list[str]) -> str:
     return "| " + " | ".join(values) + " |"
 
@@ -286,8 +290,8 @@ def format_table(summary: dict[str, Any]) -> str:
 
     head = ["IPC", "subsets"] + (["iterations per subset"] if iterations else [])
     columns = head + labels + ["random real"] + (["random real, soft labels"] if soft else []) + \
-        [f"{METHOD_LABELS[b]} − {METHOD_LABELS[a].removeprefix('static ')} (paired)" for a, b in pairs] + \
-        ([f"pixel lr {' / '.join(labels)}"] if sweep else []) + [f"coupling {' / '.join(labels)}", "headroom"]
+        [f"{METHOD_LABELS[b]} − {METHOD_LABELS[a].removeprefix('static ')} (paired)" for a, b in pairs]
+    settings = head + ["headroom"] + [f"{label}: {'pixel lr, coupling' if sweep else 'coupling'}" for label in labels]
     lines = [f"Study `{summary['study']}`: budget convention **{summary['budget']}**, seeds {summary['seeds']}, "
              f"{summary['runs_done']}/{summary['runs_total']} runs done."]
     if summary.get("copied_runs"):
@@ -308,15 +312,19 @@ def format_table(summary: dict[str, Any]) -> str:
                 lines.append(_row(cells(row) + [METHOD_LABELS[method], of(row, method, "labels") or "–",
                                                 _pct(of(row, method)), _pct(of(row, method, "hard_labels")), _pct(same),
                                                 _pct(gain, True)]))
-        lines += ["", "Each method's own accuracy, the paired differences of the schedules, lrs, coupling and headroom:"]
+        lines += ["", "Each method's own accuracy and the paired differences of the schedules:"]
     lines += ["", _row(columns), _row(["---"] * len(columns))]
     for row in rows:
-        coupling = " / ".join(f"{c['mean']:.3f}" if (c := of(row, m, "coupling")) else "–" for m in methods)
         lines.append(_row(cells(row) + [_pct(of(row, m)) for m in methods] + [_pct(row["random_real"])]
                           + ([_pct(row.get("random_real_soft"))] if soft else [])
-                          + [_pct(row["sequential_gain"].get(a), True) for a, _ in pairs]
-                          + ([" / ".join(_lr(of(row, m, "lr_img")) for m in methods)] if sweep else [])
-                          + [coupling, _points(row.get("headroom"))]))
+                          + [_pct(row["sequential_gain"].get(a), True) for a, _ in pairs]))
+    lines += ["", "How each cell's methods were set and came out: headroom (points), "
+                  + ("the pixel lr each method used and " if sweep else "") + "its coupling index:", "",
+              _row(settings), _row(["---"] * len(settings))]
+    for row in rows:
+        lines.append(_row(cells(row) + [_points(row.get("headroom"))]
+                          + [", ".join(([_lr(of(row, m, "lr_img"))] if sweep else []) + [_coupling(of(row, m, "coupling"))])
+                             for m in methods]))
     lines += _paired_lines(rows, pairs, head, cells)
     if sweep:
         tune = summary.get("tune_seeds")
