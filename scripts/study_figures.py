@@ -3,7 +3,7 @@
     python scripts/study_figures.py --home HOME --study NAME --out DIR
 
 Needs the test tools (playwright) and Debian's chromium. Writes DIR/<study>-table.png, -accuracy.png,
--paired.png and -coupling.png, and the page as DIR/<study>-page.png.
+-paired.png, -fair-gain.png and -coupling.png, and the page as DIR/<study>-page.png.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def main() -> int:
         page.wait_for_timeout(3_000)  # plotly draws after the data arrives
         page.locator("#sm-study-table").screenshot(path=str(args.out / f"{args.study}-table.png"))
         plots = page.locator(".js-plotly-plot:visible")
-        for index, name in enumerate(("accuracy", "paired", "coupling")):
+        for index, name in enumerate(("accuracy", "paired", "fair-gain", "coupling")):
             plots.nth(index).screenshot(path=str(args.out / f"{args.study}-{name}.png"))
         page.screenshot(path=str(args.out / f"{args.study}-page.png"), full_page=True)
         browser.close()

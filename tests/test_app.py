@@ -195,10 +195,10 @@ def test_studies_tab_lists_shows_and_refuses(app, tmp_path):
     run_study(study, paths.experts_root(tmp_path))
     choices = client.predict(api_name="/study_list")
     assert "tiny" in str(choices)
-    status, table, accuracy, paired, coupling = client.predict("tiny", api_name="/study_show")
+    status, table, accuracy, paired, fair_gain, coupling = client.predict("tiny", api_name="/study_show")
     assert "Done" in status and "2/2 runs done" in status
     assert "budget convention **per-image**" in table and "| 2 | 2 |" in table
-    assert accuracy is not None and paired is not None and coupling is not None
+    assert None not in (accuracy, paired, fair_gain, coupling)
     status, table, *_ = client.predict("../runs", api_name="/study_show")
     assert "refused" in status and table == ""
     with pytest.raises(gradio_client.exceptions.AppError, match="not in the list of choices"):

@@ -23,7 +23,7 @@ from views.figures import (
     stage_offsets,
 )
 from views.palette import METHOD_COLOURS
-from views.study_figures import accuracy_figure, coupling_figure, paired_figure, study_axis
+from views.study_figures import accuracy_figure, coupling_figure, fair_gain_figure, paired_figure, study_axis
 
 
 def g1_records(per_stage: int = 4) -> list[G1Record]:
@@ -168,6 +168,33 @@ def test_a_study_over_iterations_draws_accuracy_and_differences_against_iteratio
     assert "2 seeds" in figure.layout.title.text
     one_ipc = {**summary, "cells": cells[:2]}
     assert [t.name for t in accuracy_figure(one_ipc).data] == ["static MTT", "SeqMatch", "random real"]
+
+
+def test_the_fair_gain_figure_plots_each_methods_gain_over_its_own_random_real_baseline():
+    """Per method, the per-seed gain over random real trained the same way (soft labels for a soft-label method);
+    a method without a gain (not yet paired) draws nothing, and the note says when soft baselines are used."""
+    def gain(values, over):
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+        return {"mean": mean, "std": std, "n": len(values), "values": values, "over": over}
+
+    cell = {"ipc": 20, "subsets": 2, "random_real": None, "controls": {}, "methods": {
+        "mtt": {"accuracy": gain([0.81, 0.83], None), "gain": gain([0.03, 0.05], "random_real")},
+        "seqmatch": {"gain": None},
+        "datm": {"accuracy": gain([0.8, 0.81, 0.82], None), "gain": gain([0.01, 0.02, 0.06], "random_real_soft")}}}
+    summary = {"study": "s", "budget": "per-image", "seeds": [0, 1, 2], "methods": ["mtt", "seqmatch", "datm"],
+               "cells": [cell]}
+    figure = fair_gain_figure(summary)
+    assert [t.name for t in figure.data] == ["static MTT", "DATM"]
+    mtt, datm = figure.data
+    assert list(mtt.y) == [pytest.approx(4.0)] and list(mtt.error_y.array) == [pytest.approx(100 * 0.02 / 2 ** 0.5)]
+    assert list(datm.y) == [pytest.approx(3.0)] and list(datm.error_y.array) == [pytest.approx(100 * 0.0264575, rel=1e-5)]
+    assert [list(t.customdata[0]) for t in figure.data] == [[2, "hard"], [3, "soft"]]
+    assert mtt.x[0] < 20 < datm.x[0]  # side by side, in the catalogue's order
+    assert figure.layout.yaxis.title.text == "accuracy gain (points)"
+    assert "(soft for soft-label methods)" in figure.layout.title.text and "over 2–3 seeds" in figure.layout.title.text
+    hard_only = {**summary, "cells": [{**cell, "methods": {"mtt": cell["methods"]["mtt"]}}]}
+    assert "soft" not in fair_gain_figure(hard_only).layout.title.text
 
 
 def embedding(sources: list[str]) -> Embedding:

@@ -72,14 +72,19 @@ def test_the_learn_query_reads_each_shipped_study_as_its_title_findings_table_an
     assert {"headroom", "convergence", "soft-labels"} <= set(shipped)
     headroom = shipped["headroom"]
     assert headroom.title and not headroom.findings.startswith("#") and "| IPC" in headroom.table
-    assert [p.name for p in headroom.figures] == sorted(p.name for p in headroom.figures)
-    assert {p.stem for p in headroom.figures} >= {"headroom-accuracy", "headroom-paired", "headroom-coupling"}
+    assert [p.stem for p in headroom.figures] == ["headroom-accuracy", "headroom-paired", "headroom-coupling"]
+    assert [p.stem for p in shipped["soft-labels"].figures] == [  # as the Studies tab lays them out
+        "soft-labels-accuracy", "soft-labels-paired", "soft-labels-fair-gain", "soft-labels-coupling"]
 
     made = tmp_path / "learn"
     (made / "studies" / "b-study").mkdir(parents=True)
     (made / "studies" / "b-study" / "findings.md").write_text("# \nwhat it shows")  # no title: its folder's name
     (made / "studies" / "a-no-findings").mkdir()  # a folder without findings is not a study to report
     (made / "z.png").write_bytes(b"")
+    for name in ("b-study-coupling", "an-extra", "b-study-accuracy", "b-study-fair-gain", "b-study-paired"):
+        (made / "studies" / "b-study" / f"{name}.png").write_bytes(b"")
     monkeypatch.setattr(queries.paths, "LEARN_DIR", made)
-    assert queries.learn_studies() == [queries.LearnStudy("b-study", "b-study", "what it shows", None, ())]
+    figures = tuple(made / "studies" / "b-study" / f"{name}.png" for name in (
+        "b-study-accuracy", "b-study-paired", "b-study-fair-gain", "b-study-coupling", "an-extra"))
+    assert queries.learn_studies() == [queries.LearnStudy("b-study", "b-study", "what it shows", None, figures)]
     assert queries.learn_pictures() == [made / "z.png"]

@@ -13,7 +13,7 @@ from seqmatch_engine.core.study_spec import load_study_spec, study_preset_names
 from seqmatch_engine.interfaces.manager import JobKind, JobManager, job_id
 from seqmatch_engine.interfaces.queries import RunError, StorageError, StudyView
 from views.render import format_seconds, placeholder_figure
-from views.study_figures import accuracy_figure, coupling_figure, paired_figure
+from views.study_figures import accuracy_figure, coupling_figure, fair_gain_figure, paired_figure
 
 HEADROOM_NOTE = (
     "**Read this first.** A study pairs the methods by seed: both use that seed's experts, evaluation nets and "
@@ -81,14 +81,16 @@ class StudiesTab:
         self.status = gr.HTML(elem_classes="sm-status-box")
         self.message = gr.Markdown()
         self.table = gr.Markdown(NO_STUDY_NOTE, elem_id="sm-study-table")
-        accuracy, paired, coupling = empty_figures()
+        accuracy, paired, fair_gain, coupling = empty_figures()
         with gr.Row():
             self.accuracy = gr.Plot(accuracy, label="Accuracy", show_label=False)
             self.paired = gr.Plot(paired, label="Paired differences", show_label=False)
-        self.coupling = gr.Plot(coupling, label="Coupling", show_label=False)
+        with gr.Row():
+            self.fair_gain = gr.Plot(fair_gain, label="Gain over random real", show_label=False)
+            self.coupling = gr.Plot(coupling, label="Coupling", show_label=False)
 
     def wire(self, timer: gr.Timer) -> None:
-        figures = [self.table, self.accuracy, self.paired, self.coupling]
+        figures = [self.table, self.accuracy, self.paired, self.fair_gain, self.coupling]
         self.start.click(self.on_start, self.preset, [self.selected, self.message], api_name="study_start")
         self.stop.click(self.on_stop, self.selected, self.message, api_name="study_stop")
         self.refresh.click(self.on_refresh, None, self.selected, api_name="study_list")
@@ -127,9 +129,9 @@ class StudiesTab:
         return f"Stopping `{study_id}` after the current outer iteration; Start resumes it."
 
     def shown(self, status: str, table: str, figures: tuple) -> dict:
-        """The status, the table and the three figures, by name."""
+        """The status, the table and the four figures, by name."""
         return {self.status: status, self.table: table,
-                **dict(zip((self.accuracy, self.paired, self.coupling), figures, strict=True))}
+                **dict(zip((self.accuracy, self.paired, self.fair_gain, self.coupling), figures, strict=True))}
 
     def on_select(self, study_id: str | None) -> dict:
         if not study_id:
@@ -140,7 +142,8 @@ class StudiesTab:
         except (RunError, StorageError, ConfigError) as error:
             return self.shown(study_status_html_error(str(error)), "", empty_figures())
         return self.shown(study_status_html(study, self.manager.live(job_id(JobKind.STUDY, study.id))), table,
-                          (accuracy_figure(summary), paired_figure(summary), coupling_figure(summary)))
+                          (accuracy_figure(summary), paired_figure(summary), fair_gain_figure(summary),
+                           coupling_figure(summary)))
 
     def on_poll(self, study_id: str | None):
         if not study_id:
@@ -157,10 +160,11 @@ NO_STUDY_NOTE = ("Pick a study in *Study* to see its table (each method's accura
 
 
 def empty_figures() -> tuple:
-    """What the three figure boxes say before a study is picked."""
-    return (placeholder_figure("Accuracy of both methods by cell, with error bars over seeds"),
-            placeholder_figure("Paired difference SeqMatch − static MTT by cell, over seeds"),
-            placeholder_figure("Coupling index of each method by cell (G1)", height=200))
+    """What the four figure boxes say before a study is picked."""
+    return (placeholder_figure("Accuracy of each method by cell, with error bars over seeds"),
+            placeholder_figure("Paired difference, sequential − static schedule, by cell, over seeds"),
+            placeholder_figure("Each method's gain over random real images with the same labels (the fair score)"),
+            placeholder_figure("Coupling index of each method by cell (G1)"))
 
 
 def study_status_html_error(text: str) -> str:

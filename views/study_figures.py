@@ -1,4 +1,5 @@
-"""Figures of a study's summary (study_summary.summarise): accuracy, paired differences and coupling, against IPC, or
+"""Figures of a study's summary (study_summary.summarise): accuracy, paired differences, the fair gain over random real
+and coupling, against IPC, or
 against the outer iterations per subset when the study varies them (one group of lines per IPC then)."""
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import plotly.graph_objects as go
 from seqmatch_engine.core.config import METHODS, sequential_counterparts
 from views.palette import METHOD_COLOURS, METHOD_NAMES
 
-LAYOUT = {"template": "plotly_white", "height": 360, "margin": {"l": 55, "r": 10, "t": 60, "b": 45},
+LAYOUT = {"template": "plotly_white", "height": 380, "margin": {"l": 55, "r": 10, "t": 80, "b": 45},
           "legend": {"orientation": "h", "y": -0.2}}
 GROUP_DASHES = ["solid", "dash", "dashdot", "longdash"]  # one per IPC on an iterations axis
 GROUP_SYMBOLS = ["circle", "square", "triangle-up", "diamond"]
@@ -90,8 +91,10 @@ def _seed_note(summary: dict[str, Any]) -> str:
 
 
 def _title(text: str, summary: dict[str, Any], note: str) -> str:
+    """The title, what is plotted (`note`, short enough for a half-width plot) and, on a line of its own, how many
+    seeds stand behind the points."""
     against = "iterations per subset" if study_axis(summary) == "iterations" else "IPC"
-    return f"{text} vs {against}<br><sup>{note}</sup>"
+    return f"{text} vs {against}<br><sup>{note}</sup><br><sup>{_seed_note(summary)}</sup>"
 
 
 def _methods(summary: dict[str, Any]) -> list[str]:
@@ -124,8 +127,7 @@ def accuracy_figure(summary: dict[str, Any]) -> go.Figure:
                     marker={"symbol": GROUP_SYMBOLS[index % len(GROUP_SYMBOLS)]},
                     line={"color": METHOD_COLOURS[method],
                           "dash": "dot" if method in references else GROUP_DASHES[index % len(GROUP_DASHES)]}))
-    note = f"{summary['budget']} budget; {_seed_note(summary)}"
-    figure.update_layout(title=_title("Test accuracy", summary, note), xaxis=_x_axis(summary),
+    figure.update_layout(title=_title("Test accuracy", summary, f"{summary['budget']} budget"), xaxis=_x_axis(summary),
                          yaxis_title="test accuracy (%)", **LAYOUT)
     return figure
 
@@ -173,6 +175,34 @@ def paired_figure(summary: dict[str, Any]) -> go.Figure:
     return figure
 
 
+def fair_gain_figure(summary: dict[str, Any]) -> go.Figure:
+    """Each method's gain over random real images trained the same way, labels included (points; error bars: std of
+    the per-seed gains): the fair score, which a soft-label set cannot inflate with its experts' knowledge."""
+    figure = go.Figure()
+    soft_baselines = False
+    for index, (group, rows) in enumerate(_groups(summary)):
+        for method in _methods(summary):
+            points = [(_x(summary, row, method), gain) for row in rows
+                      if (m := row["methods"].get(method)) and (gain := m.get("gain"))]
+            soft_baselines = soft_baselines or any(gain["over"] == "random_real_soft" for _, gain in points)
+            if points:
+                figure.add_trace(go.Scatter(
+                    x=[x for x, _ in points], y=[100 * gain["mean"] for _, gain in points], name=_name(method, group),
+                    mode="lines+markers", error_y={"type": "data", "array": [100 * gain["std"] for _, gain in points],
+                                                   "visible": True},
+                    customdata=[[gain["n"], "soft" if gain["over"] == "random_real_soft" else "hard"]
+                                for _, gain in points],
+                    hovertemplate="%{y:+.2f} points over random real with %{customdata[1]} labels (n=%{customdata[0]})",
+                    marker={"symbol": GROUP_SYMBOLS[index % len(GROUP_SYMBOLS)]},
+                    line={"color": METHOD_COLOURS[method], "dash": GROUP_DASHES[index % len(GROUP_DASHES)]}))
+    figure.add_hline(y=0, line={"color": "#6b7280", "dash": "dash"})
+    labels = " (soft for soft-label methods)" if soft_baselines else ""
+    note = f"minus random real images with the same labels{labels}, paired by seed"
+    figure.update_layout(title=_title("Gain over random real", summary, note), xaxis=_x_axis(summary),
+                         yaxis_title="accuracy gain (points)", **LAYOUT)
+    return figure
+
+
 def coupling_figure(summary: dict[str, Any]) -> go.Figure:
     """G1 coupling index (mean cosine between subsets' gradients, late in each run), per method."""
     figure = go.Figure()
@@ -187,7 +217,7 @@ def coupling_figure(summary: dict[str, Any]) -> go.Figure:
                                                    "visible": True},
                     marker={"symbol": GROUP_SYMBOLS[index % len(GROUP_SYMBOLS)]},
                     line={"color": METHOD_COLOURS[method], "dash": GROUP_DASHES[index % len(GROUP_DASHES)]}))
-    note = f"mean cosine between subsets' gradients, late in each run; static MTT: nominal groups; {_seed_note(summary)}"
+    note = "mean cosine between subsets' gradients late in a run; static MTT: nominal groups"
     if not figure.data:
         figure.add_annotation(text="No G1 records in this study's runs: coupling is recorded while distilling when "
                                    "the base config sets distill.diagnose_every > 0", x=0.5, y=0.5, xref="paper",

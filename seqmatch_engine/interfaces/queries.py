@@ -176,13 +176,22 @@ class StudyView:
 @dataclass(frozen=True)
 class LearnStudy:
     """A study the Learn tab reports, as shipped under assets/learn/studies/<name>/: findings.md (its first line,
-    "# <title>", then what the study shows, in words), summary.md (its table) and its figures (PNG, name order)."""
+    "# <title>", then what the study shows, in words), summary.md (its table) and its figures (PNG: the Studies tab's
+    four in its order, `<study>-accuracy`, `-paired`, `-fair-gain`, `-coupling`, then any others by name)."""
 
     name: str
     title: str
     findings: str
     table: str | None
     figures: tuple[Path, ...]
+
+
+STUDY_FIGURE_ORDER = ("accuracy", "paired", "fair-gain", "coupling")  # as the Studies tab lays them out
+
+
+def _figure_order(figure: Path) -> tuple[int, str]:
+    kind = next((i for i, k in enumerate(STUDY_FIGURE_ORDER) if figure.stem.endswith(f"-{k}")), len(STUDY_FIGURE_ORDER))
+    return kind, figure.name
 
 
 def learn_studies() -> list[LearnStudy]:
@@ -194,8 +203,9 @@ def learn_studies() -> list[LearnStudy]:
             continue
         first, _, rest = (folder / "findings.md").read_text().partition("\n")
         table = folder / "summary.md"
+        figures = tuple(sorted(folder.glob("*.png"), key=_figure_order))
         found.append(LearnStudy(folder.name, first.removeprefix("# ").strip() or folder.name, rest.strip(),
-                                table.read_text() if table.is_file() else None, tuple(sorted(folder.glob("*.png")))))
+                                table.read_text() if table.is_file() else None, figures))
     return found
 
 
