@@ -3,7 +3,8 @@ controls, fair scores for soft labels), and its markdown table."""
 from __future__ import annotations
 
 import statistics
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from seqmatch_engine.core.config import (
     METHODS,
@@ -220,26 +221,130 @@ def _row(values: list[str]) -> str:
     return "| " + " | ".join(values) + " |"
 
 
-def _paired_lines(rows: list[dict[str, Any]], pairs: list[tuple[str, str]], head: list[str],
-                  cells: Callable[[dict[str, Any]], list[str]]) -> list[str]:
+@dataclass(frozen=True)
+class _Layout:
+    """What every table of a summary shares: its cells, methods in the catalogue's order and the leading columns."""
+
+    rows: list[dict[str, Any]]
+    methods: list[str]
+    sweep: bool  # the study chose a pixel lr per cell and method
+    soft: bool  # some method learns soft labels
+    iterations: bool  # the leading columns name the iterations per subset
+
+    @classmethod
+    def of_summary(cls, summary: dict[str, Any]) -> _Layout:
+        rows = summary["cells"]
+        methods = summary.get("methods") or [m for m in METHOD_LABELS if any(m in row["methods"] for row in rows)]
+        sweep = bool(summary.get("lr_img"))
+        soft = any((row["methods"].get(m) or {}).get("labels") == "soft" for row in rows for m in methods)
+        return cls(rows, methods, sweep, soft, sweep or len({row.get("iterations") for row in rows}) > 1)
+
+    @property
+    def head(self) -> list[str]:
+        return ["IPC", "subsets"] + (["iterations per subset"] if self.iterations else [])
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        """(static, sequential) method pairs the study ran both of."""
+        return [(a, b) for a, b in SEQUENTIAL.items() if {a, b} <= set(self.methods)]
+
+    def cells(self, row: dict[str, Any]) -> list[str]:
+        return [str(row["ipc"]), str(row["subsets"])] + ([str(row.get("iterations", "–"))] if self.iterations else [])
+
+    def table(self, intro: str | None, columns: list[str]) -> list[str]:
+        """The intro (if any) and the header of a table whose rows start with the cell columns, blank lines around."""
+        return (["", intro] if intro else []) + ["", _row(self.head + columns),
+                                                 _row(["---"] * (len(self.head) + len(columns)))]
+
+
+def _of(row: dict[str, Any], method: str, key: str = "accuracy") -> Any:
+    return (row["methods"].get(method) or {}).get(key)
+
+
+def _fair_lines(t: _Layout) -> list[str]:
+    """Each method against random real images trained the same way, labels included (for soft-label studies)."""
+    lines = t.table("Fair scores first, since a soft label is partly knowledge distillation: each method against "
+                    "random real images trained the same way, labels included (soft labels from the same experts for "
+                    "a soft-label method), paired by seed; soft-label sets also evaluated with their top classes as "
+                    "hard labels:", ["method", "labels", "accuracy", "with hard labels", "random real, same labels",
+                                     "gain over random real"])
+    for row in t.rows:
+        for method in t.methods:
+            gain = _of(row, method, "gain")
+            lines.append(_row(t.cells(row) + [METHOD_LABELS[method], _of(row, method, "labels") or "–",
+                                              _pct(_of(row, method)), _pct(_of(row, method, "hard_labels")),
+                                              _pct(row.get(gain["over"]) if gain else None), _pct(gain, True)]))
+    return lines
+
+
+def _accuracy_lines(t: _Layout) -> list[str]:
+    """Each method's accuracy per cell beside random real; with one pair of schedules, its paired difference too
+    (more pairs would widen the table past a page, and the paired table lists every pair seed by seed)."""
+    shown = t.pairs if len(t.pairs) == 1 else []
+    columns = [METHOD_LABELS[m] for m in t.methods] + ["random real"] + (["random real, soft labels"] if t.soft else [])
+    columns += [f"{METHOD_LABELS[b]} − {METHOD_LABELS[a].removeprefix('static ')} (paired)" for a, b in shown]
+    intro = ("Each method's own accuracy" + (" and the paired difference of the schedules:" if shown
+                                             else " (the paired differences follow):")) if t.soft else None
+    lines = t.table(intro, columns)
+    for row in t.rows:
+        lines.append(_row(t.cells(row) + [_pct(_of(row, m)) for m in t.methods] + [_pct(row["random_real"])]
+                          + ([_pct(row.get("random_real_soft"))] if t.soft else [])
+                          + [_pct(row["sequential_gain"].get(a), True) for a, _ in shown]))
+    return lines
+
+
+def _settings_lines(t: _Layout) -> list[str]:
+    """Per cell: the headroom, and each method's pixel lr (when swept) and coupling index side by side."""
+    what = "pixel lr, coupling" if t.sweep else "coupling"
+    lines = t.table("How each cell's methods were set and came out: headroom (points), "
+                    + ("the pixel lr each method used and " if t.sweep else "") + "its coupling index:",
+                    ["headroom"] + [f"{METHOD_LABELS[m]}: {what}" for m in t.methods])
+    for row in t.rows:
+        lines.append(_row(t.cells(row) + [_points(row.get("headroom"))]
+                          + [", ".join(([_lr(_of(row, m, "lr_img"))] if t.sweep else [])
+                                       + [_coupling(_of(row, m, "coupling"))]) for m in t.methods]))
+    return lines
+
+
+def _paired_lines(t: _Layout) -> list[str]:
     """The paired differences seed by seed, with their 95 % interval and how many seeds favour the sequential
     schedule (no lines without a pair)."""
-    found = [(row, static, sequential, paired) for row in rows for static, sequential in pairs
+    found = [(row, static, sequential, paired) for row in t.rows for static, sequential in t.pairs
              if (paired := row["sequential_gain"].get(static))]
     if not found:
         return []
-    lines = ["", "Paired differences, sequential − static schedule, in points, seed by seed (the same experts, "
-                 "evaluation nets and random-real baseline per seed); 95 % interval: Student t over the paired seeds, "
-                 "the range to compare with 0:", "",
-             _row(head + ["pair", "per seed", "mean ± std", "95 % interval", "sequential better"]),
-             _row(["---"] * (len(head) + 5))]
+    lines = t.table("Paired differences, sequential − static schedule, in points, seed by seed (the same experts, "
+                    "evaluation nets and random-real baseline per seed); 95 % interval: Student t over the paired "
+                    "seeds, the range to compare with 0:",
+                    ["pair", "per seed", "mean ± std", "95 % interval", "sequential better"])
     for row, static, sequential, paired in found:
         per_seed = ", ".join(f"{seed}: {_signed_points(value)}" for seed, value in zip(paired["seeds"], paired["values"]))
         interval = paired.get("ci95")
-        lines.append(_row(cells(row) + [f"{METHOD_LABELS[sequential]} − {METHOD_LABELS[static]}", per_seed,
-                                        _pct(paired, True),
-                                        f"{100 * interval[0]:+.2f} to {100 * interval[1]:+.2f}" if interval else "–",
-                                        f"{paired['above']} of {paired['n']}" if "above" in paired else "–"]))
+        lines.append(_row(t.cells(row) + [f"{METHOD_LABELS[sequential]} − {METHOD_LABELS[static]}", per_seed,
+                                          _pct(paired, True),
+                                          f"{100 * interval[0]:+.2f} to {100 * interval[1]:+.2f}" if interval else "–",
+                                          f"{paired['above']} of {paired['n']}" if "above" in paired else "–"]))
+    return lines
+
+
+def _sweep_lines(t: _Layout, tune_seeds: list[int] | None) -> list[str]:
+    """Every lr tried per cell and method on the tune seeds, validation beside test, the choice marked."""
+    lines = t.table(f"Pixel-lr sweep on the tune seeds ({'every seed' if tune_seeds is None else tune_seeds}): each "
+                    f"method uses, per cell, the lr_img with the best mean validation accuracy (the test column is "
+                    f"shown, never used to choose):", ["method", "lr_img", "validation", "test", "chosen"])
+    at_edge = False
+    for row in t.rows:
+        for method, result in row["methods"].items():
+            entries = (result or {}).get("lr_sweep") or []
+            swept = [entry["lr_img"] for entry in entries]
+            for entry in entries:
+                mark = choice_mark(entry["lr_img"], result["lr_img"], swept)
+                at_edge = at_edge or "tried" in mark
+                lines.append(_row(t.cells(row) + [METHOD_LABELS[method], _lr(entry["lr_img"]), _pct(entry["val"]),
+                                                  _pct(entry["test"]), mark]))
+    if at_edge:
+        lines += ["", "A choice at the lowest or highest lr tried is not bracketed: a value beyond the grid may score "
+                      "better, so that method may be under-tuned there."]
     return lines
 
 
@@ -253,115 +358,53 @@ def _points_text(points: list[int] | None) -> str:
     return ", ".join(str(p) for p in points)
 
 
-def _kept_lines(rows: list[dict[str, Any]], methods: list[str], head: list[str],
-                cells: Callable[[dict[str, Any]], list[str]]) -> list[str]:
+def _kept_lines(t: _Layout) -> list[str]:
     """Where each reported run kept its sets: the iteration of each subset's best candidate on validation, seed by
     seed (no lines when no run selects)."""
-    found = [(row, method, kept) for row in rows for method in methods
-             if (kept := (row["methods"].get(method) or {}).get("kept"))]
+    found = [(row, method, kept) for row in t.rows for method in t.methods if (kept := _of(row, method, "kept"))]
     if not found:
         return []
-    lines = ["", "Where each set was kept: the iteration of each subset's best candidate on validation data, seed by "
-                 "seed (S1/S2/… for a sequential run; 0: its initial real images). A set kept before the last point "
-                 "means later iterations scored lower on validation:", "",
-             _row(head + ["method", "selection points", "kept at, per seed"]), _row(["---"] * (len(head) + 3))]
+    lines = t.table("Where each set was kept: the iteration of each subset's best candidate on validation data, seed "
+                    "by seed (S1/S2/… for a sequential run; 0: its initial real images). A set kept before the last "
+                    "point means later iterations scored lower on validation:",
+                    ["method", "selection points", "kept at, per seed"])
     for row, method, kept in found:
         per_seed = ", ".join(f"{seed}: " + "/".join("–" if i is None else str(i) for i in stages)
                              for seed, stages in zip(kept["seeds"], kept["iterations"]))
-        lines.append(_row(cells(row) + [METHOD_LABELS[method], _points_text(kept.get("points")), per_seed]))
+        lines.append(_row(t.cells(row) + [METHOD_LABELS[method], _points_text(kept.get("points")), per_seed]))
+    return lines
+
+
+def _controls_lines(t: _Layout) -> list[str]:
+    """The evaluation-only controls of the sequential sets (no lines when none was measured)."""
+    sequential = [m for m in t.methods if m in SEQUENTIAL.values()]
+    if not any(_of(row, m, "controls") for row in t.rows for m in sequential):
+        return []
+    named = len(sequential) > 1
+    lines = t.table("Evaluation-only controls of the sequential sets (test accuracy %):",
+                    (["method"] if named else []) + ["S1 alone", "all subsets in one stage",
+                                                     "S1..S(K-1) + random real last", "the set"])
+    for row in t.rows:
+        for method in sequential:
+            c = _of(row, method, "controls") or {}
+            lines.append(_row(t.cells(row) + ([METHOD_LABELS[method]] if named else [])
+                              + [_pct(c.get("first_subset_alone")), _pct(c.get("one_stage")),
+                                 _pct(c.get("random_last")), _pct(_of(row, method))]))
     return lines
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    """The summary as markdown tables (test accuracy %, mean ± std over seeds)."""
-    rows = summary["cells"]
-    methods = summary.get("methods") or [m for m in METHOD_LABELS if any(m in row["methods"] for row in rows)]
-    labels = [METHOD_LABELS[m] for m in methods]
-    sweep = bool(summary.get("lr_img"))
-    iterations = sweep or len({row.get("iterations") for row in rows}) > 1
-    soft = any((row["methods"].get(m) or {}).get("labels") == "soft" for row in rows for m in methods)
-    pairs = [(static, sequential) for static, sequential in SEQUENTIAL.items() if {static, sequential} <= set(methods)]
-
-    def cells(row: dict[str, Any]) -> list[str]:
-        return [str(row["ipc"]), str(row["subsets"])] + ([str(row.get("iterations", "–"))] if iterations else [])
-
-    def of(row: dict[str, Any], method: str, key: str = "accuracy") -> Any:
-        return (row["methods"].get(method) or {}).get(key)
-
-    head = ["IPC", "subsets"] + (["iterations per subset"] if iterations else [])
-    # one pair's difference fits beside the accuracies; more pairs would widen the table past a page, and the paired
-    # table below lists every pair seed by seed
-    shown_pairs = pairs if len(pairs) == 1 else []
-    columns = head + labels + ["random real"] + (["random real, soft labels"] if soft else []) + \
-        [f"{METHOD_LABELS[b]} − {METHOD_LABELS[a].removeprefix('static ')} (paired)" for a, b in shown_pairs]
-    settings = head + ["headroom"] + [f"{label}: {'pixel lr, coupling' if sweep else 'coupling'}" for label in labels]
+    """The summary as markdown tables (test accuracy %, mean ± std over seeds): fair scores first where labels are
+    soft, then accuracies, settings, paired differences, the lr sweep, where sets were kept and the controls."""
+    t = _Layout.of_summary(summary)
     lines = [f"Study `{summary['study']}`: budget convention **{summary['budget']}**, seeds {summary['seeds']}, "
              f"{summary['runs_done']}/{summary['runs_total']} runs done."]
     if summary.get("copied_runs"):
         lines.append(f"{len(summary['copied_runs'])} of them copied from another study where the same run had finished "
                      f"(same config but its name), or restored from this study's archive (`study --restore`); "
                      f"origin.json in each names its source.")
-    if soft:
-        lines += ["", "Fair scores first, since a soft label is partly knowledge distillation: each method against "
-                      "random real images trained the same way, labels included (soft labels from the same experts "
-                      "for a soft-label method), paired by seed; soft-label sets also evaluated with their top "
-                      "classes as hard labels:", "",
-                  _row(head + ["method", "labels", "accuracy", "with hard labels", "random real, same labels",
-                               "gain over random real"]), _row(["---"] * (len(head) + 6))]
-        for row in rows:
-            for method in methods:
-                gain = of(row, method, "gain")
-                same = row.get(gain["over"]) if gain else None
-                lines.append(_row(cells(row) + [METHOD_LABELS[method], of(row, method, "labels") or "–",
-                                                _pct(of(row, method)), _pct(of(row, method, "hard_labels")), _pct(same),
-                                                _pct(gain, True)]))
-        lines += ["", "Each method's own accuracy" + (" and the paired difference of the schedules:" if shown_pairs
-                                                  else " (the paired differences follow):")]
-    lines += ["", _row(columns), _row(["---"] * len(columns))]
-    for row in rows:
-        lines.append(_row(cells(row) + [_pct(of(row, m)) for m in methods] + [_pct(row["random_real"])]
-                          + ([_pct(row.get("random_real_soft"))] if soft else [])
-                          + [_pct(row["sequential_gain"].get(a), True) for a, _ in shown_pairs]))
-    lines += ["", "How each cell's methods were set and came out: headroom (points), "
-                  + ("the pixel lr each method used and " if sweep else "") + "its coupling index:", "",
-              _row(settings), _row(["---"] * len(settings))]
-    for row in rows:
-        lines.append(_row(cells(row) + [_points(row.get("headroom"))]
-                          + [", ".join(([_lr(of(row, m, "lr_img"))] if sweep else []) + [_coupling(of(row, m, "coupling"))])
-                             for m in methods]))
-    lines += _paired_lines(rows, pairs, head, cells)
-    if sweep:
-        tune = summary.get("tune_seeds")
-        lines += ["", f"Pixel-lr sweep on the tune seeds ({'every seed' if tune is None else tune}): each method uses, "
-                      f"per cell, the lr_img with the best mean validation accuracy (the test column is shown, never "
-                      f"used to choose):", "",
-                  _row(head + ["method", "lr_img", "validation", "test", "chosen"]), _row(["---"] * (len(head) + 5))]
-        at_edge = False
-        for row in rows:
-            for method, result in row["methods"].items():
-                entries = (result or {}).get("lr_sweep") or []
-                swept = [entry["lr_img"] for entry in entries]
-                for entry in entries:
-                    mark = choice_mark(entry["lr_img"], result["lr_img"], swept)
-                    at_edge = at_edge or "tried" in mark
-                    lines.append(_row(cells(row) + [METHOD_LABELS[method], _lr(entry["lr_img"]), _pct(entry["val"]),
-                                                    _pct(entry["test"]), mark]))
-        if at_edge:
-            lines += ["", "A choice at the lowest or highest lr tried is not bracketed: a value beyond the grid may "
-                          "score better, so that method may be under-tuned there."]
-    lines += _kept_lines(rows, methods, head, cells)
-    sequential = [m for m in methods if m in SEQUENTIAL.values()]
-    if any(of(row, m, "controls") for row in rows for m in sequential):
-        columns = head + (["method"] if len(sequential) > 1 else []) + \
-            ["S1 alone", "all subsets in one stage", "S1..S(K-1) + random real last", "the set"]
-        lines += ["", "Evaluation-only controls of the sequential sets (test accuracy %):", "", _row(columns),
-                  _row(["---"] * len(columns))]
-        for row in rows:
-            for method in sequential:
-                c = of(row, method, "controls") or {}
-                lines.append(_row(cells(row) + ([METHOD_LABELS[method]] if len(sequential) > 1 else [])
-                                  + [_pct(c.get("first_subset_alone")), _pct(c.get("one_stage")),
-                                     _pct(c.get("random_last")), _pct(of(row, method))]))
+    lines += (_fair_lines(t) if t.soft else []) + _accuracy_lines(t) + _settings_lines(t) + _paired_lines(t)
+    lines += (_sweep_lines(t, summary.get("tune_seeds")) if t.sweep else []) + _kept_lines(t) + _controls_lines(t)
     if summary.get("experts_overall"):
         lines += ["", f"Stage-1 experts' final test accuracy: {_pct(summary['experts_overall'])} over "
                       f"{len(summary['experts'])} seed(s). Headroom: the experts' mean minus static MTT's, in points "
