@@ -4,7 +4,7 @@ against the outer iterations per subset when the study varies them (one group of
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import plotly.graph_objects as go
 
@@ -175,29 +175,41 @@ def paired_figure(summary: dict[str, Any]) -> go.Figure:
     return figure
 
 
+def _method_traces(summary: dict[str, Any], key: str, scale: float, hover: str | None = None,
+                   hover_data: Callable[[dict[str, Any]], list] | None = None) -> list[go.Scatter]:
+    """One line per method (and IPC group) of the statistic `key` of each cell's method result, mean × `scale` with
+    the std as error bars; `hover_data(stat)` feeds `hover` (a plotly hovertemplate over customdata)."""
+    traces = []
+    for index, (group, rows) in enumerate(_groups(summary)):
+        for method in _methods(summary):
+            points = [(_x(summary, row, method), stat) for row in rows
+                      if (result := row["methods"].get(method)) and (stat := result.get(key))]
+            if not points:
+                continue
+            traces.append(go.Scatter(
+                x=[x for x, _ in points], y=[scale * stat["mean"] for _, stat in points], name=_name(method, group),
+                mode="lines+markers", error_y={"type": "data", "array": [scale * stat["std"] for _, stat in points],
+                                               "visible": True},
+                **({"customdata": [hover_data(stat) for _, stat in points], "hovertemplate": hover} if hover_data
+                   else {}),
+                marker={"symbol": GROUP_SYMBOLS[index % len(GROUP_SYMBOLS)]},
+                line={"color": METHOD_COLOURS[method], "dash": GROUP_DASHES[index % len(GROUP_DASHES)]}))
+    return traces
+
+
 def fair_gain_figure(summary: dict[str, Any]) -> go.Figure:
     """Each method's gain over random real images trained the same way, labels included (points; error bars: std of
     the per-seed gains): the fair score, which a soft-label set cannot inflate with its experts' knowledge."""
-    figure = go.Figure()
-    soft_baselines = False
-    for index, (group, rows) in enumerate(_groups(summary)):
-        for method in _methods(summary):
-            points = [(_x(summary, row, method), gain) for row in rows
-                      if (m := row["methods"].get(method)) and (gain := m.get("gain"))]
-            soft_baselines = soft_baselines or any(gain["over"] == "random_real_soft" for _, gain in points)
-            if points:
-                figure.add_trace(go.Scatter(
-                    x=[x for x, _ in points], y=[100 * gain["mean"] for _, gain in points], name=_name(method, group),
-                    mode="lines+markers", error_y={"type": "data", "array": [100 * gain["std"] for _, gain in points],
-                                                   "visible": True},
-                    customdata=[[gain["n"], "soft" if gain["over"] == "random_real_soft" else "hard"]
-                                for _, gain in points],
-                    hovertemplate="%{y:+.2f} points over random real with %{customdata[1]} labels (n=%{customdata[0]})",
-                    marker={"symbol": GROUP_SYMBOLS[index % len(GROUP_SYMBOLS)]},
-                    line={"color": METHOD_COLOURS[method], "dash": GROUP_DASHES[index % len(GROUP_DASHES)]}))
+    def labels(gain: dict[str, Any]) -> str:
+        return "soft" if gain["over"] == "random_real_soft" else "hard"
+
+    figure = go.Figure(_method_traces(
+        summary, "gain", 100, "%{y:+.2f} points over random real with %{customdata[1]} labels (n=%{customdata[0]})",
+        lambda gain: [gain["n"], labels(gain)]))
+    soft = any(label == "soft" for trace in figure.data for _, label in trace.customdata)
     figure.add_hline(y=0, line={"color": "#6b7280", "dash": "dash"})
-    labels = " (soft for soft-label methods)" if soft_baselines else ""
-    note = f"minus random real images with the same labels{labels}, paired by seed"
+    note = f"minus random real images with the same labels{' (soft for soft-label methods)' if soft else ''}, " \
+           "paired by seed"
     figure.update_layout(title=_title("Gain over random real", summary, note), xaxis=_x_axis(summary),
                          yaxis_title="accuracy gain (points)", **LAYOUT)
     return figure
@@ -205,18 +217,7 @@ def fair_gain_figure(summary: dict[str, Any]) -> go.Figure:
 
 def coupling_figure(summary: dict[str, Any]) -> go.Figure:
     """G1 coupling index (mean cosine between subsets' gradients, late in each run), per method."""
-    figure = go.Figure()
-    for index, (group, rows) in enumerate(_groups(summary)):
-        for method in _methods(summary):
-            points = [(_x(summary, row, method), m["coupling"]) for row in rows
-                      if (m := row["methods"].get(method)) and m.get("coupling")]
-            if points:
-                figure.add_trace(go.Scatter(
-                    x=[p[0] for p in points], y=[p[1]["mean"] for p in points], name=_name(method, group),
-                    mode="lines+markers", error_y={"type": "data", "array": [p[1]["std"] for p in points],
-                                                   "visible": True},
-                    marker={"symbol": GROUP_SYMBOLS[index % len(GROUP_SYMBOLS)]},
-                    line={"color": METHOD_COLOURS[method], "dash": GROUP_DASHES[index % len(GROUP_DASHES)]}))
+    figure = go.Figure(_method_traces(summary, "coupling", 1))
     note = "mean cosine between subsets' gradients late in a run; static MTT: nominal groups"
     if not figure.data:
         figure.add_annotation(text="No G1 records in this study's runs: coupling is recorded while distilling when "
