@@ -226,5 +226,31 @@ def test_a_fresh_compare_page_and_the_learn_figures_read_as_they_should(smoke_se
             figure.wait_for(timeout=15_000)
             width = figure.bounding_box()["width"]
             assert width >= (1000 if name == "coupling" else 450), f"the {name} figure is {width:.0f} px wide"
+        page.get_by_text(next(study.title for study in learn_studies() if study.name == "soft-labels")).click()
+        figures = [page.locator(f"img[src*='soft-labels-{name}']").first  # in the Studies tab's order
+                   for name in ("accuracy", "paired", "fair-gain", "coupling")]
+        for figure in figures:
+            figure.wait_for(state="attached", timeout=15_000)
+            figure.evaluate("e => e.scrollIntoView()")  # below the study's tables: a lazy image loads once near view
+            figure.wait_for(timeout=15_000)
+        boxes = [figure.bounding_box() for figure in figures]  # at one scroll position
+        words_broken = page.locator(".sm-study-table table").filter(has_text="random real, soft labels").first.evaluate(
+            """table => [...table.querySelectorAll('th')].filter(th => {
+                 const walk = document.createTreeWalker(th, NodeFilter.SHOW_TEXT);
+                 for (let node = walk.nextNode(); node; node = walk.nextNode()) {
+                   for (const word of node.textContent.matchAll(/\\S+/g)) {
+                     const range = document.createRange();
+                     range.setStart(node, word.index);
+                     range.setEnd(node, word.index + word[0].length);
+                     if (range.getClientRects().length > 1) return true;
+                   }
+                 }
+                 return false;
+               }).map(th => th.textContent)""")
+        assert words_broken == [], f"the Learn tab's study table breaks words inside: {words_broken}"
+        for name, box in zip(("accuracy", "paired", "fair-gain", "coupling"), boxes):
+            assert box["width"] >= 450, f"the soft-labels {name} figure is {box['width']:.0f} px wide"
+        assert [round(b["y"]) for b in boxes[:2]] == [round(boxes[0]["y"])] * 2 and boxes[2]["y"] > boxes[0]["y"]
+        assert boxes[0]["x"] < boxes[1]["x"] and boxes[2]["x"] < boxes[3]["x"]
         page.screenshot(path=str(screenshot_dir / "learn-study.png"), full_page=True)
         browser.close()

@@ -75,15 +75,12 @@ class LearnTab:
             with gr.Accordion(study.title, open=False):
                 gr.Markdown(study.findings)
                 if study.table:
-                    gr.Markdown(study.table)
-                figures = study.figures
-                with gr.Row():  # the narrow figures side by side, the wide coupling figure at full width below
-                    for path in [p for p in figures if "coupling" not in p.stem]:
-                        gr.Image(str(path), label=path.stem.replace("-", " "), show_label=False, interactive=False,
-                                 buttons=["fullscreen"])
-                for path in [p for p in figures if "coupling" in p.stem]:
-                    gr.Image(str(path), label=path.stem.replace("-", " "), show_label=False, interactive=False,
-                             buttons=["fullscreen"])
+                    gr.Markdown(study.table, elem_classes="sm-study-table")
+                for first in range(0, len(study.figures), 2):  # two a row, as the Studies tab lays them out
+                    with gr.Row():
+                        for path in study.figures[first:first + 2]:
+                            gr.Image(str(path), label=path.stem.replace("-", " "), show_label=False,
+                                     interactive=False, buttons=["fullscreen"])
         pictures = learn_pictures()
         if pictures:
             gr.Gallery([(str(p), p.stem.replace("_", " ")) for p in pictures],

@@ -80,7 +80,7 @@ class StudiesTab:
             self.refresh = gr.Button("↻ studies", size="sm", scale=0)
         self.status = gr.HTML(elem_classes="sm-status-box")
         self.message = gr.Markdown()
-        self.table = gr.Markdown(NO_STUDY_NOTE, elem_id="sm-study-table")
+        self.table = gr.Markdown(NO_STUDY_NOTE, elem_id="sm-study-table", elem_classes="sm-study-table")
         accuracy, paired, fair_gain, coupling = empty_figures()
         with gr.Row():
             self.accuracy = gr.Plot(accuracy, label="Accuracy", show_label=False)
