@@ -206,7 +206,8 @@ def fair_gain_figure(summary: dict[str, Any]) -> go.Figure:
     figure = go.Figure(_method_traces(
         summary, "gain", 100, "%{y:+.2f} points over random real with %{customdata[1]} labels (n=%{customdata[0]})",
         lambda gain: [gain["n"], labels(gain)]))
-    soft = any(label == "soft" for trace in figure.data for _, label in trace.customdata)
+    soft = any((result.get("gain") or {}).get("over") == "random_real_soft"
+               for row in summary["cells"] for result in row["methods"].values() if result)
     figure.add_hline(y=0, line={"color": "#6b7280", "dash": "dash"})
     note = f"minus random real images with the same labels{' (soft for soft-label methods)' if soft else ''}, " \
            "paired by seed"
