@@ -124,7 +124,8 @@ def test_study_figures_have_one_trace_per_method_with_error_bars():
     assert list(figure.data[0].y) == [81.0] and list(figure.data[0].error_y.array) == [pytest.approx(100 * 0.02 / 2 ** 0.5)]
     assert [t.line.color for t in figure.data] == [METHOD_COLOURS[m] for m in ("mtt", "seqmatch", "random_real")]
     title = figure.layout.title.text  # IPC 20 has 2 seeds, IPC 10 only one
-    assert "mean ± std over 2 seeds at IPC 20; 1 seed at IPC 10 (a demonstration)" in title and "per-image budget" in title
+    assert "mean ± std over 1–2 seeds, a demonstration" in title
+    assert "per-image budget" in title
     paired = paired_figure(summary)
     assert list(paired.data[0].x) == [20, 20] and list(paired.data[0].y) == [-1.0, 1.0]
     assert study_axis(summary) == "ipc" and figure.layout.xaxis.title.text == "images per class (total)"
@@ -140,10 +141,10 @@ def test_study_figures_have_one_trace_per_method_with_error_bars():
     assert list(coupling.data[0].y) == [pytest.approx(0.6)] and list(coupling.data[1].x) == [9.875]
     assert "demonstration" in coupling.layout.title.text
     both_seeds = {**summary, "cells": summary["cells"][1:]}
-    assert "mean ± std over 2 seeds</sup>" in accuracy_figure(both_seeds).layout.title.text
+    assert "mean ± std over 2 seeds, a demonstration</sup>" in accuracy_figure(both_seeds).layout.title.text
     uneven = {**summary, "cells": [{**summary["cells"][1], "random_real": {**summary["cells"][1]["random_real"],
                                                                             "n": 3}}]}
-    assert "mean ± std over 2–3 seeds</sup>" in accuracy_figure(uneven).layout.title.text
+    assert "mean ± std over 2–3 seeds, a demonstration</sup>" in accuracy_figure(uneven).layout.title.text
     one_seed = {**summary, "cells": summary["cells"][:1]}
     assert "one seed: a demonstration, not evidence" in accuracy_figure(one_seed).layout.title.text
 
@@ -168,6 +169,42 @@ def test_a_study_over_iterations_draws_accuracy_and_differences_against_iteratio
     assert "2 seeds" in figure.layout.title.text
     one_ipc = {**summary, "cells": cells[:2]}
     assert [t.name for t in accuracy_figure(one_ipc).data] == ["static MTT", "SeqMatch", "random real"]
+
+
+def test_a_point_from_fewer_than_three_seeds_is_drawn_open_and_the_title_says_it_is_a_demonstration():
+    """Three seeds at 100 and 300 iterations, one at 1,000: the 1,000 points (accuracy, paired mean, fair gain,
+    coupling) are open markers, the others filled, so a line from evidence to a demonstration does not read as a
+    trend; with 3 seeds everywhere nothing is open and no demonstration is named."""
+    def stat(values):
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+        return {"mean": mean, "std": std, "n": len(values), "values": values, "over": "random_real"}
+
+    def cell(iterations, seeds):
+        mtt, seqmatch = [0.82 + 0.001 * s for s in seeds], [0.83 - 0.001 * s for s in seeds]
+        return {"ipc": 20, "subsets": 2, "iterations": iterations, "random_real": stat([0.78] * len(seeds)),
+                "controls": {}, "paired": {**stat([b - a for a, b in zip(mtt, seqmatch)]), "seeds": seeds},
+                "methods": {m: {"accuracy": stat(v), "gain": stat([x - 0.78 for x in v]), "coupling": stat([0.4] * len(v))}
+                            for m, v in (("mtt", mtt), ("seqmatch", seqmatch))}}
+
+    summary = {"study": "s", "budget": "per-image", "seeds": [0, 1, 2], "methods": ["mtt", "seqmatch"],
+               "cells": [cell(100, [0, 1, 2]), cell(300, [0, 1, 2]), cell(1000, [0])]}
+    accuracy = accuracy_figure(summary)
+    assert [list(t.marker.symbol) for t in accuracy.data] == [["circle", "circle", "circle-open"]] * 3
+    assert "mean ± std over 3 seeds at 100, 300 iterations; open markers: 1 seed, a demonstration</sup>" \
+        in accuracy.layout.title.text
+    five = {**summary, "cells": [{**c, "random_real": {**c["random_real"], "n": 5}} for c in summary["cells"][:1]]
+            + summary["cells"][1:]}
+    assert "mean ± std over 3–5 seeds at 100 iterations; 3 seeds at 300 iterations; open markers: 1 seed, a " \
+        "demonstration</sup>" in accuracy_figure(five).layout.title.text
+    mean = paired_figure(summary).data[-1]
+    assert mean.name == "mean ± std" and list(mean.marker.symbol) == ["diamond", "diamond", "diamond-open"]
+    for figure in (fair_gain_figure(summary), coupling_figure(summary)):
+        assert [list(t.marker.symbol) for t in figure.data] == [["circle", "circle", "circle-open"]] * 2
+    evidence = {**summary, "cells": summary["cells"][:2]}
+    assert all("open" not in symbol for t in accuracy_figure(evidence).data for symbol in t.marker.symbol)
+    title = accuracy_figure(evidence).layout.title.text
+    assert "mean ± std over 3 seeds</sup>" in title and "demonstration" not in title
 
 
 def test_the_fair_gain_figure_plots_each_methods_gain_over_its_own_random_real_baseline():

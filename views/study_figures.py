@@ -9,6 +9,7 @@ from typing import Any, Callable
 import plotly.graph_objects as go
 
 from seqmatch_engine.core.config import METHODS, sequential_counterparts
+from seqmatch_engine.core.study_spec import EVIDENCE_SEEDS
 from views.palette import METHOD_COLOURS, METHOD_NAMES
 
 LAYOUT = {"template": "plotly_white", "height": 380, "margin": {"l": 55, "r": 10, "t": 80, "b": 45},
@@ -67,8 +68,9 @@ def _hover(summary: dict[str, Any]) -> str:
 
 
 def _seed_note(summary: dict[str, Any]) -> str:
-    """How many seeds stand behind each cell's points (a range where its methods have different counts), e.g.
-    'mean ± std over 3 seeds at IPC 10, 20; 1 seed at IPC 30 (a demonstration)' or 'mean ± std over 4–5 seeds'."""
+    """How many seeds stand behind the points (a range where a cell's methods have different counts), e.g.
+    'mean ± std over 5 seeds at 100, 300 iterations; open markers: 1 seed, a demonstration' or 'mean ± std over
+    4–5 seeds'. A point from fewer than EVIDENCE_SEEDS seeds is drawn open (`_symbols`)."""
     iterations = study_axis(summary) == "iterations"
     cells_by_count: dict[tuple[int, int], list[str]] = {}
     for row in summary["cells"]:
@@ -81,13 +83,27 @@ def _seed_note(summary: dict[str, Any]) -> str:
     def seeds(fewest: int, most: int) -> str:
         return f"{most} seed{'s' if most > 1 else ''}" if fewest == most else f"{fewest}–{most} seeds"
 
-    where = "iterations" if iterations else "IPC"
-    if len(cells_by_count) <= 1:
-        fewest, most = next(iter(cells_by_count), (0, 0))
-        return "one seed: a demonstration, not evidence" if most < 2 else f"mean ± std over {seeds(fewest, most)}"
-    parts = [f"{seeds(*count)} at {where} {', '.join(cells)}" + (" (a demonstration)" if count[1] < 2 else "")
-             for count, cells in sorted(cells_by_count.items(), key=lambda item: item[0][::-1], reverse=True)]
-    return "mean ± std over " + "; ".join(parts)
+    def where(cells: list[str]) -> str:
+        return f"{', '.join(cells)} iterations" if iterations else f"IPC {', '.join(cells)}"
+
+    evidence = sorted(((count, cells) for count, cells in cells_by_count.items() if count[0] >= EVIDENCE_SEEDS),
+                      key=lambda item: item[0][::-1], reverse=True)
+    few = [count for count in cells_by_count if count[0] < EVIDENCE_SEEDS]
+    if not few:
+        if len(evidence) <= 1:
+            return f"mean ± std over {seeds(*evidence[0][0])}" if evidence else ""
+        return "mean ± std over " + "; ".join(f"{seeds(*count)} at {where(cells)}" for count, cells in evidence)
+    fewest, most = min(count[0] for count in few), max(count[1] for count in few)
+    if not evidence:
+        return "one seed: a demonstration, not evidence" if most < 2 else \
+            f"mean ± std over {seeds(fewest, most)}, a demonstration"
+    shown = "; ".join(f"{seeds(*count)} at {where(cells)}" for count, cells in evidence)
+    return f"mean ± std over {shown}; open markers: {seeds(fewest, most)}, a demonstration"
+
+
+def _symbols(symbol: str, counts: list[int]) -> list[str]:
+    """`symbol` for each point, open where fewer than EVIDENCE_SEEDS seeds stand behind it: a demonstration."""
+    return [symbol if n >= EVIDENCE_SEEDS else f"{symbol}-open" for n in counts]
 
 
 def _title(text: str, summary: dict[str, Any], note: str) -> str:
@@ -124,7 +140,7 @@ def accuracy_figure(summary: dict[str, Any]) -> go.Figure:
                     mode="lines+markers", error_y={"type": "data", "array": [p[2] for p in points], "visible": True},
                     customdata=[[p[3], p[4]] for p in points],
                     hovertemplate=f"{_hover(summary)} %{{customdata[1]}}: %{{y:.2f}} % (n=%{{customdata[0]}})",
-                    marker={"symbol": GROUP_SYMBOLS[index % len(GROUP_SYMBOLS)]},
+                    marker={"symbol": _symbols(GROUP_SYMBOLS[index % len(GROUP_SYMBOLS)], [p[3] for p in points])},
                     line={"color": METHOD_COLOURS[method],
                           "dash": "dot" if method in references else GROUP_DASHES[index % len(GROUP_DASHES)]}))
     figure.update_layout(title=_title("Test accuracy", summary, f"{summary['budget']} budget"), xaxis=_x_axis(summary),
@@ -165,7 +181,8 @@ def paired_figure(summary: dict[str, Any]) -> go.Figure:
                 mode="lines+markers" if study_axis(summary) == "iterations" else "markers", name=f"mean ± std{label}",
                 error_y={"type": "data", "array": [100 * paired["std"] for _, paired in rows]},
                 line={"color": colour, "dash": GROUP_DASHES[index % len(GROUP_DASHES)]},
-                marker={"color": colour, "symbol": "diamond", "size": 12}))
+                marker={"color": colour, "symbol": _symbols("diamond", [paired["n"] for _, paired in rows]),
+                        "size": 12}))
     figure.add_hline(y=0, line={"color": "#6b7280", "dash": "dash"})
     what = ("SeqMatch − static MTT" if set(objectives) <= {"mtt"} and set(_methods(summary)) <= {"mtt", "seqmatch"}
             else "sequential − static schedule")
@@ -192,7 +209,7 @@ def _method_traces(summary: dict[str, Any], key: str, scale: float, hover: str |
                                                "visible": True},
                 **({"customdata": [hover_data(stat) for _, stat in points], "hovertemplate": hover} if hover_data
                    else {}),
-                marker={"symbol": GROUP_SYMBOLS[index % len(GROUP_SYMBOLS)]},
+                marker={"symbol": _symbols(GROUP_SYMBOLS[index % len(GROUP_SYMBOLS)], [stat["n"] for _, stat in points])},
                 line={"color": METHOD_COLOURS[method], "dash": GROUP_DASHES[index % len(GROUP_DASHES)]}))
     return traces
 

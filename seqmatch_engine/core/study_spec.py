@@ -37,6 +37,7 @@ from seqmatch_engine.core.config import (
 )
 
 STUDY_PRESETS_DIR = paths.ASSETS_DIR / "studies"
+EVIDENCE_SEEDS = 3  # paired seeds a cell needs to count as evidence; with fewer it is a demonstration
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from seqmatch_engine.core.config import (
     selection_iterations,
     sequential_counterparts,
 )
-from seqmatch_engine.core.study_spec import Cell, LrChooser, StudySpec, run_id
+from seqmatch_engine.core.study_spec import EVIDENCE_SEEDS, Cell, LrChooser, StudySpec, run_id
 from seqmatch_engine.orchestration.run_diagnostics.g1 import run_coupling_index
 from seqmatch_engine.storage.study_folder import StudyFolder
 
@@ -409,6 +409,6 @@ def format_table(summary: dict[str, Any]) -> str:
         lines += ["", f"Stage-1 experts' final test accuracy: {_pct(summary['experts_overall'])} over "
                       f"{len(summary['experts'])} seed(s). Headroom: the experts' mean minus static MTT's, in points "
                       f"(SeqMatch can only add what the experts know and static MTT misses)."]
-    lines += ["", "Accuracy: mean ± sample std over seeds; a cell with fewer than 3 paired seeds is a demonstration, "
-                  "not evidence."]
+    lines += ["", f"Accuracy: mean ± sample std over seeds; a cell with fewer than {EVIDENCE_SEEDS} paired seeds is a "
+                  "demonstration, not evidence."]
     return "\n".join(lines) + "\n"
