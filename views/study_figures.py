@@ -88,17 +88,16 @@ def _seed_note(summary: dict[str, Any]) -> str:
 
     evidence = sorted(((count, cells) for count, cells in cells_by_count.items() if count[0] >= EVIDENCE_SEEDS),
                       key=lambda item: item[0][::-1], reverse=True)
+    listed = "; ".join(f"{seeds(*count)} at {where(cells)}" for count, cells in evidence)
     few = [count for count in cells_by_count if count[0] < EVIDENCE_SEEDS]
     if not few:
-        if len(evidence) <= 1:
-            return f"mean ± std over {seeds(*evidence[0][0])}" if evidence else ""
-        return "mean ± std over " + "; ".join(f"{seeds(*count)} at {where(cells)}" for count, cells in evidence)
+        return "" if not evidence else f"mean ± std over {seeds(*evidence[0][0]) if len(evidence) == 1 else listed}"
     fewest, most = min(count[0] for count in few), max(count[1] for count in few)
-    if not evidence:
-        return "one seed: a demonstration, not evidence" if most < 2 else \
-            f"mean ± std over {seeds(fewest, most)}, a demonstration"
-    shown = "; ".join(f"{seeds(*count)} at {where(cells)}" for count, cells in evidence)
-    return f"mean ± std over {shown}; open markers: {seeds(fewest, most)}, a demonstration"
+    if evidence:
+        return f"mean ± std over {listed}; open markers: {seeds(fewest, most)}, a demonstration"
+    if most < 2:
+        return "one seed: a demonstration, not evidence"
+    return f"mean ± std over {seeds(fewest, most)}, a demonstration"
 
 
 def _symbols(symbol: str, counts: list[int]) -> list[str]:
