@@ -101,13 +101,16 @@ def test_g2_figure_one_line_per_run_and_family_coloured_by_method():
     assert len(g2_figure([("", long)], max_points=100).data[0].x) == 100
 
 
+def stat(values: list[float], over: str | None = None) -> dict:
+    """A summary statistic over seeds as study_summary writes it (mean, sample std, n, values), computed here;
+    `over`: the baseline a gain is measured against."""
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return {"mean": mean, "std": std, "n": len(values), "values": values, **({"over": over} if over else {})}
+
+
 def study_summary() -> dict:
     """Two cells; IPC 20 has two seeds, IPC 10 one SeqMatch seed only (unpaired)."""
-    def stat(values):
-        mean = sum(values) / len(values)
-        std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
-        return {"mean": mean, "std": std, "n": len(values), "values": values}
-
     return {"study": "s", "budget": "per-image", "seeds": [0, 1], "cells": [
         {"ipc": 10, "subsets": 2, "methods": {"seqmatch": {"accuracy": stat([0.7]), "coupling": stat([0.3])}},
          "random_real": stat([0.6]), "paired": None, "controls": {}},
@@ -175,17 +178,12 @@ def test_a_point_from_fewer_than_three_seeds_is_drawn_open_and_the_title_says_it
     """Three seeds at 100 and 300 iterations, one at 1,000: the 1,000 points (accuracy, paired mean, fair gain,
     coupling) are open markers, the others filled, so a line from evidence to a demonstration does not read as a
     trend; with 3 seeds everywhere nothing is open and no demonstration is named."""
-    def stat(values):
-        mean = sum(values) / len(values)
-        std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
-        return {"mean": mean, "std": std, "n": len(values), "values": values, "over": "random_real"}
-
     def cell(iterations, seeds):
         mtt, seqmatch = [0.82 + 0.001 * s for s in seeds], [0.83 - 0.001 * s for s in seeds]
         return {"ipc": 20, "subsets": 2, "iterations": iterations, "random_real": stat([0.78] * len(seeds)),
                 "controls": {}, "paired": {**stat([b - a for a, b in zip(mtt, seqmatch)]), "seeds": seeds},
-                "methods": {m: {"accuracy": stat(v), "gain": stat([x - 0.78 for x in v]), "coupling": stat([0.4] * len(v))}
-                            for m, v in (("mtt", mtt), ("seqmatch", seqmatch))}}
+                "methods": {m: {"accuracy": stat(v), "gain": stat([x - 0.78 for x in v], "random_real"),
+                                "coupling": stat([0.4] * len(v))} for m, v in (("mtt", mtt), ("seqmatch", seqmatch))}}
 
     summary = {"study": "s", "budget": "per-image", "seeds": [0, 1, 2], "methods": ["mtt", "seqmatch"],
                "cells": [cell(100, [0, 1, 2]), cell(300, [0, 1, 2]), cell(1000, [0])]}
@@ -210,15 +208,10 @@ def test_a_point_from_fewer_than_three_seeds_is_drawn_open_and_the_title_says_it
 def test_the_fair_gain_figure_plots_each_methods_gain_over_its_own_random_real_baseline():
     """Per method, the per-seed gain over random real trained the same way (soft labels for a soft-label method);
     a method without a gain (not yet paired) draws nothing, and the note says when soft baselines are used."""
-    def gain(values, over):
-        mean = sum(values) / len(values)
-        std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-        return {"mean": mean, "std": std, "n": len(values), "values": values, "over": over}
-
     cell = {"ipc": 20, "subsets": 2, "random_real": None, "controls": {}, "methods": {
-        "mtt": {"accuracy": gain([0.81, 0.83], None), "gain": gain([0.03, 0.05], "random_real")},
+        "mtt": {"accuracy": stat([0.81, 0.83]), "gain": stat([0.03, 0.05], "random_real")},
         "seqmatch": {"gain": None},
-        "datm": {"accuracy": gain([0.8, 0.81, 0.82], None), "gain": gain([0.01, 0.02, 0.06], "random_real_soft")}}}
+        "datm": {"accuracy": stat([0.8, 0.81, 0.82]), "gain": stat([0.01, 0.02, 0.06], "random_real_soft")}}}
     summary = {"study": "s", "budget": "per-image", "seeds": [0, 1, 2], "methods": ["mtt", "seqmatch", "datm"],
                "cells": [cell]}
     figure = fair_gain_figure(summary)
