@@ -1,6 +1,8 @@
 """The app's job queue: one typed queue for every kind of work (a run, a study, a run's diagnostics)."""
 from __future__ import annotations
 
+import re
+
 from test_ownership import hold_in_another_process, slow_config, tiny_study, wait_until
 
 from seqmatch_engine.core import paths
@@ -63,6 +65,19 @@ def test_the_views_query_api_reads_only_and_refuses_ids_outside_its_roots(tmp_pa
     signature = library.signature()
     RunFolder.create(paths.runs_root(tmp_path), slow_config("another"))
     assert library.signature() != signature
+
+
+def test_no_wrapped_line_of_a_shipped_study_reads_as_a_numbered_list_item():
+    """A paragraph line that starts "825) ..." or "1000. ..." renders in the Learn tab as a new list item
+    (a numbered list whose items each take one line is fine)."""
+    from seqmatch_engine.interfaces import queries
+
+    list_marker = re.compile(r"^\s*\d+[.)](\s|$)")
+    for study in queries.learn_studies():
+        lines = study.findings.splitlines()
+        broken = [f"{study.name}: {line.strip()[:40]}" for before, line in zip(lines, lines[1:])
+                  if before.strip() and not list_marker.match(before) and list_marker.match(line)]
+        assert not broken, f"reflow these lines so no number opens them: {broken}"
 
 
 def test_the_learn_query_reads_each_shipped_study_as_its_title_findings_table_and_figures(tmp_path, monkeypatch):
